@@ -1,0 +1,45 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+# Both create .venv on first use and install the project into it.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(abspath $(BIN)):$(PATH)
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export DO_NOT_TRACK ?= 1
+
+.PHONY: help install run test test-fast repro clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: its CPU wheel is the one this project is tested with (see README for GPUs)
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the project
+
+run: $(STAMP) ## the main job, end to end on the embedded default data
+	dvc repro
+	@echo
+	@dvc metrics show
+	@echo
+	@echo "Reports: reports/ingest.json  reports/validation/data_docs/index.html  reports/split.json  reports/leakage.json"
+
+repro: run
+
+test: $(STAMP) ## the test suite
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP) ## the test suite without the slow end-to-end tests
+	$(BIN)/python -m pytest -m "not slow"
+
+clean: ## remove generated data, reports and caches (keeps .venv)
+	rm -rf data/raw data/interim data/processed reports/validation .staging-* .pytest_cache

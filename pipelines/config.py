@@ -1,0 +1,204 @@
+"""Typed configuration: ``params.yaml`` → pydantic models.
+
+Every knob of the pipeline lives in ``params.yaml``, one section per stage.
+Loading it through these models means a typo'd key, a wrong type or an
+out-of-range value fails *before* any work starts, with a message that names
+the key (``split.test_fraction: must be <= 0.5, got 0.9``).
+
+Nothing here does I/O at import time; call :func:`load_params`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipelines.errors import ConfigError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class Section(BaseModel):
+    """Base for every section: unknown keys are an error, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- data source
+class ColumnMap(Section):
+    """Which of the user's columns play which role. Text may be several columns (joined)."""
+
+    text: list[str] = Field(min_length=1, description="text column(s); several are joined with a newline")
+    label: str
+    timestamp: str | None = None
+    group: str | None = Field(None, description="group id such as a customer; keeps a group on one side of a split")
+    id: str | None = None
+
+    @field_validator("text", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: object) -> object:
+        return [v] if isinstance(v, str) else v
+
+
+class DataConfig(Section):
+    """Where the raw data comes from. ``path`` is a file or a directory of files."""
+
+    path: str = "data/raw/tickets.parquet"
+    format: Literal["auto", "csv", "tsv", "parquet", "jsonl"] = "auto"
+    csv_quoting: bool = Field(True, description="false: quote characters are plain text (e.g. the SMS corpus)")
+    encoding: str = "utf-8"
+    columns: ColumnMap = ColumnMap(
+        text=["subject", "body"], label="category", timestamp="created_at", group="customer_id", id="ticket_id"
+    )
+
+
+class GenerateConfig(Section):
+    """The built-in support-ticket generator (the embedded default data set)."""
+
+    n_rows: int = Field(20_000, ge=100, le=5_000_000)
+    seed: int = 42
+    start: str = "2025-01-01"
+    months: int = Field(6, ge=1, le=60)
+    n_customers: int = Field(6_000, ge=10)
+    label_noise: float = Field(0.02, ge=0.0, le=0.5)
+    exact_duplicate_rate: float = Field(0.02, ge=0.0, le=0.5)
+    near_duplicate_rate: float = Field(0.03, ge=0.0, le=0.5)
+    empty_body_rate: float = Field(0.006, ge=0.0, le=0.5)
+    html_rate: float = Field(0.08, ge=0.0, le=1.0)
+    pii_rate: float = Field(0.15, ge=0.0, le=1.0)
+
+
+# --------------------------------------------------------------------------- stages
+class IngestConfig(Section):
+    scrub_pii: bool = True
+    strip_html: bool = True
+    drop_empty_text: bool = Field(True, description="drop rows whose text is empty after cleaning (counted)")
+
+
+class ValidateConfig(Section):
+    expected_labels: list[str] | None = Field(None, description="null: any label set (at least 2 classes)")
+    min_class_count: int = Field(20, ge=1)
+    min_text_chars: int = Field(1, ge=0)
+    max_text_chars: int = Field(20_000, ge=1)
+    text_length_mostly: float = Field(0.99, gt=0.0, le=1.0, description="share of rows that must be within bounds")
+    max_duplicate_rate: float = Field(0.2, ge=0.0, le=1.0, description="ceiling on the share of repeated texts")
+    timestamp_min: str | None = "2000-01-01"
+    timestamp_max: str | None = "2100-01-01"
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ValidateConfig":
+        if self.min_text_chars > self.max_text_chars:
+            raise ValueError(f"min_text_chars ({self.min_text_chars}) is above max_text_chars ({self.max_text_chars})")
+        return self
+
+
+class SplitConfig(Section):
+    strategy: Literal["auto", "time", "group", "stratified"] = Field(
+        "auto", description="auto: time if a timestamp is mapped, else group if a group is mapped, else stratified"
+    )
+    val_fraction: float = Field(0.15, gt=0.0, le=0.4)
+    test_fraction: float = Field(0.15, gt=0.0, le=0.4)
+    seed: int = 42
+
+
+class LeakageConfig(Section):
+    single_column_macro_f1_max: float = Field(
+        0.6, gt=0.0, le=1.0, description="a non-text column that alone reaches this macro-F1 is leaky"
+    )
+    single_column_class_f1_max: float = Field(
+        0.9, gt=0.0, le=1.0, description="...or that alone identifies one class with this F1"
+    )
+    min_class_support: int = Field(20, ge=1, description="classes smaller than this are ignored by the per-class rule")
+    post_outcome_columns: list[str] = Field(default_factory=list, description="columns known to be recorded after the label")
+    leaky_column_action: Literal["drop", "block", "report"] = "drop"
+    near_duplicate_threshold: float = Field(0.9, gt=0.0, le=1.0, description="cosine similarity of char n-gram TF-IDF")
+    duplicate_action: Literal["remove", "block", "report"] = "remove"
+    group_overlap_action: Literal["block", "report"] = "report"
+    time_order_action: Literal["block", "report"] = "block"
+    missingness_cramers_v_max: float = Field(0.3, gt=0.0, le=1.0, description="association of 'is missing' with the label")
+    class_balance_tvd_max: float = Field(0.25, gt=0.0, le=1.0, description="total variation distance between split label mixes")
+    seed: int = 42
+
+
+# --------------------------------------------------------------------------- tracking, models, registry
+class MlflowConfig(Section):
+    """One tracking URI for every component (``MLFLOW_TRACKING_URI`` overrides it)."""
+
+    tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_root: str = "mlartifacts"
+    experiment: str = "ticket-routing"
+    registered_model: str = "ticket-router"
+
+
+class BaselinesConfig(Section):
+    """Classical baselines (scikit-learn). Owned by pipelines/baselines.py."""
+
+
+class EvaluateConfig(Section):
+    """The one evaluation module for every model. Owned by pipelines/metrics.py."""
+
+
+class RegisterConfig(Section):
+    """Registration and the promotion gate. Owned by pipelines/register.py."""
+
+
+class FinetuneConfig(Section):
+    """LoRA fine-tuning under DeepSpeed. Owned by pipelines/finetune.py."""
+
+
+class Params(Section):
+    """The whole of ``params.yaml``."""
+
+    data: DataConfig = DataConfig()
+    generate: GenerateConfig = GenerateConfig()
+    ingest: IngestConfig = IngestConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    split: SplitConfig = SplitConfig()
+    leakage: LeakageConfig = LeakageConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    baselines: BaselinesConfig = BaselinesConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    register_: RegisterConfig = Field(RegisterConfig(), alias="register")
+    finetune: FinetuneConfig = FinetuneConfig()
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: {err.error_count()} invalid value(s)"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see params.yaml for the known keys)"
+        elif "input" in e and e["type"] != "missing":
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict | None, source: str = "params") -> Params:
+    """Validate an already-loaded mapping; raise :class:`ConfigError` naming each bad key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    """Read and validate ``params.yaml``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_params(raw, str(path))

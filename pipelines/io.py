@@ -1,0 +1,62 @@
+"""File I/O at the edge of the stages: atomic writes, so a failed stage leaves nothing half-written.
+
+Stage functions are pure; their CLIs collect every output in memory (or in a
+temporary directory) and publish them together with :func:`atomic_outputs`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+
+def write_parquet(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(path, engine="pyarrow", index=False)
+
+
+def write_json(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def atomic_outputs(*targets: str | Path, keep_on_error: bool = False) -> Iterator[dict[Path, Path]]:
+    """Yield a mapping ``target -> staging path``; on success move every staged path into place.
+
+    The caller writes to the staging paths. If the block raises, the staging
+    area is removed and the targets are left exactly as they were (or absent,
+    as DVC leaves them before a stage runs) — no partial outputs.
+    """
+    targets_p = [Path(t) for t in targets]
+    root = Path(tempfile.mkdtemp(prefix=".staging-", dir="."))
+    staged = {t: root / f"{i}-{t.name}" for i, t in enumerate(targets_p)}
+    try:
+        yield staged
+        for target, tmp in staged.items():
+            if not tmp.exists():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+            os.replace(tmp, target)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def remove_outputs(*targets: str | Path) -> None:
+    """Delete stale outputs of a stage that is about to fail (so downstream cannot read them)."""
+    for t in map(Path, targets):
+        if t.is_dir() and not t.is_symlink():
+            shutil.rmtree(t, ignore_errors=True)
+        elif t.exists():
+            t.unlink()

@@ -1,0 +1,113 @@
+"""split: deterministic train / val / test.
+
+* ``time``: oldest rows train, newest rows test (what production looks like: the model
+  always predicts the future). Chosen by ``auto`` when a timestamp is mapped.
+* ``group``: every group (e.g. a customer) lands on exactly one side, stratified by
+  label where possible (scikit-learn's ``StratifiedGroupKFold``). ``auto`` picks it when
+  a group id but no timestamp is mapped.
+* ``stratified``: stratified random split, the fallback when neither exists.
+
+The raw splits go to ``data/processed/split/``; the leakage stage audits them and
+writes the model-ready ``data/processed/{train,val,test}.parquet``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+from pipelines.config import SplitConfig, load_params
+from pipelines.errors import DataError, run_cli
+from pipelines.io import atomic_outputs, write_json, write_parquet
+
+SPLITS = ("train", "val", "test")
+
+
+def choose_strategy(df: pd.DataFrame, cfg: SplitConfig) -> tuple[str, str]:
+    """Return (strategy, reason)."""
+    if cfg.strategy != "auto":
+        needed = {"time": "timestamp", "group": "group"}.get(cfg.strategy)
+        if needed and needed not in df:
+            raise DataError(f"split.strategy is {cfg.strategy!r} but no {needed} column is mapped in data.columns")
+        return cfg.strategy, f"split.strategy = {cfg.strategy}"
+    if "timestamp" in df:
+        return "time", "a timestamp column is mapped: newest rows are held out"
+    if "group" in df:
+        return "group", "a group column is mapped (no timestamp): each group stays on one side"
+    return "stratified", "no timestamp and no group column: stratified random split"
+
+
+def _fractions(cfg: SplitConfig) -> tuple[float, float]:
+    if cfg.val_fraction + cfg.test_fraction >= 0.9:
+        raise DataError("split.val_fraction + split.test_fraction must leave at least 10% for training")
+    return cfg.val_fraction, cfg.test_fraction
+
+
+def split_frame(df: pd.DataFrame, cfg: SplitConfig) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Pure stage function: one frame → three frames and a report of how it was split."""
+    strategy, reason = choose_strategy(df, cfg)
+    val_f, test_f = _fractions(cfg)
+    n = len(df)
+    if n < 10:
+        raise DataError(f"only {n} rows after ingest: too few to split into train/val/test")
+    if strategy == "time":
+        ordered = df.sort_values(["timestamp", "id"], kind="stable").reset_index(drop=True)
+        n_test, n_val = int(round(n * test_f)), int(round(n * val_f))
+        parts = {"train": ordered.iloc[: n - n_val - n_test], "val": ordered.iloc[n - n_val - n_test: n - n_test],
+                 "test": ordered.iloc[n - n_test:]}
+    elif strategy == "group":
+        parts = {}
+        rest = df
+        for name, frac in (("test", test_f), ("val", val_f / (1 - test_f))):
+            k = max(2, int(round(1 / frac)))
+            sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=cfg.seed)
+            keep_idx, take_idx = next(sgkf.split(rest, rest["label"], groups=rest["group"].fillna("<none>")))
+            parts[name] = rest.iloc[take_idx]
+            rest = rest.iloc[keep_idx]
+        parts["train"] = rest
+    else:
+        counts = df["label"].value_counts()
+        stratify = df["label"] if counts.min() >= 3 else None
+        if stratify is None:
+            reason += f" (not stratified: class {counts.idxmin()!r} has only {counts.min()} rows)"
+        train_val, test = train_test_split(df, test_size=test_f, random_state=cfg.seed, stratify=stratify)
+        strat2 = train_val["label"] if stratify is not None else None
+        train, val = train_test_split(train_val, test_size=val_f / (1 - test_f), random_state=cfg.seed, stratify=strat2)
+        parts = {"train": train, "val": val, "test": test}
+
+    parts = {k: parts[k].reset_index(drop=True) for k in SPLITS}
+    for name, part in parts.items():
+        if part.empty:
+            raise DataError(f"the {name} split is empty ({n} rows, strategy {strategy}); add data or change split fractions")
+    report = {
+        "strategy": strategy, "reason": reason, "rows": {k: int(len(v)) for k, v in parts.items()},
+        "class_counts": {k: {c: int(x) for c, x in v["label"].value_counts().sort_index().items()} for k, v in parts.items()},
+    }
+    if "timestamp" in df:
+        report["time_range"] = {k: [str(v["timestamp"].min()), str(v["timestamp"].max())] for k, v in parts.items()}
+    return parts, report
+
+
+def main(
+    params: Annotated[Path, typer.Option(help="params.yaml")] = Path("params.yaml"),
+    data: Annotated[Path, typer.Option(help="interim Parquet")] = Path("data/interim/dataset.parquet"),
+    out_dir: Annotated[Path, typer.Option(help="directory for train/val/test Parquet")] = Path("data/processed/split"),
+    report: Annotated[Path, typer.Option(help="split report (JSON)")] = Path("reports/split.json"),
+) -> None:
+    """Split the interim data into train / val / test by time, group or stratified random."""
+    cfg = load_params(params).split
+    parts, rep = split_frame(pd.read_parquet(data), cfg)
+    with atomic_outputs(out_dir, report) as staged:
+        for name, part in parts.items():
+            write_parquet(part, staged[out_dir] / f"{name}.parquet")
+        write_json(rep, staged[report])
+    sizes = ", ".join(f"{k} {v:,}" for k, v in rep["rows"].items())
+    print(f"split: {rep['strategy']} ({rep['reason']}): {sizes}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
