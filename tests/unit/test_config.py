@@ -1,0 +1,110 @@
+"""params.yaml → typed models: bad keys, types and ranges are refused naming the dotted key."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from datahelpers import ROOT
+from pipelines.config import Params, load_params, parse_params
+from pipelines.errors import ConfigError
+
+
+def test_repo_params_yaml_loads_and_matches_what_it_says():
+    p = load_params(ROOT / "params.yaml")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert isinstance(p, Params)
+    assert p.data.columns.text == raw["data"]["columns"]["text"]
+    assert p.validate_.expected_labels == raw["validate"]["expected_labels"]
+    assert p.split.test_fraction == raw["split"]["test_fraction"]
+    assert p.leakage.leaky_column_action == raw["leakage"]["leaky_column_action"]
+
+
+@pytest.mark.parametrize("raw, key, words", [
+    ({"validate": {"min_clas_count": 5}}, "validate.min_clas_count", "unknown key"),
+    ({"leakage": {"seed": 1, "bogus": True}}, "leakage.bogus", "unknown key"),
+    ({"nonsense": {}}, "nonsense", "unknown key"),
+    ({"data": {"columns": {"text": "t", "label": "l", "extra": "x"}}}, "data.columns.extra", "unknown key"),
+], ids=["section-key", "second-key", "section", "nested"])
+def test_unknown_key_is_refused_naming_it(raw, key, words):
+    with pytest.raises(ConfigError) as exc:
+        parse_params(raw)
+    assert f"{key}: " in str(exc.value)
+    assert words in str(exc.value)
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"split": {"test_fraction": "a lot"}}, "split.test_fraction"),
+    ({"generate": {"n_rows": "many"}}, "generate.n_rows"),
+    ({"ingest": {"scrub_pii": "perhaps"}}, "ingest.scrub_pii"),
+    ({"validate": {"expected_labels": "ham"}}, "validate.expected_labels"),
+    ({"split": {"strategy": "random"}}, "split.strategy"),
+    ({"split": 5}, "split"),
+])
+def test_wrong_type_is_refused_naming_the_key(raw, key):
+    with pytest.raises(ConfigError) as exc:
+        parse_params(raw)
+    assert f"\n  {key}: " in str(exc.value)
+
+
+@pytest.mark.parametrize("raw, key, got", [
+    ({"split": {"test_fraction": 0.9}}, "split.test_fraction", "0.9"),
+    ({"split": {"val_fraction": 0.0}}, "split.val_fraction", "0.0"),
+    ({"validate": {"min_class_count": 0}}, "validate.min_class_count", "0"),
+    ({"generate": {"n_rows": 10}}, "generate.n_rows", "10"),
+    ({"leakage": {"near_duplicate_threshold": 1.5}}, "leakage.near_duplicate_threshold", "1.5"),
+    ({"data": {"columns": {"text": [], "label": "y"}}}, "data.columns.text", "[]"),
+])
+def test_out_of_range_value_is_refused_naming_key_and_value(raw, key, got):
+    with pytest.raises(ConfigError) as exc:
+        parse_params(raw)
+    msg = str(exc.value)
+    assert f"{key}: " in msg and f"(got {got})" in msg
+
+
+def test_every_bad_value_is_reported_at_once():
+    with pytest.raises(ConfigError) as exc:
+        parse_params({"split": {"test_fraction": 0.9, "val_fraction": -1}, "validate": {"typo": 1}})
+    msg = str(exc.value)
+    assert msg.startswith("params: 3 invalid value(s)")
+    for key in ("split.test_fraction", "split.val_fraction", "validate.typo"):
+        assert key in msg
+
+
+def test_cross_field_rule_names_the_section():
+    with pytest.raises(ConfigError, match=r"validate: .*min_text_chars \(10\) is above max_text_chars \(5\)"):
+        parse_params({"validate": {"min_text_chars": 10, "max_text_chars": 5}})
+
+
+def test_single_text_column_becomes_a_list():
+    p = parse_params({"data": {"columns": {"text": "SMS", "label": "Label"}}})
+    assert p.data.columns.text == ["SMS"]
+    assert p.data.columns.timestamp is None
+
+
+def test_load_params_names_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("split: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("split:\n  test_fraction: 0.9\n")
+    with pytest.raises(ConfigError, match=rf"^{typo}: 1 invalid value\(s\)\n  split.test_fraction"):
+        load_params(typo)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_params(listy)
+
+
+def test_bad_params_stop_a_stage_cli_with_exit_2_and_no_traceback(tmp_path):
+    from datahelpers import run_stage, write_params
+
+    params = write_params(tmp_path / "params.yaml", split={"test_fraction": 0.9})
+    r = run_stage("split", "--params", str(params), cwd=tmp_path)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"error: {params}: 1 invalid value(s)")
+    assert "split.test_fraction" in r.stderr
