@@ -17,6 +17,7 @@ before anything downstream stores the text.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import html
 import re
@@ -79,6 +80,10 @@ def _read_one(path: Path, cfg: DataConfig) -> pd.DataFrame:
 def read_source(cfg: DataConfig) -> pd.DataFrame:
     """Read a file, or every supported file of a directory (same columns), into one frame."""
     path = Path(cfg.path)
+    try:
+        codecs.lookup(cfg.encoding)
+    except LookupError:
+        raise DataError(f"data.encoding: unknown encoding {cfg.encoding!r} (e.g. utf-8, latin-1, cp1252)") from None
     if not path.exists():
         raise DataError(f"data.path: {path} does not exist")
     if path.is_dir():
