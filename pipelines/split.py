@@ -61,11 +61,17 @@ def split_frame(df: pd.DataFrame, cfg: SplitConfig) -> tuple[dict[str, pd.DataFr
                  "test": ordered.iloc[n - n_test:]}
     elif strategy == "group":
         parts = {}
-        rest = df
+        rest = df = df.reset_index(drop=True)
+        # A row without a group id is its own group (not one shared "missing" group that lands on one side).
+        groups = df["group"].astype(object).where(df["group"].notna(), [f"<row {i}>" for i in range(n)])
         for name, frac in (("test", test_f), ("val", val_f / (1 - test_f))):
             k = max(2, int(round(1 / frac)))
+            n_groups = groups.loc[rest.index].nunique()
+            if n_groups < k:
+                raise DataError(f"split.strategy group: only {n_groups} groups left to split off {name} "
+                                f"(needs at least {k}); map more groups, or set split.strategy: stratified")
             sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=cfg.seed)
-            keep_idx, take_idx = next(sgkf.split(rest, rest["label"], groups=rest["group"].fillna("<none>")))
+            keep_idx, take_idx = next(sgkf.split(rest, rest["label"], groups=groups.loc[rest.index]))
             parts[name] = rest.iloc[take_idx]
             rest = rest.iloc[keep_idx]
         parts["train"] = rest
