@@ -44,7 +44,7 @@ from sklearn.tree import DecisionTreeClassifier
 
 from pipelines.config import LeakageConfig, load_params
 from pipelines.errors import GateFailed, run_cli
-from pipelines.io import atomic_outputs, write_json, write_parquet
+from pipelines.io import atomic_outputs, remove_outputs, write_json, write_parquet
 from pipelines.split import SPLITS
 
 CORE = {"id", "text", "label", "timestamp", "group"}
@@ -276,6 +276,7 @@ def main(
     for f in rep["findings"]:
         print(f"  [{f['severity']:>7}] {f['check']}: {f['detail']} -> {f['action']}")
     if not rep["passed"]:
+        remove_outputs(*targets)  # splits of an earlier run must not outlive a failed gate (training would read them)
         raise GateFailed(f"leakage check found {rep['counts']['blockers']} blocker(s); see {report}. "
                          "Fix the data, or change the leakage.*_action params if this is intended.")
     print(f"leakage: {rep['counts']['findings']} findings, no blockers; dropped columns {rep['dropped_columns']}; "
