@@ -14,6 +14,7 @@ import pandas as pd
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = ROOT.parent / "shared" / "datasets"  # as in tests/conftest.py (not importable by name: several conftest.py)
 CLASSES = ("alpha", "beta", "gamma")
 
 
