@@ -112,6 +112,22 @@ def single_column_scores(df: pd.DataFrame, seed: int = 0) -> dict[str, dict]:
     return scores
 
 
+ISO_DATE_RE = r"^\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$"
+
+
+def _as_datetime(s: pd.Series) -> pd.Series | None:
+    """A datetime column, or a text column of ISO dates (CSV/JSONL sources keep them as strings); else None."""
+    if pd.api.types.is_datetime64_any_dtype(s):
+        return s.dt.tz_localize(None) if getattr(s.dt, "tz", None) is not None else s
+    if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+        return None
+    st = s.dropna().astype(str).str.strip()
+    if st.empty or not st.str.match(ISO_DATE_RE).all():
+        return None
+    parsed = pd.to_datetime(s.astype("string").str.strip(), errors="coerce", utc=True, format="ISO8601")
+    return parsed.dt.tz_localize(None)
+
+
 def check_columns(df: pd.DataFrame, cfg: LeakageConfig) -> list[dict]:
     """(a) and (f): leaky and post-outcome columns, label-dependent missingness."""
     out: list[dict] = []
@@ -134,12 +150,15 @@ def check_columns(df: pd.DataFrame, cfg: LeakageConfig) -> list[dict]:
                            "(leakage.post_outcome_columns)", columns=[col], action=action))
     if "timestamp" in df:
         for col in df.columns:
-            if col in CORE or col in declared or not pd.api.types.is_datetime64_any_dtype(df[col]):
+            if col in CORE or col in declared:
                 continue
-            both = df[[col, "timestamp"]].dropna()
-            if len(both) and (both[col] > both["timestamp"]).mean() >= 0.99:
+            when = _as_datetime(df[col])
+            if when is None:
+                continue
+            both = pd.DataFrame({"col": when, "ts": df["timestamp"]}).dropna()
+            if len(both) and (both["col"] > both["ts"]).mean() >= 0.99:
                 out.append(finding("post_outcome_column", severity, f"{col!r} is later than the timestamp in "
-                                   f"{(both[col] > both['timestamp']).mean():.1%} of rows: recorded after the label's time",
+                                   f"{(both['col'] > both['ts']).mean():.1%} of rows: recorded after the label's time",
                                    columns=[col], action=action))
     for col in df.columns:
         if col in {"id", "label"}:

@@ -67,6 +67,15 @@ def test_post_outcome_datetime_column_is_flagged(clean_parts):
     assert "resolved_at" in report["dropped_columns"] and "resolved_at" not in clean["train"]
 
 
+def test_post_outcome_dates_kept_as_text_are_flagged(clean_parts):
+    """CSV and JSONL sources reach the leakage stage with other columns as strings."""
+    parts = {k: v.assign(closed_on=(v["timestamp"] + pd.Timedelta(hours=5)).dt.strftime("%Y-%m-%dT%H:%M:%S").astype("string"))
+             for k, v in clean_parts.items()}
+    _, report = audit(parts, LeakageConfig())
+    assert [f["columns"] for f in _checks(report, "post_outcome_column")] == [["closed_on"]]
+    assert report["dropped_columns"] == ["closed_on"]
+
+
 def test_a_datetime_column_before_the_timestamp_is_not_post_outcome(clean_parts):
     parts = {k: v.assign(signed_up_at=v["timestamp"] - pd.Timedelta(days=30)) for k, v in clean_parts.items()}
     _, report = audit(parts, LeakageConfig())
