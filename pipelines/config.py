@@ -50,6 +50,17 @@ class DataConfig(Section):
     format: Literal["auto", "csv", "tsv", "parquet", "jsonl"] = "auto"
     csv_quoting: bool = Field(True, description="false: quote characters are plain text (e.g. the SMS corpus)")
     encoding: str = "utf-8"
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, v: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(v)
+        except LookupError:
+            raise ValueError(f"unknown text encoding {v!r} (e.g. utf-8, latin-1, cp1252)") from None
+        return v
+
     columns: ColumnMap = ColumnMap(
         text=["subject", "body"], label="category", timestamp="created_at", group="customer_id", id="ticket_id"
     )
@@ -249,7 +260,7 @@ def _format_error(err: ValidationError, source: str) -> str:
     lines = [f"{source}: {err.error_count()} invalid value(s)"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see params.yaml for the known keys)"
         elif "input" in e and e["type"] != "missing":

@@ -38,7 +38,7 @@ EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parqu
 
 EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 # 8+ digits in phone-like groups: "+1 (555) 123-4567", "020 7946 0958", "09061701461". Short codes stay.
-PHONE_RE = re.compile(r"(?<![\w<])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,5}\)[\s.-]?|\d{2,5}[\s.-]?)\d{3,4}[\s.-]?\d{3,5}(?!\w)")
+PHONE_RE = re.compile(r"(?<![\w<])(?:\+?\d{1,3}[\s.-])?(?:\(\d{2,5}\)[\s.-]?|\d{2,5}[\s.-]?)\d{3,4}[\s.-]?\d{3,5}(?!\w)")
 TAG_HINT_RE = re.compile(r"</?[a-zA-Z][^>]*>|&[a-zA-Z]+;|&#\d+;")
 BLOCK_TAGS = {"p", "div", "br", "hr", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6"}
 
@@ -128,7 +128,7 @@ def strip_html(text: str) -> str:
     parser = _TextExtractor()
     parser.feed(text)
     parser.close()
-    return html.unescape("".join(parser.parts))
+    return "".join(parser.parts)  # convert_charrefs=True already decoded entities, once
 
 
 def scrub_pii(text: str) -> tuple[str, int]:

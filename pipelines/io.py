@@ -17,6 +17,15 @@ from typing import Any, Iterator
 import pandas as pd
 
 
+def read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a stage input; a missing file is a clear error that says which stage makes it."""
+    from pipelines.errors import DataError
+
+    if not Path(path).exists():
+        raise DataError(f"{path} does not exist: run the stage that writes it first (dvc repro)")
+    return pd.read_parquet(path, columns=columns)
+
+
 def write_parquet(df: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     df.to_parquet(path, engine="pyarrow", index=False)

@@ -44,7 +44,7 @@ from sklearn.tree import DecisionTreeClassifier
 
 from pipelines.config import LeakageConfig, load_params
 from pipelines.errors import GateFailed, run_cli
-from pipelines.io import atomic_outputs, remove_outputs, write_json, write_parquet
+from pipelines.io import atomic_outputs, read_parquet, remove_outputs, write_json, write_parquet
 from pipelines.split import SPLITS
 
 CORE = {"id", "text", "label", "timestamp", "group"}
@@ -283,7 +283,7 @@ def main(
 ) -> None:
     """Audit the splits for leakage; write model-ready splits, or fail (exit 3) on a blocker."""
     cfg = load_params(params).leakage
-    parts = {k: pd.read_parquet(split_dir / f"{k}.parquet") for k in SPLITS}
+    parts = {k: read_parquet(split_dir / f"{k}.parquet") for k in SPLITS}
     clean, rep = audit(parts, cfg)
     targets = [out_dir / f"{k}.parquet" for k in SPLITS]
     with atomic_outputs(report, metrics, *([] if not rep["passed"] else targets)) as staged:

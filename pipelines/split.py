@@ -22,7 +22,7 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from pipelines.config import SplitConfig, load_params
 from pipelines.errors import DataError, run_cli
-from pipelines.io import atomic_outputs, write_json, write_parquet
+from pipelines.io import atomic_outputs, read_parquet, write_json, write_parquet
 
 SPLITS = ("train", "val", "test")
 
@@ -41,16 +41,10 @@ def choose_strategy(df: pd.DataFrame, cfg: SplitConfig) -> tuple[str, str]:
     return "stratified", "no timestamp and no group column: stratified random split"
 
 
-def _fractions(cfg: SplitConfig) -> tuple[float, float]:
-    if cfg.val_fraction + cfg.test_fraction >= 0.9:
-        raise DataError("split.val_fraction + split.test_fraction must leave at least 10% for training")
-    return cfg.val_fraction, cfg.test_fraction
-
-
 def split_frame(df: pd.DataFrame, cfg: SplitConfig) -> tuple[dict[str, pd.DataFrame], dict]:
     """Pure stage function: one frame → three frames and a report of how it was split."""
     strategy, reason = choose_strategy(df, cfg)
-    val_f, test_f = _fractions(cfg)
+    val_f, test_f = cfg.val_fraction, cfg.test_fraction
     n = len(df)
     if n < 10:
         raise DataError(f"only {n} rows after ingest: too few to split into train/val/test")
@@ -106,7 +100,7 @@ def main(
 ) -> None:
     """Split the interim data into train / val / test by time, group or stratified random."""
     cfg = load_params(params).split
-    parts, rep = split_frame(pd.read_parquet(data), cfg)
+    parts, rep = split_frame(read_parquet(data), cfg)
     with atomic_outputs(out_dir, report) as staged:
         for name, part in parts.items():
             write_parquet(part, staged[out_dir] / f"{name}.parquet")

@@ -20,7 +20,7 @@ import typer
 
 from pipelines.config import ValidateConfig, load_params
 from pipelines.errors import GateFailed, run_cli
-from pipelines.io import atomic_outputs, remove_outputs, write_json
+from pipelines.io import atomic_outputs, read_parquet, remove_outputs, write_json
 
 logging.getLogger("great_expectations").setLevel(logging.ERROR)
 
@@ -132,7 +132,7 @@ def main(
 ) -> None:
     """Run the Great Expectations suite on the interim data; fail (exit 3) if any expectation fails."""
     cfg = load_params(params).validate_
-    df = pd.read_parquet(data)
+    df = read_parquet(data)
     with atomic_outputs(out_dir) as staged:
         outcome = run_validation(df, cfg, docs_dir=staged[out_dir] / "data_docs")
         write_json({"success": outcome.success, "results": outcome.results, "great_expectations": outcome.raw},

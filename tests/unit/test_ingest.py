@@ -240,5 +240,6 @@ def test_cli_reads_latin1_when_told_and_refuses_an_unknown_encoding(tmp_path):
     write_params(params, data={"path": str(f), "encoding": "utf-9"})
     r = run_stage("ingest", "--params", str(params), "--out", str(tmp_path / "y.parquet"), cwd=tmp_path)
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
-    assert r.stderr.startswith("error: data.encoding: unknown encoding 'utf-9'")
+    # Refused while loading params (before reading any data), naming the key and the value.
+    assert r.stderr.startswith("error: ") and "data.encoding: unknown text encoding 'utf-9'" in r.stderr
     assert not (tmp_path / "y.parquet").exists()
