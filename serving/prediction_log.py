@@ -1,0 +1,99 @@
+"""The prediction log: what serving writes and monitoring reads (no Ray import here).
+
+Layout under ``data/production/`` (the root is ``serve.log_dir`` in params)::
+
+    predictions/date=YYYY-MM-DD/part-<utc>-<uuid>.parquet
+    feedback/date=YYYY-MM-DD/part-<utc>-<uuid>.parquet
+
+Each part file is written whole (temporary name, then ``os.replace``), so a reader
+never sees half a file. Schemas are fixed pyarrow schemas (below); readers get an
+empty frame with the right columns when nothing was logged yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PREDICTIONS = "predictions"
+FEEDBACK = "feedback"
+
+PREDICTION_SCHEMA = pa.schema([
+    ("ts", pa.timestamp("us", tz="UTC")),
+    ("request_id", pa.string()),
+    ("item", pa.int32()),               # index of the text within its request
+    ("model_name", pa.string()),
+    ("model_version", pa.string()),
+    ("text_sha256", pa.string()),       # text_hash(text): stable across processes and runs
+    ("text", pa.string()),              # scrubbed text, or null when params forbid storing text
+    ("label", pa.string()),             # predicted label
+    ("confidence", pa.float64()),       # probability of the predicted label
+    ("probabilities", pa.string()),     # JSON object {class: probability}
+    ("latency_ms", pa.float64()),       # request latency as the client saw it
+    ("batch_size", pa.int32()),         # size of the model batch this text was computed in
+])
+
+FEEDBACK_SCHEMA = pa.schema([
+    ("ts", pa.timestamp("us", tz="UTC")),
+    ("request_id", pa.string()),
+    ("item", pa.int32()),
+    ("true_label", pa.string()),
+])
+
+SCHEMAS = {PREDICTIONS: PREDICTION_SCHEMA, FEEDBACK: FEEDBACK_SCHEMA}
+
+
+def text_hash(text: str) -> str:
+    """sha256 of the UTF-8 text (never Python's ``hash()``, which changes per process)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def probabilities_json(classes: Iterable[str], proba: Iterable[float]) -> str:
+    return json.dumps({str(c): round(float(p), 6) for c, p in zip(classes, proba)}, sort_keys=True)
+
+
+def write_part(root: str | Path, kind: str, rows: list[dict], now: datetime | None = None) -> Path | None:
+    """Write ``rows`` as one new Parquet part file of ``kind`` (predictions | feedback); atomic; returns its path."""
+    if not rows:
+        return None
+    schema = SCHEMAS[kind]
+    now = now or datetime.now(timezone.utc)
+    directory = Path(root) / kind / f"date={now:%Y-%m-%d}"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"part-{now:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
+    table = pa.Table.from_pylist(rows, schema=schema)
+    tmp = path.with_name("." + path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        pq.write_table(table, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_log(root: str | Path, kind: str, since: datetime | None = None) -> pd.DataFrame:
+    """All rows of ``kind`` under ``root`` (optionally only rows with ``ts >= since``), oldest first."""
+    schema = SCHEMAS[kind]
+    files = sorted((Path(root) / kind).glob("date=*/part-*.parquet"))
+    if not files:
+        return schema.empty_table().to_pandas()
+    df = pa.concat_tables([pq.read_table(f, schema=schema) for f in files]).to_pandas()
+    if since is not None:
+        df = df[df["ts"] >= pd.Timestamp(since)]
+    return df.sort_values(["ts", "request_id", "item"], kind="stable").reset_index(drop=True)
+
+
+def labelled_predictions(root: str | Path, since: datetime | None = None) -> pd.DataFrame:
+    """Predictions joined with the latest feedback label for each (request_id, item); unlabelled rows are dropped."""
+    preds, fb = read_log(root, PREDICTIONS, since), read_log(root, FEEDBACK)
+    fb = fb.sort_values("ts").drop_duplicates(["request_id", "item"], keep="last")
+    return preds.merge(fb[["request_id", "item", "true_label"]], on=["request_id", "item"], how="inner")
