@@ -50,6 +50,9 @@ class DataConfig(Section):
     format: Literal["auto", "csv", "tsv", "parquet", "jsonl"] = "auto"
     csv_quoting: bool = Field(True, description="false: quote characters are plain text (e.g. the SMS corpus)")
     encoding: str = "utf-8"
+    snapshots_dir: str | None = Field(
+        "data/snapshots", description="labelled production snapshots (canonical columns id/text/label/timestamp), appended"
+    )
     @field_validator("encoding")
     @classmethod
     def _known_encoding(cls, v: str) -> str:
@@ -153,14 +156,14 @@ class BaselinesConfig(Section):
     models: list[BaselineName] = Field(
         ["majority", "tfidf_logreg", "tfidf_svm", "minilm_logreg"], min_length=1, description="candidates to train"
     )
-    c_grid: list[float] = Field([0.3, 1.0, 3.0], min_length=1, description="inverse regularisation C, chosen by CV on train")
+    c_grid: list[float] = Field([1.0, 10.0], min_length=1, description="inverse regularisation C, chosen by CV on train")
     cv_folds: int = Field(3, ge=2, le=10, description="stratified CV folds on train (model selection)")
     class_weight: Literal["balanced", "none"] = "balanced"
     word_ngram_max: int = Field(2, ge=1, le=3, description="word n-grams 1..n")
-    char_ngram_min: int = Field(2, ge=1, le=6)
+    char_ngram_min: int = Field(3, ge=1, le=6)
     char_ngram_max: int = Field(5, ge=1, le=8, description="char_wb n-grams min..max")
     min_df: int = Field(2, ge=1, description="ignore terms in fewer documents")
-    max_features: int = Field(200_000, ge=100, le=5_000_000, description="per vectoriser")
+    max_features: int = Field(100_000, ge=100, le=5_000_000, description="per vectoriser")
     calibration_folds: int = Field(3, ge=2, le=10, description="CalibratedClassifierCV folds for the linear SVM")
     base_model: str = Field("minilm", description="frozen encoder: 'minilm' (packaged) or an HF id / local path")
     embed_max_length: int = Field(128, ge=8, le=512, description="tokens per text (truncation)")
@@ -169,9 +172,10 @@ class BaselinesConfig(Section):
         "auto", description="auto: bfloat16 autocast where the CPU has native bf16, else float32"
     )
     embed_max_train_rows: int | None = Field(
-        None, ge=100, description="cap on train rows embedded for the encoder baseline (stratified); null: all"
+        8000, ge=100, description="cap on train rows embedded for the encoder baseline (stratified); null: all"
     )
     torch_threads: int = Field(2, ge=1, le=256)
+    n_jobs: int = Field(2, ge=1, le=64, description="parallel CV fits (scikit-learn)")
     seed: int = 42
 
     @model_validator(mode="after")

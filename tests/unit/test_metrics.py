@@ -1,0 +1,67 @@
+"""The one evaluation module: agrees with scikit-learn, ECE matches a hand computation, bad splits are refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+from pipelines.errors import DataError
+from pipelines.metrics import check_labels, evaluate, expected_calibration_error, score, write_plots
+
+
+class Fixed:
+    """A TextClassifier that returns preset probabilities."""
+
+    def __init__(self, classes: list[str], proba: np.ndarray) -> None:
+        self.classes, self.proba = classes, proba
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        return self.proba[: len(texts)]
+
+
+def test_ece_matches_hand_computation() -> None:
+    proba = np.array([[0.95, 0.05], [0.85, 0.15], [0.35, 0.65], [0.6, 0.4]])
+    y = np.array([0, 1, 1, 1])
+    # 4 bins of width .25: {.95 ok, .85 wrong} in (.75, 1]: |0.5 - 0.9| * 2/4 = 0.2
+    #                       {.65 ok, .60 wrong} in (.5, .75]: |0.5 - 0.625| * 2/4 = 0.0625
+    assert expected_calibration_error(y, proba, n_bins=4) == pytest.approx(0.2625)
+    assert expected_calibration_error(np.array([0, 1]), np.array([[1.0, 0.0], [0.0, 1.0]]), 10) == pytest.approx(0.0)
+
+
+def test_score_agrees_with_sklearn() -> None:
+    classes = ["a", "b", "c"]
+    y = ["a", "a", "b", "b", "c", "c", "c", "a"]
+    proba = np.array([[.7, .2, .1], [.2, .7, .1], [.1, .8, .1], [.5, .4, .1], [.1, .1, .8], [.2, .2, .6],
+                      [.1, .6, .3], [.9, .05, .05]])
+    pred = [classes[i] for i in proba.argmax(1)]
+    m = score(y, proba, classes, ece_bins=10)
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert m["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    p, r, f, s = precision_recall_fscore_support(y, pred, labels=classes)
+    for i, c in enumerate(classes):
+        assert m["per_class"][c] == pytest.approx({"precision": p[i], "recall": r[i], "f1": f[i], "support": s[i]})
+    assert np.array(m["confusion"]["matrix"]).sum() == len(y)
+
+
+def test_evaluate_reports_latency_and_predictions() -> None:
+    model = Fixed(["x", "y"], np.array([[0.9, 0.1], [0.2, 0.8]]))
+    m, preds = evaluate(model, ["t1", "t2"], ["x", "x"], split="val")
+    assert preds == ["x", "y"] and m["latency_ms_per_1k"] >= 0 and m["n"] == 2
+    assert m["per_class"]["y"]["support"] == 0
+
+
+def test_empty_split_and_unseen_class_are_refused() -> None:
+    with pytest.raises(DataError, match="test split is empty"):
+        check_labels([], ["a", "b"], "test")
+    with pytest.raises(DataError, match=r"class\(es\) \['zebra'\] that the model never saw"):
+        check_labels(["a", "zebra"], ["a", "b"], "test")
+    check_labels(["a", "zebra"], ["a", "b"], "test", allow_unseen=True)
+
+
+def test_write_plots(tmp_path) -> None:
+    write_plots(["a", "b", "a"], ["a", "a", "a"], tmp_path / "c.csv", tmp_path / "c.png", "t")
+    df = pd.read_csv(tmp_path / "c.csv")
+    assert list(df.columns) == ["actual", "predicted"] and len(df) == 3
+    assert (tmp_path / "c.png").stat().st_size > 1000
