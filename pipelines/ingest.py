@@ -168,10 +168,40 @@ def map_columns(df: pd.DataFrame, columns: ColumnMap) -> pd.DataFrame:
     return out
 
 
-def ingest(raw: pd.DataFrame, data: DataConfig, cfg: IngestConfig) -> tuple[pd.DataFrame, dict]:
-    """Pure stage function: raw frame → canonical, cleaned frame and a summary dict."""
+SNAPSHOT_COLUMNS = ("id", "text", "label", "timestamp")
+
+
+def read_snapshots(data: DataConfig) -> pd.DataFrame | None:
+    """Labelled production snapshots (written by monitoring's feedback loop), already in canonical columns."""
+    if not data.snapshots_dir or not Path(data.snapshots_dir).is_dir():
+        return None
+    files = sorted(Path(data.snapshots_dir).glob("*.parquet"))
+    if not files:
+        return None
+    frames = []
+    for f in files:
+        snap = pd.read_parquet(f)
+        missing = [c for c in ("text", "label") if c not in snap.columns]
+        if missing:
+            raise DataError(f"snapshot {f} lacks column(s) {missing}; snapshots need {list(SNAPSHOT_COLUMNS)}")
+        frames.append(snap[[c for c in SNAPSHOT_COLUMNS if c in snap.columns]])
+    return pd.concat(frames, ignore_index=True)
+
+
+def ingest(raw: pd.DataFrame, data: DataConfig, cfg: IngestConfig,
+           snapshots: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict]:
+    """Pure stage function: raw frame (+ labelled snapshots) → canonical, cleaned frame and a summary dict."""
     df = map_columns(raw, data.columns)
-    summary: dict = {"rows_read": int(len(raw)), "source_columns": list(map(str, raw.columns))}
+    summary: dict = {"rows_read": int(len(raw)), "source_columns": list(map(str, raw.columns)),
+                     "snapshot_rows": 0 if snapshots is None else int(len(snapshots))}
+    if snapshots is not None and len(snapshots):
+        snap = snapshots.copy()
+        if "timestamp" in snap and "timestamp" not in df:
+            snap = snap.drop(columns="timestamp")
+        if "timestamp" in df and "timestamp" in snap:  # same type as the primary source before concatenating
+            snap["timestamp"] = pd.to_datetime(snap["timestamp"], utc=True).dt.tz_localize(None)
+            df["timestamp"] = pd.to_datetime(df["timestamp"], errors="coerce", utc=True).dt.tz_localize(None)
+        df = pd.concat([df, snap], ignore_index=True)
 
     labels = df["label"]
     null_labels = labels.isna() | labels.astype("string").str.strip().eq("")
@@ -234,7 +264,7 @@ def main(
 ) -> None:
     """Read data.path, map columns, strip HTML, scrub PII and write typed Parquet."""
     p = load_params(params)
-    df, summary = ingest(read_source(p.data), p.data, p.ingest)
+    df, summary = ingest(read_source(p.data), p.data, p.ingest, read_snapshots(p.data))
     with atomic_outputs(out, summary_out, metrics_out) as staged:
         write_parquet(df, staged[out])
         write_json(summary, staged[summary_out])
