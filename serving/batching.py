@@ -1,0 +1,197 @@
+"""Continuous batching for a text classifier: pure asyncio, no Ray (testable on its own).
+
+Requests put their texts into one pending list; a single loop runs the model back to
+back. Each step starts from the oldest waiting text (so nothing starves) and adds the
+waiting texts closest to it in length, while the batch fits ``max_batch_size`` and a
+padded-token budget (``len(batch) x longest text``, the cost a transformer pays).
+Texts that arrive while a step computes join the next step: there is no waiting
+window. The model call runs in a one-thread executor, so the event loop keeps
+accepting requests. Every text is pinned to the model it was submitted with, so a
+hot swap never mixes versions inside one request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+
+class QueueFull(Exception):
+    """The bounded queue cannot take the texts of this request (answer 429 / retry later)."""
+
+
+class Model(Protocol):
+    classes: list[str]
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray: ...
+
+
+def approx_tokens(text: str) -> int:
+    """Cheap token estimate (WordPiece/BPE average about 4 characters per token, plus [CLS]/[SEP])."""
+    return len(text) // 4 + 2
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """One text's answer: its probability row, the model that computed it and the size of that batch."""
+
+    proba: np.ndarray
+    model: Any
+    batch_size: int
+
+
+@dataclass(eq=False)
+class _Item:
+    text: str
+    tokens: int
+    model: Any
+    seq: int
+    future: asyncio.Future = field(repr=False)
+
+
+def select_batch(pending: Sequence[_Item], max_batch_size: int, max_batch_tokens: int) -> list[_Item]:
+    """The oldest item plus the same-model items nearest to it in length, within size and padded-token budget."""
+    anchor = min(pending, key=lambda it: it.seq)
+    same = [it for it in pending if it.model is anchor.model and it is not anchor]
+    same.sort(key=lambda it: (abs(it.tokens - anchor.tokens), it.seq))
+    batch, longest = [anchor], anchor.tokens
+    for it in same:
+        if len(batch) >= max_batch_size:
+            break
+        new_longest = max(longest, it.tokens)
+        if new_longest * (len(batch) + 1) > max_batch_tokens:
+            continue  # a shorter one further down may still fit
+        batch.append(it)
+        longest = new_longest
+    return batch
+
+
+class ContinuousBatcher:
+    """Queue + one model loop. ``await submit(texts, model)`` returns one :class:`ItemResult` per text."""
+
+    def __init__(self, *, max_batch_size: int = 32, max_batch_tokens: int = 4096, max_queue: int = 512,
+                 cost: Callable[[str], int] = approx_tokens,
+                 on_batch: Callable[[int, float], None] | None = None) -> None:
+        self.max_batch_size, self.max_batch_tokens, self.max_queue = max_batch_size, max_batch_tokens, max_queue
+        self.cost, self.on_batch = cost, on_batch
+        self._pending: list[_Item] = []
+        self._seq = itertools.count()
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._closing = False
+
+    def depth(self) -> int:
+        """Texts waiting (not yet in a running step)."""
+        return len(self._pending)
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._closing = False
+            self._wakeup = asyncio.Event()
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+            self._task = asyncio.create_task(self._loop(), name="continuous-batcher")
+
+    async def stop(self) -> None:
+        """Finish every text already queued, then stop the loop."""
+        if self._task is None:
+            return
+        self._closing = True
+        self._wakeup.set()  # type: ignore[union-attr]
+        await self._task
+        self._task = None
+        self._executor.shutdown(wait=True)  # type: ignore[union-attr]
+
+    async def submit(self, texts: list[str], model: Model) -> list[ItemResult]:
+        if self._task is None or self._closing:
+            raise RuntimeError("batcher is not running")
+        if len(self._pending) + len(texts) > self.max_queue:
+            raise QueueFull(f"queue full ({len(self._pending)} texts waiting, limit {self.max_queue})")
+        loop = asyncio.get_running_loop()
+        items = [_Item(t, self.cost(t), model, next(self._seq), loop.create_future()) for t in texts]
+        self._pending.extend(items)
+        self._wakeup.set()  # type: ignore[union-attr]
+        try:
+            return list(await asyncio.gather(*(it.future for it in items)))
+        except asyncio.CancelledError:
+            for it in items:
+                it.future.cancel()  # the loop skips cancelled items
+            raise
+
+    async def _loop(self) -> None:
+        while True:
+            self._pending = [it for it in self._pending if not it.future.done()]
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wakeup.clear()  # type: ignore[union-attr]
+                await self._wakeup.wait()  # type: ignore[union-attr]
+                continue
+            batch = select_batch(self._pending, self.max_batch_size, self.max_batch_tokens)
+            taken = set(map(id, batch))
+            self._pending = [it for it in self._pending if id(it) not in taken]
+            await self._run(batch)
+
+    async def _run(self, batch: list[_Item]) -> None:
+        model = batch[0].model
+        texts = [it.text for it in batch]
+        start = time.perf_counter()
+        try:
+            proba = await asyncio.get_running_loop().run_in_executor(self._executor, model.predict_proba, texts)
+            proba = np.asarray(proba)
+            if proba.shape[0] != len(texts):
+                raise RuntimeError(f"model returned {proba.shape[0]} rows for {len(texts)} texts")
+        except Exception as err:  # noqa: BLE001 - the batch's requests fail, the loop goes on
+            for it in batch:
+                if not it.future.done():
+                    it.future.set_exception(err)
+            return
+        finally:
+            if self.on_batch is not None:
+                self.on_batch(len(batch), time.perf_counter() - start)
+        for i, it in enumerate(batch):
+            if not it.future.done():
+                it.future.set_result(ItemResult(proba[i], model, len(batch)))
+
+
+class DirectRunner:
+    """No batching: each request's texts go to the model as they are (one model call at a time, in a thread)."""
+
+    def __init__(self, *, max_queue: int = 512, on_batch: Callable[[int, float], None] | None = None) -> None:
+        self.max_queue, self.on_batch = max_queue, on_batch
+        self._waiting = 0
+        self._lock: asyncio.Lock | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    def depth(self) -> int:
+        return self._waiting
+
+    async def start(self) -> None:
+        self._lock = asyncio.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+
+    async def stop(self) -> None:
+        if self._executor is not None:
+            async with self._lock:  # type: ignore[union-attr]
+                self._executor.shutdown(wait=True)
+
+    async def submit(self, texts: list[str], model: Model) -> list[ItemResult]:
+        if self._waiting + len(texts) > self.max_queue:
+            raise QueueFull(f"queue full ({self._waiting} texts waiting, limit {self.max_queue})")
+        self._waiting += len(texts)
+        try:
+            async with self._lock:  # type: ignore[union-attr]
+                start = time.perf_counter()
+                proba = np.asarray(await asyncio.get_running_loop().run_in_executor(
+                    self._executor, model.predict_proba, list(texts)))
+        finally:
+            self._waiting -= len(texts)
+        if self.on_batch is not None:
+            self.on_batch(len(texts), time.perf_counter() - start)
+        return [ItemResult(proba[i], model, len(texts)) for i in range(len(texts))]

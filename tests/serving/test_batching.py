@@ -1,0 +1,208 @@
+"""Continuous batching without Ray: a slow fake model records every batch it sees."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from serving.batching import ContinuousBatcher, DirectRunner, QueueFull, approx_tokens
+
+
+class SlowModel:
+    """Sleeps per call (in the executor thread); probability of class 'long' grows with text length."""
+
+    classes = ["short", "long"]
+
+    def __init__(self, delay: float = 0.05, fail_on: str | None = None) -> None:
+        self.delay, self.fail_on, self.batches = delay, fail_on, []
+        self.threads: set[str] = set()
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        self.batches.append(list(texts))
+        self.threads.add(threading.current_thread().name)
+        time.sleep(self.delay)
+        if self.fail_on is not None and self.fail_on in texts:
+            raise ValueError("model exploded")
+        p = np.array([min(len(t) / 100, 1.0) for t in texts])
+        return np.stack([1 - p, p], axis=1)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_texts_arriving_during_a_step_join_the_next_step() -> None:
+    model = SlowModel(delay=0.2)
+
+    async def go():
+        b = ContinuousBatcher(max_batch_size=32)
+        await b.start()
+        first = asyncio.create_task(b.submit(["a"], model))
+        await asyncio.sleep(0.05)  # the first step is now computing
+        late = [asyncio.create_task(b.submit([f"t{i}"], model)) for i in range(5)]
+        await asyncio.sleep(0.01)
+        assert b.depth() == 5  # the loop kept accepting while the model ran
+        res = await asyncio.gather(first, *late)
+        await b.stop()
+        return res
+
+    res = run(go())
+    assert model.batches == [["a"], ["t0", "t1", "t2", "t3", "t4"]]
+    assert res[0][0].batch_size == 1 and all(r[0].batch_size == 5 for r in res[1:])
+    assert all(name.startswith("model") for name in model.threads)  # computed off the event loop
+
+
+def test_no_waiting_window_for_a_lone_request() -> None:
+    model = SlowModel(delay=0.0)
+
+    async def go():
+        b = ContinuousBatcher()
+        await b.start()
+        t0 = time.perf_counter()
+        await b.submit(["hello"], model)
+        dt = time.perf_counter() - t0
+        await b.stop()
+        return dt
+
+    assert run(go()) < 0.05
+
+
+def test_batches_respect_max_size_and_token_budget() -> None:
+    model = SlowModel(delay=0.01)
+    texts = [("x" * (4 * n)) for n in [5, 50, 10, 200, 7, 60, 3, 40, 100, 9] * 4]
+
+    async def go():
+        b = ContinuousBatcher(max_batch_size=6, max_batch_tokens=300)
+        await b.start()
+        # hold the loop with a first slow step so every text is queued before selection starts
+        res = await asyncio.gather(b.submit(["warm"], model), *(b.submit([t], model) for t in texts))
+        await b.stop()
+        return res
+
+    res = run(go())
+    assert sum(len(x) for x in model.batches) == len(texts) + 1
+    for batch in model.batches:
+        assert len(batch) <= 6
+        if len(batch) > 1:
+            assert max(approx_tokens(t) for t in batch) * len(batch) <= 300
+    assert all(len(r) == 1 and r[0].proba.shape == (2,) for r in res)  # every future resolved
+
+
+def test_length_grouping_keeps_padding_small() -> None:
+    model = SlowModel(delay=0.05)
+    short, long_ = ["s" * 8] * 8, ["l" * 400] * 8
+    mixed = [t for pair in zip(short, long_) for t in pair]
+
+    async def go():
+        b = ContinuousBatcher(max_batch_size=8, max_batch_tokens=10_000)
+        await b.start()
+        first = asyncio.create_task(b.submit(["warm"], model))
+        await asyncio.sleep(0.01)
+        await asyncio.gather(first, *(b.submit([t], model) for t in mixed))
+        await b.stop()
+
+    run(go())
+    for batch in model.batches[1:]:
+        assert len({len(t) for t in batch}) == 1, batch  # short and long texts never share a batch
+
+
+def test_results_map_back_to_their_texts() -> None:
+    model = SlowModel(delay=0.01)
+    texts = ["x" * n for n in range(1, 60)]
+
+    async def go():
+        b = ContinuousBatcher(max_batch_size=7, max_batch_tokens=200)
+        await b.start()
+        res = await b.submit(texts, model)
+        await b.stop()
+        return res
+
+    res = run(go())
+    assert [r.proba[1] for r in res] == pytest.approx([min(len(t) / 100, 1) for t in texts])
+
+
+def test_model_error_fails_only_that_batch() -> None:
+    model = SlowModel(delay=0.05, fail_on="boom")
+
+    async def go():
+        b = ContinuousBatcher(max_batch_size=2, max_batch_tokens=10_000)
+        await b.start()
+        first = asyncio.create_task(b.submit(["warm"], model))
+        await asyncio.sleep(0.01)
+        # same length -> "boom" and "okay" share a batch; the long ones form another
+        tasks = [asyncio.create_task(b.submit([t], model)) for t in ["boom", "okay", "a" * 300, "b" * 300]]
+        res = await asyncio.gather(first, *tasks, return_exceptions=True)
+        after = await b.submit(["still alive"], model)
+        await b.stop()
+        return res, after
+
+    res, after = run(go())
+    assert isinstance(res[1], ValueError) and isinstance(res[2], ValueError)
+    assert not isinstance(res[3], BaseException) and not isinstance(res[4], BaseException)
+    assert len(after) == 1
+
+
+def test_models_are_never_mixed_in_a_batch() -> None:
+    old, new = SlowModel(delay=0.05), SlowModel(delay=0.05)
+
+    async def go():
+        b = ContinuousBatcher(max_batch_size=16)
+        await b.start()
+        res = await asyncio.gather(*(b.submit([f"t{i}"], old if i % 2 else new) for i in range(10)))
+        await b.stop()
+        return res
+
+    res = run(go())
+    assert all(r[0].model is (old if i % 2 else new) for i, r in enumerate(res))
+    assert sorted(t for bt in old.batches for t in bt) == sorted(f"t{i}" for i in range(1, 10, 2))
+
+
+def test_bounded_queue_refuses_instead_of_growing() -> None:
+    model = SlowModel(delay=0.2)
+
+    async def go():
+        b = ContinuousBatcher(max_queue=3)
+        await b.start()
+        first = asyncio.create_task(b.submit(["a"], model))
+        await asyncio.sleep(0.02)
+        waiting = asyncio.create_task(b.submit(["b", "c", "d"], model))
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull):
+            await b.submit(["e"], model)
+        await asyncio.gather(first, waiting)
+        await b.stop()
+
+    run(go())
+
+
+def test_stop_drains_queued_texts() -> None:
+    model = SlowModel(delay=0.02)
+
+    async def go():
+        b = ContinuousBatcher(max_batch_size=2)
+        await b.start()
+        tasks = [asyncio.create_task(b.submit([f"t{i}"], model)) for i in range(7)]
+        await asyncio.sleep(0)
+        await b.stop()  # returns once every queued text has been computed
+        assert all(t.done() or not t.cancelled() for t in tasks) and model.batches
+        return await asyncio.gather(*tasks)
+
+    assert len(run(go())) == 7
+
+
+def test_direct_runner_is_one_call_per_request() -> None:
+    model = SlowModel(delay=0.01)
+
+    async def go():
+        r = DirectRunner()
+        await r.start()
+        res = await asyncio.gather(r.submit(["a", "b"], model), r.submit(["c"], model))
+        await r.stop()
+        return res
+
+    res = run(go())
+    assert sorted(map(len, model.batches)) == [1, 2] and res[0][0].batch_size == 2
