@@ -1,0 +1,69 @@
+"""Which model to serve: the registry alias (``models:/<name>@champion``) resolved and loaded through the pipeline's
+:class:`~pipelines.tracking.Registry`, seen through the common :class:`~pipelines.model_api.TextClassifier`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipelines.config import MlflowConfig
+from pipelines.model_api import TextClassifier
+from pipelines.tracking import Registry, tracking_uri
+
+
+@dataclass(eq=False)
+class ModelHandle:
+    """One loaded registry version. Requests pin the handle they started with, so a swap never mixes versions."""
+
+    name: str
+    version: str
+    classifier: TextClassifier
+
+    @property
+    def classes(self) -> list[str]:
+        return self.classifier.classes
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        return self.classifier.predict_proba(texts)
+
+
+class ChampionSource:
+    """Resolve an alias to a version number, and load a version (both blocking: call them in a thread)."""
+
+    def __init__(self, cfg: MlflowConfig, alias: str = "champion", torch_threads: int | None = None) -> None:
+        self.cfg, self.alias, self.torch_threads = cfg, alias, torch_threads
+        self.uri = tracking_uri(cfg)
+        self._registry: Registry | None = None
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            # mlflow.pyfunc.load_model("models:/...") reads the process-wide URI: make it the configured one
+            os.environ["MLFLOW_TRACKING_URI"] = self.uri
+            self._registry = Registry(self.cfg)
+        return self._registry
+
+    @property
+    def model_name(self) -> str:
+        return self.cfg.registered_model
+
+    def resolve(self) -> str | None:
+        """The version the alias points to now, or None (no such model or alias yet)."""
+        if not self.registry.exists():
+            return None
+        return self.registry.alias(self.alias)
+
+    def load(self, version: str) -> ModelHandle:
+        """Load exactly ``version`` (not the alias: it may move while we load)."""
+        classifier = self.registry.load(version)
+        if self.torch_threads and "torch" in sys.modules:
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
+        return ModelHandle(self.model_name, str(version), classifier)
+
+    def describe(self) -> str:
+        return f"models:/{self.model_name}@{self.alias} (registry {self.uri})"

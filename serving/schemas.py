@@ -1,0 +1,88 @@
+"""Request and response bodies of the HTTP API (pydantic; the limits come from ``params.yaml: serve``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, create_model, field_validator
+
+REQUEST_ID_PATTERN = r"^[0-9a-f]{32}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PredictRequestBase(_Strict):
+    texts: list[StrictStr]
+    top_k: StrictInt | None = Field(None, ge=1, description="return only the k most probable classes")
+
+    @field_validator("texts")
+    @classmethod
+    def _not_blank(cls, texts: list[str]) -> list[str]:
+        blank = [i for i, t in enumerate(texts) if not t.strip()]
+        if blank:
+            raise ValueError(f"text(s) at position {blank[:10]} are empty or only whitespace")
+        return texts
+
+
+def predict_request_model(max_texts: int, max_chars: int) -> type[PredictRequestBase]:
+    """``PredictRequest`` with the configured limits (shown in the OpenAPI schema)."""
+    text = Annotated[StrictStr, Field(min_length=1, max_length=max_chars)]
+    return create_model(  # type: ignore[call-overload]
+        "PredictRequest", __base__=PredictRequestBase,
+        texts=(list[text], Field(min_length=1, max_length=max_texts,
+                                 description=f"1 to {max_texts} texts of at most {max_chars} characters",
+                                 examples=[["I was charged twice for my subscription"]])),
+    )
+
+
+class Prediction(BaseModel):
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
+    model_name: str
+    model_version: str
+    request_id: str
+
+
+class FeedbackRequest(_Strict):
+    request_id: Annotated[StrictStr, Field(pattern=REQUEST_ID_PATTERN, description="from a /predict answer")]
+    item: StrictInt = Field(0, ge=0, description="index of the text within that request")
+    label: StrictStr = Field(min_length=1, description="the true label")
+
+
+class FeedbackResponse(BaseModel):
+    status: str
+    matched: bool
+
+
+class Health(BaseModel):
+    status: str
+    model_name: str | None = None
+    model_version: str | None = None
+    detail: str | None = None
+
+
+def readable_errors(err: ValidationError | list[dict]) -> str:
+    """``texts.2: String should have at most 5000 characters; top_k: ...`` from pydantic/FastAPI errors."""
+    errors = err.errors() if isinstance(err, ValidationError) else err
+    parts = []
+    for e in errors:
+        loc = [str(p) for p in e.get("loc", ()) if p != "body"]
+        where = ".".join(loc) or "body"
+        msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+        if e.get("type") == "json_invalid":
+            where, msg = "body", f"not valid JSON ({e.get('ctx', {}).get('error', msg)})"
+        elif e.get("type") == "missing" and where == "body":
+            msg = "a JSON body is required"
+        elif e.get("type") == "model_attributes_type":
+            msg = "must be a JSON object"
+        elif e.get("type") == "extra_forbidden":
+            msg = "unknown field"
+        parts.append(f"{where}: {msg}")
+    return "; ".join(parts)

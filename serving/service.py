@@ -1,0 +1,183 @@
+"""The serving core of one replica, without Ray or HTTP: model + hot swap, batching, prediction log, metrics.
+
+:class:`ClassifierService` owns the model being served (a :class:`~serving.model_source.ModelHandle`),
+a runner that batches texts (:mod:`serving.batching`), the buffered prediction log
+(:mod:`serving.log_writer`) and the metrics. A watcher task re-resolves the registry
+alias every ``watch_interval_s``; when it moves, the new version is loaded first and
+then swapped in with one assignment; requests already submitted finish on the handle
+they pinned, and each response names the version that answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+import numpy as np
+
+from pipelines.config import ServeConfig
+from pipelines.ingest import scrub_pii
+from serving.batching import ContinuousBatcher, DirectRunner, ItemResult
+from serving.log_writer import LogWriter
+from serving.metrics import ServiceMetrics
+from serving.model_source import ChampionSource, ModelHandle
+from serving.prediction_log import FEEDBACK, PREDICTIONS, probabilities_json, text_hash
+from serving.schemas import FeedbackRequest, FeedbackResponse, Prediction, PredictResponse
+
+log = logging.getLogger(__name__)
+RECENT_REQUESTS = 100_000
+
+
+class NotReady(Exception):
+    """No model is loaded yet (503)."""
+
+
+class UnknownRequest(Exception):
+    """Feedback for a request id this replica has not answered (404)."""
+
+
+class BadFeedback(ValueError):
+    """Feedback that cannot refer to the prediction it names (422)."""
+
+
+class Runner(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def submit(self, texts: list[str], model: Any) -> list[ItemResult]: ...
+    def depth(self) -> int: ...
+
+
+def make_runner(cfg: ServeConfig, metrics: ServiceMetrics) -> Runner:
+    """The runner named by ``serve.batching`` (``serve_batch`` lives in serving.app: it needs Ray)."""
+    if cfg.batching == "continuous":
+        return ContinuousBatcher(max_batch_size=cfg.max_batch_size, max_batch_tokens=cfg.max_batch_tokens,
+                                 max_queue=cfg.max_queue, on_batch=metrics.observe_batch)
+    if cfg.batching == "none":
+        return DirectRunner(max_queue=cfg.max_queue, on_batch=metrics.observe_batch)
+    raise ValueError(f"serve.batching={cfg.batching!r} needs a runner from serving.app")
+
+
+class ClassifierService:
+    def __init__(self, cfg: ServeConfig, source: ChampionSource, runner: Runner | None = None,
+                 metrics: ServiceMetrics | None = None) -> None:
+        self.cfg, self.source = cfg, source
+        self.metrics = metrics or ServiceMetrics()
+        self.runner = runner or make_runner(cfg, self.metrics)
+        self.metrics.watch_queue(self.runner.depth)
+        self.log = LogWriter(cfg.log_dir, cfg.log_flush_rows, cfg.log_flush_s)
+        self.model: ModelHandle | None = None
+        self.last_error: str | None = None
+        self._recent: OrderedDict[str, tuple[int, str]] = OrderedDict()
+        self._watcher: asyncio.Task | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        await self.log.start()
+        await self.runner.start()
+        self._watcher = asyncio.create_task(self._watch(), name="champion-watcher")
+
+    async def stop(self) -> None:
+        """Finish queued texts, then write every logged row (graceful shutdown loses nothing)."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+        await self.runner.stop()
+        await self.log.close()
+
+    async def refresh(self) -> bool:
+        """Re-resolve the alias; load and swap in a new version. True if the served model changed."""
+        version = await asyncio.to_thread(self.source.resolve)
+        if version is None:
+            self.last_error = f"{self.source.describe()} does not exist yet"
+            return False
+        if self.model is not None and self.model.version == version:
+            return False
+        handle = await asyncio.to_thread(self.source.load, version)  # load first, switch after
+        old, self.model = self.model, handle
+        self.last_error = None
+        self.metrics.set_model(handle.name, handle.version)
+        if old is not None:
+            self.metrics.swaps.inc()
+        log.warning("serving %s version %s%s", handle.name, handle.version,
+                    f" (was {old.version})" if old is not None else "")
+        return True
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception as err:  # noqa: BLE001 - keep serving the old model; retry next tick
+                self.last_error = f"loading {self.source.describe()} failed: {err}"
+                log.exception("champion refresh failed")
+            interval = self.cfg.watch_interval_s
+            if interval <= 0 and self.model is not None:
+                return
+            await asyncio.sleep(interval if interval > 0 else 5.0)
+
+    # ------------------------------------------------------------------ requests
+    async def predict(self, texts: list[str], top_k: int | None = None) -> PredictResponse:
+        handle = self.model
+        if handle is None:
+            raise NotReady(self.last_error or "the model is still loading")
+        start = time.perf_counter()
+        results = await self.runner.submit(list(texts), handle)
+        latency_ms = (time.perf_counter() - start) * 1000
+        request_id = uuid.uuid4().hex
+        classes = handle.classes
+        preds = [_prediction(classes, r.proba, top_k) for r in results]
+        self._remember(request_id, len(texts), handle)
+        self._log_predictions(request_id, handle, texts, results, preds, latency_ms)
+        self.metrics.texts.inc(len(texts))
+        return PredictResponse(predictions=preds, model_name=handle.name, model_version=handle.version,
+                               request_id=request_id)
+
+    def feedback(self, req: FeedbackRequest) -> FeedbackResponse:
+        known = self._recent.get(req.request_id)
+        if known is None and not self.cfg.feedback_accept_unknown:
+            raise UnknownRequest(f"request_id {req.request_id} is not a recent prediction of this server "
+                                 f"(it keeps the last {RECENT_REQUESTS} request ids)")
+        if known is not None:
+            n_items, version = known
+            if req.item >= n_items:
+                raise BadFeedback(f"item {req.item} is out of range: request {req.request_id} had {n_items} text(s)")
+            classes = self.model.classes if self.model is not None else []
+            if classes and req.label not in classes:
+                raise BadFeedback(f"label {req.label!r} is not one of the model's classes {classes}")
+        row = {"ts": datetime.now(timezone.utc), "request_id": req.request_id, "item": req.item,
+               "true_label": req.label}
+        self.log.append(FEEDBACK, [row])
+        self.metrics.log_rows.labels(kind=FEEDBACK).inc()
+        return FeedbackResponse(status="recorded", matched=known is not None)
+
+    def _remember(self, request_id: str, n_items: int, handle: ModelHandle) -> None:
+        self._recent[request_id] = (n_items, handle.version)
+        while len(self._recent) > RECENT_REQUESTS:
+            self._recent.popitem(last=False)
+
+    def _log_predictions(self, request_id: str, handle: ModelHandle, texts: list[str], results: list[ItemResult],
+                         preds: list[Prediction], latency_ms: float) -> None:
+        now = datetime.now(timezone.utc)
+        rows = [{
+            "ts": now, "request_id": request_id, "item": i, "model_name": handle.name,
+            "model_version": handle.version, "text_sha256": text_hash(text),
+            "text": scrub_pii(text)[0] if self.cfg.log_text else None,
+            "label": p.label, "confidence": p.confidence,
+            "probabilities": probabilities_json(handle.classes, r.proba),
+            "latency_ms": latency_ms, "batch_size": r.batch_size,
+        } for i, (text, r, p) in enumerate(zip(texts, results, preds))]
+        self.log.append(PREDICTIONS, rows)
+        self.metrics.log_rows.labels(kind=PREDICTIONS).inc(len(rows))
+
+
+def _prediction(classes: list[str], proba: np.ndarray, top_k: int | None) -> Prediction:
+    order = np.argsort(-np.asarray(proba), kind="stable")
+    if top_k is not None:
+        order = order[:top_k]
+    best = int(order[0])
+    return Prediction(label=classes[best], confidence=float(proba[best]),
+                      probabilities={classes[int(j)]: round(float(proba[int(j)]), 6) for j in order})
