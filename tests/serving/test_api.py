@@ -16,6 +16,7 @@ from serving.service import ClassifierService
 @pytest.fixture
 def client(tiny_registry, tmp_path, monkeypatch, serve_cfg):
     monkeypatch.delenv("TICKETOPS_API_KEY", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tiny_registry.uri)  # restored after the test
     cfg = serve_cfg(tmp_path, max_texts_per_request=5, max_text_chars=200)
     service = ClassifierService(cfg, ChampionSource(tiny_registry.mlflow))
     with TestClient(build_app(service)) as c:
@@ -105,6 +106,7 @@ def test_metrics_and_log_rows(client, tiny_registry) -> None:
 
 def test_api_key(tiny_registry, tmp_path, monkeypatch, serve_cfg) -> None:
     monkeypatch.setenv("TICKETOPS_API_KEY", "s3cret")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tiny_registry.uri)
     service = ClassifierService(serve_cfg(tmp_path), ChampionSource(tiny_registry.mlflow))
     with TestClient(build_app(service)) as c:
         r = c.post("/predict", json={"texts": ["a"]})
@@ -113,10 +115,53 @@ def test_api_key(tiny_registry, tmp_path, monkeypatch, serve_cfg) -> None:
         assert c.get("/healthz").status_code == 200
 
 
-def test_not_ready_without_a_champion(tiny_registry, tmp_path, serve_cfg) -> None:
+def test_not_ready_without_a_champion(tiny_registry, tmp_path, serve_cfg, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tiny_registry.uri)
     service = ClassifierService(serve_cfg(tmp_path, model_alias="nobody"), ChampionSource(tiny_registry.mlflow, "nobody"))
     with TestClient(build_app(service)) as c:
         r = c.get("/readyz")
         assert r.status_code == 503
         r = c.post("/predict", json={"texts": ["a"]})
         assert r.status_code == 503 and "not ready" in r.json()["detail"]
+
+
+class _Slow:
+    def __init__(self, inner, delay: float) -> None:
+        self.inner, self.delay, self.name, self.version = inner, delay, inner.name, inner.version
+
+    @property
+    def classes(self):
+        return self.inner.classes
+
+    def predict_proba(self, texts):
+        import time
+        time.sleep(self.delay)
+        return self.inner.predict_proba(texts)
+
+
+def test_overload_gets_429_with_retry_after(tiny_registry, tmp_path, serve_cfg, monkeypatch) -> None:
+    import asyncio
+
+    import httpx
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tiny_registry.uri)
+    service = ClassifierService(serve_cfg(tmp_path, max_queue=4, watch_interval_s=0), ChampionSource(tiny_registry.mlflow))
+    app = build_app(service, manage_lifecycle=False)
+
+    async def go():
+        await service.start()
+        while service.model is None:
+            await asyncio.sleep(0.05)
+        service.model = _Slow(service.model, 0.3)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            rs = await asyncio.gather(*(c.post("/predict", json={"texts": ["a", "b"]}) for _ in range(8)))
+            m = (await c.get("/metrics")).text
+        await service.stop()
+        return rs, m
+
+    rs, m = asyncio.run(go())
+    codes = sorted(r.status_code for r in rs)
+    assert 200 in codes and 429 in codes and set(codes) <= {200, 429}, codes
+    busy = next(r for r in rs if r.status_code == 429)
+    assert busy.headers["retry-after"] == "1" and "overloaded" in busy.json()["detail"]
+    assert 'ticketops_request_errors_total{endpoint="/predict",reason="overloaded"}' in m

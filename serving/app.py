@@ -1,0 +1,172 @@
+"""The Ray Serve application: the only module that imports Ray.
+
+``build(args)`` is the application builder used by ``serve run`` / ``serve deploy`` with
+``serving/serve_config.yaml`` (``import_path: serving.app:build``); ``python -m serving.app``
+(what ``make serve`` runs) starts a local Ray, deploys it on 127.0.0.1 and blocks until
+Ctrl-C, then shuts down gracefully so the prediction log is flushed.
+
+Each replica builds a :class:`~serving.service.ClassifierService` and the FastAPI app of
+:mod:`serving.api` (the app's lifespan starts the batcher, the champion watcher and the
+log writer, and stops them when Ray Serve shuts the replica down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+from pipelines.config import MlflowConfig, Params, ServeConfig, load_params
+from pipelines.tracking import tracking_uri
+from serving.batching import ItemResult, QueueFull
+from serving.metrics import ServiceMetrics
+
+APP_NAME = "ticketops"
+
+
+class ServeBatchRunner:
+    """``batching: serve_batch``: Ray's ``@serve.batch`` (per text, wait timeout) for comparison with ours."""
+
+    def __init__(self, cfg: ServeConfig, metrics: ServiceMetrics) -> None:
+        self.max_queue, self.metrics, self._waiting = cfg.max_queue, metrics, 0
+        ServeBatchRunner._batched.set_max_batch_size(cfg.max_batch_size)
+        ServeBatchRunner._batched.set_batch_wait_timeout_s(cfg.serve_batch_wait_ms / 1000)
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def depth(self) -> int:
+        return self._waiting
+
+    async def submit(self, texts: list[str], model: Any) -> list[ItemResult]:
+        if self._waiting + len(texts) > self.max_queue:
+            raise QueueFull(f"queue full ({self._waiting} texts waiting, limit {self.max_queue})")
+        self._waiting += len(texts)
+        try:
+            return list(await asyncio.gather(*(self._batched((t, model)) for t in texts)))
+        finally:
+            self._waiting -= len(texts)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _batched(self, items: list[tuple[str, Any]]) -> list[ItemResult]:
+        out: list[ItemResult | None] = [None] * len(items)
+        for model in {id(m): m for _, m in items}.values():  # a swap may leave two versions in one batch
+            idx = [i for i, (_, m) in enumerate(items) if m is model]
+            start = time.perf_counter()
+            proba = await asyncio.to_thread(model.predict_proba, [items[i][0] for i in idx])
+            self.metrics.observe_batch(len(idx), time.perf_counter() - start)
+            for j, i in enumerate(idx):
+                out[i] = ItemResult(proba[j], model, len(idx))
+        return out  # type: ignore[return-value]
+
+
+@serve.deployment(name="classifier", health_check_period_s=10, graceful_shutdown_timeout_s=30)
+@serve.ingress()
+class ClassifierDeployment:
+    """One replica: loads the champion in the background, serves the FastAPI app of :mod:`serving.api`."""
+
+    def __init__(self, serve_cfg: dict, mlflow_cfg: dict, project_dir: str) -> None:
+        from serving.model_source import ChampionSource
+        from serving.service import ClassifierService, make_runner
+
+        os.chdir(project_dir)  # relative paths in params (sqlite:///mlflow.db, data/production) mean the project
+        cfg, mcfg = ServeConfig(**serve_cfg), MlflowConfig(**mlflow_cfg)
+        metrics = ServiceMetrics()
+        runner = ServeBatchRunner(cfg, metrics) if cfg.batching == "serve_batch" else make_runner(cfg, metrics)
+        source = ChampionSource(mcfg, cfg.model_alias, cfg.torch_threads)
+        self.service = ClassifierService(cfg, source, runner=runner, metrics=metrics)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        from serving.api import build_app
+
+        return build_app(self.service)
+
+
+def deployment_options(cfg: ServeConfig) -> dict[str, Any]:
+    """Replicas, concurrency, a bounded Ray-side queue and CPUs from ``params.yaml: serve``."""
+    return {"num_replicas": cfg.num_replicas, "max_ongoing_requests": cfg.max_ongoing_requests,
+            "max_queued_requests": 4 * cfg.max_ongoing_requests,
+            "ray_actor_options": {"num_cpus": cfg.replica_cpus}}
+
+
+def build(args: dict[str, Any] | None = None) -> Any:
+    """Application builder. ``args``: ``params`` (path), ``project_dir``, and any ``serve:`` key to override."""
+    args = dict(args or {})
+    project_dir = Path(args.pop("project_dir", None) or os.getcwd()).resolve()
+    params_path = Path(args.pop("params", "params.yaml"))
+    params: Params = load_params(params_path if params_path.is_absolute() else project_dir / params_path)
+    cfg = params.serve.model_copy(update=args) if args else params.serve
+    cfg = ServeConfig.model_validate(cfg.model_dump())  # re-validate overrides
+    mcfg = params.mlflow.model_copy(update={"tracking_uri": tracking_uri(params.mlflow)})
+    return ClassifierDeployment.options(**deployment_options(cfg)).bind(
+        cfg.model_dump(), mcfg.model_dump(), str(project_dir))
+
+
+def run_local(params: Params, app: Any, wait_ready_s: float = 300.0) -> str:
+    """Start Ray and Serve on this machine (loopback), deploy ``app``, wait until /readyz answers 200."""
+    import ray
+    import requests
+
+    cfg = params.serve
+    if not ray.is_initialized():
+        ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+    url = f"http://{cfg.host}:{cfg.port}"
+    deadline = time.monotonic() + wait_ready_s
+    while time.monotonic() < deadline:
+        try:
+            r = requests.get(f"{url}/readyz", timeout=2)
+            if r.status_code == 200:
+                return url
+            detail = r.json().get("detail")
+        except (requests.RequestException, ValueError):
+            detail = None
+        time.sleep(0.5)
+    raise TimeoutError(f"the model did not load within {wait_ready_s:.0f} s: {detail or 'no answer from ' + url}")
+
+
+def stop_local() -> None:
+    """Graceful: replicas drain and flush the prediction log, then Ray stops."""
+    import ray
+
+    serve.shutdown()
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def main(params: Path = Path("params.yaml"), port: int | None = None) -> None:
+    """Serve the registry champion on 127.0.0.1 (port from params serve.port) until Ctrl-C."""
+    from pipelines.errors import PipelineError
+
+    p = load_params(params)
+    if port is not None:
+        p.serve.port = port
+    app = build({"params": str(params.resolve()), "port": p.serve.port})
+    print(f"starting Ray Serve; serving models:/{p.mlflow.registered_model}@{p.serve.model_alias} "
+          f"from {tracking_uri(p.mlflow)} ...", flush=True)
+    try:
+        url = run_local(p, app)
+        print(f"ready: {url}  (docs {url}/docs, metrics {url}/metrics, log {p.serve.log_dir}/). Ctrl-C stops.",
+              flush=True)
+        while True:
+            time.sleep(3600)
+    except TimeoutError as err:
+        raise PipelineError(f"{err}. Is there a champion? Run `make run` (register stage) first.") from None
+    except KeyboardInterrupt:
+        print("\nstopping (flushing the prediction log) ...", flush=True)
+    finally:
+        stop_local()
+
+
+if __name__ == "__main__":
+    from pipelines.errors import run_cli
+
+    run_cli(main)
