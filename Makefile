@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: help install run test test-fast repro clean
+.PHONY: help install run test test-fast repro clean mlflow
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,3 +43,13 @@ test-fast: $(STAMP) ## the test suite without the slow end-to-end tests
 
 clean: ## remove generated data, reports and caches (keeps .venv)
 	rm -rf data/raw data/interim data/processed reports/validation .staging-* .pytest_cache
+
+# The tracking URI and artifact root come from params.yaml (mlflow:), so the UI reads the same
+# SQLite store the pipeline writes. Low-memory settings: one worker, no job execution (~500 MB).
+MLFLOW_PORT ?= 5000
+mlflow: $(STAMP) ## MLflow UI on http://127.0.0.1:5000 over the pipeline's SQLite store
+	@eval "$$($(BIN)/python -c 'from pipelines.config import load_params; from pipelines.tracking import tracking_uri; m = load_params().mlflow; print("uri=" + tracking_uri(m), "root=" + m.artifact_root)')"; \
+	echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)  (store $$uri, artifacts $$root)"; \
+	mkdir -p "$$root"; \
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false exec mlflow server --backend-store-uri "$$uri" \
+	  --default-artifact-root "$$root" --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1

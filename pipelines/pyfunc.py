@@ -1,0 +1,95 @@
+"""MLflow pyfunc wrapper around :class:`~pipelines.model_api.TextClassifier` (one of the two modules importing mlflow).
+
+Every registered model, loaded with ``mlflow.pyfunc.load_model("models:/<name>@champion")``,
+takes a DataFrame with a ``text`` column and returns ``label`` + ``proba_<class>``
+columns (:func:`pipelines.model_api.output_frame`). Label names are kept in the
+model's metadata (``classes``).
+
+Subclass :class:`TextClassifierPyfunc` and implement ``load_classifier(context)``
+for a new model family (the transformer: an adapter directory as an artifact and
+the base model in ``model_config``); pickled scikit-learn classifiers use
+:class:`PickledClassifierPyfunc`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import joblib
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+from mlflow.models import infer_signature
+
+from pipelines.model_api import TextClassifier, output_frame, proba_from_frame, texts_from_input
+
+PIPELINES_DIR = Path(__file__).resolve().parent
+CLASSIFIER_ARTIFACT = "classifier"
+
+
+class TextClassifierPyfunc(mlflow.pyfunc.PythonModel):
+    """Base pyfunc: DataFrame with ``text`` in, ``label`` + ``proba_<class>`` out."""
+
+    def load_classifier(self, context: mlflow.pyfunc.PythonModelContext) -> TextClassifier:
+        raise NotImplementedError
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        self.classifier = self.load_classifier(context)
+
+    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:  # noqa: ANN001
+        texts = texts_from_input(model_input)
+        return output_frame(self.classifier.classes, self.classifier.predict_proba(texts))
+
+
+class PickledClassifierPyfunc(TextClassifierPyfunc):
+    """A classifier saved with joblib as the ``classifier`` artifact (scikit-learn pipelines, encoder + head)."""
+
+    def load_classifier(self, context: mlflow.pyfunc.PythonModelContext) -> TextClassifier:
+        return joblib.load(context.artifacts[CLASSIFIER_ARTIFACT])
+
+
+def pip_requirements(extra: list[str] | None = None) -> list[str]:
+    """Pinned requirements of a pickled classifier (explicit: MLflow's inference is slow and adds torch)."""
+    pkgs = ["scikit-learn", "numpy", "pandas", "joblib", "pyyaml", "pydantic", *(extra or [])]
+    return [f"{p}=={version(p)}" for p in pkgs] + [f"mlflow=={version('mlflow')}"]
+
+
+def log_classifier(classifier: TextClassifier, *, example_texts: list[str], extra_requirements: list[str] | None = None,
+                   python_model: TextClassifierPyfunc | None = None, artifacts: dict[str, str] | None = None,
+                   model_config: dict | None = None, name: str = "model") -> mlflow.models.model.ModelInfo:
+    """Log ``classifier`` as a pyfunc in the active run, with signature, input example and explicit requirements.
+
+    Without ``python_model`` the classifier is pickled (joblib) as the ``classifier`` artifact.
+    The ``pipelines`` package is logged as code so the model loads outside this repository.
+    """
+    example = pd.DataFrame({"text": example_texts[:3]})
+    signature = infer_signature(example, output_frame(classifier.classes, classifier.predict_proba(example_texts[:3])))
+    with tempfile.TemporaryDirectory() as tmp:
+        if python_model is None:
+            path = Path(tmp) / "classifier.joblib"
+            joblib.dump(classifier, path)
+            python_model, artifacts = PickledClassifierPyfunc(), {CLASSIFIER_ARTIFACT: str(path)}
+        return mlflow.pyfunc.log_model(
+            name=name, python_model=python_model, artifacts=artifacts, model_config=model_config,
+            signature=signature, input_example=example, pip_requirements=pip_requirements(extra_requirements),
+            code_paths=[str(PIPELINES_DIR)], metadata={"classes": list(classifier.classes)},
+        )
+
+
+class PyfuncTextClassifier:
+    """A loaded pyfunc model seen through the :class:`TextClassifier` interface (for evaluation and the gate)."""
+
+    def __init__(self, model: mlflow.pyfunc.PyFuncModel, uri: str = "") -> None:
+        self.model, self.uri = model, uri
+        meta = model.metadata.metadata or {}
+        if "classes" not in meta:
+            raise ValueError(f"{uri}: model metadata has no 'classes'; was it logged with pipelines.pyfunc.log_classifier?")
+        self.classes = [str(c) for c in meta["classes"]]
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        if not len(texts):
+            return np.zeros((0, len(self.classes)))
+        return proba_from_frame(self.model.predict(pd.DataFrame({"text": list(texts)})), self.classes)

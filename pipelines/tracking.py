@@ -1,0 +1,210 @@
+"""MLflow tracking and registry, embedded (SQLite + a local artifact root). The one module that talks to MLflow
+(besides the pyfunc wrapper :mod:`pipelines.pyfunc`).
+
+Nothing happens at import time: call :func:`setup` (tracking URI from ``params.yaml: mlflow``,
+``MLFLOW_TRACKING_URI`` overrides; the experiment is created with the configured artifact
+root if missing). Runs carry lineage tags (git commit, DVC md5s of the data from ``dvc.lock``,
+stage). :class:`Registry` wraps the model registry with aliases (never stages).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from pipelines.config import MlflowConfig
+from pipelines.errors import PipelineError
+
+DATA_OUTS = ("data/processed/train.parquet", "data/processed/val.parquet", "data/processed/test.parquet")
+
+
+class RegistryError(PipelineError):
+    """A registered model, version or alias that does not exist, or a registry operation that cannot be done."""
+
+
+def tracking_uri(cfg: MlflowConfig) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else ``params.yaml: mlflow.tracking_uri``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+
+
+def setup(cfg: MlflowConfig) -> str:
+    """Point MLflow at the configured store and return the experiment id (created with ``artifact_root`` if missing)."""
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    exp = mlflow.get_experiment_by_name(cfg.experiment)
+    if exp is None:
+        exp_id = mlflow.create_experiment(cfg.experiment, artifact_location=Path(cfg.artifact_root).resolve().as_uri())
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+# --------------------------------------------------------------------------- lineage
+def git_commit(cwd: str | Path = ".") -> dict[str, str]:
+    """``git.commit`` and ``git.dirty`` (tracked files modified), or ``unknown`` outside a repository."""
+    def run(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        return {"git.commit": run("rev-parse", "HEAD"),
+                "git.dirty": str(bool(run("status", "--porcelain", "--untracked-files=no"))).lower()}
+    except (OSError, subprocess.CalledProcessError):
+        return {"git.commit": "unknown", "git.dirty": "unknown"}
+
+
+def dvc_hashes(lock_path: str | Path = "dvc.lock", paths: tuple[str, ...] = DATA_OUTS) -> dict[str, str]:
+    """md5 of each of ``paths`` as recorded in ``dvc.lock`` (outs of any stage): ``{"dvc.md5.<path>": md5}``."""
+    lock = Path(lock_path)
+    if not lock.is_file():
+        return {}
+    stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
+    found = {o["path"]: o.get("md5", "") for s in stages.values() for o in s.get("outs", []) if "path" in o}
+    return {f"dvc.md5.{p}": found[p] for p in paths if p in found}
+
+
+def lineage_tags(stage: str, lock_path: str | Path = "dvc.lock") -> dict[str, str]:
+    """Tags every run carries: the stage, the git commit and the DVC hashes of the data it read."""
+    return {"stage": stage, **git_commit(), **dvc_hashes(lock_path)}
+
+
+def flatten(d: dict, prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}``; lists are joined (MLflow params are strings)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{sep}{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(flatten(v, key, sep))
+        else:
+            out[key] = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v
+    return out
+
+
+@contextlib.contextmanager
+def run(name: str, stage: str, *, params: dict | None = None, tags: dict | None = None,
+        nested: bool = False, run_id: str | None = None) -> Iterator[Any]:
+    """Start an MLflow run with lineage tags and flattened params (call :func:`setup` first).
+
+    With ``run_id``, continue that run instead (e.g. a resumed training, or evaluation after it).
+    """
+    import mlflow
+
+    if run_id:
+        with mlflow.start_run(run_id=run_id, nested=nested) as active:
+            yield active
+        return
+    with mlflow.start_run(run_name=name, nested=nested, tags={**lineage_tags(stage), **(tags or {})}) as active:
+        if params:
+            mlflow.log_params(flatten(params))
+        yield active
+
+
+def log_metrics(metrics: dict[str, float], prefix: str = "", step: int | None = None) -> None:
+    import mlflow
+
+    mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in flatten(metrics).items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=step)
+
+
+def log_artifacts(*paths: str | Path, artifact_path: str | None = None) -> None:
+    import mlflow
+
+    for p in map(Path, paths):
+        if p.is_dir():
+            mlflow.log_artifacts(str(p), artifact_path=artifact_path)
+        elif p.is_file():
+            mlflow.log_artifact(str(p), artifact_path=artifact_path)
+
+
+# --------------------------------------------------------------------------- registry
+class Registry:
+    """The registered model ``name``: versions, aliases (``challenger``, ``champion``, ``previous-champion``), tags."""
+
+    def __init__(self, cfg: MlflowConfig) -> None:
+        from mlflow import MlflowClient
+
+        self.name = cfg.registered_model
+        self.uri = tracking_uri(cfg)
+        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    def exists(self) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(self.name)
+            return True
+        except MlflowException:
+            return False
+
+    def register(self, model_uri: str, tags: dict[str, str]) -> str:
+        """Create a new version of the model from ``model_uri`` (no alias is touched); return its number."""
+        import mlflow
+
+        return str(mlflow.register_model(model_uri, self.name, tags=tags).version)
+
+    def alias(self, alias: str) -> str | None:
+        """The version an alias points to, or None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(self.name, alias).version)
+        except MlflowException:
+            return None
+
+    def set_alias(self, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(self.name, alias, str(version))
+
+    def delete_alias(self, alias: str) -> None:
+        if self.alias(alias) is not None:
+            self.client.delete_registered_model_alias(self.name, alias)
+
+    def version(self, version: str) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version(self.name, str(version))
+        except MlflowException:
+            raise RegistryError(f"registered model '{self.name}' has no version {version} (registry: {self.uri})") from None
+
+    def tag_version(self, version: str, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_model_version_tag(self.name, str(version), k, str(v))
+
+    def model_tag(self, key: str, default: str = "") -> str:
+        return self.client.get_registered_model(self.name).tags.get(key, default) if self.exists() else default
+
+    def set_model_tag(self, key: str, value: str) -> None:
+        self.client.set_registered_model_tag(self.name, key, value)
+
+    def find_version(self, tag: str, value: str) -> str | None:
+        """The newest version whose tag ``tag`` equals ``value`` (used to avoid registering the same model twice)."""
+        if not self.exists():
+            return None
+        hits = self.client.search_model_versions(f"name = '{self.name}' and tags.`{tag}` = '{value}'")
+        return str(max(int(v.version) for v in hits)) if hits else None
+
+    def load(self, ref: str) -> Any:
+        """Load ``@alias`` or a version number as a :class:`~pipelines.model_api.TextClassifier`, or raise RegistryError."""
+        import mlflow.pyfunc
+
+        from pipelines.pyfunc import PyfuncTextClassifier
+
+        ref = str(ref)
+        if not self.exists():
+            raise RegistryError(f"no registered model named '{self.name}' (registry: {self.uri}); run the register stage first")
+        if ref.startswith("@"):
+            if self.alias(ref[1:]) is None:
+                raise RegistryError(f"registered model '{self.name}' has no alias '{ref[1:]}'")
+            uri = f"models:/{self.name}{ref}"
+        else:
+            self.version(ref)
+            uri = f"models:/{self.name}/{ref}"
+        return PyfuncTextClassifier(mlflow.pyfunc.load_model(uri), uri)

@@ -1,0 +1,156 @@
+"""Registry and promotion on a throw-away SQLite MLflow store: gate, rollback, lineage, failure injection, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import joblib
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.dummy import DummyClassifier
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+
+from pipelines import tracking
+from pipelines.config import parse_params
+from pipelines.errors import DataError
+from pipelines.model_api import SklearnTextClassifier, predict_labels
+from pipelines.promote import CHAMPION, CHALLENGER, PREVIOUS, promote_version, rollback, run_gate
+from pipelines.register import register_candidate
+
+WORDS = {"billing": "invoice charged payment card billing", "shipping": "parcel delivery courier tracking shipped",
+         "security": "phishing breach password leaked suspicious"}
+
+
+def make_split(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(list(WORDS), size=n, p=[0.5, 0.3, 0.2])
+    texts = [" ".join(rng.choice(WORDS[y].split(), size=4)) + " please help" for y in labels]
+    return pd.DataFrame({"text": texts, "label": labels})
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite store for the module (creating one costs seconds); each test registers its own model name."""
+    return tmp_path_factory.mktemp("mlflow")
+
+
+@pytest.fixture
+def env(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest):
+    """Params pointing at the store, a fresh registered-model name, cwd in tmp_path with a dvc.lock for lineage."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  leakage:\n    cmd: x\n    outs:\n"
+                                       "    - path: data/processed/train.parquet\n      md5: abc123\n")
+    cfg = parse_params({"mlflow": {"tracking_uri": f"sqlite:///{store / 'mlflow.db'}", "artifact_root": str(store / "art"),
+                                   "experiment": "t", "registered_model": request.node.name[:60]},
+                        "register": {"gate_macro_f1_tolerance": 0.0, "gate_class_f1_max_drop": 0.05}})
+    tracking.setup(cfg.mlflow)
+    return cfg, tracking.Registry(cfg.mlflow), make_split(300, 0), make_split(120, 1)
+
+
+def save(clf, path: Path) -> Path:
+    joblib.dump(clf, path)
+    return path
+
+
+def good_model(train: pd.DataFrame) -> SklearnTextClassifier:
+    return SklearnTextClassifier(make_pipeline(TfidfVectorizer(), LogisticRegression(C=10)).fit(train.text, train.label), "lr")
+
+
+def majority(train: pd.DataFrame, strategy: str = "most_frequent") -> SklearnTextClassifier:
+    return SklearnTextClassifier(DummyClassifier(strategy=strategy).fit(np.zeros((len(train), 1)), train.label), "maj")
+
+
+def register(reg, cfg, clf, path: Path, test: pd.DataFrame) -> str:
+    v = register_candidate(reg, cfg, getattr(clf, "name", "x"), save(clf, path), clf, test.text.head(3).tolist())
+    run_gate(reg, test, cfg.register_)
+    return v
+
+
+def test_gate_promotion_rollback_and_loading(env, tmp_path: Path) -> None:
+    cfg, reg, train, test = env
+    v1 = register(reg, cfg, majority(train), tmp_path / "maj.joblib", test)
+    assert reg.alias(CHAMPION) == v1  # the first model becomes champion
+
+    good = good_model(train)
+    v2 = register(reg, cfg, good, tmp_path / "good.joblib", test)
+    assert (reg.alias(CHAMPION), reg.alias(PREVIOUS)) == (v2, v1)  # better: promoted
+    loaded = mlflow.pyfunc.load_model(f"models:/{reg.name}@champion")
+    out = loaded.predict(pd.DataFrame({"text": test.text}))
+    assert out["label"].tolist() == predict_labels(good, test.text.tolist())
+    assert [c for c in out.columns if c.startswith("proba_")] == [f"proba_{c}" for c in good.classes]
+
+    v3 = register(reg, cfg, majority(train, "prior"), tmp_path / "prior.joblib", test)
+    assert reg.alias(CHALLENGER) == v3 and reg.alias(CHAMPION) == v2  # worse: refused
+    assert reg.version(v3).tags["gate.decision"] == "refuse"
+
+    assert rollback(reg) == (v2, v1)
+    assert reg.alias(CHAMPION) == v1 and reg.alias(PREVIOUS) is None
+    promote_version(reg, v2, "manual")
+    assert (reg.alias(CHAMPION), reg.alias(PREVIOUS)) == (v2, v1)
+
+    # same file again: no new version
+    assert register_candidate(reg, cfg, "lr", tmp_path / "good.joblib", good, ["x"]) == v2
+
+
+def test_lineage_tags_on_the_version_and_run(env, tmp_path: Path) -> None:
+    cfg, reg, train, test = env
+    v = register(reg, cfg, majority(train), tmp_path / "maj.joblib", test)
+    tags = reg.version(v).tags
+    for key in ("stage", "git.commit", "dvc.md5.data/processed/train.parquet", "model_sha256", "source_run_id"):
+        assert key in tags, key
+    assert tags["dvc.md5.data/processed/train.parquet"] == "abc123" and tags["stage"] == "register"
+    run = mlflow.get_run(tags["source_run_id"])
+    assert run.data.tags["git.commit"] and run.data.params["candidate"] == "maj"
+
+
+def test_failure_between_register_and_alias_keeps_the_old_champion(env, tmp_path: Path, monkeypatch) -> None:
+    cfg, reg, train, test = env
+    v1 = register(reg, cfg, majority(train), tmp_path / "maj.joblib", test)
+    real = tracking.Registry.set_alias
+
+    def boom(self, alias, version):
+        if alias in (CHALLENGER, CHAMPION):
+            raise RuntimeError("injected failure")
+        return real(self, alias, version)
+
+    monkeypatch.setattr(tracking.Registry, "set_alias", boom)
+    with pytest.raises(RuntimeError, match="injected"):
+        register(reg, cfg, good_model(train), tmp_path / "good.joblib", test)
+    assert reg.alias(CHAMPION) == v1
+    monkeypatch.setattr(tracking.Registry, "set_alias", lambda self, a, v: boom(self, a, v) if a == CHAMPION else real(self, a, v))
+    with pytest.raises(RuntimeError, match="injected"):
+        register(reg, cfg, good_model(train), tmp_path / "good2.joblib", test)  # fails at the champion move
+    assert reg.alias(CHAMPION) == v1
+    assert mlflow.pyfunc.load_model(f"models:/{reg.name}@champion").predict(pd.DataFrame({"text": ["x"]}))["label"][0] == "billing"
+
+
+def test_bad_input_is_a_clear_error(env, tmp_path: Path) -> None:
+    cfg, reg, train, test = env
+    with pytest.raises(tracking.RegistryError, match=f"no registered model named '{reg.name}'"):
+        reg.load("@champion")
+    register(reg, cfg, majority(train), tmp_path / "maj.joblib", test)
+    with pytest.raises(tracking.RegistryError, match="has no alias 'nope'"):
+        reg.load("@nope")
+    with pytest.raises(tracking.RegistryError, match="has no version 99"):
+        reg.load("99")
+    with pytest.raises(DataError, match="empty"):
+        run_gate(reg, test.iloc[:0], cfg.register_)
+    unseen = pd.concat([test, pd.DataFrame({"text": ["new thing"], "label": ["zebra"]})])
+    with pytest.raises(DataError, match="never saw"):
+        run_gate(reg, unseen, cfg.register_)
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text(f"mlflow:\n  tracking_uri: sqlite:///{tmp_path / 'x.db'}\n  registered_model: ghost\n")
+    r = subprocess.run([sys.executable, "-m", "pipelines.promote", "--rollback"], cwd=tmp_path,
+                       capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: no registered model named 'ghost'")
+    assert "Traceback" not in r.stderr
