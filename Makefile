@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: help install run test test-fast repro clean mlflow
+.PHONY: help install run test test-fast repro clean mlflow serve
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,3 +53,7 @@ mlflow: $(STAMP) ## MLflow UI on http://127.0.0.1:5000 over the pipeline's SQLit
 	mkdir -p "$$root"; \
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false exec mlflow server --backend-store-uri "$$uri" \
 	  --default-artifact-root "$$root" --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
+
+# Ray Serve on 127.0.0.1 (serve.host/serve.port in params.yaml); blocks until Ctrl-C, which flushes the prediction log.
+serve: $(STAMP) ## serve the registry champion on http://127.0.0.1:8000 (POST /predict, /feedback; /docs)
+	$(BIN)/python -m serving.app --params params.yaml

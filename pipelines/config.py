@@ -242,6 +242,71 @@ class FinetuneConfig(Section):
     seed: int = 42
 
 
+class ServeConfig(Section):
+    """The Ray Serve endpoint (serving/): model alias, continuous batching, limits, hot swap, prediction log."""
+
+    host: str = Field("127.0.0.1", description="bind address of `make serve` (keep loopback unless you mean it)")
+    port: int = Field(8000, ge=1, le=65535)
+    model_alias: str = Field("champion", min_length=1, description="registry alias served (models:/<name>@<alias>)")
+    num_replicas: int = Field(1, ge=1, le=64)
+    replica_cpus: float = Field(1.0, gt=0.0, description="Ray CPUs reserved per replica")
+    max_ongoing_requests: int = Field(256, ge=1, description="per replica; keep well above max_batch_size")
+    batching: Literal["continuous", "serve_batch", "none"] = Field(
+        "continuous", description="continuous (ours) | serve_batch (Ray's @serve.batch, for comparison) | none"
+    )
+    max_batch_size: int = Field(32, ge=1, le=4096, description="texts per model call")
+    max_batch_tokens: int = Field(4096, ge=1, description="padded-token budget per model call (len x longest)")
+    serve_batch_wait_ms: float = Field(5.0, ge=0.0, description="@serve.batch wait timeout (batching: serve_batch)")
+    max_queue: int = Field(512, ge=1, description="texts waiting per replica; beyond it requests get 429")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After header on 429")
+    max_texts_per_request: int = Field(64, ge=1)
+    max_text_chars: int = Field(5000, ge=1)
+    api_key: str | None = Field(None, description="require this X-API-Key header (env TICKETOPS_API_KEY overrides)")
+    watch_interval_s: float = Field(30.0, ge=0.0, description="re-resolve the alias every N s (0: never)")
+    torch_threads: int = Field(2, ge=1, le=256, description="torch intra-op threads per replica")
+    log_dir: str = Field("data/production", description="prediction log root (serving/prediction_log.py)")
+    log_text: bool = Field(True, description="store the PII-scrubbed text in the log (false: hash only)")
+    log_flush_rows: int = Field(256, ge=1, description="write a Parquet part every N rows...")
+    log_flush_s: float = Field(5.0, gt=0.0, description="...or every T seconds")
+    feedback_accept_unknown: bool = Field(
+        False, description="true: feedback for a request id this replica has not seen is recorded (several replicas)"
+    )
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> "ServeConfig":
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(f"max_ongoing_requests ({self.max_ongoing_requests}) is below max_batch_size "
+                             f"({self.max_batch_size}): batches could never fill")
+        return self
+
+
+class MonitorConfig(Section):
+    """Drift and performance monitoring on the prediction log (monitoring/). Owned by monitoring/."""
+
+    log_dir: str = Field("data/production", description="prediction log root (serving writes it)")
+    reports_dir: str = Field("reports/monitoring", description="HTML reports, JSON summaries, decision state")
+    window_mode: Literal["last_n", "time"] = Field("last_n", description="last_n: the last window_size predictions")
+    window_size: int = Field(500, ge=20, description="rows in a last_n window (fixed, so statistics compare)")
+    window_hours: float = Field(24.0, gt=0.0, description="time mode: predictions of the last this many hours")
+    min_window_rows: int = Field(200, ge=10, description="fewer rows: the window is skipped with a reason")
+    min_labelled_rows: int = Field(100, ge=1, description="fewer feedback labels: no performance or label drift")
+    reference_size: int = Field(1000, ge=50, description="stratified sample of train used as the reference (fixed)")
+    embeddings: bool = Field(True, description="drift on MiniLM sentence embeddings (PCA components)")
+    embedding_components: int = Field(5, ge=1, le=64, description="PCA components of the embeddings tested for drift")
+    num_method: str = Field("ks", description="Evidently stat test for numeric columns (descriptors, PCA components)")
+    num_threshold: float = Field(0.01, gt=0.0, lt=1.0, description="p-value (ks) or distance below/above which = drift")
+    cat_method: str = Field("psi", description="Evidently stat test for class mixes (prediction, label)")
+    cat_threshold: float = Field(0.2, gt=0.0, lt=10.0, description="PSI above it = drift (0.2: a significant shift)")
+    drift_share: float = Field(0.5, gt=0.0, le=1.0, description="data drift when at least this share of columns drift")
+    max_accuracy_drop: float = Field(0.05, ge=0.0, le=1.0, description="vs the champion's accuracy at registration")
+    max_macro_f1_drop: float = Field(0.05, ge=0.0, le=1.0, description="vs the champion's macro-F1 at registration")
+    max_class_f1_drop: float = Field(0.25, ge=0.0, le=1.0, description="per class, vs the champion on validation")
+    min_class_support: int = Field(20, ge=1, description="classes with fewer labelled rows are not judged")
+    persistence: int = Field(3, ge=1, le=100, description="consecutive breaching windows before a breach is confirmed")
+    retrain_on_breach: bool = Field(True, description="false: only report confirmed breaches")
+    seed: int = 42
+
+
 class Params(Section):
     """The whole of ``params.yaml``."""
 
@@ -256,6 +321,7 @@ class Params(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
     finetune: FinetuneConfig = FinetuneConfig()
+    serve: ServeConfig = ServeConfig()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
