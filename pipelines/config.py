@@ -321,6 +321,7 @@ class Params(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
     finetune: FinetuneConfig = FinetuneConfig()
+    monitor: MonitorConfig = MonitorConfig()
     serve: ServeConfig = ServeConfig()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)

@@ -1,0 +1,107 @@
+"""Decision: each metric against its threshold, and a breach confirmed only after K consecutive windows.
+
+A window *breaches* when any check breaches (data drift share, prediction drift, label drift,
+accuracy / macro-F1 / per-class F1 drop). A breach is *confirmed* when ``monitor.persistence``
+consecutive, distinct windows breach; the count lives in a small JSON state file, so one noisy
+window never retrains the model and re-running on an unchanged log never counts twice.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from sklearn.metrics import accuracy_score, f1_score
+
+from pipelines.config import MonitorConfig
+
+STATE_FILE = "state.json"
+
+
+def check(name: str, value: float | None, threshold: float, breach: bool | None, detail: str = "") -> dict[str, Any]:
+    """One line of the summary: ``breach`` is None when the check could not be judged (``detail`` says why)."""
+    return {"metric": name, "value": None if value is None else round(float(value), 6), "threshold": threshold,
+            "breach": breach, "detail": detail}
+
+
+def performance(true: pd.Series, pred: pd.Series) -> dict[str, Any]:
+    """Accuracy, macro-F1 and per-class F1 (with support) of labelled rows."""
+    t, p = true.astype(str).tolist(), pred.astype(str).tolist()
+    labels = sorted(set(t) | set(p))
+    f1s = f1_score(t, p, labels=labels, average=None, zero_division=0)
+    support = pd.Series(t).value_counts()
+    return {"accuracy": float(accuracy_score(t, p)), "macro_f1": float(f1_score(t, p, average="macro", zero_division=0)),
+            "n": len(t), "per_class": {c: {"f1": float(f), "support": int(support.get(c, 0))} for c, f in zip(labels, f1s)}}
+
+
+def performance_checks(perf: dict | None, registered: dict, val_perf: dict, cfg: MonitorConfig) -> list[dict]:
+    """Drops of accuracy and macro-F1 vs the champion at registration, and of class F1 vs validation."""
+    names = ("accuracy_drop", "macro_f1_drop", "class_f1_drop")
+    if perf is None or perf["n"] < cfg.min_labelled_rows:
+        n = 0 if perf is None else perf["n"]
+        return [check(m, None, 0.0, None, f"{n} labelled rows < monitor.min_labelled_rows={cfg.min_labelled_rows}")
+                for m in names]
+    out = []
+    for metric, limit in (("accuracy", cfg.max_accuracy_drop), ("macro_f1", cfg.max_macro_f1_drop)):
+        base = registered.get(metric)
+        if base is None:
+            out.append(check(f"{metric}_drop", None, limit, None, "the champion has no registered value"))
+            continue
+        drop = base - perf[metric]
+        out.append(check(f"{metric}_drop", drop, limit, drop > limit,
+                         f"{perf[metric]:.4f} now vs {base:.4f} at registration ({registered.get('source', '?')})"))
+    drops = {c: val_perf["per_class"][c]["f1"] - v["f1"] for c, v in perf["per_class"].items()
+             if v["support"] >= cfg.min_class_support and c in val_perf["per_class"]}
+    worst = max(drops, key=drops.get) if drops else None
+    out.append(check("class_f1_drop", drops[worst] if worst else None, cfg.max_class_f1_drop,
+                     None if worst is None else drops[worst] > cfg.max_class_f1_drop,
+                     f"worst class {worst!r} (F1 vs the champion on validation; classes with >= "
+                     f"{cfg.min_class_support} labelled rows)" if worst else "no class has enough labelled rows"))
+    return out
+
+
+def drift_check(name: str, result: Any | None, threshold: float, reason: str = "") -> dict[str, Any]:
+    """A :class:`monitoring.evidently_adapter.DriftResult` as a check (share of drifted columns, or one column)."""
+    if result is None:
+        return check(name, None, threshold, None, reason)
+    if len(result.columns) == 1:
+        (col, v), = result.columns.items()
+        return check(name, v["score"], v["threshold"], v["drift"], f"{col}: {v['method']}")
+    return check(name, result.share, threshold, result.dataset_drift,
+                 f"drifted: {', '.join(result.drifted) or 'none'} of {len(result.columns)} columns")
+
+
+def load_state(reports_dir: Path) -> dict[str, Any]:
+    path = Path(reports_dir) / STATE_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"consecutive": 0, "history": []}
+
+
+def save_state(state: dict[str, Any], reports_dir: Path) -> None:
+    path = Path(reports_dir) / STATE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def update(state: dict[str, Any], key: str, breached: list[str], cfg: MonitorConfig) -> tuple[dict, bool, str]:
+    """Count this window; return (new state, confirmed, note). The same window (key) is never counted twice."""
+    state = {**state, "history": list(state.get("history", []))[-49:]}
+    if key and key == state.get("last_key"):
+        return state, False, "same window as the previous pass (no new predictions or labels): not counted again"
+    state["consecutive"] = state.get("consecutive", 0) + 1 if breached else 0
+    state["last_key"] = key
+    state["history"].append({"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "key": key,
+                             "breached": breached, "consecutive": state["consecutive"]})
+    confirmed = state["consecutive"] >= cfg.persistence
+    note = (f"breach {state['consecutive']}/{cfg.persistence} consecutive window(s)" if breached else "no breach")
+    return state, confirmed, note + (": CONFIRMED" if confirmed else "")
+
+
+def reset(state: dict[str, Any], reason: str) -> dict[str, Any]:
+    """After a retrain: start counting again (the new champion gets fresh windows)."""
+    return {**state, "consecutive": 0, "last_reset": {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                                      "reason": reason}}

@@ -1,0 +1,135 @@
+"""One monitoring pass: window → Evidently reports → checks → persistence → (on a confirmed breach) retrain.
+
+    python -m monitoring.run                 # one pass on the prediction log; retrains on a confirmed breach
+    python -m monitoring.run --no-retrain    # report only
+
+Writes ``reports/monitoring/<utc>/`` (HTML reports + ``summary.json``: each metric, its threshold,
+breach true/false), logs them to MLflow (run ``monitor``), and keeps the breach count in
+``reports/monitoring/state.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, Callable
+
+import typer
+
+from monitoring import decision as dec
+from monitoring import evidently_adapter as ev
+from monitoring.context import Context, champion, prepare
+from monitoring.features import Encode
+from monitoring.windows import check_schema, current_window, read_log_frames
+from pipelines.config import Params, load_params
+from pipelines.errors import run_cli
+
+Retrain = Callable[[str], dict]
+
+
+def evaluate(ctx: Context, win: Any, params: Params) -> tuple[list[dict], dict[str, Any]]:
+    """Run the reports for one window; return the checks and the Evidently snapshots by report name."""
+    cfg, ref = params.monitor, ctx.reference
+    cur = ctx.features(win.rows["text"].fillna("").astype(str).tolist())
+    data = ev.column_drift("data_drift", ctx.ref_features, cur, ctx.text_columns, [], cfg)
+    pred = ev.column_drift("prediction_drift", ref.val, win.rows.astype({"prediction": str}), [], ["prediction"], cfg)
+    lab = win.labelled.assign(label=lambda d: d["true_label"].astype(str), prediction=lambda d: d["prediction"].astype(str))
+    enough = len(lab) >= cfg.min_labelled_rows
+    label = ev.column_drift("label_drift", ref.train, lab, [], ["label"], cfg) if enough else None
+    perf = dec.performance(lab["label"], lab["prediction"]) if len(lab) else None
+    checks = [dec.drift_check("data_drift", data, cfg.drift_share),
+              dec.drift_check("prediction_drift", pred, cfg.cat_threshold),
+              dec.drift_check("label_drift", label, cfg.cat_threshold,
+                              f"{len(lab)} labelled rows < monitor.min_labelled_rows={cfg.min_labelled_rows}"),
+              *dec.performance_checks(perf, ctx.registered, ctx.val_perf, cfg)]
+    snaps = {"data_drift": data.snapshot, "prediction_drift": pred.snapshot}
+    if label is not None:
+        snaps["label_drift"] = label.snapshot
+        snaps["performance"] = ev.classification_report(
+            ref.val.rename(columns={"label": "target"}), lab.rename(columns={"label": "target"}), ref.classes)
+    extra = {"performance": perf, "data_drift_columns": data.columns}
+    return checks, {"snapshots": snaps, **extra}
+
+
+def monitor_once(params: Params, *, ctx: Context | None = None, retrain: Retrain | None = None,
+                 now: datetime | None = None, log_mlflow: bool = True, encode: Encode | None = None) -> tuple[dict, Context]:
+    """One pass; returns the summary and the (reusable) context. ``retrain(reason)`` runs on a confirmed breach."""
+    cfg, now = params.monitor, now or datetime.now(timezone.utc)
+    reg, version, model = champion(params)
+    if ctx is None or ctx.reference.version != version:
+        ctx = prepare(params, reg, version, model, encode=encode)
+    preds, labelled, feedback = read_log_frames(cfg.log_dir)
+    win = current_window(preds, labelled, feedback, version, cfg, now)
+    out = Path(cfg.reports_dir) / f"{now:%Y%m%dT%H%M%S%fZ}"
+    summary: dict[str, Any] = {"at": now.isoformat(), "model": reg.name, "champion_version": version,
+                               "window": {"mode": cfg.window_mode, **win.counts}, "notes": win.notes, "reports_dir": str(out)}
+    state = dec.load_state(Path(cfg.reports_dir))
+    if win.skipped:
+        summary.update(skipped=win.skipped, breached=[], confirmed=False, checks=[])
+    else:
+        summary["notes"] += check_schema(ctx.reference, win)
+        checks, extra = evaluate(ctx, win, params)
+        breached = [c["metric"] for c in checks if c["breach"]]
+        state, confirmed, note = dec.update(state, win.key, breached, cfg)
+        summary.update(checks=checks, breached=breached, confirmed=confirmed, persistence=note,
+                       performance=extra["performance"], registered=ctx.registered)
+        summary["reports"] = {k: str(ev.save_html(s, out / f"{k}.html")) for k, s in extra["snapshots"].items()}
+        if confirmed and cfg.retrain_on_breach and retrain is not None:
+            summary["retrain"] = retrain(f"confirmed breach of {breached} over {cfg.persistence} windows")
+            state = dec.reset(state, f"retrained: {summary['retrain'].get('version')}")
+    dec.save_state(state, Path(cfg.reports_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    if log_mlflow:
+        _log(summary, out, version)
+    return summary, ctx
+
+
+def _log(summary: dict, out: Path, version: str) -> None:
+    from pipelines import tracking
+
+    with tracking.run("monitor", "monitor", tags={"champion_version": version, "breach": str(bool(summary["breached"])),
+                                                  "confirmed": str(summary["confirmed"]).lower()}):
+        tracking.log_metrics({c["metric"]: c["value"] for c in summary["checks"] if c["value"] is not None})
+        tracking.log_artifacts(out, artifact_path="monitoring")
+
+
+def default_retrain(params: Params) -> Retrain:
+    """Labelled log rows → snapshot → dvc add → dvc repro in the current directory."""
+    def _retrain(reason: str) -> dict:
+        from monitoring.feedback import feedback_loop
+        from monitoring.windows import read_log_frames
+
+        _, labelled, _ = read_log_frames(params.monitor.log_dir)
+        return feedback_loop(Path("."), labelled, Path(params.data.snapshots_dir or "data/snapshots"), reason=reason)
+    return _retrain
+
+
+def main(
+    params: Annotated[Path, typer.Option(help="params.yaml")] = Path("params.yaml"),
+    retrain: Annotated[bool, typer.Option(help="on a confirmed breach, snapshot feedback and run dvc repro")] = True,
+) -> None:
+    """Run one monitoring pass on the prediction log against the champion's training reference."""
+    p = load_params(params)
+    summary, _ = monitor_once(p, retrain=default_retrain(p) if retrain else None)
+    print(format_summary(summary))
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"monitor: champion v{s['champion_version']}, window {s['window']}"]
+    lines += [f"  note: {n}" for n in s["notes"]]
+    if s.get("skipped"):
+        return "\n".join([*lines, f"  SKIPPED: {s['skipped']}"])
+    for c in s["checks"]:
+        flag = {True: "BREACH", False: "ok", None: "n/a"}[c["breach"]]
+        val = "-" if c["value"] is None else f"{c['value']:.4f}"
+        lines.append(f"  {c['metric']:<17} {val:>8}  threshold {c['threshold']:<6} {flag:<6} {c['detail']}")
+    lines.append(f"  {s['persistence']}; reports: {s['reports_dir']}")
+    if "retrain" in s:
+        lines.append(f"  retrain: {s['retrain']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    run_cli(main)

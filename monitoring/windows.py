@@ -1,0 +1,144 @@
+"""Reference and current windows: what monitoring compares, with every bad input named.
+
+Reference: a fixed-size stratified sample of the training split (text + label) and the
+champion's predictions on the validation split. Current: the last ``window_size``
+predictions of the champion's version in the prediction log (or the last
+``window_hours``), with the feedback labels that have arrived (the latest per
+``(request_id, item)``, as :func:`serving.prediction_log.labelled_predictions` joins them).
+
+Functions here are pure (frames in, frames out); :func:`read_log_frames` is the I/O edge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.config import MonitorConfig
+from pipelines.errors import DataError
+from pipelines.model_api import TextClassifier, predict_labels
+
+KEY = ["request_id", "item"]
+
+
+@dataclass
+class Reference:
+    """Training sample, the champion's validation predictions and its classes."""
+
+    train: pd.DataFrame          # text, label (fixed-size sample)
+    vocab_texts: list[str]       # the other training texts: the vocabulary for out-of-vocabulary shares
+    val: pd.DataFrame            # text, label, prediction
+    classes: list[str]
+    version: str
+
+
+@dataclass
+class Window:
+    """The current window (``rows``: ts, request_id, item, text, prediction, true_label) or why it was skipped."""
+
+    rows: pd.DataFrame
+    skipped: str | None = None
+    notes: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def labelled(self) -> pd.DataFrame:
+        return self.rows[self.rows["true_label"].notna()]
+
+    @property
+    def key(self) -> str:
+        """Identifies the window (its newest row), so the same window is never counted twice."""
+        if self.rows.empty:
+            return ""
+        last = self.rows.iloc[-1]
+        return f"{last['ts'].isoformat()}|{last['request_id']}:{last['item']}|{len(self.rows)}|{int(self.rows['true_label'].notna().sum())}"
+
+
+def _require(df: pd.DataFrame, cols: list[str], what: str) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise DataError(f"{what} lacks column(s) {missing}; has {list(df.columns)}")
+
+
+def build_reference(train: pd.DataFrame, val: pd.DataFrame, model: TextClassifier, version: str,
+                    cfg: MonitorConfig) -> Reference:
+    """Sample ``reference_size`` training rows (stratified, seeded) and predict the validation split."""
+    _require(train, ["text", "label"], "reference (train split)")
+    _require(val, ["text", "label"], "reference (validation split)")
+    if train.empty or val.empty:
+        raise DataError("the reference is empty: the train or validation split has no rows (run dvc repro)")
+    train = train[["text", "label"]].astype({"text": str, "label": str})
+    # The vocabulary comes from the rows *not* sampled: a text is never judged against its own words.
+    size = min(cfg.reference_size, len(train) // 2)
+    if size < 1:
+        raise DataError(f"the train split has {len(train)} row(s): too few for a reference")
+    sample = train.groupby("label").sample(frac=size / len(train), random_state=cfg.seed)
+    rest = train.drop(index=sample.index)
+    val = val[["text", "label"]].astype({"text": str, "label": str}).reset_index(drop=True)
+    val["prediction"] = predict_labels(model, val["text"].tolist())
+    return Reference(sample.reset_index(drop=True), rest["text"].tolist(), val, [str(c) for c in model.classes],
+                     str(version))
+
+
+def unknown_feedback(preds: pd.DataFrame, feedback: pd.DataFrame) -> int:
+    """Feedback rows whose (request_id, item) matches no logged prediction."""
+    if feedback.empty:
+        return 0
+    known = pd.MultiIndex.from_frame(preds[KEY]) if len(preds) else pd.MultiIndex.from_tuples([], names=KEY)
+    return int((~pd.MultiIndex.from_frame(feedback[KEY]).isin(known)).sum())
+
+
+def current_window(preds: pd.DataFrame, labelled: pd.DataFrame, feedback: pd.DataFrame, version: str,
+                   cfg: MonitorConfig, now: datetime | None = None) -> Window:
+    """Select the champion's rows, cut the window, attach feedback labels; skip (with a reason) if too small."""
+    now = now or datetime.now(timezone.utc)
+    counts = {"log_rows": len(preds), "unknown_feedback": unknown_feedback(preds, feedback)}
+    notes = []
+    if counts["unknown_feedback"]:
+        notes.append(f"{counts['unknown_feedback']} feedback row(s) name request ids with no logged prediction; ignored")
+    versions = preds["model_version"].astype(str).value_counts().to_dict() if len(preds) else {}
+    mine = preds[preds["model_version"].astype(str) == str(version)] if len(preds) else preds
+    others = {v: n for v, n in versions.items() if v != str(version)}
+    counts["other_version_rows"] = int(sum(others.values()))
+    if others:
+        notes.append(f"log has rows of other model versions {others}; only champion v{version}'s rows are judged")
+    if cfg.window_mode == "time":
+        rows = mine[mine["ts"] >= pd.Timestamp(now - timedelta(hours=cfg.window_hours))]
+    else:
+        rows = mine.tail(cfg.window_size)
+    rows = rows.rename(columns={"label": "prediction"})
+    fb = labelled[KEY + ["true_label"]] if len(labelled) else pd.DataFrame(columns=[*KEY, "true_label"])
+    rows = rows.merge(fb, on=KEY, how="left").reset_index(drop=True)
+    counts.update(window_rows=len(rows), labelled_rows=int(rows["true_label"].notna().sum()))
+    win = Window(rows[["ts", "request_id", "item", "text", "prediction", "true_label"]], None, notes, counts)
+    if rows.empty:
+        win.skipped = f"empty window: no predictions of champion v{version} in the log" + (
+            f" (rows of other versions: {others})" if others else "")
+    elif len(rows) < cfg.min_window_rows:
+        win.skipped = (f"window too small: {len(rows)} prediction(s) of champion v{version}, "
+                       f"need monitor.min_window_rows={cfg.min_window_rows}")
+    elif rows["text"].isna().all():
+        raise DataError("the prediction log stores no text (serve.log_text: false): text drift cannot be computed")
+    return win
+
+
+def check_schema(ref: Reference, win: Window) -> list[str]:
+    """Fail when reference and current cannot be compared; return notes for what can be judged with care."""
+    unknown = sorted(set(win.rows["prediction"].dropna().astype(str)) - set(ref.classes))
+    if unknown:
+        raise DataError(f"current predictions use class(es) {unknown} the reference model (v{ref.version}) does not "
+                        f"have {ref.classes}: reference and current come from different schemas")
+    new_labels = sorted(set(win.labelled["true_label"].astype(str)) - set(ref.classes))
+    if new_labels:
+        return [f"feedback labels {new_labels} are not classes of the model: they count as errors (a new class?)"]
+    return []
+
+
+def read_log_frames(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(predictions, labelled predictions, feedback) from the prediction log (the serving contract)."""
+    from serving.prediction_log import FEEDBACK, PREDICTIONS, labelled_predictions, read_log
+
+    return read_log(root, PREDICTIONS), labelled_predictions(root), read_log(root, FEEDBACK)

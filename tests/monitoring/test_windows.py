@@ -1,0 +1,101 @@
+"""Bad inputs of the windows: each is skipped with a reason or fails with a message, never a silent pass."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+
+from conftest import T0, tickets, train_model, write_window
+from monitoring.windows import Window, build_reference, check_schema, current_window, read_log_frames
+from pipelines.config import MonitorConfig
+from pipelines.errors import DataError
+
+CFG = MonitorConfig(window_size=100, min_window_rows=50, reference_size=100)
+
+
+@pytest.fixture(scope="module")
+def small():
+    df = tickets(400, seed=3)
+    return df, train_model(df.iloc[:250])
+
+
+def _window(tmp_path, cfg=CFG, version="1"):
+    return current_window(*read_log_frames(tmp_path), version, cfg, now=T0 + timedelta(hours=1))
+
+
+def test_empty_log_is_skipped_with_a_reason(tmp_path):
+    win = _window(tmp_path)
+    assert win.skipped and "empty window" in win.skipped and win.rows.empty
+
+
+def test_too_small_window_is_skipped(tmp_path, small):
+    df, model = small
+    write_window(tmp_path, model, df.head(20), "1", T0)
+    win = _window(tmp_path)
+    assert "too small: 20" in win.skipped and "min_window_rows=50" in win.skipped
+
+
+def test_last_n_window_has_fixed_size_and_feedback(tmp_path, small):
+    df, model = small
+    write_window(tmp_path, model, df.head(150), "1", T0, feedback=0.5)
+    win = _window(tmp_path)
+    assert win.skipped is None and len(win.rows) == 100
+    assert win.rows["request_id"].iloc[-1] == "w-149"          # the newest rows
+    assert win.counts["labelled_rows"] == 25                     # feedback arrived for the first 75 of 150
+
+
+def test_time_window_takes_recent_rows_only(tmp_path, small):
+    df, model = small
+    write_window(tmp_path, model, df.head(80), "1", T0 - timedelta(days=3), tag="old")
+    write_window(tmp_path, model, df.iloc[80:160], "1", T0, tag="new")
+    win = _window(tmp_path, MonitorConfig(window_mode="time", window_hours=24, min_window_rows=50))
+    assert len(win.rows) == 80 and win.rows["request_id"].str.startswith("new").all()
+
+
+def test_rows_of_other_versions_are_excluded_and_reported(tmp_path, small):
+    df, model = small
+    write_window(tmp_path, model, df.head(120), "1", T0, tag="old")
+    write_window(tmp_path, model, df.iloc[120:240], "2", T0 + timedelta(minutes=5), tag="new")
+    win = _window(tmp_path, version="2")
+    assert win.rows["request_id"].str.startswith("new").all()
+    assert win.counts["other_version_rows"] == 120
+    assert any("other model versions {'1': 120}" in n for n in win.notes)
+    only_old = _window(tmp_path, version="3")
+    assert "no predictions of champion v3" in only_old.skipped and "'1': 120" in only_old.skipped
+
+
+def test_feedback_for_unknown_request_ids_is_counted(tmp_path, small):
+    from serving.prediction_log import FEEDBACK, write_part
+
+    df, model = small
+    write_window(tmp_path, model, df.head(100), "1", T0)
+    write_part(tmp_path, FEEDBACK, [{"ts": T0, "request_id": f"ghost-{i}", "item": 0, "true_label": "billing"}
+                                    for i in range(7)])
+    win = _window(tmp_path)
+    assert win.counts["unknown_feedback"] == 7
+    assert any("7 feedback row(s) name request ids with no logged prediction" in n for n in win.notes)
+
+
+def test_log_without_text_fails(tmp_path, small):
+    df, model = small
+    write_window(tmp_path, model, df.head(100).assign(text=None).fillna({"text": ""}), "1", T0)
+    frames = list(read_log_frames(tmp_path))
+    frames[0]["text"] = None
+    with pytest.raises(DataError, match="stores no text"):
+        current_window(*frames, "1", CFG)
+
+
+def test_reference_schema_must_match(small):
+    df, model = small
+    with pytest.raises(DataError, match=r"lacks column\(s\) \['label'\]"):
+        build_reference(df.drop(columns="label"), df, model, "1", CFG)
+    ref = build_reference(df.iloc[:250], df.iloc[250:], model, "1", CFG)
+    assert len(ref.train) == 100 and len(ref.vocab_texts) == 150  # the vocabulary never sees the sample
+    rows = pd.DataFrame({"ts": [T0], "request_id": ["r"], "item": [0], "text": ["x"], "prediction": ["spam"],
+                         "true_label": [None]})
+    with pytest.raises(DataError, match=r"class\(es\) \['spam'\]"):
+        check_schema(ref, Window(rows))
+    notes = check_schema(ref, Window(rows.assign(prediction="billing", true_label="new_topic")))
+    assert "new_topic" in notes[0]
