@@ -120,7 +120,7 @@ def run_local(params: Params, app: Any, wait_ready_s: float = 300.0) -> str:
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://{cfg.host}:{cfg.port}"
-    deadline = time.monotonic() + wait_ready_s
+    deadline, detail, shown = time.monotonic() + wait_ready_s, None, None
     while time.monotonic() < deadline:
         try:
             r = requests.get(f"{url}/readyz", timeout=2)
@@ -129,6 +129,9 @@ def run_local(params: Params, app: Any, wait_ready_s: float = 300.0) -> str:
             detail = r.json().get("detail")
         except (requests.RequestException, ValueError):
             detail = None
+        if detail and detail != shown:
+            print(f"waiting for the model: {detail}", flush=True)
+            shown = detail
         time.sleep(0.5)
     raise TimeoutError(f"the model did not load within {wait_ready_s:.0f} s: {detail or 'no answer from ' + url}")
 

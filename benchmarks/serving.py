@@ -1,0 +1,193 @@
+"""Serving benchmark: continuous batching vs @serve.batch vs unbatched vs the offline limit, one run, one table.
+
+    python -m benchmarks.serving [--seconds 6] [--levels 1,8,32,64] [--n-texts 1500]
+
+The model is the LoRA transformer (MiniLM-L6 base) behind the common pyfunc, registered
+as champion in a temporary MLflow registry: an *untrained* adapter by default (the same
+compute as a trained one), so this runs on a fresh clone. Texts come from the pipeline's
+data (data/processed/test.parquet, else data/interim/dataset.parquet). Single-text
+requests from a closed-loop aiohttp client on 127.0.0.1, each level bounded by time.
+
+(a) offline: the same model, length-sorted batches of 32, no server (the limit)
+(b) serve.batching=none  (c) serve.batching=serve_batch at its best wait (picked at concurrency 32)
+(d) serve.batching=continuous (ours)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parents[1]
+
+
+def load_texts(n: int, seed: int = 0) -> list[str]:
+    for p in (HERE / "data/processed/test.parquet", HERE / "data/interim/dataset.parquet"):
+        if p.is_file():
+            texts = pd.read_parquet(p, columns=["text"])["text"].dropna().astype(str)
+            texts = texts[texts.str.strip().str.len() > 0]
+            return texts.sample(min(n, len(texts)), random_state=seed).tolist()
+    raise SystemExit("no data: run `make run` first (needs data/interim/dataset.parquet)")
+
+
+def register_transformer(root: Path, labels: list[str], example: list[str]):
+    """An untrained LoRA adapter on the packaged MiniLM, logged as the common pyfunc and made champion."""
+    import mlflow
+    from transformers import AutoTokenizer
+
+    from pipelines.base_model import resolve_base_model
+    from pipelines.config import FinetuneConfig, MlflowConfig
+    from pipelines.lora import build_model
+    from pipelines.tracking import Registry, setup
+    from pipelines.transformer_model import TransformerClassifier, log_transformer
+
+    base = resolve_base_model("minilm")
+    adapter = root / "adapter"
+    build_model(base, labels, FinetuneConfig()).save_pretrained(str(adapter))
+    AutoTokenizer.from_pretrained(base).save_pretrained(str(adapter))
+    (adapter / "labels.json").write_text(json.dumps(labels))
+    cfg = MlflowConfig(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", artifact_root=str(root / "artifacts"),
+                       experiment="bench", registered_model="bench-router")
+    os.environ["MLFLOW_TRACKING_URI"] = cfg.tracking_uri
+    setup(cfg)
+    clf = TransformerClassifier(adapter, base_model="minilm")
+    with mlflow.start_run():
+        info = log_transformer(clf, example)
+    reg = Registry(cfg)
+    reg.set_alias("champion", reg.register(info.model_uri, tags={}))
+    return cfg, reg
+
+
+def offline(reg, texts: list[str], threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    clf = reg.load("@champion")
+    clf.predict_proba(texts[:32])
+    t0 = time.perf_counter()
+    clf.predict_proba(texts)  # the transformer sorts by length and runs batches of 32
+    dt = time.perf_counter() - t0
+    return {"tps": len(texts) / dt, "p50": float("nan"), "p99": float("nan"), "n": len(texts), "fail": 0}
+
+
+async def load(url: str, texts: list[str], concurrency: int, seconds: float) -> dict:
+    import aiohttp
+
+    lat: list[float] = []
+    fails = 0
+    stop = time.perf_counter() + seconds
+    counter = iter(range(10**9))
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal fails
+        while time.perf_counter() < stop:
+            text = texts[next(counter) % len(texts)]
+            t0 = time.perf_counter()
+            async with session.post(f"{url}/predict", json={"texts": [text]}) as r:
+                await r.read()
+                if r.status == 200:
+                    lat.append(time.perf_counter() - t0)
+                else:
+                    fails += 1
+
+    conn = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=120)) as s:
+        # warm-up: one round at this concurrency, not measured
+        async def one(i: int) -> None:
+            async with s.post(f"{url}/predict", json={"texts": [texts[i]]}) as r:
+                await r.read()
+
+        await asyncio.gather(*(one(i) for i in range(concurrency)))
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(s) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+    q = np.percentile(lat, [50, 99]) * 1000 if lat else [float("nan")] * 2
+    return {"tps": len(lat) / elapsed, "p50": float(q[0]), "p99": float(q[1]), "n": len(lat), "fail": fails}
+
+
+def main(seconds: float = 6.0, levels: str = "1,8,32,64", n_texts: int = 1500, waits_ms: str = "1,5,10,50",
+         torch_threads: int = 2, max_batch_size: int = 32) -> None:
+    """Run (a)-(d) and print texts/s, p50/p99 and the ratios (d)/(a), (d)/(b), (d)/(c)."""
+    import ray
+
+    from pipelines.config import Params
+    from serving.app import build, run_local, stop_local
+
+    conc = [int(c) for c in levels.split(",")]
+    texts = load_texts(n_texts)
+    print(f"{len(texts)} texts, mean {statistics.mean(map(len, texts)):.0f} chars; levels {conc}; {seconds:.0f} s each",
+          flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix="serving-bench-"))
+    labels = [f"class_{i}" for i in range(10)]
+    cfg, reg = register_transformer(tmp, labels, texts[:3])
+    results: dict[str, dict[int, dict]] = {"a offline": {}}
+    a = offline(reg, texts, torch_threads)
+    results["a offline"] = {c: a for c in conc}
+    print(f"(a) offline length-sorted batches of 32: {a['tps']:.1f} texts/s", flush=True)
+
+    params = Params(mlflow=cfg)
+    (tmp / "params.yaml").write_text(json.dumps({"mlflow": cfg.model_dump()}))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = params.serve.port = sock.getsockname()[1]
+    base_args = {"params": str(tmp / "params.yaml"), "project_dir": str(HERE), "watch_interval_s": 0,
+                 "log_dir": str(tmp / "production"), "max_batch_size": max_batch_size,
+                 "max_ongoing_requests": max(256, 2 * max(conc)), "max_queue": 4096, "torch_threads": torch_threads,
+                 "port": port}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def deploy(**kw) -> None:
+            run_local(params, build({**base_args, **kw}), wait_ready_s=300)
+
+        deploy(batching="none")
+        results["b unbatched"] = {c: asyncio.run(load(url, texts, c, seconds)) for c in conc}
+        print("(b) done", flush=True)
+        best, best_w = None, None
+        for w in [float(x) for x in waits_ms.split(",")]:
+            deploy(batching="serve_batch", serve_batch_wait_ms=w)
+            r = asyncio.run(load(url, texts, 32, seconds))
+            print(f"(c) @serve.batch wait {w:g} ms at concurrency 32: {r['tps']:.1f} texts/s", flush=True)
+            if best is None or r["tps"] > best["tps"]:
+                best, best_w = r, w
+        deploy(batching="serve_batch", serve_batch_wait_ms=best_w)
+        results[f"c serve.batch {best_w:g}ms"] = {c: (best if c == 32 else asyncio.run(load(url, texts, c, seconds)))
+                                                  for c in conc}
+        deploy(batching="continuous")
+        results["d continuous"] = {c: asyncio.run(load(url, texts, c, seconds)) for c in conc}
+    finally:
+        stop_local()
+    print_table(results, conc)
+
+
+def print_table(results: dict[str, dict[int, dict]], conc: list[int]) -> None:
+    print()
+    print(f"{'mode':<22}" + "".join(f"{'c=' + str(c):>26}" for c in conc))
+    print(f"{'':<22}" + "".join(f"{'texts/s  p50ms  p99ms':>26}" for _ in conc))
+    for mode, by_c in results.items():
+        cells = [f"{r['tps']:8.1f} {r['p50']:6.0f} {r['p99']:6.0f}" + (f" ({r['fail']} failed)" if r["fail"] else "")
+                 for r in (by_c[c] for c in conc)]
+        print(f"{mode:<22}" + "".join(f"{x:>26}" for x in cells))
+    d = results["d continuous"]
+    keys = list(results)
+    print()
+    for other in keys[:3]:
+        print(f"(d)/({other[0]}) throughput " + "  ".join(f"c={c}: {d[c]['tps'] / results[other][c]['tps']:.2f}"
+                                                         for c in conc))
+    b = results[keys[1]]
+    print("(d)/(b) p50 latency   " + "  ".join(f"c={c}: {d[c]['p50'] / b[c]['p50']:.2f}" for c in conc))
+
+
+if __name__ == "__main__":
+    import typer
+
+    typer.run(main)
