@@ -130,6 +130,8 @@ def _brief(m: dict) -> dict:
 def report_markdown(d: dict) -> str:
     """The decision as a short markdown report (reports/promotion.md)."""
     verdict = "PROMOTED" if d.get("promoted") else ("PASSED (not auto-promoted)" if d["promote"] else "REFUSED")
+    if d["challenger_version"] == d["champion_version_before"]:
+        verdict = "UNCHANGED"
     lines = [f"# Promotion decision: {verdict}", "",
              f"- model: `{d['model']}`; challenger v{d['challenger_version']}; champion before: "
              f"{'v' + d['champion_version_before'] if d['champion_version_before'] else 'none'}; "

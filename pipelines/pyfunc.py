@@ -33,6 +33,10 @@ CLASSIFIER_ARTIFACT = "classifier"
 class TextClassifierPyfunc(mlflow.pyfunc.PythonModel):
     """Base pyfunc: DataFrame with ``text`` in, ``label`` + ``proba_<class>`` out."""
 
+    # predict() takes a DataFrame and the signature is logged explicitly; this skips MLflow's
+    # type-hint wrapper, which would only warn that predict() has no type hints.
+    _skip_type_hint_validation = True
+
     def load_classifier(self, context: mlflow.pyfunc.PythonModelContext) -> TextClassifier:
         raise NotImplementedError
 
