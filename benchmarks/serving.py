@@ -84,7 +84,6 @@ async def load(url: str, texts: list[str], concurrency: int, seconds: float) -> 
 
     lat: list[float] = []
     fails = 0
-    stop = time.perf_counter() + seconds
     counter = iter(range(10**9))
 
     async def worker(session: aiohttp.ClientSession) -> None:
@@ -108,6 +107,7 @@ async def load(url: str, texts: list[str], concurrency: int, seconds: float) -> 
 
         await asyncio.gather(*(one(i) for i in range(concurrency)))
         t0 = time.perf_counter()
+        stop = t0 + seconds
         await asyncio.gather(*(worker(s) for _ in range(concurrency)))
         elapsed = time.perf_counter() - t0
     q = np.percentile(lat, [50, 99]) * 1000 if lat else [float("nan")] * 2
@@ -146,24 +146,25 @@ def main(seconds: float = 6.0, levels: str = "1,8,32,64", n_texts: int = 1500, w
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     url = f"http://127.0.0.1:{port}"
     try:
-        def deploy(**kw) -> None:
-            run_local(params, build({**base_args, **kw}), wait_ready_s=300)
-
-        deploy(batching="none")
-        results["b unbatched"] = {c: asyncio.run(load(url, texts, c, seconds)) for c in conc}
-        print("(b) done", flush=True)
-        best, best_w = None, None
-        for w in [float(x) for x in waits_ms.split(",")]:
-            deploy(batching="serve_batch", serve_batch_wait_ms=w)
-            r = asyncio.run(load(url, texts, 32, seconds))
-            print(f"(c) @serve.batch wait {w:g} ms at concurrency 32: {r['tps']:.1f} texts/s", flush=True)
-            if best is None or r["tps"] > best["tps"]:
-                best, best_w = r, w
-        deploy(batching="serve_batch", serve_batch_wait_ms=best_w)
-        results[f"c serve.batch {best_w:g}ms"] = {c: (best if c == 32 else asyncio.run(load(url, texts, c, seconds)))
-                                                  for c in conc}
-        deploy(batching="continuous")
-        results["d continuous"] = {c: asyncio.run(load(url, texts, c, seconds)) for c in conc}
+        # every mode is deployed at once (own route prefix, 1/4 CPU each: idle replicas cost nothing) and the
+        # modes are measured interleaved, level by level, so load from other processes hits them alike
+        modes = {"b": {"batching": "none"}, "d": {"batching": "continuous"}}
+        modes.update({f"c{w:g}": {"batching": "serve_batch", "serve_batch_wait_ms": w}
+                      for w in [float(x) for x in waits_ms.split(",")]})
+        urls = {m: run_local(params, build({**base_args, "replica_cpus": 0.25, **kw}), wait_ready_s=300,
+                             name=f"bench-{m}", route_prefix=f"/{m}") for m, kw in modes.items()}
+        c_modes = [m for m in modes if m.startswith("c")]
+        tuned = {m: asyncio.run(load(urls[m], texts, 32, seconds)) for m in c_modes}
+        for m, r in tuned.items():
+            print(f"(c) @serve.batch wait {m[1:]} ms at concurrency 32: {r['tps']:.1f} texts/s", flush=True)
+        best = max(tuned, key=lambda m: tuned[m]["tps"])
+        keys = {"b": "b unbatched", best: f"c serve.batch {best[1:]}ms", "d": "d continuous"}
+        for key in keys.values():
+            results[key] = {}
+        for c in conc:
+            for m, key in keys.items():
+                results[key][c] = asyncio.run(load(urls[m], texts, c, seconds))
+            print(f"concurrency {c} done", flush=True)
     finally:
         stop_local()
     print_table(results, conc)
@@ -181,10 +182,14 @@ def print_table(results: dict[str, dict[int, dict]], conc: list[int]) -> None:
     keys = list(results)
     print()
     for other in keys[:3]:
-        print(f"(d)/({other[0]}) throughput " + "  ".join(f"c={c}: {d[c]['tps'] / results[other][c]['tps']:.2f}"
+        print(f"(d)/({other[0]}) throughput " + "  ".join(f"c={c}: {_ratio(d[c]['tps'], results[other][c]['tps'])}"
                                                          for c in conc))
     b = results[keys[1]]
-    print("(d)/(b) p50 latency   " + "  ".join(f"c={c}: {d[c]['p50'] / b[c]['p50']:.2f}" for c in conc))
+    print("(d)/(b) p50 latency   " + "  ".join(f"c={c}: {_ratio(d[c]['p50'], b[c]['p50'])}" for c in conc))
+
+
+def _ratio(x: float, y: float) -> str:
+    return f"{x / y:.2f}" if y and y == y else "n/a"
 
 
 if __name__ == "__main__":

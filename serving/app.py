@@ -109,8 +109,8 @@ def build(args: dict[str, Any] | None = None) -> Any:
         cfg.model_dump(), mcfg.model_dump(), str(project_dir))
 
 
-def run_local(params: Params, app: Any, wait_ready_s: float = 300.0) -> str:
-    """Start Ray and Serve on this machine (loopback), deploy ``app``, wait until /readyz answers 200."""
+def run_local(params: Params, app: Any, wait_ready_s: float = 300.0, name: str = APP_NAME, route_prefix: str = "/") -> str:
+    """Start Ray and Serve on this machine (loopback), deploy ``app``, wait until /readyz answers 200; return its URL."""
     import ray
     import requests
 
@@ -118,8 +118,8 @@ def run_local(params: Params, app: Any, wait_ready_s: float = 300.0) -> str:
     if not ray.is_initialized():
         ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
-    url = f"http://{cfg.host}:{cfg.port}"
+    serve.run(app, name=name, route_prefix=route_prefix, blocking=False)
+    url = f"http://{cfg.host}:{cfg.port}{route_prefix.rstrip('/')}"
     deadline, detail, shown = time.monotonic() + wait_ready_s, None, None
     while time.monotonic() < deadline:
         try:

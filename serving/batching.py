@@ -114,7 +114,8 @@ class ContinuousBatcher:
         if len(self._pending) + len(texts) > self.max_queue:
             raise QueueFull(f"queue full ({len(self._pending)} texts waiting, limit {self.max_queue})")
         loop = asyncio.get_running_loop()
-        items = [_Item(t, self.cost(t), model, next(self._seq), loop.create_future()) for t in texts]
+        cap = getattr(model, "max_tokens", None) or 10**9  # the model truncates: a longer text costs no more
+        items = [_Item(t, min(self.cost(t), cap), model, next(self._seq), loop.create_future()) for t in texts]
         self._pending.extend(items)
         self._wakeup.set()  # type: ignore[union-attr]
         try:

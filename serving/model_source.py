@@ -26,6 +26,12 @@ class ModelHandle:
     def classes(self) -> list[str]:
         return self.classifier.classes
 
+    @property
+    def max_tokens(self) -> int | None:
+        """The model's truncation length if its pyfunc config names one (a longer text costs no more)."""
+        config = getattr(getattr(self.classifier, "model", None), "model_config", None) or {}
+        return int(config["max_length"]) if "max_length" in config else None
+
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         return self.classifier.predict_proba(texts)
 
