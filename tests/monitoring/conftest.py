@@ -19,9 +19,9 @@ T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 
 def tickets(n: int, seed: int, drift: bool = False) -> pd.DataFrame:
     """Generated tickets cleaned exactly as ingest cleans training data (text, label)."""
-    raw = generate_tickets(GenerateConfig(n_rows=n, seed=seed, n_customers=max(10, n // 4)), drift=drift)
+    raw = generate_tickets(GenerateConfig(n_rows=max(100, n), seed=seed, n_customers=max(25, n // 4)), drift=drift)
     df, _ = ingest(raw, DataConfig(), IngestConfig())
-    return df[["text", "label"]].astype(str).reset_index(drop=True)
+    return df[["text", "label"]].astype(str).head(n).reset_index(drop=True)
 
 
 def train_model(df: pd.DataFrame) -> SklearnTextClassifier:
