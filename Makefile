@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: help install run test test-fast repro clean mlflow serve
+.PHONY: help install run test test-fast repro clean mlflow serve demo-drift
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -57,3 +57,8 @@ mlflow: $(STAMP) ## MLflow UI on http://127.0.0.1:5000 over the pipeline's SQLit
 # Ray Serve on 127.0.0.1 (serve.host/serve.port in params.yaml); blocks until Ctrl-C, which flushes the prediction log.
 serve: $(STAMP) ## serve the registry champion on http://127.0.0.1:8000 (POST /predict, /feedback; /docs)
 	$(BIN)/python -m serving.app --params params.yaml
+
+# The drift story end to end in a temporary copy of the repository (your workspace is untouched):
+# train on period A, serve drifted period B through Ray Serve, detect, retrain on A + labelled B, recover.
+demo-drift: $(STAMP) ## drift demo: detect, retrain on feedback, print before/after accuracy (~5 min)
+	$(BIN)/python -m monitoring.demo
