@@ -67,12 +67,7 @@ def register_transformer(root: Path, labels: list[str], example: list[str]):
     return cfg, reg
 
 
-def offline(reg, texts: list[str], threads: int) -> dict:
-    import torch
-
-    torch.set_num_threads(threads)
-    clf = reg.load("@champion")
-    clf.predict_proba(texts[:32])
+def offline(clf, texts: list[str]) -> dict:
     t0 = time.perf_counter()
     clf.predict_proba(texts)  # the transformer sorts by length and runs batches of 32
     dt = time.perf_counter() - t0
@@ -115,7 +110,7 @@ async def load(url: str, texts: list[str], concurrency: int, seconds: float) -> 
 
 
 def main(seconds: float = 6.0, levels: str = "1,8,32,64", n_texts: int = 1500, waits_ms: str = "1,5,10,50",
-         torch_threads: int = 2, max_batch_size: int = 32) -> None:
+         torch_threads: int = 2, max_batch_size: int = 32, offline_texts: int = 192) -> None:
     """Run (a)-(d) and print texts/s, p50/p99 and the ratios (d)/(a), (d)/(b), (d)/(c)."""
     import ray
 
@@ -129,10 +124,12 @@ def main(seconds: float = 6.0, levels: str = "1,8,32,64", n_texts: int = 1500, w
     tmp = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     labels = [f"class_{i}" for i in range(10)]
     cfg, reg = register_transformer(tmp, labels, texts[:3])
+    import torch
+
+    torch.set_num_threads(torch_threads)
+    clf = reg.load("@champion")
+    clf.predict_proba(texts[:32])
     results: dict[str, dict[int, dict]] = {"a offline": {}}
-    a = offline(reg, texts, torch_threads)
-    results["a offline"] = {c: a for c in conc}
-    print(f"(a) offline length-sorted batches of 32: {a['tps']:.1f} texts/s", flush=True)
 
     params = Params(mlflow=cfg)
     (tmp / "params.yaml").write_text(json.dumps({"mlflow": cfg.model_dump()}))
@@ -162,6 +159,7 @@ def main(seconds: float = 6.0, levels: str = "1,8,32,64", n_texts: int = 1500, w
         for key in keys.values():
             results[key] = {}
         for c in conc:
+            results["a offline"][c] = offline(clf, texts[:offline_texts])  # interleaved too
             for m, key in keys.items():
                 results[key][c] = asyncio.run(load(urls[m], texts, c, seconds))
             print(f"concurrency {c} done", flush=True)

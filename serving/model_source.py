@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,6 +22,8 @@ class ModelHandle:
     name: str
     version: str
     classifier: TextClassifier
+    torch_threads: int | None = None
+    _tuned: threading.local = field(default_factory=threading.local, repr=False)
 
     @property
     def classes(self) -> list[str]:
@@ -33,6 +36,14 @@ class ModelHandle:
         return int(config["max_length"]) if "max_length" in config else None
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
+        if self.torch_threads and not getattr(self._tuned, "done", False):
+            # OpenMP thread counts are per calling thread: set it in the thread that runs the model
+            # (Ray starts workers with OMP_NUM_THREADS=1, which halved throughput here)
+            if "torch" in sys.modules:
+                import torch
+
+                torch.set_num_threads(self.torch_threads)
+            self._tuned.done = True
         return self.classifier.predict_proba(texts)
 
 
@@ -65,11 +76,7 @@ class ChampionSource:
     def load(self, version: str) -> ModelHandle:
         """Load exactly ``version`` (not the alias: it may move while we load)."""
         classifier = self.registry.load(version)
-        if self.torch_threads and "torch" in sys.modules:
-            import torch
-
-            torch.set_num_threads(self.torch_threads)
-        return ModelHandle(self.model_name, str(version), classifier)
+        return ModelHandle(self.model_name, str(version), classifier, self.torch_threads)
 
     def describe(self) -> str:
         return f"models:/{self.model_name}@{self.alias} (registry {self.uri})"
