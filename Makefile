@@ -60,5 +60,5 @@ serve: $(STAMP) ## serve the registry champion on http://127.0.0.1:8000 (POST /p
 
 # The drift story end to end in a temporary copy of the repository (your workspace is untouched):
 # train on period A, serve drifted period B through Ray Serve, detect, retrain on A + labelled B, recover.
-demo-drift: $(STAMP) ## drift demo: detect, retrain on feedback, print before/after accuracy (~5 min)
+demo-drift: $(STAMP) ## drift demo: detect, retrain on feedback, print before/after accuracy (~6-10 min)
 	$(BIN)/python -m monitoring.demo

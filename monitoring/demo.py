@@ -73,14 +73,14 @@ def main(
     t0 = time.time()
     repo = make_repo(workdir or Path(tempfile.mkdtemp(prefix="demo-drift-")))
     os.chdir(repo)
-    print(f"[demo] repository copy: {repo}\n[demo] 1/5 train on period A: dvc repro ...", flush=True)
+    print(f"[demo] repository copy: {repo}\n[demo] 1/3 train on period A: dvc repro ...", flush=True)
     r = subprocess.run([traffic.tool("dvc"), "repro"], capture_output=True, text=True)
     if r.returncode != 0:
         raise PipelineError(f"dvc repro failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     params = load_params(Path("params.yaml"))
     sender = traffic.Sender(params, in_process)
     try:
-        print(f"[demo] 2/5 traffic {sender.mode}; one window of period A (fresh seed), then period B", flush=True)
+        print(f"[demo] 2/3 traffic {sender.mode}; one window of period A (fresh seed), then period B", flush=True)
         ctx, windows = None, [("A", 101)] + [("B", 200 + i) for i in range(params.monitor.persistence)]
         for period, seed in windows:
             sender.send(traffic.period(params.monitor.window_size, seed, drift=period == "B"))
@@ -88,7 +88,7 @@ def main(
             print(f"\n[demo] period {period} window (seed {seed}):\n{format_summary(summary)}", flush=True)
             if "retrain" in summary:
                 break
-        print("\n[demo] 5/5 accuracy on NEW period-B data (seed 999) and new period-A data (seed 998):", flush=True)
+        print("\n[demo] 3/3 accuracy on NEW period-B data (seed 999) and new period-A data (seed 998):", flush=True)
         print(traffic.before_after(params), flush=True)
     finally:
         sender.close()
