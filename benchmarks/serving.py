@@ -110,7 +110,7 @@ async def load(url: str, texts: list[str], concurrency: int, seconds: float) -> 
 
 
 def main(seconds: float = 6.0, levels: str = "1,8,32,64", n_texts: int = 1500, waits_ms: str = "1,5,10,50",
-         torch_threads: int = 2, max_batch_size: int = 32, offline_texts: int = 192) -> None:
+         torch_threads: int = 1, max_batch_size: int = 32, offline_texts: int = 192) -> None:
     """Run (a)-(d) and print texts/s, p50/p99 and the ratios (d)/(a), (d)/(b), (d)/(c)."""
     import ray
 

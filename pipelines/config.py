@@ -263,7 +263,7 @@ class ServeConfig(Section):
     max_text_chars: int = Field(5000, ge=1)
     api_key: str | None = Field(None, description="require this X-API-Key header (env TICKETOPS_API_KEY overrides)")
     watch_interval_s: float = Field(30.0, ge=0.0, description="re-resolve the alias every N s (0: never)")
-    torch_threads: int = Field(2, ge=1, le=256, description="torch intra-op threads per replica")
+    torch_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads per replica (leave a core to the proxy)")
     log_dir: str = Field("data/production", description="prediction log root (serving/prediction_log.py)")
     log_text: bool = Field(True, description="store the PII-scrubbed text in the log (false: hash only)")
     log_flush_rows: int = Field(256, ge=1, description="write a Parquet part every N rows...")

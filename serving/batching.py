@@ -134,10 +134,19 @@ class ContinuousBatcher:
                 self._wakeup.clear()  # type: ignore[union-attr]
                 await self._wakeup.wait()  # type: ignore[union-attr]
                 continue
+            await self._settle()
             batch = select_batch(self._pending, self.max_batch_size, self.max_batch_tokens)
             taken = set(map(id, batch))
             self._pending = [it for it in self._pending if id(it) not in taken]
             await self._run(batch)
+
+    async def _settle(self, rounds: int = 3) -> None:
+        """Let requests that already reached this process join the step (no timer: stops when nothing new arrives)."""
+        for _ in range(rounds):
+            n = len(self._pending)
+            await asyncio.sleep(0)
+            if len(self._pending) == n:
+                return
 
     async def _run(self, batch: list[_Item]) -> None:
         model = batch[0].model
