@@ -307,6 +307,20 @@ class MonitorConfig(Section):
     seed: int = 42
 
 
+class FlowsConfig(Section):
+    """Prefect orchestration (flows/): the monitor schedule, the DVC lock, where the local server keeps state."""
+
+    prefect_home: str = Field(".prefect", description="PREFECT_HOME for `make ui` (SQLite database, logs)")
+    prefect_port: int = Field(4200, ge=1, le=65535, description="the local Prefect server / UI port (127.0.0.1)")
+    mlflow_ui_url: str = Field("http://127.0.0.1:5000", description="base URL for MLflow links in Prefect artifacts")
+    monitor_interval_minutes: float = Field(60.0, gt=0, description="schedule of the monitor deployment")
+    dvc_concurrency_limit: str = Field("dvc-repo", min_length=1, description="Prefect global concurrency limit (1 slot)")
+    dvc_lock_timeout_s: float = Field(3600.0, gt=0, description="wait at most this long for the DVC lock, then fail")
+    stage_retries: int = Field(1, ge=0, le=5, description="retries of a DVC stage after a transient failure")
+    stage_retry_delay_s: float = Field(10.0, ge=0)
+    work_pool: str = Field("ticketops", min_length=1, description="process work pool for the scale-out path")
+
+
 class Params(Section):
     """The whole of ``params.yaml``."""
 
@@ -323,6 +337,7 @@ class Params(Section):
     finetune: FinetuneConfig = FinetuneConfig()
     monitor: MonitorConfig = MonitorConfig()
     serve: ServeConfig = ServeConfig()
+    flows: FlowsConfig = FlowsConfig()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -1,0 +1,77 @@
+"""monitor: one monitoring pass (:func:`monitoring.run.monitor_once`); on a confirmed breach it emits
+the Prefect event ``model.drift.detected`` (resource ``model.<registered name>``, the summary as payload).
+
+Retraining is not run here: the ``retrain`` deployment has a trigger on that event (``flows/serve_all.py``).
+The retrain callback monitoring calls on a confirmed breach only records the reason, so monitoring
+resets its persistence count exactly as it does after an inline retrain.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.events import emit_event
+
+from flows import common
+from flows.common import Options
+
+DRIFT_EVENT = "model.drift.detected"
+
+
+class MonitorOptions(Options):
+    """Parameters of the monitor flow."""
+
+
+def resource_id(registered_model: str) -> str:
+    return f"model.{registered_model}"
+
+
+def event_payload(summary: dict, reason: str) -> dict[str, Any]:
+    """The summary without the bulky parts, plus the reason (the retrain trigger templates it)."""
+    keep = ("at", "model", "champion_version", "window", "breached", "confirmed", "persistence", "reports_dir", "checks")
+    return common.json_safe({"reason": reason, **{k: summary.get(k) for k in keep}})
+
+
+def publish(summary: dict, links: dict[str, str]) -> None:
+    rows = [{"metric": c["metric"], "value": c["value"], "threshold": c["threshold"],
+             "breach": {True: "BREACH", False: "ok", None: "n/a"}[c["breach"]], "detail": c["detail"]}
+            for c in summary.get("checks", [])]
+    if rows:
+        create_table_artifact(key="monitoring-checks", table=rows, description=f"champion v{summary.get('champion_version')}")
+    reports = "\n".join(f"- {k}: `{Path(v).resolve()}`" for k, v in (summary.get("reports") or {}).items())
+    verdict = ("SKIPPED: " + summary["skipped"]) if summary.get("skipped") else \
+        ("CONFIRMED BREACH: event " + DRIFT_EVENT + " emitted") if summary.get("event_id") else \
+        (f"breached {summary['breached']} ({summary.get('persistence')})" if summary.get("breached") else "no breach")
+    create_markdown_artifact(key="monitoring-summary", description="one monitoring pass", markdown=(
+        f"# Monitoring: {verdict}\n\n- model `{summary.get('model')}` v{summary.get('champion_version')}, "
+        f"window {summary.get('window')}\n- summary: `{Path(summary.get('reports_dir', '.')).resolve()}/summary.json`\n"
+        + (reports + "\n" if reports else "") + "\n## Links\n\n" + common.links_markdown(links)))
+
+
+@flow(name="monitor", log_prints=True)
+def monitor(options: MonitorOptions = MonitorOptions()) -> dict[str, Any]:
+    """One pass over the prediction log; a confirmed breach emits ``model.drift.detected``."""
+    from monitoring.run import format_summary, monitor_once
+
+    params = common.params_of(options)
+    reasons: list[str] = []
+
+    def note_breach(reason: str) -> dict:
+        reasons.append(reason)
+        return {"version": None, "handled_by": f"Prefect event {DRIFT_EVENT} -> retrain deployment"}
+
+    summary, _ = monitor_once(params, retrain=note_breach)
+    logger = get_run_logger()
+    logger.info(format_summary(summary))
+    if summary.get("confirmed") and not reasons:
+        logger.warning("breach confirmed but monitor.retrain_on_breach is false: no event emitted")
+    if reasons:
+        event = emit_event(event=DRIFT_EVENT, resource={"prefect.resource.id": resource_id(params.mlflow.registered_model)},
+                           payload=event_payload(summary, reasons[0]))
+        summary["event_id"] = str(event.id) if event is not None else None
+        logger.warning("confirmed breach: emitted %s (%s)", DRIFT_EVENT, reasons[0])
+    publish(summary, common.mlflow_links(params, summary.get("champion_version")))
+    return common.json_safe(summary)
