@@ -68,7 +68,9 @@ def build_config(cfg: FinetuneConfig, *, precision: str, accelerator: str, total
         },
         "scheduler": {
             "type": "WarmupDecayLR",
-            "params": {"warmup_min_lr": 0.0, "warmup_max_lr": cfg.learning_rate,
+            # DeepSpeed steps the scheduler after the optimizer, so step 1 runs at warmup_min_lr:
+            # start warm-up at 1% of the peak rather than 0, or a one-step run trains nothing.
+            "params": {"warmup_min_lr": 0.01 * cfg.learning_rate, "warmup_max_lr": cfg.learning_rate,
                        "warmup_num_steps": max(warmup, 1), "total_num_steps": max(total_steps, warmup + 1)},
         },
         "bf16": {"enabled": precision == "bf16"},

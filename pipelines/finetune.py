@@ -14,6 +14,7 @@ On success the best epoch's adapter is published to ``models/transformer/``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -25,9 +26,9 @@ import typer
 
 from pipelines import deepspeed_engine as dse
 from pipelines.base_model import resolve_base_model
-from pipelines.config import FinetuneConfig, load_params
+from pipelines.config import FinetuneConfig, Params, load_params
 from pipelines.errors import ConfigError, PipelineError, run_cli
-from pipelines.io import atomic_outputs
+from pipelines.io import atomic_outputs, read_parquet, write_json
 
 
 def check_world_size(cfg: FinetuneConfig, accelerator: str) -> None:
@@ -76,9 +77,14 @@ def main(
     ckpt_dir: Annotated[Path, typer.Option(help="DeepSpeed checkpoints (one per epoch)")] = Path("models/transformer_ckpt"),
     out: Annotated[Path, typer.Option(help="where the best adapter, tokenizer and labels are published")] = Path("models/transformer"),
     resume: Annotated[bool, typer.Option("--resume", help="continue from the latest checkpoint in --ckpt-dir")] = False,
+    metrics_out: Annotated[Path, typer.Option(help="val/test metrics of the best adapter (JSON)")] = Path("metrics/finetune.json"),
+    plots_dir: Annotated[Path, typer.Option(help="confusion matrix CSV (DVC plot) and PNG")] = Path("plots/finetune"),
 ) -> None:
     """Fine-tune the base model with LoRA under DeepSpeed ZeRO (world size, ZeRO stage, precision from params)."""
     cfg = load_params(params).finetune
+    if not cfg.enabled:
+        write_skipped(out, metrics_out, plots_dir)
+        return
     accelerator = dse.accelerator_name()
     base = resolve_base_model(cfg.base_model)
     import pandas as pd
@@ -103,10 +109,80 @@ def main(
     proc = subprocess.run(cmd, env=env)
     if proc.returncode != 0:
         raise PipelineError(f"the DeepSpeed run failed (exit {proc.returncode}); see the rank messages above")
-    with atomic_outputs(out) as staged:
+    evaluate_and_publish(load_params(params), ckpt_dir, data_dir, out, metrics_out, plots_dir)
+
+
+def evaluate_and_publish(p: Params, ckpt_dir: Path, data_dir: Path, out: Path, metrics_out: Path, plots_dir: Path) -> dict:
+    """Score the best adapter with the shared metrics module, log it to the training's MLflow run, publish it.
+
+    The model is logged as the same pyfunc interface as the baselines; ``candidate.json`` in ``out``
+    tells the register stage its validation macro-F1 and model URI, so one gate decides across all candidates.
+    """
+    import pandas as pd
+
+    from pipelines import tracking
+    from pipelines.metrics import evaluate, headline, write_plots
+    from pipelines.transformer_model import TransformerClassifier, log_transformer
+
+    cfg = p.finetune
+    history = json.loads((ckpt_dir / "history.json").read_text())
+    clf = TransformerClassifier(ckpt_dir / "best_adapter", base_model=cfg.base_model, max_length=cfg.max_length)
+    scores, test_preds = {}, []
+    for split in ("val", "test"):
+        df = read_parquet(data_dir / f"{split}.parquet")
+        scores[split], preds = evaluate(clf, df["text"].astype(str).tolist(), df["label"].astype(str).tolist(),
+                                        split=split, ece_bins=p.evaluate.ece_bins)
+        if split == "test":
+            test_labels, test_preds = df["label"].astype(str).tolist(), preds
+    tracking.setup(p.mlflow)
+    run_id = (ckpt_dir / "mlflow_run_id").read_text().strip()
+    with atomic_outputs(out, metrics_out, plots_dir) as staged:
         shutil.copytree(ckpt_dir / "best_adapter", staged[out])
         shutil.copy(ckpt_dir / "history.json", staged[out] / "history.json")
-    print(f"finetune: best adapter published to {out}")
+        write_plots(test_labels, test_preds, staged[plots_dir] / "confusion_test.csv",
+                    staged[plots_dir] / "confusion_test.png", title="LoRA transformer, test")
+        published = TransformerClassifier(staged[out], base_model=cfg.base_model, max_length=cfg.max_length)
+        with tracking.run("finetune-lora", "finetune", run_id=run_id):
+            for split, m in scores.items():
+                tracking.log_metrics(headline(m), prefix=f"{split}_")
+            tracking.log_artifacts(staged[plots_dir], artifact_path="plots")
+            info = log_transformer(published, example_texts=clf_examples(data_dir))
+        candidate = {"name": "lora_transformer", "val_macro_f1": scores["val"]["macro_f1"], "model_uri": info.model_uri,
+                     "run_id": run_id, "trainable_parameters": history.get("trainable_parameters")}
+        (staged[out] / "candidate.json").write_text(json.dumps(candidate, indent=2))
+        if cfg.merge_adapter:
+            export_merged(published, staged[out] / "merged")
+        summary = {"model": "lora_transformer", "val": headline(scores["val"]), "test": headline(scores["test"]),
+                   "test_per_class": scores["test"].get("per_class"), "best_epoch": history.get("best_epoch"),
+                   "epochs_run": len(history.get("history", [])), "world_size": history.get("world_size"),
+                   "zero_stage": history.get("zero_stage"), "precision": history.get("precision"),
+                   "train_rows": history.get("train_rows"),
+                   "samples_per_s": max((h["samples_per_s"] for h in history.get("history", [])), default=None)}
+        write_json(summary, staged[metrics_out])
+    print(f"finetune: val macro-F1 {scores['val']['macro_f1']:.4f}, test macro-F1 {scores['test']['macro_f1']:.4f}; "
+          f"adapter published to {out}; MLflow run {run_id}")
+    return summary
+
+
+def export_merged(clf, directory: Path) -> None:
+    """The adapter folded into the base weights: a plain transformers model for tools that know no peft."""
+    merged = clf.model.merge_and_unload()
+    merged.save_pretrained(str(directory))
+    clf.tokenizer.save_pretrained(str(directory))
+
+
+def write_skipped(out: Path, metrics_out: Path, plots_dir: Path) -> None:
+    """finetune.enabled is false: publish a 'skipped' record so the DAG's outputs exist and register ignores it."""
+    with atomic_outputs(out, metrics_out, plots_dir) as staged:
+        staged[out].mkdir(parents=True)
+        staged[plots_dir].mkdir(parents=True)
+        (staged[out] / "candidate.json").write_text(json.dumps({"name": "lora_transformer", "skipped": True}))
+        write_json({"model": "lora_transformer", "skipped": True}, staged[metrics_out])
+    print("finetune: skipped (finetune.enabled is false)")
+
+
+def clf_examples(data_dir: Path) -> list[str]:
+    return read_parquet(data_dir / "test.parquet", columns=["text"])["text"].astype(str).head(3).tolist()
 
 
 if __name__ == "__main__":

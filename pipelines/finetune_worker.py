@@ -14,6 +14,7 @@ it is whole under ZeRO-3 too.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import train_test_split
 
 from pipelines import deepspeed_engine as dse
+from pipelines import tracking
 from pipelines.base_model import resolve_base_model
 from pipelines.config import FinetuneConfig, load_params
 from pipelines.lora import build_model
@@ -163,12 +165,14 @@ def train(args: argparse.Namespace) -> None:
 
     state = {"epoch": -1, "best_f1": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
     if args.resume:
-        state.update(dse.load_checkpoint(engine, args.ckpt_dir))
+        restored = dse.load_checkpoint(engine, args.ckpt_dir)  # also holds DeepSpeed's own metadata keys
+        state.update({k: restored[k] for k in state if k in restored})
         if rank == 0:
-            print(f"resumed from {args.ckpt_dir} at epoch {state['epoch'] + 1}, optimizer step {engine.global_steps}",
-                  flush=True)
+            print(f"resumed from {args.ckpt_dir} after epoch {state['epoch'] + 1} (optimizer step {engine.global_steps}); "
+                  f"continuing with epoch {state['epoch'] + 2}", flush=True)
     run_info = {"world_size": world, "precision": precision, "accelerator": accelerator, "zero_stage": cfg.zero_stage,
-                "train_rows": len(train_rows), "val_rows": len(val_rows), "base_model": base_path, "ds_config": ds_config}
+                "train_rows": len(train_rows), "val_rows": len(val_rows), "base_model_path": base_path, "ds_config": ds_config,
+                "trainable_parameters": sum(p.numel() for p in engine.module.parameters() if p.requires_grad)}
     if rank == 0:
         (args.ckpt_dir).mkdir(parents=True, exist_ok=True)
         (args.ckpt_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
@@ -177,44 +181,48 @@ def train(args: argparse.Namespace) -> None:
 
     from tqdm.auto import tqdm
 
-    stop = False
-    for epoch in range(state["epoch"] + 1, cfg.epochs):
-        sampler.set_epoch(epoch)
-        engine.train()
-        t0, seen, losses = time.perf_counter(), 0, []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, unit="batch", file=sys.stdout)
-        for batch in bar:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss = engine(**batch).loss
-            engine.backward(loss)
-            engine.step()
-            seen += len(batch["labels"]) * world
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-            if cfg.smoke_steps and engine.global_steps >= cfg.smoke_steps:
-                stop = True
+    with contextlib.ExitStack() as stack:
+        if rank == 0:  # only rank 0 talks to MLflow: params, per-epoch curves, the DeepSpeed config
+            stack.enter_context(_mlflow_run(args, params, cfg, run_info))
+        stop = False
+        for epoch in range(state["epoch"] + 1, cfg.epochs):
+            sampler.set_epoch(epoch)
+            engine.train()
+            t0, seen, losses = time.perf_counter(), 0, []
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, unit="batch", file=sys.stdout)
+            for batch in bar:
+                batch = {k: v.to(device) for k, v in batch.items()}
+                loss = engine(**batch).loss
+                engine.backward(loss)
+                engine.step()
+                seen += len(batch["labels"]) * world
+                losses.append(float(loss.detach()))
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+                if cfg.smoke_steps and engine.global_steps >= cfg.smoke_steps:
+                    stop = True
+                    break
+            train_s = time.perf_counter() - t0
+            logits = predict_logits(engine.module, val_rows, collator, cfg.micro_batch_size * 2, rank, world, device)
+            val_f1 = float(f1_score(val_y, logits.argmax(1), labels=list(range(len(labels))), average="macro", zero_division=0))
+            record = {"epoch": epoch + 1, "step": int(engine.global_steps), "train_loss": float(np.mean(losses)),
+                      "val_macro_f1": val_f1, "samples_per_s": seen / train_s, "epoch_seconds": train_s}
+            state["history"].append(record)
+            state["epoch"] = epoch
+            improved = val_f1 > state["best_f1"]
+            if improved:
+                state.update(best_f1=val_f1, best_epoch=epoch + 1, bad_epochs=0)
+                save_adapter(engine, args.ckpt_dir / "best_adapter", tokenizer, labels, {**run_info, **record}, rank)
+            else:
+                state["bad_epochs"] += 1
+            dse.save_checkpoint(engine, args.ckpt_dir, tag=f"epoch-{epoch + 1}", client_state=state)
+            if rank == 0:
+                tracking.log_metrics({k: v for k, v in record.items() if k not in ("epoch", "step")}, step=epoch + 1)
+                print(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, val macro-F1 {val_f1:.4f}"
+                      f"{' (best)' if improved else ''}, {record['samples_per_s']:.1f} samples/s", flush=True)
+            if stop or state["bad_epochs"] > cfg.early_stopping_patience:
+                if rank == 0 and not stop:
+                    print(f"early stopping: no val macro-F1 gain for {state['bad_epochs']} epoch(s)", flush=True)
                 break
-        train_s = time.perf_counter() - t0
-        logits = predict_logits(engine.module, val_rows, collator, cfg.micro_batch_size * 2, rank, world, device)
-        val_f1 = float(f1_score(val_y, logits.argmax(1), labels=list(range(len(labels))), average="macro", zero_division=0))
-        record = {"epoch": epoch + 1, "step": int(engine.global_steps), "train_loss": float(np.mean(losses)),
-                  "val_macro_f1": val_f1, "samples_per_s": seen / train_s, "epoch_seconds": train_s}
-        state["history"].append(record)
-        state["epoch"] = epoch
-        improved = val_f1 > state["best_f1"]
-        if improved:
-            state.update(best_f1=val_f1, best_epoch=epoch + 1, bad_epochs=0)
-            save_adapter(engine, args.ckpt_dir / "best_adapter", tokenizer, labels, {**run_info, **record}, rank)
-        else:
-            state["bad_epochs"] += 1
-        dse.save_checkpoint(engine, args.ckpt_dir, tag=f"epoch-{epoch + 1}", client_state=state)
-        if rank == 0:
-            print(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, val macro-F1 {val_f1:.4f}"
-                  f"{' (best)' if improved else ''}, {record['samples_per_s']:.1f} samples/s", flush=True)
-        if stop or state["bad_epochs"] > cfg.early_stopping_patience:
-            if rank == 0 and not stop:
-                print(f"early stopping: no val macro-F1 gain for {state['bad_epochs']} epoch(s)", flush=True)
-            break
 
     # The adapter of the last step too, and logits on a fixed probe, so tests can check save → reload.
     save_adapter(engine, args.ckpt_dir / "last_adapter", tokenizer, labels, run_info, rank)
@@ -229,6 +237,21 @@ def train(args: argparse.Namespace) -> None:
         (args.ckpt_dir / "history.json").write_text(json.dumps({**run_info, **state}, indent=2, default=str))
     dist.barrier()
     dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def _mlflow_run(args: argparse.Namespace, params, cfg: FinetuneConfig, run_info: dict):
+    """The training run in MLflow (continued on ``--resume``); its id is kept beside the checkpoints."""
+    from pipelines import tracking
+
+    tracking.setup(params.mlflow)
+    id_file = args.ckpt_dir / "mlflow_run_id"
+    run_id = id_file.read_text().strip() if args.resume and id_file.is_file() else None
+    logged = None if run_id else {"finetune": cfg.model_dump(), **{k: v for k, v in run_info.items() if k != "ds_config"}}
+    with tracking.run("finetune-lora", "finetune", params=logged, run_id=run_id) as active:
+        id_file.write_text(active.info.run_id)
+        tracking.log_artifacts(args.ckpt_dir / "ds_config.json")
+        yield active
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

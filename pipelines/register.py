@@ -73,6 +73,32 @@ def register_candidate(reg, cfg: Params, name: str, path: Path, clf: TextClassif
     return version
 
 
+def transformer_candidate(directory: Path) -> dict | None:
+    """The fine-tuned model's ``candidate.json`` (val macro-F1, model URI), or None when absent or skipped."""
+    path = directory / "candidate.json"
+    if not path.is_file():
+        return None
+    cand = json.loads(path.read_text(encoding="utf-8"))
+    return None if cand.get("skipped") else cand
+
+
+def register_logged(reg, cand: dict, weights: Path) -> str:
+    """Register a model already logged by its training run (the transformer); reuse the version for the same weights."""
+    from pipelines import tracking
+
+    digest = sha256(weights)
+    version = reg.find_version("model_sha256", digest)
+    if version is None:
+        tags = {"candidate": cand["name"], "model_sha256": digest, "source_run_id": cand["run_id"],
+                **tracking.lineage_tags("register")}
+        version = reg.register(cand["model_uri"], tags=tags)
+        print(f"register: '{reg.name}' v{version} ({cand['name']})")
+    else:
+        print(f"register: {weights} is already '{reg.name}' v{version}; not registering it again")
+    reg.set_alias(CHALLENGER, version)
+    return version
+
+
 def main(
     params: Annotated[Path, typer.Option(help="params.yaml")] = Path("params.yaml"),
     candidate_dir: Annotated[Optional[Path], typer.Option(help="default: register.candidate_dir")] = None,
@@ -80,8 +106,9 @@ def main(
     test: Annotated[Path, typer.Option(help="the test split the gate compares on")] = Path("data/processed/test.parquet"),
     report: Annotated[Path, typer.Option(help="markdown decision")] = Path("reports/promotion.md"),
     decision_json: Annotated[Path, typer.Option(help="JSON decision")] = Path("reports/promotion.json"),
+    transformer_dir: Annotated[Path, typer.Option(help="the fine-tuned candidate (candidate.json)")] = Path("models/transformer"),
 ) -> None:
-    """Register the selected candidate as the challenger and run the promotion gate against the champion."""
+    """Register the best candidate (baseline or fine-tuned, by val macro-F1) as challenger; gate it against the champion."""
     from pipelines import tracking
 
     cfg = load_params(params)
@@ -94,7 +121,14 @@ def main(
     metrics = json.loads(eval_json.read_text(encoding="utf-8")) if eval_json.is_file() else None
     tracking.setup(cfg.mlflow)
     reg = tracking.Registry(cfg.mlflow)
-    register_candidate(reg, cfg, name, path, clf, test_df["text"].astype(str).head(3).tolist(), metrics)
+    baseline_val = json.loads((path.parent / "selected.json").read_text(encoding="utf-8")).get("val_macro_f1", -1.0)
+    tr = transformer_candidate(transformer_dir)
+    if tr is not None:
+        print(f"register: candidates by val macro-F1: {name} {baseline_val:.4f}, {tr['name']} {tr['val_macro_f1']:.4f}")
+    if tr is not None and tr["val_macro_f1"] > baseline_val:
+        register_logged(reg, tr, transformer_dir / "adapter_model.safetensors")
+    else:
+        register_candidate(reg, cfg, name, path, clf, test_df["text"].astype(str).head(3).tolist(), metrics)
     d = run_gate(reg, test_df, cfg.register_, ece_bins=cfg.evaluate.ece_bins, auto_promote=cfg.register_.auto_promote)
     write_decision(d, report, decision_json)
     print(report_markdown(d))

@@ -42,10 +42,15 @@ def tiny_data(tmp_path_factory) -> Path:
 def run(tmp: Path, data: Path, finetune: dict, *, resume: bool = False, ckpt: Path | None = None,
         timeout: int = 420) -> subprocess.CompletedProcess:
     params = tmp / "params.yaml"
-    params.write_text(yaml.safe_dump({"finetune": {"max_length": 64, "micro_batch_size": 8, **finetune}}))
+    params.write_text(yaml.safe_dump({
+        "finetune": {"max_length": 64, "micro_batch_size": 8, **finetune},
+        "mlflow": {"tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "artifact_root": str(tmp / "mlartifacts")},
+    }))
     cmd = [sys.executable, "-m", "pipelines.finetune", "--params", str(params), "--data-dir", str(data),
-           "--ckpt-dir", str(ckpt or tmp / "ckpt"), "--out", str(tmp / "out")] + (["--resume"] if resume else [])
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+           "--ckpt-dir", str(ckpt or tmp / "ckpt"), "--out", str(tmp / "out"),
+           "--metrics-out", str(tmp / "metrics.json"), "--plots-dir", str(tmp / "plots")] + (["--resume"] if resume else [])
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(HF_HUB_OFFLINE="1", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -71,6 +76,20 @@ def test_one_step_zero3_two_ranks_saves_a_whole_adapter(tmp_path, tiny_data):
     with torch.no_grad():
         logits = model(**tok(probe["texts"], truncation=True, max_length=64, padding=True, return_tensors="pt")).logits
     torch.testing.assert_close(logits, probe["logits"], atol=1e-4, rtol=1e-4)
+    # Evaluated by the shared metrics module and logged, by rank 0's run, as the common pyfunc.
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert 0.0 <= metrics["test"]["macro_f1"] <= 1.0
+    assert metrics["test"]["n"] == len(pd.read_parquet(tiny_data / "test.parquet"))
+    candidate = json.loads((tmp_path / "out" / "candidate.json").read_text())
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlrun = mlflow.get_run(candidate["run_id"])
+    assert mlrun.data.params["finetune.zero_stage"] == "3" and "val_macro_f1" in mlrun.data.metrics
+    pyfunc = mlflow.pyfunc.load_model(candidate["model_uri"])
+    out = pyfunc.predict(pd.DataFrame({"text": probe["texts"]}))
+    expected = [model.config.id2label[i] for i in logits.argmax(-1).tolist()]
+    assert out["label"].tolist() == expected
 
 
 def test_resume_continues_from_saved_step_and_a_broken_rank_does_not_hang(tmp_path, tiny_data):
@@ -84,13 +103,15 @@ def test_resume_continues_from_saved_step_and_a_broken_rank_does_not_hang(tmp_pa
     shutil.copytree(tmp_path / "ckpt", broken)
     second = run(tmp_path, tiny_data, {**base, "epochs": 2, "master_port": 29622}, resume=True)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert f"at epoch 2, optimizer step {steps_epoch1}" in second.stdout
+    assert f"after epoch 1 (optimizer step {steps_epoch1}); continuing with epoch 2" in second.stdout
     hist = json.loads((tmp_path / "out" / "history.json").read_text())["history"]
     assert [h["epoch"] for h in hist] == [1, 2]
     assert hist[1]["step"] == 2 * steps_epoch1
 
     # Rank 1's optimizer shard is missing: rank 1 fails to load, the launcher must stop rank 0 (no hang).
-    (broken / "epoch-1" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink()
+    shards = list((broken / "epoch-1").glob("*zero_pp_rank_1_*optim_states.pt"))  # bf16_ prefix under bf16
+    assert len(shards) == 1, sorted(p.name for p in (broken / "epoch-1").iterdir())
+    shards[0].unlink()
     third = run(tmp_path, tiny_data, {**base, "epochs": 2, "master_port": 29623}, resume=True, ckpt=broken, timeout=240)
     assert third.returncode != 0
     assert "error (rank" in third.stderr

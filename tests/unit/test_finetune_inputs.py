@@ -51,6 +51,7 @@ def test_deepspeed_config_comes_from_params():
     assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["gradient_accumulation_steps"] == 2
     assert ds["gradient_clipping"] == 0.5 and ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
     assert ds["optimizer"]["params"]["lr"] == 2e-4 and ds["optimizer"]["params"]["torch_adam"] is True
+    assert 0 < ds["scheduler"]["params"]["warmup_min_lr"] < 2e-4  # step 1 runs at warmup_min_lr: never 0
     assert ds["scheduler"]["params"]["warmup_num_steps"] == 10 and ds["scheduler"]["params"]["total_num_steps"] == 100
 
 

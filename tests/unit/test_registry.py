@@ -154,3 +154,28 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     assert r.returncode == 1, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error: no registered model named 'ghost'")
     assert "Traceback" not in r.stderr
+
+
+def test_transformer_candidate_is_registered_from_its_training_run(env, tmp_path: Path) -> None:
+    """A model already logged by its training run (the fine-tuned transformer) is registered from that run's URI."""
+    from pipelines.pyfunc import log_classifier
+    from pipelines.register import register_logged, transformer_candidate
+
+    cfg, reg, train, test = env
+    assert transformer_candidate(tmp_path / "absent") is None
+    (tmp_path / "skipped").mkdir()
+    (tmp_path / "skipped" / "candidate.json").write_text('{"name": "lora_transformer", "skipped": true}')
+    assert transformer_candidate(tmp_path / "skipped") is None
+
+    clf = good_model(train)
+    with mlflow.start_run() as run:  # stands in for the finetune run that logged the adapter
+        info = log_classifier(clf, example_texts=test["text"].head(3).tolist())
+    weights = tmp_path / "adapter_model.safetensors"
+    weights.write_bytes(b"adapter weights")
+    cand = {"name": "lora_transformer", "val_macro_f1": 0.99, "model_uri": info.model_uri, "run_id": run.info.run_id}
+    version = register_logged(reg, cand, weights)
+    assert reg.alias(CHALLENGER) == version
+    assert reg.version(version).tags["candidate"] == "lora_transformer"
+    assert register_logged(reg, cand, weights) == version  # same weights: no duplicate version
+    loaded = mlflow.pyfunc.load_model(f"models:/{reg.name}@{CHALLENGER}")
+    assert loaded.predict(test[["text"]])["label"].tolist() == predict_labels(clf, test["text"].tolist())
