@@ -118,8 +118,6 @@ def evaluate_and_publish(p: Params, ckpt_dir: Path, data_dir: Path, out: Path, m
     The model is logged as the same pyfunc interface as the baselines; ``candidate.json`` in ``out``
     tells the register stage its validation macro-F1 and model URI, so one gate decides across all candidates.
     """
-    import pandas as pd
-
     from pipelines import tracking
     from pipelines.metrics import evaluate, headline, write_plots
     from pipelines.transformer_model import TransformerClassifier, log_transformer

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import html
 import re
 from html.parser import HTMLParser
 from pathlib import Path

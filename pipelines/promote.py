@@ -153,6 +153,26 @@ def write_decision(d: dict, md: Path, js: Path) -> None:
         write_json(d, staged[js])
 
 
+def load_test_split(test: Path) -> pd.DataFrame:
+    """The split the gate compares on; missing or empty is a clear error."""
+    if not test.is_file():
+        raise DataError(f"missing test split {test}; run `dvc repro leakage` first")
+    df = pd.read_parquet(test)
+    if df.empty:
+        raise DataError(f"the test split {test} is empty: nothing to gate on")
+    return df
+
+
+def gate_and_report(reg, test_df: pd.DataFrame, cfg, report: Path, decision_json: Path) -> dict:
+    """Run the gate on the current challenger, write the decision, fail only if params say so."""
+    d = run_gate(reg, test_df, cfg.register_, ece_bins=cfg.evaluate.ece_bins, auto_promote=cfg.register_.auto_promote)
+    write_decision(d, report, decision_json)
+    print(report_markdown(d))
+    if not d["promote"] and cfg.register_.fail_on_refusal:
+        raise GateFailed(f"challenger v{d['challenger_version']} refused: {'; '.join(d['reasons'])}")
+    return d
+
+
 def main(
     version: Annotated[Optional[str], typer.Option(help="promote this version to champion by hand")] = None,
     rollback_: Annotated[bool, typer.Option("--rollback", help="move champion back to the previous champion")] = False,
@@ -178,14 +198,7 @@ def main(
         old = promote_version(reg, version, "manual: python -m pipelines.promote --version")
         print(f"promoted '{reg.name}' v{version} to champion (was {'v' + old if old else 'none'})")
     else:
-        if not test.is_file():
-            raise DataError(f"missing test split {test}")
-        d = run_gate(reg, pd.read_parquet(test), cfg.register_, ece_bins=cfg.evaluate.ece_bins,
-                     auto_promote=cfg.register_.auto_promote)
-        write_decision(d, report, decision_json)
-        print(report_markdown(d))
-        if not d["promote"] and cfg.register_.fail_on_refusal:
-            raise GateFailed(f"challenger v{d['challenger_version']} refused: {'; '.join(d['reasons'])}")
+        gate_and_report(reg, load_test_split(test), cfg, report, decision_json)
 
 
 if __name__ == "__main__":

