@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: help install run test test-fast repro clean mlflow serve demo-drift
+.PHONY: help install run test test-fast repro clean mlflow serve demo-drift ui prefect-server
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -62,3 +62,12 @@ serve: $(STAMP) ## serve the registry champion on http://127.0.0.1:8000 (POST /p
 # train on period A, serve drifted period B through Ray Serve, detect, retrain on A + labelled B, recover.
 demo-drift: $(STAMP) ## drift demo: detect, retrain on feedback, print before/after accuracy (~6-10 min)
 	$(BIN)/python -m monitoring.demo
+
+# Prefect: server (SQLite under params flows.prefect_home), MLflow UI and every deployment served
+# by one process (flows/serve_all.py); Ctrl-C stops the serve process first, then the servers.
+ui: $(STAMP) ## Prefect UI :4200 + MLflow UI :5000 + all deployments served (Ctrl-C stops all)
+	@flows/ui.sh
+
+prefect-server: $(STAMP) ## only the local Prefect server on http://127.0.0.1:4200 (PREFECT_HOME from params)
+	@eval "$$($(BIN)/python -c 'from pipelines.config import load_params; f = load_params().flows; print(f"home={f.prefect_home} port={f.prefect_port}")')"; \
+	mkdir -p "$$home"; PREFECT_HOME="$$(cd "$$home" && pwd)" exec prefect server start --host 127.0.0.1 --port "$$port"

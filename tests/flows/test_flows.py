@@ -1,0 +1,184 @@
+"""Flows on Prefect's test harness (one temporary server for the module).
+
+The wiring is what is tested here: the DVC subprocess is a fake stage runner (the stages have
+their own tests), ``monitor_once`` is a fake returning a summary (monitoring has its own tests).
+The promotion gate is real: a temp SQLite MLflow registry with two tiny scikit-learn models.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from sklearn.dummy import DummyClassifier
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+
+from flows import common
+from pipelines.config import load_params
+
+ROOT = Path(__file__).resolve().parents[2]
+WORDS = {"billing": "invoice charged payment card billing", "shipping": "parcel delivery courier tracking shipped"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+def split(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(list(WORDS), size=n)
+    return pd.DataFrame({"text": [" ".join(rng.choice(WORDS[y].split(), size=4)) for y in labels], "label": labels})
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project directory: the real dvc.yaml, params pointing at a temp registry, a tiny test split."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "artifact_root": str(tmp_path / "art"),
+                   "experiment": "t", "registered_model": "tiny"},
+        "flows": {"stage_retries": 1, "stage_retry_delay_s": 0, "dvc_lock_timeout_s": 2}}))
+    (tmp_path / "data/processed").mkdir(parents=True)
+    split(80, 1).to_parquet(tmp_path / "data/processed/test.parquet")
+    return tmp_path
+
+
+def register(params, clf, name: str, test: pd.DataFrame) -> str:
+    from pipelines import tracking
+    from pipelines.model_api import SklearnTextClassifier
+    from pipelines.register import register_candidate
+
+    tracking.setup(params.mlflow)
+    wrapped = SklearnTextClassifier(clf, name)
+    joblib.dump(wrapped, Path(f"{name}.joblib"))
+    return register_candidate(tracking.Registry(params.mlflow), params, name, Path(f"{name}.joblib"), wrapped,
+                              test.text.head(2).tolist())
+
+
+def active_slots(name: str = "dvc-repo") -> int:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_global_concurrency_limit_by_name(name).active_slots
+
+
+def test_training_runs_stages_in_dag_order_under_the_lock_and_a_refused_gate_keeps_the_champion(project, monkeypatch):
+    from flows.training import TrainingOptions, dag_order, training
+    from pipelines import tracking
+    from pipelines.promote import run_gate, write_decision
+
+    params, test = load_params(), pd.read_parquet("data/processed/test.parquet")
+    train = split(200, 0)
+    good = make_pipeline(TfidfVectorizer(), LogisticRegression(C=10)).fit(train.text, train.label)
+    reg = tracking.Registry(params.mlflow)
+    champion = register(params, good, "good", test)
+    run_gate(reg, test, params.register_)
+    assert reg.alias("champion") == champion
+    calls: list[tuple[str, int]] = []
+    flaky = {"split": 1}
+
+    def fake_dvc(cmd: list[str], cwd: str = ".") -> subprocess.CompletedProcess:
+        stage = cmd[3]
+        calls.append((stage, active_slots()))
+        if flaky.get(stage):  # a transient failure: retried
+            flaky[stage] -= 1
+            return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Unable to acquire lock")
+        if stage == "register":  # the real gate on a worse challenger (majority class)
+            worse = DummyClassifier(strategy="most_frequent").fit(np.zeros((len(train), 1)), train.label)
+            register(params, worse, "majority", test)
+            write_decision(run_gate(reg, test, params.register_), Path("reports/promotion.md"), Path("reports/promotion.json"))
+        return subprocess.CompletedProcess(cmd, 0, f"Running stage '{stage}'", "")
+
+    monkeypatch.setattr(common, "run_command", fake_dvc)
+    result = training(TrainingOptions())
+
+    stages = [s for s, _ in calls]
+    order = dag_order("dvc.yaml")
+    assert order.index("ingest") < order.index("split") < order.index("leakage") < order.index("baselines") \
+        < order.index("register") == len(order) - 1
+    assert stages == [s for s in order for _ in range(2 if s == "split" else 1)]  # split failed once, retried
+    assert all(held == 1 for _, held in calls), calls  # every dvc command ran holding the one slot
+    assert active_slots() == 0
+    assert result["promoted"] is False and result["champion_version_after"] == champion
+    assert any("below the champion" in r for r in result["reasons"])
+    assert reg.alias("champion") == champion
+
+
+def test_a_failed_gate_stage_is_not_retried_and_a_held_lock_fails_clearly(project, monkeypatch):
+    from prefect.concurrency.sync import concurrency
+
+    from flows.common import LockTimeout
+    from flows.training import StageFailed, TrainingOptions, training
+
+    seen: list[str] = []
+
+    def fake_dvc(cmd: list[str], cwd: str = ".") -> subprocess.CompletedProcess:
+        seen.append(cmd[3])
+        return subprocess.CompletedProcess(cmd, 1, "", "failed to run: python -m pipelines.validate, exited with 3")
+
+    monkeypatch.setattr(common, "run_command", fake_dvc)
+    with pytest.raises(StageFailed, match="exited with 3"):
+        training(TrainingOptions(stages=["validate"]))
+    assert seen == ["validate"]
+
+    with concurrency("dvc-repo", occupy=1, strict=True):  # another flow holds DVC
+        with pytest.raises(LockTimeout, match="dvc-repo"):
+            training(TrainingOptions(stages=["ingest"]))
+    assert seen == ["validate"]  # dvc never started
+
+
+@pytest.mark.parametrize("confirmed", [True, False])
+def test_monitor_emits_the_drift_event_only_on_a_confirmed_breach(project, monkeypatch, confirmed: bool):
+    import monitoring.run
+    from flows import monitor as monitor_flow
+
+    def fake_monitor_once(params, *, retrain=None, **_):
+        """monitoring's contract: on a confirmed breach (and retrain_on_breach) it calls retrain(reason)."""
+        summary = {"at": "now", "model": "tiny", "champion_version": "1", "window": {"rows": 500},
+                   "breached": ["data_drift"] if confirmed else [], "confirmed": confirmed, "notes": [],
+                   "persistence": "breach 3/3", "reports_dir": "reports/monitoring/x", "checks": [
+                       {"metric": "data_drift", "value": 0.8 if confirmed else 0.1, "threshold": 0.5,
+                        "breach": confirmed, "detail": "drifted"}]}
+        if confirmed:
+            summary["retrain"] = retrain("confirmed breach of ['data_drift'] over 3 windows")
+        return summary, None
+
+    events: list[dict] = []
+    monkeypatch.setattr(monitoring.run, "monitor_once", fake_monitor_once)
+    monkeypatch.setattr(monitor_flow, "emit_event", lambda **kw: events.append(kw))
+    summary = monitor_flow.monitor()
+    if confirmed:
+        (event,) = events
+        assert event["event"] == "model.drift.detected"
+        assert event["resource"] == {"prefect.resource.id": "model.tiny"}
+        assert event["payload"]["reason"].startswith("confirmed breach") and event["payload"]["breached"] == ["data_drift"]
+    else:
+        assert events == [] and summary["confirmed"] is False
+
+
+def test_serve_all_wires_the_schedule_and_the_drift_trigger(project):
+    from flows.serve_all import deployments
+
+    params = load_params()
+    deps = {d.name: d for d in deployments(params)}
+    assert set(deps) == {"training", "promote", "deploy", "monitor", "retrain"}
+    assert deps["monitor"].schedules[0].schedule.interval.total_seconds() == params.flows.monitor_interval_minutes * 60
+    (trigger,) = deps["retrain"].triggers
+    assert trigger.expect == {"model.drift.detected"}
+    assert trigger.match.root == {"prefect.resource.id": "model.*"}
+    assert trigger.parameters == {"reason": "{{ event.payload.reason }}"}
+    assert deps["retrain"]._parameter_openapi_schema.properties.keys() >= {"reason", "options"}

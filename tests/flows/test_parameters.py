@@ -1,0 +1,43 @@
+"""Flow parameters: typed models with defaults; bad values and unknown fields are refused naming the field.
+
+No Prefect server is needed: ``Flow.validate_parameters`` is what Prefect runs on every call and deployment run.
+"""
+
+from __future__ import annotations
+
+import pytest
+from prefect.exceptions import ParameterTypeError, SignatureMismatchError
+
+from flows.deploy import deploy
+from flows.monitor import monitor
+from flows.promote import PromoteOptions, promote
+from flows.retrain import retrain
+from flows.training import TrainingOptions, training
+
+
+@pytest.mark.parametrize("flow_, params, field", [
+    (training, {"options": {"force": "sometimes"}}, "force"),
+    (training, {"options": {"stagez": ["ingest"]}}, "stagez"),
+    (promote, {"options": {"version": "three"}}, "version"),
+    (promote, {"options": {"version": "3", "rollback": True}}, "rollback"),
+    (deploy, {"options": {"ray_cpus": 0}}, "ray_cpus"),
+    (monitor, {"options": {"windows": 3}}, "windows"),
+    (retrain, {"reason": "x", "options": {"deploy_on_promotion": "maybe"}}, "deploy_on_promotion"),
+])
+def test_bad_parameters_are_refused_naming_the_field(flow_, params: dict, field: str) -> None:
+    with pytest.raises(ParameterTypeError, match=field):
+        flow_.validate_parameters(params)
+
+
+def test_unknown_top_level_parameter_is_refused() -> None:
+    with pytest.raises((SignatureMismatchError, ParameterTypeError, TypeError), match="bogus"):
+        training.validate_parameters({"bogus": 1})
+
+
+def test_defaults_and_coercion_from_strings() -> None:
+    """The UI form sends JSON; templated trigger parameters arrive as strings and are coerced."""
+    assert training.validate_parameters({}) == {"options": TrainingOptions()}
+    assert promote.validate_parameters({"options": {"version": "3"}})["options"] == PromoteOptions(version="3")
+    assert retrain.validate_parameters({"reason": "drift", "options": {"force": "true"}})["options"].force is True
+    schema = training.parameters.model_dump()
+    assert "options" in schema["properties"]
