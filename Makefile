@@ -31,7 +31,11 @@ run: $(STAMP) ## the main job, end to end on the embedded default data
 	@echo
 	@dvc metrics show
 	@echo
-	@echo "Reports: reports/ingest.json  reports/validation/data_docs/index.html  reports/split.json  reports/leakage.json"
+	@echo
+	@cat reports/promotion.md
+	@echo
+	@echo "Reports: reports/ingest.json  reports/validation/data_docs/index.html  reports/split.json  reports/leakage.json  reports/promotion.md"
+	@echo "Next:    make mlflow (runs, curves, registry)   make serve (the champion on :8000)   make ui (Prefect)"
 
 repro: run
 
