@@ -29,11 +29,9 @@ install: $(STAMP) ## create .venv and install the project
 run: $(STAMP) ## the main job, end to end on the embedded default data
 	dvc repro
 	@echo
-	@dvc metrics show
+	@$(BIN)/python -m pipelines.summary
 	@echo
-	@echo
-	@cat reports/promotion.md
-	@echo
+	@echo "All metrics: dvc metrics show    Gate decision: reports/promotion.md"
 	@echo "Reports: reports/ingest.json  reports/validation/data_docs/index.html  reports/split.json  reports/leakage.json  reports/promotion.md"
 	@echo "Next:    make mlflow (runs, curves, registry)   make serve (the champion on :8000)   make ui (Prefect)"
 
