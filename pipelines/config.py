@@ -223,6 +223,9 @@ class FinetuneConfig(Section):
     # optimisation
     epochs: int = Field(3, ge=1, le=100)
     micro_batch_size: int = Field(16, ge=1, description="per rank")
+    group_by_length: bool = Field(
+        True, description="length-grouped batches (less padding); false when length predicts the label (e.g. spam)"
+    )
     gradient_accumulation_steps: int = Field(1, ge=1)
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
     weight_decay: float = Field(0.0, ge=0.0)

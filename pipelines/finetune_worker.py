@@ -151,8 +151,11 @@ def train(args: argparse.Namespace) -> None:
     val_rows = encode(tokenizer, val_df["text"].tolist(), None, cfg.max_length)
     val_y = val_df["label"].astype(str).map(label_id).fillna(-1).astype(int).to_numpy()
 
-    sampler = DistributedLengthGroupedSampler(cfg.micro_batch_size, num_replicas=world, rank=rank, seed=cfg.seed,
-                                              lengths=[len(r["input_ids"]) for r in train_rows])
+    if cfg.group_by_length:  # similar lengths per batch: far less padding, the main CPU cost
+        sampler = DistributedLengthGroupedSampler(cfg.micro_batch_size, num_replicas=world, rank=rank, seed=cfg.seed,
+                                                  lengths=[len(r["input_ids"]) for r in train_rows])
+    else:  # when length predicts the label, grouped batches are one class at a time and training oscillates
+        sampler = torch.utils.data.DistributedSampler(train_rows, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
     loader = torch.utils.data.DataLoader(train_rows, batch_size=cfg.micro_batch_size, sampler=sampler, collate_fn=collator)
     steps_per_epoch = max(1, len(loader) // cfg.gradient_accumulation_steps)
     total_steps = cfg.smoke_steps or steps_per_epoch * cfg.epochs

@@ -34,6 +34,8 @@ def _copy_repo(dst: Path, **overrides: dict) -> Path:
     """The pipeline's files (committed or not) in a fresh git + DVC repo, with tiny params."""
     dst.mkdir()
     shutil.copytree(ROOT / "pipelines", dst / "pipelines", ignore=shutil.ignore_patterns("__pycache__"))
+    (dst / "data" / "snapshots").mkdir(parents=True)  # ingest's declared snapshot directory (committed with a README)
+    shutil.copy2(ROOT / "data" / "snapshots" / "README.md", dst / "data" / "snapshots" / "README.md")
     for f in ("dvc.yaml", "pyproject.toml", ".dvcignore", ".gitignore"):
         shutil.copy2(ROOT / f, dst / f)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
