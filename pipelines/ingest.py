@@ -197,9 +197,8 @@ def ingest(raw: pd.DataFrame, data: DataConfig, cfg: IngestConfig,
         snap = snapshots.copy()
         if "timestamp" in snap and "timestamp" not in df:
             snap = snap.drop(columns="timestamp")
-        if "timestamp" in df and "timestamp" in snap:  # same type as the primary source before concatenating
+        if "timestamp" in snap:  # naive UTC like the normalised primary column; the primary is checked below
             snap["timestamp"] = pd.to_datetime(snap["timestamp"], utc=True).dt.tz_localize(None)
-            df["timestamp"] = pd.to_datetime(df["timestamp"], errors="coerce", utc=True).dt.tz_localize(None)
         df = pd.concat([df, snap], ignore_index=True)
 
     labels = df["label"]

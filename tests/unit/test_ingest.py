@@ -243,3 +243,31 @@ def test_cli_reads_latin1_when_told_and_refuses_an_unknown_encoding(tmp_path):
     # Refused while loading params (before reading any data), naming the key and the value.
     assert r.stderr.startswith("error: ") and "data.encoding: unknown text encoding 'utf-9'" in r.stderr
     assert not (tmp_path / "y.parquet").exists()
+
+
+def _snapshot() -> pd.DataFrame:
+    return pd.DataFrame({"id": ["r1:0", "r1:1"], "text": ["copilot ate my credits, mail bob@y.org", "parcel lost"],
+                         "label": ["a", "b"], "timestamp": pd.to_datetime(["2025-02-01", "2025-02-02"], utc=True)})
+
+
+def test_ingest_appends_snapshots_through_the_same_cleaning():
+    df, summary = ingest(_raw(), _data(), IngestConfig(), _snapshot())
+    assert summary["snapshot_rows"] == 2
+    snap = df[df["id"].isin(["r1:0", "r1:1"])]
+    assert snap["text"].tolist() == ["copilot ate my credits, mail <EMAIL>", "parcel lost"]
+    assert str(df["timestamp"].dtype) == "datetime64[ns]" and snap["timestamp"].min() == pd.Timestamp("2025-02-01")
+
+
+def test_bad_primary_timestamps_are_refused_even_with_snapshots():
+    raw = _raw()
+    raw.loc[1, "when"] = "yesterday-ish"
+    with pytest.raises(DataError, match=r"timestamp column 'when': 1 value\(s\) are not dates"):
+        ingest(raw, _data(), IngestConfig(), _snapshot())
+
+
+def test_a_snapshot_without_text_or_label_is_refused(tmp_path):
+    from pipelines.ingest import read_snapshots
+
+    _snapshot().drop(columns="label").to_parquet(tmp_path / "snapshot-1.parquet")
+    with pytest.raises(DataError, match=r"snapshot-1.parquet lacks column\(s\) \['label'\]"):
+        read_snapshots(DataConfig(snapshots_dir=str(tmp_path)))
