@@ -81,17 +81,16 @@ def main(
     plots_dir: Annotated[Path, typer.Option(help="confusion matrix CSV (DVC plot) and PNG")] = Path("plots/finetune"),
 ) -> None:
     """Fine-tune the base model with LoRA under DeepSpeed ZeRO (world size, ZeRO stage, precision from params)."""
-    cfg = load_params(params).finetune
+    p = load_params(params)
+    cfg = p.finetune
     if not cfg.enabled:
         write_skipped(out, metrics_out, plots_dir)
         return
     accelerator = dse.accelerator_name()
     base = resolve_base_model(cfg.base_model)
-    import pandas as pd
-
     from pipelines.lora import build_model
 
-    labels = sorted(pd.read_parquet(data_dir / "train.parquet", columns=["label"])["label"].astype(str).unique())
+    labels = sorted(read_parquet(data_dir / "train.parquet", columns=["label"])["label"].astype(str).unique())
     model = build_model(base, labels, cfg, on_meta=True)  # targets + analytic count, no weights loaded
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     check_world_size(cfg, accelerator)
@@ -109,7 +108,7 @@ def main(
     proc = subprocess.run(cmd, env=env)
     if proc.returncode != 0:
         raise PipelineError(f"the DeepSpeed run failed (exit {proc.returncode}); see the rank messages above")
-    evaluate_and_publish(load_params(params), ckpt_dir, data_dir, out, metrics_out, plots_dir)
+    evaluate_and_publish(p, ckpt_dir, data_dir, out, metrics_out, plots_dir)
 
 
 def evaluate_and_publish(p: Params, ckpt_dir: Path, data_dir: Path, out: Path, metrics_out: Path, plots_dir: Path) -> dict:
@@ -124,32 +123,30 @@ def evaluate_and_publish(p: Params, ckpt_dir: Path, data_dir: Path, out: Path, m
 
     cfg = p.finetune
     history = json.loads((ckpt_dir / "history.json").read_text())
-    clf = TransformerClassifier(ckpt_dir / "best_adapter", base_model=cfg.base_model, max_length=cfg.max_length)
-    scores, test_preds = {}, []
-    for split in ("val", "test"):
-        df = read_parquet(data_dir / f"{split}.parquet")
-        scores[split], preds = evaluate(clf, df["text"].astype(str).tolist(), df["label"].astype(str).tolist(),
-                                        split=split, ece_bins=p.evaluate.ece_bins)
-        if split == "test":
-            test_labels, test_preds = df["label"].astype(str).tolist(), preds
+    splits = {k: read_parquet(data_dir / f"{k}.parquet") for k in ("val", "test")}
     tracking.setup(p.mlflow)
     run_id = (ckpt_dir / "mlflow_run_id").read_text().strip()
     with atomic_outputs(out, metrics_out, plots_dir) as staged:
         shutil.copytree(ckpt_dir / "best_adapter", staged[out])
         shutil.copy(ckpt_dir / "history.json", staged[out] / "history.json")
-        write_plots(test_labels, test_preds, staged[plots_dir] / "confusion_test.csv",
+        # One load, from the published folder: what is scored is what is logged and registered.
+        clf = TransformerClassifier(staged[out], base_model=cfg.base_model, max_length=cfg.max_length)
+        scores, preds = {}, {}
+        for split, df in splits.items():
+            scores[split], preds[split] = evaluate(clf, df["text"].astype(str).tolist(), df["label"].astype(str).tolist(),
+                                                   split=split, ece_bins=p.evaluate.ece_bins)
+        write_plots(splits["test"]["label"].astype(str).tolist(), preds["test"], staged[plots_dir] / "confusion_test.csv",
                     staged[plots_dir] / "confusion_test.png", title="LoRA transformer, test")
-        published = TransformerClassifier(staged[out], base_model=cfg.base_model, max_length=cfg.max_length)
         with tracking.run("finetune-lora", "finetune", run_id=run_id):
             for split, m in scores.items():
                 tracking.log_metrics(headline(m), prefix=f"{split}_")
             tracking.log_artifacts(staged[plots_dir], artifact_path="plots")
-            info = log_transformer(published, example_texts=clf_examples(data_dir))
+            info = log_transformer(clf, example_texts=splits["test"]["text"].astype(str).head(3).tolist())
         candidate = {"name": "lora_transformer", "val_macro_f1": scores["val"]["macro_f1"], "model_uri": info.model_uri,
                      "run_id": run_id, "trainable_parameters": history.get("trainable_parameters")}
         (staged[out] / "candidate.json").write_text(json.dumps(candidate, indent=2))
         if cfg.merge_adapter:
-            export_merged(published, staged[out] / "merged")
+            export_merged(clf, staged[out] / "merged")
         summary = {"model": "lora_transformer", "val": headline(scores["val"]), "test": headline(scores["test"]),
                    "test_per_class": scores["test"].get("per_class"), "best_epoch": history.get("best_epoch"),
                    "epochs_run": len(history.get("history", [])), "world_size": history.get("world_size"),
@@ -177,10 +174,6 @@ def write_skipped(out: Path, metrics_out: Path, plots_dir: Path) -> None:
         (staged[out] / "candidate.json").write_text(json.dumps({"name": "lora_transformer", "skipped": True}))
         write_json({"model": "lora_transformer", "skipped": True}, staged[metrics_out])
     print("finetune: skipped (finetune.enabled is false)")
-
-
-def clf_examples(data_dir: Path) -> list[str]:
-    return read_parquet(data_dir / "test.parquet", columns=["text"])["text"].astype(str).head(3).tolist()
 
 
 if __name__ == "__main__":

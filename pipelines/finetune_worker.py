@@ -34,6 +34,7 @@ from pipelines import deepspeed_engine as dse
 from pipelines import tracking
 from pipelines.base_model import resolve_base_model
 from pipelines.config import FinetuneConfig, load_params
+from pipelines.io import read_parquet
 from pipelines.lora import build_model
 
 PROBE_TEXTS = 8
@@ -86,12 +87,10 @@ def predict_logits(module, rows: list[dict], collator, batch_size: int, rank: in
     module.train(was_training)
     gathered: list = [None] * world
     dist.all_gather_object(gathered, out)
-    result = np.zeros((len(rows), 0 if not out else out[0][1].shape[0]), dtype=np.float32)
-    for part in gathered:
-        for i, logit in part:
-            if result.shape[1] == 0:
-                result = np.zeros((len(rows), logit.shape[0]), dtype=np.float32)
-            result[i] = logit
+    pairs = [pair for part in gathered for pair in part]
+    result = np.zeros((len(rows), pairs[0][1].shape[0]), dtype=np.float32)
+    for i, logit in pairs:
+        result[i] = logit
     return result
 
 
@@ -141,8 +140,8 @@ def train(args: argparse.Namespace) -> None:
     from transformers import AutoTokenizer, DataCollatorWithPadding
     from transformers.trainer_pt_utils import DistributedLengthGroupedSampler
 
-    train_df = sample(pd.read_parquet(args.data_dir / "train.parquet"), cfg.max_train_samples, cfg.seed)
-    val_df = sample(pd.read_parquet(args.data_dir / "val.parquet"), cfg.max_eval_samples, cfg.seed)
+    train_df = sample(read_parquet(args.data_dir / "train.parquet"), cfg.max_train_samples, cfg.seed)
+    val_df = sample(read_parquet(args.data_dir / "val.parquet"), cfg.max_eval_samples, cfg.seed)
     labels = sorted(train_df["label"].astype(str).unique())
     label_id = {c: i for i, c in enumerate(labels)}
     tokenizer = AutoTokenizer.from_pretrained(base_path)

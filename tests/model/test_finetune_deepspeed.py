@@ -56,7 +56,7 @@ def run(tmp: Path, data: Path, finetune: dict, *, resume: bool = False, ckpt: Pa
 
 def test_one_step_zero3_two_ranks_saves_a_whole_adapter(tmp_path, tiny_data):
     proc = run(tmp_path, tiny_data, {"zero_stage": 3, "world_size": 2, "precision": "fp32", "smoke_steps": 1,
-                                      "epochs": 1, "master_port": 29611})
+                                      "epochs": 1, "master_port": 29611, "merge_adapter": True})
     assert proc.returncode == 0, proc.stderr[-3000:]
     history = json.loads((tmp_path / "out" / "history.json").read_text())
     assert history["world_size"] == 2 and history["zero_stage"] == 3
@@ -76,6 +76,15 @@ def test_one_step_zero3_two_ranks_saves_a_whole_adapter(tmp_path, tiny_data):
     with torch.no_grad():
         logits = model(**tok(probe["texts"], truncation=True, max_length=64, padding=True, return_tensors="pt")).logits
     torch.testing.assert_close(logits, probe["logits"], atol=1e-4, rtol=1e-4)
+    # merge_adapter: a plain transformers model (no peft) with the adapter folded in gives the same logits.
+    from transformers import AutoModelForSequenceClassification
+
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out" / "merged").eval()
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    with torch.no_grad():
+        merged_logits = merged(**tok(probe["texts"], truncation=True, max_length=64, padding=True,
+                                     return_tensors="pt")).logits
+    torch.testing.assert_close(merged_logits, probe["logits"], atol=1e-4, rtol=1e-4)
     # Evaluated by the shared metrics module and logged, by rank 0's run, as the common pyfunc.
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert 0.0 <= metrics["test"]["macro_f1"] <= 1.0
