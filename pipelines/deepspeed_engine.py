@@ -110,13 +110,6 @@ def full_trainable_state(engine) -> dict[str, torch.Tensor]:
     return state
 
 
-def gathered_parameters(module: nn.Module):
-    """Context in which ZeRO-3-partitioned parameters are whole on every rank (no-op otherwise)."""
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
-
-
 def save_checkpoint(engine, directory: Path, tag: str, client_state: dict) -> None:
     """Engine + optimizer + scheduler state of the trainable parameters only (about 1 MB for LoRA)."""
     engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, exclude_frozen_parameters=True)

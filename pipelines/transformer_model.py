@@ -10,7 +10,6 @@ registered baseline (``label`` + ``proba_<class>``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +29,10 @@ class TransformerClassifier:
 
         self.adapter_dir = Path(adapter_dir)
         self.base_model, self.max_length, self.batch_size = base_model, max_length, batch_size
-        self.classes = [str(c) for c in json.loads((self.adapter_dir / "labels.json").read_text())]
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.adapter_dir))
         self.model = load_adapter(self.adapter_dir, resolve_base_model(base_model))
+        id2label = self.model.config.id2label  # set from the adapter's labels.json by load_adapter
+        self.classes = [str(id2label[i]) for i in range(len(id2label))]
         self.name = "lora_transformer"
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
