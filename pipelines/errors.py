@@ -34,8 +34,19 @@ class GateFailed(PipelineError):
 
 
 def fail(err: PipelineError) -> NoReturn:
+    """Print the one-line error and exit with its code.
+
+    ``os._exit`` after flushing: the stage has already unwound (outputs are atomic, MLflow runs
+    closed by their context managers), and a normal interpreter teardown with native thread pools
+    still alive (pyarrow/torch) intermittently aborted with "terminate called without an active
+    exception", turning exit 1 into a SIGABRT.
+    """
+    import os
+
     print(f"error: {err}", file=sys.stderr)
-    sys.exit(err.exit_code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(err.exit_code)
 
 
 def run_cli(main: Callable[..., object]) -> None:

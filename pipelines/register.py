@@ -111,8 +111,8 @@ def main(
     from pipelines import tracking
 
     cfg = load_params(params)
+    test_df = load_test_split(test)  # cheap input checks before any model (and its native threads) is loaded
     name, path, clf = load_candidate(candidate_dir or Path(cfg.register_.candidate_dir))
-    test_df = load_test_split(test)
     metrics = json.loads(eval_json.read_text(encoding="utf-8")) if eval_json.is_file() else None
     tracking.setup(cfg.mlflow)
     reg = tracking.Registry(cfg.mlflow)
