@@ -6,8 +6,10 @@ waiting texts closest to it in length, while the batch fits ``max_batch_size`` a
 padded-token budget (``len(batch) x longest text``, the cost a transformer pays).
 Texts that arrive while a step computes join the next step: there is no waiting
 window. The model call runs in a one-thread executor, so the event loop keeps
-accepting requests. Every text is pinned to the model it was submitted with, so a
-hot swap never mixes versions inside one request.
+accepting requests; when a step ends, the next one starts before the finished
+step's answers are delivered, so the model does not sit idle while they are sent.
+Every text is pinned to the model it was submitted with, so a hot swap never mixes
+versions inside one request.
 """
 
 from __future__ import annotations
@@ -126,19 +128,28 @@ class ContinuousBatcher:
             raise
 
     async def _loop(self) -> None:
+        running: _Step | None = None
         while True:
-            self._pending = [it for it in self._pending if not it.future.done()]
-            if not self._pending:
-                if self._closing:
-                    return
-                self._wakeup.clear()  # type: ignore[union-attr]
-                await self._wakeup.wait()  # type: ignore[union-attr]
-                continue
-            await self._settle()
-            batch = select_batch(self._pending, self.max_batch_size, self.max_batch_tokens)
-            taken = set(map(id, batch))
-            self._pending = [it for it in self._pending if id(it) not in taken]
-            await self._run(batch)
+            if running is None:
+                self._drop_cancelled()
+                if not self._pending:
+                    if self._closing:
+                        return
+                    self._wakeup.clear()  # type: ignore[union-attr]
+                    await self._wakeup.wait()  # type: ignore[union-attr]
+                    continue
+                await self._settle()
+                running = self._dispatch()
+            done = running
+            await asyncio.wait([done.future])
+            # start the next step before answering this one: the model computes while the event loop
+            # builds and sends the answers (the model never waits for the HTTP side)
+            self._drop_cancelled()
+            running = self._dispatch() if self._pending else None
+            self._deliver(done)
+
+    def _drop_cancelled(self) -> None:
+        self._pending = [it for it in self._pending if not it.future.done()]
 
     async def _settle(self, rounds: int = 3) -> None:
         """Let requests that already reached this process join the step (no timer: stops when nothing new arrives)."""
@@ -148,15 +159,24 @@ class ContinuousBatcher:
             if len(self._pending) == n:
                 return
 
-    async def _run(self, batch: list[_Item]) -> None:
+    def _dispatch(self) -> "_Step":
+        """Take the next batch off the queue and start the model on it (in the model thread)."""
+        self._drop_cancelled()
+        batch = select_batch(self._pending, self.max_batch_size, self.max_batch_tokens)
+        taken = set(map(id, batch))
+        self._pending = [it for it in self._pending if id(it) not in taken]
         model = batch[0].model
-        texts = [it.text for it in batch]
-        start = time.perf_counter()
+        future = asyncio.get_running_loop().run_in_executor(
+            self._executor, model.predict_proba, [it.text for it in batch])
+        return _Step(batch, future, time.perf_counter())
+
+    def _deliver(self, step: "_Step") -> None:
+        elapsed = time.perf_counter() - step.started
+        batch = step.batch
         try:
-            proba = await asyncio.get_running_loop().run_in_executor(self._executor, model.predict_proba, texts)
-            proba = np.asarray(proba)
-            if proba.shape[0] != len(texts):
-                raise RuntimeError(f"model returned {proba.shape[0]} rows for {len(texts)} texts")
+            proba = np.asarray(step.future.result())
+            if proba.shape[0] != len(batch):
+                raise RuntimeError(f"model returned {proba.shape[0]} rows for {len(batch)} texts")
         except Exception as err:  # noqa: BLE001 - the batch's requests fail, the loop goes on
             for it in batch:
                 if not it.future.done():
@@ -164,10 +184,17 @@ class ContinuousBatcher:
             return
         finally:
             if self.on_batch is not None:
-                self.on_batch(len(batch), time.perf_counter() - start)
+                self.on_batch(len(batch), elapsed)
         for i, it in enumerate(batch):
             if not it.future.done():
-                it.future.set_result(ItemResult(proba[i], model, len(batch)))
+                it.future.set_result(ItemResult(proba[i], batch[0].model, len(batch)))
+
+
+@dataclass
+class _Step:
+    batch: list[_Item]
+    future: asyncio.Future
+    started: float
 
 
 class DirectRunner:

@@ -56,6 +56,25 @@ def test_texts_arriving_during_a_step_join_the_next_step() -> None:
     assert all(name.startswith("model") for name in model.threads)  # computed off the event loop
 
 
+def test_next_step_starts_before_the_finished_step_is_answered() -> None:
+    """The model must not wait while the event loop delivers answers: step 2 is already running then."""
+    model = SlowModel(delay=0.2)
+    waiting_at_delivery: list[int] = []
+
+    async def go():
+        b = ContinuousBatcher(max_batch_size=32, on_batch=lambda n, dt: waiting_at_delivery.append(b.depth()))
+        await b.start()
+        first = asyncio.create_task(b.submit(["a"], model))
+        await asyncio.sleep(0.05)
+        late = asyncio.create_task(b.submit(["b"], model))
+        await asyncio.gather(first, late)
+        await b.stop()
+
+    run(go())
+    assert model.batches == [["a"], ["b"]]
+    assert waiting_at_delivery == [0, 0]  # "b" had left the queue for the model before "a" was answered
+
+
 def test_no_waiting_window_for_a_lone_request() -> None:
     model = SlowModel(delay=0.0)
 
