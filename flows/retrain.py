@@ -24,7 +24,8 @@ from pipelines.config import Params
 class RetrainOptions(Options):
     """Parameters of the retrain flow."""
 
-    deploy_on_promotion: bool = Field(True, description="run the deploy flow when the new model is promoted")
+    deploy_on_promotion: bool | None = Field(
+        None, description="run the deploy flow when the new model is promoted (empty: params flows.deploy_on_promotion)")
     force: bool = Field(False, description="dvc repro --force")
 
 
@@ -68,7 +69,8 @@ def retrain(reason: str = "manual", options: RetrainOptions = RetrainOptions()) 
     trained = training(TrainingOptions(params_file=options.params_file, force=options.force))
     outcome = tag_lineage(path, reason, options.params_file) if trained.get("challenger_version") else {}
     deployed = None
-    if trained.get("promoted") and options.deploy_on_promotion:
+    deploy_wanted = params.flows.deploy_on_promotion if options.deploy_on_promotion is None else options.deploy_on_promotion
+    if trained.get("promoted") and deploy_wanted:
         deployed = deploy(DeployOptions(params_file=options.params_file))
     create_markdown_artifact(key="retrain", description=reason[:200], markdown=(
         f"# Retrain: {'PROMOTED' if trained.get('promoted') else 'not promoted'}\n\n- reason: {reason}\n"

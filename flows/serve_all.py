@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Optional
+
+import typer
 
 from prefect.events import DeploymentEventTrigger
 
@@ -22,6 +24,7 @@ from flows.promote import promote
 from flows.retrain import retrain
 from flows.training import training
 from pipelines.config import Params, load_params
+from pipelines.errors import ConfigError
 
 TAGS = ["ticketops"]
 
@@ -33,9 +36,15 @@ def drift_trigger() -> DeploymentEventTrigger:
                                   parameters={"reason": "{{ event.payload.reason }}"})
 
 
-def deployments(params: Params) -> list[Any]:
-    """The five deployments (RunnerDeployment objects), named after their flows."""
-    return [
+NAMES = ("training", "promote", "deploy", "monitor", "retrain")
+
+
+def deployments(params: Params, only: list[str] | None = None) -> list[Any]:
+    """The five deployments (RunnerDeployment objects), named after their flows; ``only``: a subset by name."""
+    unknown = sorted(set(only or []) - set(NAMES))
+    if unknown:
+        raise ConfigError(f"--only: unknown deployment(s) {unknown}; choose from {list(NAMES)}")
+    every = [
         training.to_deployment(name="training", tags=TAGS, description="DVC stages in DAG order, then the promotion gate"),
         promote.to_deployment(name="promote", tags=TAGS, description="promote a version, roll back, or re-run the gate"),
         deploy.to_deployment(name="deploy", tags=TAGS, description="start or update the Ray Serve app (champion)"),
@@ -44,13 +53,16 @@ def deployments(params: Params) -> list[Any]:
         retrain.to_deployment(name="retrain", tags=TAGS, triggers=[drift_trigger()],
                               description="snapshot feedback, training, deploy on promotion (triggered by drift)"),
     ]
+    return [d for d in every if not only or d.name in only]
 
 
-def main(params: Path = Path("params.yaml")) -> None:
-    """Register and serve all deployments until Ctrl-C (schedules are not paused on shutdown)."""
+def main(params: Path = Path("params.yaml"),
+         only: Annotated[Optional[list[str]], typer.Option(help="serve only these deployments (repeat the option)")] = None,
+         ) -> None:
+    """Register and serve the deployments until Ctrl-C (schedules are not paused on shutdown)."""
     from prefect import serve
 
-    serve(*deployments(load_params(params)), pause_on_shutdown=False)
+    serve(*deployments(load_params(params), only), pause_on_shutdown=False)
 
 
 if __name__ == "__main__":

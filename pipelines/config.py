@@ -258,7 +258,7 @@ class ServeConfig(Section):
         "continuous", description="continuous (ours) | serve_batch (Ray's @serve.batch, for comparison) | none"
     )
     max_batch_size: int = Field(32, ge=1, le=4096, description="texts per model call")
-    max_batch_tokens: int = Field(4096, ge=1, description="padded-token budget per model call (len x longest)")
+    max_batch_tokens: int = Field(768, ge=1, description="padded-token budget per model call (len x longest)")
     serve_batch_wait_ms: float = Field(5.0, ge=0.0, description="@serve.batch wait timeout (batching: serve_batch)")
     max_queue: int = Field(512, ge=1, description="texts waiting per replica; beyond it requests get 429")
     retry_after_s: int = Field(1, ge=1, description="Retry-After header on 429")
@@ -266,7 +266,7 @@ class ServeConfig(Section):
     max_text_chars: int = Field(5000, ge=1)
     api_key: str | None = Field(None, description="require this X-API-Key header (env TICKETOPS_API_KEY overrides)")
     watch_interval_s: float = Field(30.0, ge=0.0, description="re-resolve the alias every N s (0: never)")
-    torch_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads per replica (leave a core to the proxy)")
+    torch_threads: int = Field(2, ge=1, le=256, description="torch intra-op threads per replica (set it per machine)")
     log_dir: str = Field("data/production", description="prediction log root (serving/prediction_log.py)")
     log_text: bool = Field(True, description="store the PII-scrubbed text in the log (false: hash only)")
     log_flush_rows: int = Field(256, ge=1, description="write a Parquet part every N rows...")
@@ -322,6 +322,7 @@ class FlowsConfig(Section):
     stage_retries: int = Field(1, ge=0, le=5, description="retries of a DVC stage after a transient failure")
     stage_retry_delay_s: float = Field(10.0, ge=0)
     work_pool: str = Field("ticketops", min_length=1, description="process work pool for the scale-out path")
+    deploy_on_promotion: bool = Field(True, description="retrain runs the deploy flow when its model is promoted")
 
 
 class Params(Section):

@@ -41,3 +41,14 @@ def test_defaults_and_coercion_from_strings() -> None:
     assert retrain.validate_parameters({"reason": "drift", "options": {"force": "true"}})["options"].force is True
     schema = training.parameters.model_dump()
     assert "options" in schema["properties"]
+
+
+def test_serve_all_only_serves_the_named_deployments_and_refuses_unknown_names() -> None:
+    from flows.serve_all import deployments
+    from pipelines.config import Params
+    from pipelines.errors import ConfigError
+
+    assert [d.name for d in deployments(Params(), ["retrain"])] == ["retrain"]
+    assert len(deployments(Params())) == 5
+    with pytest.raises(ConfigError, match="retrian"):
+        deployments(Params(), ["retrian"])
