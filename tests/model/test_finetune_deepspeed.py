@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -99,6 +100,10 @@ def test_one_step_zero3_two_ranks_saves_a_whole_adapter(tmp_path, tiny_data):
     out = pyfunc.predict(pd.DataFrame({"text": probe["texts"]}))
     expected = [model.config.id2label[i] for i in logits.argmax(-1).tolist()]
     assert out["label"].tolist() == expected
+    # the loaded pyfunc predicts with the adapter merged (faster): the same probabilities as the engine's logits
+    labels = [model.config.id2label[i] for i in range(logits.shape[-1])]
+    np.testing.assert_allclose(out[[f"proba_{c}" for c in labels]].to_numpy(), torch.softmax(logits, -1).numpy(),
+                               atol=1e-4)
 
 
 def test_resume_continues_from_saved_step_and_a_broken_rank_does_not_hang(tmp_path, tiny_data):

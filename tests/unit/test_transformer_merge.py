@@ -1,0 +1,39 @@
+"""The registered transformer predicts with the LoRA adapter merged into the base weights: same numbers, no adapter layers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer
+
+from pipelines.base_model import resolve_base_model
+from pipelines.config import FinetuneConfig
+from pipelines.lora import build_model
+from pipelines.transformer_model import TransformerClassifier
+
+LABELS = ["billing", "shipping", "access"]
+TEXTS = ["I was charged twice", "where is my parcel, it has been two weeks and nobody answers", "reset link broken"]
+
+
+def test_merged_inference_gives_the_adapter_probabilities(tmp_path):
+    base = resolve_base_model("minilm")
+    torch.manual_seed(0)
+    model = build_model(base, LABELS, FinetuneConfig(target_modules=["query", "value"]))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # lora_B starts at zero: without this the adapter would be a no-op
+            torch.nn.init.normal_(p, std=0.05)
+    model.save_pretrained(str(tmp_path))
+    AutoTokenizer.from_pretrained(base).save_pretrained(str(tmp_path))
+    (tmp_path / "labels.json").write_text(json.dumps(LABELS))
+
+    plain = TransformerClassifier(tmp_path)
+    merged = TransformerClassifier(tmp_path, merge=True)
+    assert any("lora_" in n for n, _ in plain.model.named_parameters())
+    assert not any("lora_" in n for n, _ in merged.model.named_parameters())
+    p, q = plain.predict_proba(TEXTS), merged.predict_proba(TEXTS)
+    np.testing.assert_allclose(q, p, atol=1e-5)
+    with plain.model.disable_adapter():  # the check can fail: without the adapter the answers differ
+        assert np.abs(plain.predict_proba(TEXTS) - p).max() > 1e-3
+    assert merged.classes == LABELS
