@@ -1,16 +1,24 @@
 """Serving benchmark: continuous batching vs @serve.batch vs unbatched vs the offline limit, one run, one table.
 
-    python -m benchmarks.serving [--seconds 6] [--levels 1,8,32,64] [--n-texts 1500]
+    python -m benchmarks.serving [--seconds 6] [--rounds 3] [--levels 1,8,32,64] [--ingress direct|proxy]
 
 The model is the LoRA transformer (MiniLM-L6 base) behind the common pyfunc, registered
 as champion in a temporary MLflow registry: an *untrained* adapter by default (the same
 compute as a trained one), so this runs on a fresh clone. Texts come from the pipeline's
 data (data/processed/test.parquet, else data/interim/dataset.parquet). Single-text
-requests from a closed-loop aiohttp client on 127.0.0.1, each level bounded by time.
+requests from a closed-loop aiohttp client on 127.0.0.1 in its own process (no Ray in it),
+each level bounded by time and split into rounds that alternate the modes.
 
-(a) offline: the same model, length-sorted batches of 32, no server (the limit)
+(a) offline: the same registered pyfunc (adapter merged, as the replicas load it), length-sorted
+    batches of 32, no server (the limit)
 (b) serve.batching=none  (c) serve.batching=serve_batch at its best wait (picked at concurrency 32)
 (d) serve.batching=continuous (ours)
+
+``--ingress direct`` (the default) starts Ray with ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``: each
+app's replica also listens on its own port (Ray Serve's direct ingress) and the client
+talks to it there, so no proxy actor sits on the path; ``--ingress proxy`` measures the
+classic path through Ray's HTTP proxy (what ``make serve`` answers on port 8000). All
+modes share the same path in one run.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
@@ -75,6 +84,7 @@ def offline(clf, texts: list[str]) -> dict:
 
 
 async def load(url: str, texts: list[str], concurrency: int, seconds: float) -> dict:
+    """Closed loop: ``concurrency`` clients, one single-text request each at a time, for ``seconds``."""
     import aiohttp
 
     lat: list[float] = []
@@ -105,13 +115,54 @@ async def load(url: str, texts: list[str], concurrency: int, seconds: float) -> 
         stop = t0 + seconds
         await asyncio.gather(*(worker(s) for _ in range(concurrency)))
         elapsed = time.perf_counter() - t0
+    return {"lat": lat, "elapsed": elapsed, "fail": fails}
+
+
+def run_load(url: str, texts: list[str], concurrency: int, seconds: float) -> dict:
+    """:func:`load` in the client process (no Ray in it: Ray's driver threads would steal the client's CPU)."""
+    return asyncio.run(load(url, texts, concurrency, seconds))
+
+
+def summarise(parts: list[dict]) -> dict:
+    """Rounds of one mode at one level: texts/s over the summed time, latency percentiles over all requests."""
+    lat = [x for p in parts for x in p["lat"]]
+    elapsed = sum(p["elapsed"] for p in parts)
     q = np.percentile(lat, [50, 99]) * 1000 if lat else [float("nan")] * 2
-    return {"tps": len(lat) / elapsed, "p50": float(q[0]), "p99": float(q[1]), "n": len(lat), "fail": fails}
+    return {"tps": len(lat) / elapsed, "p50": float(q[0]), "p99": float(q[1]), "n": len(lat),
+            "fail": sum(p["fail"] for p in parts)}
+
+
+def direct_url(proxy_url: str) -> str:
+    """The replica's own HTTP port (Ray Serve direct ingress), found from the pid its /healthz reports."""
+    import psutil
+    import requests
+
+    lo = int(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "30000"))
+    hi = int(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", "31000"))
+    pid = requests.get(f"{proxy_url}/healthz", timeout=10).json()["pid"]
+    ports = [c.laddr.port for c in psutil.Process(pid).net_connections(kind="tcp")
+             if c.status == psutil.CONN_LISTEN and lo <= c.laddr.port <= hi]
+    if not ports:
+        raise SystemExit(f"replica {pid} has no direct-ingress port in {lo}-{hi}: use --ingress proxy")
+    return f"http://127.0.0.1:{ports[0]}{urlparse(proxy_url).path}"
 
 
 def main(seconds: float = 6.0, levels: str = "1,8,32,64", n_texts: int = 1500, waits_ms: str = "1,5,10,50",
-         torch_threads: int = 1, max_batch_size: int = 32, offline_texts: int = 192) -> None:
-    """Run (a)-(d) and print texts/s, p50/p99 and the ratios (d)/(a), (d)/(b), (d)/(c)."""
+         torch_threads: int = 2, max_batch_size: int = 32, offline_texts: int = 384, ingress: str = "direct",
+         rounds: int = 3) -> None:
+    """Run (a)-(d) and print texts/s, p50/p99 and the ratios (d)/(a), (d)/(b), (d)/(c).
+
+    Each level gives every mode ``seconds`` of load in ``rounds`` interleaved slices (b, c, d, b, c, d, ...),
+    so a slow minute on a shared machine hits all modes alike. The client runs in its own process.
+    """
+    if ingress not in ("direct", "proxy"):
+        raise SystemExit(f"--ingress must be direct or proxy, not {ingress!r}")
+    if ingress == "direct":  # read when Ray's processes import ray.serve: set before ray.init
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")  # quick teardown
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     import ray
 
     from pipelines.config import Params
@@ -119,15 +170,15 @@ def main(seconds: float = 6.0, levels: str = "1,8,32,64", n_texts: int = 1500, w
 
     conc = [int(c) for c in levels.split(",")]
     texts = load_texts(n_texts)
-    print(f"{len(texts)} texts, mean {statistics.mean(map(len, texts)):.0f} chars; levels {conc}; {seconds:.0f} s each",
-          flush=True)
+    print(f"{len(texts)} texts, mean {statistics.mean(map(len, texts)):.0f} chars; levels {conc}; {seconds:.0f} s "
+          f"per mode and level in {rounds} rounds; ingress {ingress}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     labels = [f"class_{i}" for i in range(10)]
     cfg, reg = register_transformer(tmp, labels, texts[:3])
     import torch
 
     torch.set_num_threads(torch_threads)
-    clf = reg.load("@champion")
+    clf = reg.load("@champion")  # the registered pyfunc, as the replicas load it (same numerics)
     clf.predict_proba(texts[:32])
     results: dict[str, dict[int, dict]] = {"a offline": {}}
 
@@ -140,8 +191,16 @@ def main(seconds: float = 6.0, levels: str = "1,8,32,64", n_texts: int = 1500, w
                  "log_dir": str(tmp / "production"), "max_batch_size": max_batch_size,
                  "max_ongoing_requests": max(256, 2 * max(conc)), "max_queue": 4096, "torch_threads": torch_threads,
                  "port": port}
+    client = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    url = f"http://127.0.0.1:{port}"
+
+    def measure(mode_urls: dict[str, str], c: int) -> dict[str, dict]:
+        parts: dict[str, list[dict]] = {m: [] for m in mode_urls}
+        for _ in range(rounds):
+            for m, u in mode_urls.items():
+                parts[m].append(client.submit(run_load, u, texts, c, seconds / rounds).result())
+        return {m: summarise(p) for m, p in parts.items()}
+
     try:
         # every mode is deployed at once (own route prefix, 1/4 CPU each: idle replicas cost nothing) and the
         # modes are measured interleaved, level by level, so load from other processes hits them alike
@@ -150,8 +209,11 @@ def main(seconds: float = 6.0, levels: str = "1,8,32,64", n_texts: int = 1500, w
                       for w in [float(x) for x in waits_ms.split(",")]})
         urls = {m: run_local(params, build({**base_args, "replica_cpus": 0.25, **kw}), wait_ready_s=300,
                              name=f"bench-{m}", route_prefix=f"/{m}") for m, kw in modes.items()}
+        if ingress == "direct":
+            urls = {m: direct_url(u) for m, u in urls.items()}
+        print(f"ingress {ingress}: " + ", ".join(f"({m}) {u}" for m, u in urls.items()), flush=True)
         c_modes = [m for m in modes if m.startswith("c")]
-        tuned = {m: asyncio.run(load(urls[m], texts, 32, seconds)) for m in c_modes}
+        tuned = measure({m: urls[m] for m in c_modes}, 32)
         for m, r in tuned.items():
             print(f"(c) @serve.batch wait {m[1:]} ms at concurrency 32: {r['tps']:.1f} texts/s", flush=True)
         best = max(tuned, key=lambda m: tuned[m]["tps"])
@@ -160,10 +222,11 @@ def main(seconds: float = 6.0, levels: str = "1,8,32,64", n_texts: int = 1500, w
             results[key] = {}
         for c in conc:
             results["a offline"][c] = offline(clf, texts[:offline_texts])  # interleaved too
-            for m, key in keys.items():
-                results[key][c] = asyncio.run(load(urls[m], texts, c, seconds))
+            for m, r in measure({m: urls[m] for m in keys}, c).items():
+                results[keys[m]][c] = r
             print(f"concurrency {c} done", flush=True)
     finally:
+        client.shutdown()
         stop_local()
     print_table(results, conc)
 

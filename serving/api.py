@@ -105,7 +105,7 @@ def build_app(service: ClassifierService, manage_lifecycle: bool = True) -> Fast
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> Health:
-        return Health(status="ok")
+        return Health(status="ok", pid=os.getpid())
 
     @app.get("/readyz", response_model=Health, responses={503: {"description": "no model loaded yet"}})
     async def readyz() -> Health | JSONResponse:

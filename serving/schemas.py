@@ -63,6 +63,7 @@ class FeedbackResponse(BaseModel):
 
 class Health(BaseModel):
     status: str
+    pid: int | None = Field(None, description="process id of the replica that answered /healthz")
     model_name: str | None = None
     model_version: str | None = None
     detail: str | None = None
