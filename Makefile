@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: help install run test test-fast repro clean mlflow serve demo-drift ui prefect-server
+.PHONY: help install run test test-fast repro clean mlflow serve demo-drift demo-drift-prefect ui prefect-server
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -64,6 +64,9 @@ serve: $(STAMP) ## serve the registry champion on http://127.0.0.1:8000 (POST /p
 # train on period A, serve drifted period B through Ray Serve, detect, retrain on A + labelled B, recover.
 demo-drift: $(STAMP) ## drift demo: detect, retrain on feedback, print before/after accuracy (~6-10 min)
 	$(BIN)/python -m monitoring.demo
+
+demo-drift-prefect: $(STAMP) ## the drift demo through Prefect: the monitor flow's event starts the retrain deployment
+	$(BIN)/python -m flows.demo
 
 # Prefect: server (SQLite under params flows.prefect_home), MLflow UI and every deployment served
 # by one process (flows/serve_all.py); Ctrl-C stops the serve process first, then the servers.

@@ -30,7 +30,6 @@ sys.path.insert(0, str(ROOT))
 
 
 def _batches(tokenizer, n_rows: int, batch: int, seed: int = 0):
-    import pandas as pd
     from transformers import DataCollatorWithPadding
 
     from pipelines.config import GenerateConfig

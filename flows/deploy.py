@@ -19,6 +19,7 @@ from pydantic import Field
 from flows import common
 from flows.common import Options
 from pipelines.errors import PipelineError
+from pipelines.io import tool
 
 
 class DeployOptions(Options):
@@ -36,13 +37,15 @@ def ensure_cluster(options: DeployOptions) -> None:
     import ray  # serving.app is otherwise the one module importing Ray; see the README's scale-out notes
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if ray.is_initialized():  # a second deploy in the same process (the app is updated in place)
+        return
     try:
         ray.init(address=options.ray_address, log_to_driver=False)
         return
     except ConnectionError:
         if not options.start_cluster:
             raise PipelineError(f"no Ray cluster at {options.ray_address!r} and start_cluster is false") from None
-    r = common.run_command(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", f"--num-cpus={options.ray_cpus}",
+    r = common.run_command([tool("ray"), "start", "--head", "--node-ip-address", "127.0.0.1", f"--num-cpus={options.ray_cpus}",
                             "--include-dashboard=false", "--disable-usage-stats"])
     if r.returncode != 0:
         raise PipelineError(f"`ray start --head` failed:\n{(r.stdout or '')[-1500:]}{(r.stderr or '')[-1500:]}")

@@ -1,8 +1,9 @@
-"""A private local Prefect server with its background services (the drift trigger needs them).
+"""A private local Prefect server with its background services, and a process serving deployments.
 
-Used by the drift demo (``python -m monitoring.demo --prefect``) and the trigger test; ``make ui``
+Used by the Prefect drift demo (``make demo-drift-prefect``, :mod:`flows.demo`) and the tests that
+go through a real server (the drift trigger, a run started the way the UI starts it); ``make ui``
 starts the long-running one (``flows/ui.sh``). Prefect's test harness is not enough there: its
-server runs without services, so automations never fire.
+server runs without services, so automations never fire, and nothing polls deployments.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from pipelines.errors import PipelineError
 
@@ -29,7 +30,8 @@ def free_port() -> int:
 def server_env(home: Path, api_url: str | None = None) -> dict[str, str]:
     """The environment of a process using the server in ``home`` (no telemetry: there is no internet)."""
     env = {**os.environ, "PREFECT_HOME": str(Path(home).resolve()), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "DO_NOT_TRACK": "1"}
+           "DO_NOT_TRACK": "1",  # flows call `dvc` and `ray`: this interpreter's tools first
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     if api_url:
         env["PREFECT_API_URL"] = api_url
     else:
@@ -80,3 +82,60 @@ def local_server(home: Path, port: int | None = None, timeout_s: float = 120, ui
             yield api
         finally:
             stop(proc)
+
+
+@contextlib.contextmanager
+def serving(repo: Path, home: Path, api_url: str, only: list[str]) -> Iterator[subprocess.Popen]:
+    """``python -m flows.serve_all --only ...`` in ``repo`` (log: ``home/serve_all.log``) until the block ends."""
+    log = Path(home) / "serve_all.log"
+    cmd = [sys.executable, "-m", "flows.serve_all"] + [a for name in only for a in ("--only", name)]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=repo, env=server_env(home, api_url), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        yield proc
+    finally:
+        stop(proc)
+
+
+def wait_for_deployment(name: str, served: subprocess.Popen, log: Path, timeout_s: float = 120) -> Any:
+    """The deployment ``flow/name`` once the serving process has registered it."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            if served.poll() is not None:
+                raise PipelineError(f"flows.serve_all exited ({served.returncode}):\n{Path(log).read_text()[-3000:]}")
+            try:
+                return client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                pass
+            if time.monotonic() > deadline:
+                raise PipelineError(f"deployment {name} not registered within {timeout_s:.0f} s; log: {log}")
+            time.sleep(1)
+
+
+def wait_for_run(deployment_id: Any, log: Path, timeout_s: float, show: str | None = None) -> Any:
+    """The deployment's first flow run, once it has reached a final state; prints state changes if ``show``."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    deadline, shown = time.monotonic() + timeout_s, None
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            # the oldest run first: the one a trigger or the UI created for this wait
+            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+                                         sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=10)
+            if runs:
+                run = runs[0]
+                state = run.state.name if run.state else "?"
+                if show and state != shown:
+                    print(f"{show} run '{run.name}': {state}", flush=True)
+                    shown = state
+                if run.state is not None and run.state.is_final():
+                    return run
+            time.sleep(2)
+    raise PipelineError(f"no finished run of the deployment within {timeout_s:.0f} s; serve_all log: {log}")

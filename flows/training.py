@@ -21,6 +21,7 @@ from pydantic import Field
 from flows import common
 from flows.common import Options
 from pipelines.errors import PipelineError
+from pipelines.io import tool
 
 NO_RETRY_EXITS = ("exited with 2", "exited with 3")  # ConfigError, GateFailed: the same run fails the same way
 
@@ -93,7 +94,7 @@ def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
 @task(name="dvc-stage", task_run_name="dvc repro {stage}", retry_condition_fn=_retry_transient)
 def run_stage(stage: str, force: bool = False) -> str:
     """``dvc repro --single-item <stage>``; raises :class:`StageFailed` with DVC's output."""
-    cmd = ["dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
+    cmd = [tool("dvc"), "repro", "--single-item", stage] + (["--force"] if force else [])
     r = common.run_command(cmd)
     out = f"{r.stdout or ''}{r.stderr or ''}"
     if r.returncode != 0:

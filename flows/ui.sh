@@ -29,7 +29,7 @@ for _ in $(seq 120); do
 done
 echo
 setsid python -m flows.serve_all >"$PREFECT_HOME/serve_all.log" 2>&1 & serve_pid=$!
-list_deployments() {  # (`prefect deployment ls` sends limit=null, which this server refuses)
+list_deployments() {  # names only (`prefect deployment ls` prints a wide table)
   curl -sf -X POST "$PREFECT_API_URL/deployments/filter" -H 'content-type: application/json' -d '{"limit": 100}' \
     | python -c 'import json, sys; print("\n".join(sorted(d["name"] for d in json.load(sys.stdin))))'
 }

@@ -24,6 +24,7 @@ import typer
 import yaml
 
 from monitoring import demo_traffic as traffic
+from pipelines.io import tool
 
 ROOT = Path(__file__).resolve().parents[1]
 COPY = ("pipelines", "serving", "monitoring", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore")
@@ -37,13 +38,14 @@ SMALL = {
     "monitor": {"window_size": 300, "min_window_rows": 200, "min_labelled_rows": 100, "reference_size": 800,
                 "persistence": 3},
     "serve": {"watch_interval_s": 5, "log_flush_s": 1.0},
+    "flows": {"deploy_on_promotion": False},  # the demo's Serve replicas follow the alias themselves
 }
 
 
-def make_repo(dst: Path) -> Path:
+def make_repo(dst: Path, extra: tuple[str, ...] = ()) -> Path:
     """Copy the project (code, dvc.yaml, params) into ``dst`` as a fresh git + DVC repo with small params."""
     dst.mkdir(parents=True, exist_ok=True)
-    for name in COPY:
+    for name in COPY + extra:
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -56,9 +58,18 @@ def make_repo(dst: Path) -> Path:
         if section in params or section in ("finetune",):
             params.setdefault(section, {}).update(values)
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q"], [traffic.tool("dvc"), "init", "-q"], [traffic.tool("dvc"), "config", "core.analytics", "false"]):
+    for cmd in (["git", "init", "-q"], [tool("dvc"), "init", "-q"], [tool("dvc"), "config", "core.analytics", "false"]):
         subprocess.run(cmd, cwd=dst, check=True, capture_output=True)
     return dst
+
+
+def train_period_a() -> None:
+    """``dvc repro`` in the demo repository (the current directory): period A only, champion registered."""
+    from pipelines.errors import PipelineError
+
+    r = subprocess.run([tool("dvc"), "repro"], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise PipelineError(f"dvc repro failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
 
 
 def main(
@@ -68,15 +79,12 @@ def main(
     """Drift demo end to end in a temporary copy of the repository; prints before/after numbers."""
     from monitoring.run import default_retrain, format_summary, monitor_once
     from pipelines.config import load_params
-    from pipelines.errors import PipelineError
 
     t0 = time.time()
     repo = make_repo(workdir or Path(tempfile.mkdtemp(prefix="demo-drift-")))
     os.chdir(repo)
     print(f"[demo] repository copy: {repo}\n[demo] 1/3 train on period A: dvc repro ...", flush=True)
-    r = subprocess.run([traffic.tool("dvc"), "repro"], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise PipelineError(f"dvc repro failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    train_period_a()
     params = load_params(Path("params.yaml"))
     sender = traffic.Sender(params, in_process)
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import signal
 import socket
 import subprocess
@@ -10,15 +9,10 @@ import sys
 import time
 import uuid
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pandas as pd
 
 from pipelines.config import DataConfig, GenerateConfig, IngestConfig, Params
-
-
-def tool(name: str) -> str:
-    return shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name) or name
 
 
 def period(n: int, seed: int, drift: bool) -> pd.DataFrame:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -23,6 +21,7 @@ import pandas as pd
 import yaml
 
 from pipelines.errors import DataError, PipelineError
+from pipelines.io import tool
 
 Runner = Callable[..., subprocess.CompletedProcess]
 
@@ -60,10 +59,6 @@ def write_snapshot(rows: pd.DataFrame, snapshots_dir: Path, now: datetime | None
     return path
 
 
-def _tool(name: str) -> str:
-    return shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name) or name
-
-
 def _run(cmd: list[str], cwd: Path, runner: Runner) -> subprocess.CompletedProcess:
     r = runner(cmd, cwd=str(cwd), capture_output=True, text=True)
     if r.returncode != 0:
@@ -73,7 +68,7 @@ def _run(cmd: list[str], cwd: Path, runner: Runner) -> subprocess.CompletedProce
 
 def dvc_add(path: Path, repo: Path, runner: Runner = subprocess.run) -> Path:
     """``dvc add`` the snapshot (its own ``.dvc`` file); return the ``.dvc`` path."""
-    _run([_tool("dvc"), "add", str(Path(path).resolve().relative_to(Path(repo).resolve()))], repo, runner)
+    _run([tool("dvc"), "add", str(Path(path).resolve().relative_to(Path(repo).resolve()))], repo, runner)
     return Path(str(path) + ".dvc")
 
 
@@ -89,7 +84,7 @@ def retrain(repo: Path, snapshot: Path, *, params_file: str = "params.yaml", rea
     from pipelines.config import load_params
 
     repo = Path(repo)
-    _run([_tool("dvc"), "repro"], repo, runner)
+    _run([tool("dvc"), "repro"], repo, runner)
     decision_path = repo / "reports" / "promotion.json"
     decision = json.loads(decision_path.read_text(encoding="utf-8")) if decision_path.is_file() else {}
     version = decision.get("challenger_version")

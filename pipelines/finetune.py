@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -28,7 +27,7 @@ from pipelines import deepspeed_engine as dse
 from pipelines.base_model import resolve_base_model
 from pipelines.config import FinetuneConfig, Params, load_params
 from pipelines.errors import ConfigError, PipelineError, run_cli
-from pipelines.io import atomic_outputs, read_parquet, write_json
+from pipelines.io import atomic_outputs, read_parquet, tool, write_json
 
 
 def check_world_size(cfg: FinetuneConfig, accelerator: str) -> None:
@@ -62,7 +61,7 @@ def check_checkpoint(ckpt_dir: Path) -> None:
 
 
 def launcher_command(cfg: FinetuneConfig, params: Path, data_dir: Path, ckpt_dir: Path, resume: bool) -> list[str]:
-    deepspeed = shutil.which("deepspeed") or str(Path(sys.executable).with_name("deepspeed"))
+    deepspeed = tool("deepspeed")
     cmd = [deepspeed, "--num_gpus", str(cfg.world_size), "--master_port", str(cfg.master_port)]
     if cfg.hostfile:
         cmd += ["--hostfile", cfg.hostfile, "--num_nodes", str(cfg.num_nodes)]
@@ -168,11 +167,15 @@ def export_merged(clf, directory: Path) -> None:
 
 def write_skipped(out: Path, metrics_out: Path, plots_dir: Path) -> None:
     """finetune.enabled is false: publish a 'skipped' record so the DAG's outputs exist and register ignores it."""
+    from pipelines.metrics import write_plots
+
     with atomic_outputs(out, metrics_out, plots_dir) as staged:
         staged[out].mkdir(parents=True)
         staged[plots_dir].mkdir(parents=True)
         (staged[out] / "candidate.json").write_text(json.dumps({"name": "lora_transformer", "skipped": True}))
         write_json({"model": "lora_transformer", "skipped": True}, staged[metrics_out])
+        write_plots([], [], staged[plots_dir] / "confusion_test.csv", staged[plots_dir] / "confusion_test.png",
+                    title="LoRA transformer: skipped (finetune.enabled is false)")
     print("finetune: skipped (finetune.enabled is false)")
 
 

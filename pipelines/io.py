@@ -69,3 +69,11 @@ def remove_outputs(*targets: str | Path) -> None:
             shutil.rmtree(t, ignore_errors=True)
         elif t.exists():
             t.unlink()
+
+
+def tool(name: str) -> str:
+    """A command-line tool of this environment: the one beside this interpreter (the virtualenv's ``dvc``,
+    ``ray``, ``deepspeed``) first, else the one on PATH, so subprocesses work when the venv is not on PATH."""
+    import sys
+
+    return shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name) or name

@@ -99,7 +99,8 @@ def headline(m: dict) -> dict:
 
 
 def write_plots(labels: Sequence[str], preds: Sequence[str], csv_path: Path, png_path: Path, title: str = "") -> None:
-    """Confusion data for DVC (``actual,predicted`` per row) and a PNG of the count matrix."""
+    """Confusion data for DVC (``actual,predicted`` per row) and a PNG of the count matrix (a stage that scored
+    nothing, such as a skipped one, gets the header-only CSV and a PNG saying so: DVC needs its declared plots)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,6 +109,14 @@ def write_plots(labels: Sequence[str], preds: Sequence[str], csv_path: Path, png
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"actual": list(map(str, labels)), "predicted": list(map(str, preds))}).to_csv(csv_path, index=False)
     names = sorted(set(map(str, labels)) | set(map(str, preds)))
+    if not names:
+        fig, ax = plt.subplots(figsize=(4, 1.2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, title or "no predictions", ha="center", va="center")
+        png_path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(png_path, dpi=110)
+        plt.close(fig)
+        return
     cm = confusion_matrix(list(map(str, labels)), list(map(str, preds)), labels=names)
     fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(names), 0.8 + 0.6 * len(names)))
     ax.imshow(cm, cmap="Blues")

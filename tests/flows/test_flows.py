@@ -11,7 +11,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pandas as pd
 import pytest
@@ -22,10 +21,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from flows import common
+from flowhelpers import register, split
 from pipelines.config import load_params
 
 ROOT = Path(__file__).resolve().parents[2]
-WORDS = {"billing": "invoice charged payment card billing", "shipping": "parcel delivery courier tracking shipped"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -34,12 +33,6 @@ def harness():
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
-
-
-def split(n: int, seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    labels = rng.choice(list(WORDS), size=n)
-    return pd.DataFrame({"text": [" ".join(rng.choice(WORDS[y].split(), size=4)) for y in labels], "label": labels})
 
 
 @pytest.fixture
@@ -55,18 +48,6 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "data/processed").mkdir(parents=True)
     split(80, 1).to_parquet(tmp_path / "data/processed/test.parquet")
     return tmp_path
-
-
-def register(params, clf, name: str, test: pd.DataFrame) -> str:
-    from pipelines import tracking
-    from pipelines.model_api import SklearnTextClassifier
-    from pipelines.register import register_candidate
-
-    tracking.setup(params.mlflow)
-    wrapped = SklearnTextClassifier(clf, name)
-    joblib.dump(wrapped, Path(f"{name}.joblib"))
-    return register_candidate(tracking.Registry(params.mlflow), params, name, Path(f"{name}.joblib"), wrapped,
-                              test.text.head(2).tolist())
 
 
 def active_slots(name: str = "dvc-repo") -> int:

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from pipelines.tracking import Registry
 from serving.api import build_app
 from serving.model_source import ChampionSource
 from serving.prediction_log import FEEDBACK, PREDICTIONS, read_log, text_hash

@@ -19,7 +19,7 @@ from serving.prediction_log import FEEDBACK, PREDICTIONS, read_log
 ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
 
-from serving.app import build, run_local, stop_local  # noqa: E402
+from serving.app import build, run_local  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 

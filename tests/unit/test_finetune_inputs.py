@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -112,3 +113,17 @@ def test_resume_from_a_corrupt_checkpoint_is_refused(tmp_path, data_dir):
     (tag / "zero_pp_rank_0_mp_rank_00_model_states.pt").write_bytes(b"\x00not a torch file")
     with pytest.raises(PipelineError, match="corrupt"):
         _main(tmp_path, data_dir, {}, resume=True)
+
+
+def test_a_disabled_finetune_still_writes_every_output_dvc_declares(tmp_path, data_dir, monkeypatch):
+    """`dvc repro` with finetune.enabled: false fails on any declared out, metric or plot that is missing."""
+    from pipelines.finetune import main
+
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["finetune"]
+    declared = [next(iter(x)) if isinstance(x, dict) else x for key in ("outs", "metrics", "plots") for x in stage[key]]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"finetune": {"enabled": False}}))
+    main(params=tmp_path / "params.yaml", data_dir=data_dir, ckpt_dir=tmp_path / "ckpt")
+    missing = [p for p in declared if not (tmp_path / p).exists()]
+    assert not missing, f"declared by dvc.yaml but not written when skipped: {missing}"
+    assert json.loads((tmp_path / "metrics/finetune.json").read_text())["skipped"] is True

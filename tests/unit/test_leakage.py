@@ -6,9 +6,8 @@ import json
 
 import numpy as np
 import pandas as pd
-import pytest
 
-from datahelpers import CLASSES, run_stage, write_params
+from datahelpers import run_stage, write_params
 from pipelines.config import LeakageConfig
 from pipelines.leakage import audit
 

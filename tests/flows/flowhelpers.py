@@ -1,0 +1,30 @@
+"""Tiny registry fixtures shared by the flow tests: a two-class text split and scikit-learn candidates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+
+WORDS = {"billing": "invoice charged payment card billing", "shipping": "parcel delivery courier tracking shipped"}
+
+
+def split(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(list(WORDS), size=n)
+    return pd.DataFrame({"text": [" ".join(rng.choice(WORDS[y].split(), size=4)) for y in labels], "label": labels})
+
+
+def register(params, clf, name: str, test: pd.DataFrame) -> str:
+    """Register ``clf`` (fitted) as a new version through the register stage's own function; returns the version."""
+    from pipelines import tracking
+    from pipelines.model_api import SklearnTextClassifier
+    from pipelines.register import register_candidate
+
+    tracking.setup(params.mlflow)
+    wrapped = SklearnTextClassifier(clf, name)
+    joblib.dump(wrapped, Path(f"{name}.joblib"))
+    return register_candidate(tracking.Registry(params.mlflow), params, name, Path(f"{name}.joblib"), wrapped,
+                              test.text.head(2).tolist())
