@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -145,8 +146,12 @@ def stop_local() -> None:
         ray.shutdown()
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(params: Path = Path("params.yaml"), port: int | None = None) -> None:
-    """Serve the registry champion on 127.0.0.1 (port from params serve.port) until Ctrl-C."""
+    """Serve the registry champion on 127.0.0.1 (port from params serve.port) until Ctrl-C or SIGTERM."""
     from pipelines.errors import PipelineError
 
     p = load_params(params)
@@ -157,6 +162,9 @@ def main(params: Path = Path("params.yaml"), port: int | None = None) -> None:
           f"from {tracking_uri(p.mlflow)} ...", flush=True)
     try:
         url = run_local(p, app)
+        # SIGTERM (systemd, docker stop, kill) stops like Ctrl-C: drain, flush the prediction log, then exit 0.
+        # Installed after ray.init, whose own SIGTERM handler aborts the driver without a graceful shutdown.
+        signal.signal(signal.SIGTERM, _interrupt)
         print(f"ready: {url}  (docs {url}/docs, metrics {url}/metrics, log {p.serve.log_dir}/). Ctrl-C stops.",
               flush=True)
         while True:
