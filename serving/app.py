@@ -110,14 +110,20 @@ def build(args: dict[str, Any] | None = None) -> Any:
         cfg.model_dump(), mcfg.model_dump(), str(project_dir))
 
 
+def start_ray() -> None:
+    """A local Ray instance for this process (no-op when Ray is already initialised)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
+
+
 def run_local(params: Params, app: Any, wait_ready_s: float = 300.0, name: str = APP_NAME, route_prefix: str = "/") -> str:
     """Start Ray and Serve on this machine (loopback), deploy ``app``, wait until /readyz answers 200; return its URL."""
-    import ray
     import requests
 
     cfg = params.serve
-    if not ray.is_initialized():
-        ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
+    start_ray()
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(app, name=name, route_prefix=route_prefix, blocking=False)
     url = f"http://{cfg.host}:{cfg.port}{route_prefix.rstrip('/')}"
@@ -161,10 +167,12 @@ def main(params: Path = Path("params.yaml"), port: int | None = None) -> None:
     print(f"starting Ray Serve; serving models:/{p.mlflow.registered_model}@{p.serve.model_alias} "
           f"from {tracking_uri(p.mlflow)} ...", flush=True)
     try:
-        url = run_local(p, app)
+        start_ray()
         # SIGTERM (systemd, docker stop, kill) stops like Ctrl-C: drain, flush the prediction log, then exit 0.
-        # Installed after ray.init, whose own SIGTERM handler aborts the driver without a graceful shutdown.
+        # Installed after ray.init, whose own SIGTERM handler aborts the driver without a graceful shutdown,
+        # and before the app is deployed, so a SIGTERM that follows a first answer is always ours.
         signal.signal(signal.SIGTERM, _interrupt)
+        url = run_local(p, app)
         print(f"ready: {url}  (docs {url}/docs, metrics {url}/metrics, log {p.serve.log_dir}/). Ctrl-C stops.",
               flush=True)
         while True:
