@@ -55,8 +55,7 @@ def main(
         ui = api.removesuffix("/api")
         print(f"[demo] 2/4 Prefect UI {ui} (open it to watch); serving the retrain deployment with its drift "
               "trigger", flush=True)
-        log = home / "serve_all.log"
-        with serving(repo, home, api, ["retrain"]) as served:
+        with serving(repo, home, api, ["retrain"]) as (served, log):
             deployment = wait_for_deployment(RETRAIN, served, log)
             sender = traffic.Sender(params, in_process)
             try:

@@ -30,7 +30,7 @@ def free_port() -> int:
 def server_env(home: Path, api_url: str | None = None) -> dict[str, str]:
     """The environment of a process using the server in ``home`` (no telemetry: there is no internet)."""
     env = {**os.environ, "PREFECT_HOME": str(Path(home).resolve()), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "DO_NOT_TRACK": "1",  # flows call `dvc` and `ray`: this interpreter's tools first
+           "DO_NOT_TRACK": "1",  # dvc.yaml's stage commands run `python`: it must be this interpreter
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     if api_url:
         env["PREFECT_API_URL"] = api_url
@@ -85,15 +85,15 @@ def local_server(home: Path, port: int | None = None, timeout_s: float = 120, ui
 
 
 @contextlib.contextmanager
-def serving(repo: Path, home: Path, api_url: str, only: list[str]) -> Iterator[subprocess.Popen]:
-    """``python -m flows.serve_all --only ...`` in ``repo`` (log: ``home/serve_all.log``) until the block ends."""
+def serving(repo: Path, home: Path, api_url: str, only: list[str]) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """``python -m flows.serve_all --only ...`` in ``repo`` until the block ends; yields the process and its log."""
     log = Path(home) / "serve_all.log"
     cmd = [sys.executable, "-m", "flows.serve_all"] + [a for name in only for a in ("--only", name)]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=repo, env=server_env(home, api_url), stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
-        yield proc
+        yield proc, log
     finally:
         stop(proc)
 

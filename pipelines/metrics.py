@@ -109,27 +109,24 @@ def write_plots(labels: Sequence[str], preds: Sequence[str], csv_path: Path, png
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"actual": list(map(str, labels)), "predicted": list(map(str, preds))}).to_csv(csv_path, index=False)
     names = sorted(set(map(str, labels)) | set(map(str, preds)))
-    if not names:
+    if names:
+        cm = confusion_matrix(list(map(str, labels)), list(map(str, preds)), labels=names)
+        fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(names), 0.8 + 0.6 * len(names)))
+        ax.imshow(cm, cmap="Blues")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_yticks(range(len(names)), names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("actual")
+        for i in range(len(names)):
+            for j in range(len(names)):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if cm[i, j] > cm.max() / 2 else "black")
+        ax.set_title(title)
+        fig.tight_layout()
+    else:
         fig, ax = plt.subplots(figsize=(4, 1.2))
         ax.axis("off")
         ax.text(0.5, 0.5, title or "no predictions", ha="center", va="center")
-        png_path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(png_path, dpi=110)
-        plt.close(fig)
-        return
-    cm = confusion_matrix(list(map(str, labels)), list(map(str, preds)), labels=names)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(names), 0.8 + 0.6 * len(names)))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    for i in range(len(names)):
-        for j in range(len(names)):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if cm[i, j] > cm.max() / 2 else "black")
-    ax.set_title(title)
-    fig.tight_layout()
     png_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png_path, dpi=110)
     plt.close(fig)

@@ -33,7 +33,6 @@ class TransformerClassifier:
         self.base_model, self.max_length, self.batch_size = base_model, max_length, batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.adapter_dir))
         self.model = load_adapter(self.adapter_dir, resolve_base_model(base_model))
-        self.merged = merge
         if merge:
             self.model = self.model.merge_and_unload()
         id2label = self.model.config.id2label  # set from the adapter's labels.json by load_adapter

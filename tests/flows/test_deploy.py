@@ -8,7 +8,6 @@ answers name the new version; a second ``deploy`` updates the running app in pla
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -24,15 +23,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from flowhelpers import register, split
+from flows.local import free_port
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ The form's validation is the server's: a misspelt or mistyped parameter is refus
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,8 +35,8 @@ def served_training(tmp_path_factory: pytest.TempPathFactory):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     home = repo / ".prefect"
     with local_server(home) as api, temporary_settings(updates={PREFECT_API_URL: api}):
-        with serving(repo, home, api, ["training"]) as proc:
-            yield repo, wait_for_deployment("training/training", proc, home / "serve_all.log"), home / "serve_all.log"
+        with serving(repo, home, api, ["training"]) as (proc, log):
+            yield repo, wait_for_deployment("training/training", proc, log), log
 
 
 @pytest.mark.parametrize("parameters, field", [
@@ -85,12 +84,13 @@ def test_a_worker_on_a_work_pool_runs_the_same_deployments(served_training, ui_r
     """Scale-out by configuration: ``serve_all --work-pool`` registers the deployments, ``prefect worker`` runs them."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.settings import PREFECT_API_URL
 
     from flows.local import server_env, stop, wait_for_run
 
     repo, _, _ = served_training
     home = repo / ".prefect"
-    api = os.environ.get("PREFECT_API_URL") or _api_url()
+    api = PREFECT_API_URL.value()  # the module's private server (temporary_settings in served_training)
     with get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name="test-pool", type="process"))
     r = subprocess.run([sys.executable, "-m", "flows.serve_all", "--work-pool", "test-pool", "--only", "promote"],
@@ -114,8 +114,3 @@ def test_a_worker_on_a_work_pool_runs_the_same_deployments(served_training, ui_r
     decision = json.loads((repo / "reports/promotion.json").read_text())
     assert decision["decided_at"] > before and decision["champion_version_after"] == "1"
 
-
-def _api_url() -> str:
-    from prefect.settings import PREFECT_API_URL
-
-    return PREFECT_API_URL.value()

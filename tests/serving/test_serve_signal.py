@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 import requests
 import yaml
 
+from flows.local import free_port
 from serving.prediction_log import PREDICTIONS, read_log
 
 pytestmark = pytest.mark.slow
@@ -23,9 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_sigterm_drains_and_flushes_the_log(tiny_registry, tmp_path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log_dir = tmp_path / "production"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({
         "mlflow": tiny_registry.mlflow.model_dump(),
