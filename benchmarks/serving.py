@@ -1,11 +1,14 @@
 """Serving benchmark: continuous batching vs @serve.batch vs unbatched vs the offline limit, one run, one table.
 
     python -m benchmarks.serving [--seconds 6] [--rounds 3] [--levels 1,8,32,64] [--ingress direct|proxy]
+                                 [--data-params my-data.yaml]
 
 The model is the LoRA transformer (MiniLM-L6 base) behind the common pyfunc, registered
 as champion in a temporary MLflow registry: an *untrained* adapter by default (the same
 compute as a trained one), so this runs on a fresh clone. Texts come from the pipeline's
-data (data/processed/test.parquet, else data/interim/dataset.parquet). Single-text
+data (data/processed/test.parquet, else data/interim/dataset.parquet), or with ``--data-params FILE``
+from the dataset that file's ``data:`` section names (read by the pipeline's own reader, so any
+data set the pipeline takes works: how much length grouping saves depends on the length spread). Single-text
 requests from a closed-loop aiohttp client on 127.0.0.1 in its own process (no Ray in it),
 each level bounded by time and split into rounds that alternate the modes.
 
@@ -31,21 +34,43 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
+from typer import Option
 
 HERE = Path(__file__).resolve().parents[1]
 
 
-def load_texts(n: int, seed: int = 0) -> list[str]:
-    for p in (HERE / "data/processed/test.parquet", HERE / "data/interim/dataset.parquet"):
-        if p.is_file():
-            texts = pd.read_parquet(p, columns=["text"])["text"].dropna().astype(str)
-            texts = texts[texts.str.strip().str.len() > 0]
-            return texts.sample(min(n, len(texts)), random_state=seed).tolist()
-    raise SystemExit("no data: run `make run` first (needs data/interim/dataset.parquet)")
+def load_texts(n: int, seed: int = 0, data_params: Path | None = None) -> list[str]:
+    """``n`` texts sampled from the pipeline's data, or from the data set ``data_params``'s ``data:`` names."""
+    if data_params is not None:
+        from pipelines.config import load_params
+        from pipelines.ingest import map_columns, read_source
+
+        data = load_params(data_params).data
+        texts = map_columns(read_source(data), data.columns)["text"]
+    else:
+        found = [p for p in (HERE / "data/processed/test.parquet", HERE / "data/interim/dataset.parquet") if p.is_file()]
+        if not found:
+            raise SystemExit("no data: run `make run` first (needs data/interim/dataset.parquet), or pass --data-params")
+        texts = pd.read_parquet(found[0], columns=["text"])["text"]
+    texts = texts.dropna().astype(str)
+    texts = texts[texts.str.strip().str.len() > 0]  # the server refuses blank texts
+    return texts.sample(min(n, len(texts)), random_state=seed).tolist()
+
+
+def describe_lengths(texts: list[str]) -> str:
+    """Token-length spread under the base model's tokenizer (what length grouping has to work with)."""
+    from transformers import AutoTokenizer
+
+    from pipelines.base_model import resolve_base_model
+
+    n = np.array([len(ids) for ids in AutoTokenizer.from_pretrained(resolve_base_model("minilm"))(texts)["input_ids"]])
+    p10, p50, p90 = np.percentile(n, [10, 50, 90])
+    return f"tokens mean {n.mean():.0f}, p10/p50/p90 {p10:.0f}/{p50:.0f}/{p90:.0f}, max {n.max()}"
 
 
 def register_transformer(root: Path, labels: list[str], example: list[str]):
@@ -147,9 +172,17 @@ def direct_url(proxy_url: str) -> str:
     return f"http://127.0.0.1:{ports[0]}{urlparse(proxy_url).path}"
 
 
-def main(seconds: float = 6.0, levels: str = "1,8,32,64", n_texts: int = 1500, waits_ms: str = "1,5,10,50",
-         torch_threads: int = 2, max_batch_size: int = 32, offline_texts: int = 384, ingress: str = "direct",
-         rounds: int = 3) -> None:
+def main(seconds: Annotated[float, Option(help="load per mode and concurrency level, split into the rounds")] = 6.0,
+         levels: Annotated[str, Option(help="concurrency levels, comma-separated")] = "1,8,32,64",
+         n_texts: Annotated[int, Option(help="texts sampled for the requests")] = 1500,
+         waits_ms: Annotated[str, Option(help="@serve.batch wait timeouts tried for (c), best kept")] = "1,5,10,50",
+         torch_threads: Annotated[int, Option(help="torch threads in every replica and offline")] = 2,
+         max_batch_size: Annotated[int, Option(help="batch size of (c), cap of (d) ((a) uses the pyfunc's 32)")] = 32,
+         offline_texts: Annotated[int, Option(help="texts in each offline (a) measurement")] = 384,
+         ingress: Annotated[str, Option(help="direct (each replica's own port) or proxy (Ray's HTTP proxy)")] = "direct",
+         rounds: Annotated[int, Option(help="interleaved rounds per mode and level")] = 3,
+         data_params: Annotated[Path | None, Option(help="a params file whose data: section names the texts "
+                                                         "(default: the pipeline's data)")] = None) -> None:
     """Run (a)-(d) and print texts/s, p50/p99 and the ratios (d)/(a), (d)/(b), (d)/(c).
 
     Each level gives every mode ``seconds`` of load in ``rounds`` interleaved slices (b, c, d, b, c, d, ...),
@@ -169,8 +202,8 @@ def main(seconds: float = 6.0, levels: str = "1,8,32,64", n_texts: int = 1500, w
     from serving.app import build, run_local, stop_local
 
     conc = [int(c) for c in levels.split(",")]
-    texts = load_texts(n_texts)
-    print(f"{len(texts)} texts, mean {statistics.mean(map(len, texts)):.0f} chars; levels {conc}; {seconds:.0f} s "
+    texts = load_texts(n_texts, data_params=data_params)
+    print(f"{len(texts)} texts from {data_params or 'the pipeline data'}, {describe_lengths(texts)}; levels {conc}; {seconds:.0f} s "
           f"per mode and level in {rounds} rounds; ingress {ingress}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     labels = [f"class_{i}" for i in range(10)]

@@ -93,6 +93,15 @@ class PyfuncTextClassifier:
             raise ValueError(f"{uri}: model metadata has no 'classes'; was it logged with pipelines.pyfunc.log_classifier?")
         self.classes = [str(c) for c in meta["classes"]]
 
+    def token_lengths(self, texts: list[str]) -> list[int] | None:
+        """Each text's length in the model's own tokens, if the model has tokens (a transformer), else None."""
+        try:
+            inner = self.model.unwrap_python_model().classifier
+        except Exception:  # noqa: BLE001 - not one of our python models: no tokenizer to ask
+            return None
+        measure = getattr(inner, "token_lengths", None)
+        return measure(texts) if measure is not None else None
+
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         if not len(texts):
             return np.zeros((0, len(self.classes)))

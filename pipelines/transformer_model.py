@@ -39,6 +39,10 @@ class TransformerClassifier:
         self.classes = [str(id2label[i]) for i in range(len(id2label))]
         self.name = "lora_transformer"
 
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        """Each text's length in tokens as the model sees it (special tokens in, truncation applied)."""
+        return [len(ids) for ids in self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]]
+
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         import torch
 
@@ -46,8 +50,7 @@ class TransformerClassifier:
         out = np.zeros((len(texts), len(self.classes)), dtype=np.float64)
         if not texts:
             return out
-        lengths = [len(t) for t in texts]
-        order = np.argsort(lengths, kind="stable")
+        order = np.argsort(self.token_lengths(texts), kind="stable")  # by token length: batches pad little
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
                 idx = order[start:start + self.batch_size]

@@ -29,6 +29,9 @@ class QueueFull(Exception):
 
 
 class Model(Protocol):
+    """What the batcher needs; a model may also offer ``token_lengths(texts) -> list[int] | None``
+    (its own token counts, used for the budget instead of ``cost``)."""
+
     classes: list[str]
 
     def predict_proba(self, texts: list[str]) -> np.ndarray: ...
@@ -116,8 +119,9 @@ class ContinuousBatcher:
         if len(self._pending) + len(texts) > self.max_queue:
             raise QueueFull(f"queue full ({len(self._pending)} texts waiting, limit {self.max_queue})")
         loop = asyncio.get_running_loop()
-        cap = getattr(model, "max_tokens", None) or 10**9  # the model truncates: a longer text costs no more
-        items = [_Item(t, min(self.cost(t), cap), model, next(self._seq), loop.create_future()) for t in texts]
+        measure = getattr(model, "token_lengths", None)  # the model's own tokens, truncation applied
+        lengths = (measure(texts) if measure is not None else None) or [self.cost(t) for t in texts]
+        items = [_Item(t, n, model, next(self._seq), loop.create_future()) for t, n in zip(texts, lengths)]
         self._pending.extend(items)
         self._wakeup.set()  # type: ignore[union-attr]
         try:

@@ -29,11 +29,9 @@ class ModelHandle:
     def classes(self) -> list[str]:
         return self.classifier.classes
 
-    @property
-    def max_tokens(self) -> int | None:
-        """The model's truncation length if its pyfunc config names one (a longer text costs no more)."""
-        config = getattr(getattr(self.classifier, "model", None), "model_config", None) or {}
-        return int(config["max_length"]) if "max_length" in config else None
+    def token_lengths(self, texts: list[str]) -> list[int] | None:
+        """Texts' lengths in the model's tokens, truncation applied (None for a model without tokens)."""
+        return self.classifier.token_lengths(texts) if hasattr(self.classifier, "token_lengths") else None
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         if self.torch_threads and not getattr(self._tuned, "done", False):

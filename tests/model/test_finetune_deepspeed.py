@@ -104,6 +104,11 @@ def test_one_step_zero3_two_ranks_saves_a_whole_adapter(tmp_path, tiny_data):
     labels = [model.config.id2label[i] for i in range(logits.shape[-1])]
     np.testing.assert_allclose(out[[f"proba_{c}" for c in labels]].to_numpy(), torch.softmax(logits, -1).numpy(),
                                atol=1e-4)
+    # the serving batcher's budget counts the model's own tokens, read through the registry's loaded model
+    from pipelines.pyfunc import PyfuncTextClassifier
+
+    assert PyfuncTextClassifier(pyfunc).token_lengths(probe["texts"]) == \
+        [len(ids) for ids in tok(probe["texts"], truncation=True, max_length=64)["input_ids"]]
 
 
 def test_resume_continues_from_saved_step_and_a_broken_rank_does_not_hang(tmp_path, tiny_data):

@@ -111,6 +111,31 @@ def test_batches_respect_max_size_and_token_budget() -> None:
     assert all(len(r) == 1 and r[0].proba.shape == (2,) for r in res)  # every future resolved
 
 
+class TokenModel(SlowModel):
+    """Offers its own token counts: texts starting with 'L' are long in tokens though short in characters."""
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        return [100 if t.startswith("L") else 5 for t in texts]
+
+
+def test_the_budget_counts_the_models_own_tokens_when_it_offers_them() -> None:
+    model = TokenModel(delay=0.01)
+    texts = [f"{'L' if i % 2 else 's'}{i:02d}" for i in range(24)]  # all 3 characters: approx_tokens 2
+
+    async def go():
+        b = ContinuousBatcher(max_batch_size=8, max_batch_tokens=300)
+        await b.start()
+        await asyncio.gather(b.submit(["warm"], model), *(b.submit([t], model) for t in texts))
+        await b.stop()
+
+    run(go())
+    batches = model.batches
+    assert sorted(t for b in batches for t in b) == sorted([*texts, "warm"])
+    for batch in batches:  # by the character estimate all 8 would fit; by the model's tokens at most 3 long ones
+        assert max(model.token_lengths(batch)) * len(batch) <= 300, batch
+    assert any(len(b) == 8 for b in batches)  # the short ones still fill a batch
+
+
 def test_length_grouping_keeps_padding_small() -> None:
     model = SlowModel(delay=0.05)
     short, long_ = ["s" * 8] * 8, ["l" * 400] * 8

@@ -85,6 +85,7 @@ def test_gate_promotion_rollback_and_loading(env, tmp_path: Path) -> None:
     out = loaded.predict(pd.DataFrame({"text": test.text}))
     assert out["label"].tolist() == predict_labels(good, test.text.tolist())
     assert [c for c in out.columns if c.startswith("proba_")] == [f"proba_{c}" for c in good.classes]
+    assert reg.load("@champion").token_lengths(["a text"]) is None  # a bag-of-words model has no tokens to count
 
     v3 = register(reg, cfg, majority(train, "prior"), tmp_path / "prior.joblib", test)
     assert reg.alias(CHALLENGER) == v3 and reg.alias(CHAMPION) == v2  # worse: refused

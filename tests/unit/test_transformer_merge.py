@@ -37,3 +37,19 @@ def test_merged_inference_gives_the_adapter_probabilities(tmp_path):
     with plain.model.disable_adapter():  # the check can fail: without the adapter the answers differ
         assert np.abs(plain.predict_proba(TEXTS) - p).max() > 1e-3
     assert merged.classes == LABELS
+
+
+def test_token_lengths_are_the_models_own_and_batch_order_does_not_change_answers(tmp_path):
+    base = resolve_base_model("minilm")
+    build_model(base, LABELS, FinetuneConfig(target_modules=["query", "value"])).save_pretrained(str(tmp_path))
+    tok = AutoTokenizer.from_pretrained(base)
+    tok.save_pretrained(str(tmp_path))
+    (tmp_path / "labels.json").write_text(json.dumps(LABELS))
+    clf = TransformerClassifier(tmp_path, max_length=16, batch_size=2)
+    texts = [*TEXTS, "word " * 40]
+    lengths = clf.token_lengths(texts)
+    assert lengths == [len(tok(t)["input_ids"]) if len(tok(t)["input_ids"]) <= 16 else 16 for t in texts]
+    assert lengths[-1] == 16 and len(tok(texts[-1])["input_ids"]) > 16  # truncation applied, as the model sees it
+    # batched by token length (2 per batch): each row equals the text run on its own
+    one_by_one = np.vstack([clf.predict_proba([t]) for t in texts])
+    np.testing.assert_allclose(clf.predict_proba(texts), one_by_one, atol=1e-5)
