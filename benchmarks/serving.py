@@ -30,7 +30,6 @@ import asyncio
 import json
 import os
 import socket
-import statistics
 import tempfile
 import time
 from pathlib import Path
