@@ -10,6 +10,8 @@ registered baseline (``label`` + ``proba_<class>``).
 
 from __future__ import annotations
 
+import copy
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,7 @@ class TransformerClassifier:
         self.adapter_dir = Path(adapter_dir)
         self.base_model, self.max_length, self.batch_size = base_model, max_length, batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.adapter_dir))
+        self._per_thread = threading.local()
         self.model = load_adapter(self.adapter_dir, resolve_base_model(base_model))
         if merge:
             self.model = self.model.merge_and_unload()
@@ -39,9 +42,18 @@ class TransformerClassifier:
         self.classes = [str(id2label[i]) for i in range(len(id2label))]
         self.name = "lora_transformer"
 
+    def _tokenizer(self):  # noqa: ANN202 - a transformers tokenizer
+        """This thread's copy of the tokenizer. A fast tokenizer keeps padding/truncation as state on one shared
+        Rust object: called from two threads at once (serving measures lengths on its event loop while the model
+        thread encodes) it pads wrongly or raises "Already borrowed"."""
+        tok = getattr(self._per_thread, "tokenizer", None)
+        if tok is None:
+            tok = self._per_thread.tokenizer = copy.deepcopy(self.tokenizer)
+        return tok
+
     def token_lengths(self, texts: list[str]) -> list[int]:
         """Each text's length in tokens as the model sees it (special tokens in, truncation applied)."""
-        return [len(ids) for ids in self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]]
+        return [len(ids) for ids in self._tokenizer()(list(texts), truncation=True, max_length=self.max_length)["input_ids"]]
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -54,8 +66,8 @@ class TransformerClassifier:
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
                 idx = order[start:start + self.batch_size]
-                enc = self.tokenizer([texts[i] for i in idx], truncation=True, max_length=self.max_length,
-                                     padding=True, return_tensors="pt")
+                enc = self._tokenizer()([texts[i] for i in idx], truncation=True, max_length=self.max_length,
+                                        padding=True, return_tensors="pt")
                 logits = self.model(**enc).logits.float()
                 out[idx] = torch.softmax(logits, dim=-1).numpy()
         return out

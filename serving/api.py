@@ -7,6 +7,7 @@ Errors a client sees are one readable line in ``detail``: 4xx for a bad request
 
 
 import hmac
+import logging
 import os
 import time
 from contextlib import asynccontextmanager
@@ -21,6 +22,8 @@ from serving.batching import QueueFull
 from serving.schemas import (FeedbackRequest, FeedbackResponse, Health, PredictResponse, predict_request_model,
                              readable_errors)
 from serving.service import BadFeedback, ClassifierService, NotReady, UnknownRequest
+
+log = logging.getLogger(__name__)
 
 API_KEY_ENV = "TICKETOPS_API_KEY"
 API_KEY_HEADER = "X-API-Key"
@@ -81,6 +84,7 @@ def build_app(service: ClassifierService, manage_lifecycle: bool = True) -> Fast
         except NotReady as err:
             code, resp = 503, _error(503, f"not ready: {err}", {"Retry-After": str(cfg.retry_after_s)})
         except Exception as err:  # noqa: BLE001 - a model failure is a 500 with a message, not a crash
+            log.exception("prediction failed for %d text(s)", len(body.texts))  # type: ignore[attr-defined]
             code, resp = 500, _error(500, f"prediction failed: {type(err).__name__}: {err}")
         metrics.requests.labels(endpoint="/predict", code=str(code)).inc()
         if code != 200:

@@ -164,3 +164,21 @@ def test_overload_gets_429_with_retry_after(tiny_registry, tmp_path, serve_cfg, 
     busy = next(r for r in rs if r.status_code == 429)
     assert busy.headers["retry-after"] == "1" and "overloaded" in busy.json()["detail"]
     assert 'ticketops_request_errors_total{endpoint="/predict",reason="overloaded"}' in m
+
+
+class _Broken(_Slow):
+    def predict_proba(self, texts):
+        raise RuntimeError("Already borrowed")
+
+
+def test_a_model_failure_is_a_logged_500_and_the_server_keeps_serving(client, caplog) -> None:
+    good = client.service.model
+    client.service.model = _Broken(good, 0)
+    with caplog.at_level("ERROR", logger="serving.api"):
+        r = client.post("/predict", json={"texts": ["refund my bill"]})
+    assert r.status_code == 500 and r.json()["detail"] == "prediction failed: RuntimeError: Already borrowed"
+    (record,) = [x for x in caplog.records if x.name == "serving.api"]
+    assert "prediction failed for 1 text" in record.getMessage() and record.exc_info[0] is RuntimeError
+    client.service.model = good
+    assert client.post("/predict", json={"texts": ["refund my bill"]}).status_code == 200
+    assert 'ticketops_request_errors_total{endpoint="/predict",reason="model"} 1.0' in client.get("/metrics").text

@@ -53,3 +53,41 @@ def test_token_lengths_are_the_models_own_and_batch_order_does_not_change_answer
     # batched by token length (2 per batch): each row equals the text run on its own
     one_by_one = np.vstack([clf.predict_proba([t]) for t in texts])
     np.testing.assert_allclose(clf.predict_proba(texts), one_by_one, atol=1e-5)
+
+
+def test_lengths_and_predictions_from_two_threads_at_once(tmp_path):
+    """Serving measures token lengths on its event loop while the model thread encodes: a shared fast tokenizer
+    then pads with the other thread's settings ("Unable to create tensor") or raises "Already borrowed"."""
+    import threading
+
+    base = resolve_base_model("minilm")
+    build_model(base, LABELS, FinetuneConfig(target_modules=["query", "value"])).save_pretrained(str(tmp_path))
+    AutoTokenizer.from_pretrained(base).save_pretrained(str(tmp_path))
+    (tmp_path / "labels.json").write_text(json.dumps(LABELS))
+    clf = TransformerClassifier(tmp_path, max_length=32)
+    texts = ["some words here " * (i % 7 + 1) for i in range(64)]
+    expected = clf.predict_proba(texts)
+    errors: list[str] = []
+    done = threading.Event()
+
+    def predict() -> None:
+        for _ in range(8):
+            try:
+                np.testing.assert_allclose(clf.predict_proba(texts), expected, atol=1e-6)
+            except Exception as err:  # noqa: BLE001 - collected and asserted below
+                errors.append(repr(err))
+        done.set()
+
+    def measure() -> None:
+        while not done.is_set():
+            try:
+                assert clf.token_lengths(texts[:4]) == clf.token_lengths(texts)[:4]
+            except Exception as err:  # noqa: BLE001
+                errors.append(repr(err))
+
+    threads = [threading.Thread(target=predict), threading.Thread(target=measure), threading.Thread(target=measure)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
