@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -198,6 +197,7 @@ def main(seconds: Annotated[float, Option(help="load per mode and concurrency le
     import ray
 
     from pipelines.config import Params
+    from pipelines.io import free_port
     from serving.app import build, run_local, stop_local
 
     conc = [int(c) for c in levels.split(",")]
@@ -216,9 +216,7 @@ def main(seconds: Annotated[float, Option(help="load per mode and concurrency le
 
     params = Params(mlflow=cfg)
     (tmp / "params.yaml").write_text(json.dumps({"mlflow": cfg.model_dump()}))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = params.serve.port = sock.getsockname()[1]
+    port = params.serve.port = free_port()
     base_args = {"params": str(tmp / "params.yaml"), "project_dir": str(HERE), "watch_interval_s": 0,
                  "log_dir": str(tmp / "production"), "max_batch_size": max_batch_size,
                  "max_ongoing_requests": max(256, 2 * max(conc)), "max_queue": 4096, "torch_threads": torch_threads,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,12 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pipelines.errors import PipelineError
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from pipelines.io import free_port
 
 
 def server_env(home: Path, api_url: str | None = None) -> dict[str, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from datetime import datetime, timezone
 import pandas as pd
 
 from pipelines.config import DataConfig, GenerateConfig, IngestConfig, Params
+from pipelines.io import free_port
 
 
 def period(n: int, seed: int, drift: bool) -> pd.DataFrame:
@@ -37,9 +37,7 @@ class Sender:
     def _start(self, wait_s: float) -> None:
         import requests
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         self.proc = subprocess.Popen([sys.executable, "-m", "serving.app", "--params", "params.yaml", "--port", str(port)],
                                      stdout=open("serve.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
         self.url, deadline = f"http://127.0.0.1:{port}", time.time() + wait_s

@@ -77,3 +77,12 @@ def tool(name: str) -> str:
     import sys
 
     return shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name) or name
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for local servers started by tools and tests)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

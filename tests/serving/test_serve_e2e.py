@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import re
-import socket
 import time
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 import requests
 
 from pipelines.config import Params
+from pipelines.io import free_port
 from pipelines.tracking import Registry
 from serving.prediction_log import FEEDBACK, PREDICTIONS, read_log
 
@@ -22,12 +22,6 @@ from ray import serve  # noqa: E402
 from serving.app import build, run_local  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Served:
@@ -51,7 +45,7 @@ def server(tiny_registry, tmp_path_factory):
     mp.delenv("TICKETOPS_API_KEY", raising=False)
     params = Params(mlflow=tiny_registry.mlflow)
     params.serve = params.serve.model_copy(update=dict(
-        port=_free_port(), log_dir=str(tmp / "production"), watch_interval_s=0.5, log_flush_s=1.0,
+        port=free_port(), log_dir=str(tmp / "production"), watch_interval_s=0.5, log_flush_s=1.0,
         max_batch_size=16, max_texts_per_request=8))
     overrides = params.serve.model_dump()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -15,7 +15,7 @@ import pytest
 import requests
 import yaml
 
-from flows.local import free_port
+from pipelines.io import free_port
 from serving.prediction_log import PREDICTIONS, read_log
 
 pytestmark = pytest.mark.slow
