@@ -1,7 +1,7 @@
 """Serving benchmark: continuous batching vs @serve.batch vs unbatched vs the offline limit, one run, one table.
 
     python -m benchmarks.serving [--seconds 6] [--rounds 3] [--levels 1,8,32,64] [--ingress direct|proxy]
-                                 [--data-params my-data.yaml]
+                                 [--data-params my-data.yaml] [--replicas N (with --ingress proxy)]
 
 The model is the LoRA transformer (MiniLM-L6 base) behind the common pyfunc, registered
 as champion in a temporary MLflow registry: an *untrained* adapter by default (the same
@@ -179,6 +179,7 @@ def main(seconds: Annotated[float, Option(help="load per mode and concurrency le
          offline_texts: Annotated[int, Option(help="texts in each offline (a) measurement")] = 384,
          ingress: Annotated[str, Option(help="direct (each replica's own port) or proxy (Ray's HTTP proxy)")] = "direct",
          rounds: Annotated[int, Option(help="interleaved rounds per mode and level")] = 3,
+         replicas: Annotated[int, Option(help="replicas per mode (above 1 needs --ingress proxy)")] = 1,
          data_params: Annotated[Path | None, Option(help="a params file whose data: section names the texts "
                                                          "(default: the pipeline's data)")] = None) -> None:
     """Run (a)-(d) and print texts/s, p50/p99 and the ratios (d)/(a), (d)/(b), (d)/(c).
@@ -188,6 +189,8 @@ def main(seconds: Annotated[float, Option(help="load per mode and concurrency le
     """
     if ingress not in ("direct", "proxy"):
         raise SystemExit(f"--ingress must be direct or proxy, not {ingress!r}")
+    if replicas > 1 and ingress == "direct":
+        raise SystemExit("--replicas above 1 needs --ingress proxy (direct ingress reaches one replica's port)")
     if ingress == "direct":  # read when Ray's processes import ray.serve: set before ray.init
         os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
         os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")  # quick teardown
@@ -220,6 +223,7 @@ def main(seconds: Annotated[float, Option(help="load per mode and concurrency le
     base_args = {"params": str(tmp / "params.yaml"), "project_dir": str(HERE), "watch_interval_s": 0,
                  "log_dir": str(tmp / "production"), "max_batch_size": max_batch_size,
                  "max_ongoing_requests": max(256, 2 * max(conc)), "max_queue": 4096, "torch_threads": torch_threads,
+                 "num_replicas": replicas,
                  "port": port}
     client = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -237,7 +241,7 @@ def main(seconds: Annotated[float, Option(help="load per mode and concurrency le
         modes = {"b": {"batching": "none"}, "d": {"batching": "continuous"}}
         modes.update({f"c{w:g}": {"batching": "serve_batch", "serve_batch_wait_ms": w}
                       for w in [float(x) for x in waits_ms.split(",")]})
-        urls = {m: run_local(params, build({**base_args, "replica_cpus": 0.25, **kw}), wait_ready_s=300,
+        urls = {m: run_local(params, build({**base_args, "replica_cpus": 0.25 / replicas, **kw}), wait_ready_s=300,
                              name=f"bench-{m}", route_prefix=f"/{m}") for m, kw in modes.items()}
         if ingress == "direct":
             urls = {m: direct_url(u) for m, u in urls.items()}
