@@ -65,11 +65,9 @@ def make_repo(dst: Path, extra: tuple[str, ...] = ()) -> Path:
 
 def train_period_a() -> None:
     """``dvc repro`` in the demo repository (the current directory): period A only, champion registered."""
-    from pipelines.errors import PipelineError
+    from monitoring.feedback import run_checked
 
-    r = subprocess.run([tool("dvc"), "repro"], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise PipelineError(f"dvc repro failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    run_checked([tool("dvc"), "repro"], Path.cwd())
 
 
 def main(

@@ -59,7 +59,8 @@ def write_snapshot(rows: pd.DataFrame, snapshots_dir: Path, now: datetime | None
     return path
 
 
-def _run(cmd: list[str], cwd: Path, runner: Runner) -> subprocess.CompletedProcess:
+def run_checked(cmd: list[str], cwd: Path, runner: Runner = subprocess.run) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in ``cwd``; a non-zero exit is a PipelineError carrying the tail of its output."""
     r = runner(cmd, cwd=str(cwd), capture_output=True, text=True)
     if r.returncode != 0:
         raise PipelineError(f"`{' '.join(cmd)}` failed (exit {r.returncode}):\n{(r.stdout or '')[-2000:]}{(r.stderr or '')[-2000:]}")
@@ -68,7 +69,7 @@ def _run(cmd: list[str], cwd: Path, runner: Runner) -> subprocess.CompletedProce
 
 def dvc_add(path: Path, repo: Path, runner: Runner = subprocess.run) -> Path:
     """``dvc add`` the snapshot (its own ``.dvc`` file); return the ``.dvc`` path."""
-    _run([tool("dvc"), "add", str(Path(path).resolve().relative_to(Path(repo).resolve()))], repo, runner)
+    run_checked([tool("dvc"), "add", str(Path(path).resolve().relative_to(Path(repo).resolve()))], repo, runner)
     return Path(str(path) + ".dvc")
 
 
@@ -84,7 +85,7 @@ def retrain(repo: Path, snapshot: Path, *, params_file: str = "params.yaml", rea
     from pipelines.config import load_params
 
     repo = Path(repo)
-    _run([tool("dvc"), "repro"], repo, runner)
+    run_checked([tool("dvc"), "repro"], repo, runner)
     decision_path = repo / "reports" / "promotion.json"
     decision = json.loads(decision_path.read_text(encoding="utf-8")) if decision_path.is_file() else {}
     version = decision.get("challenger_version")

@@ -92,15 +92,15 @@ class PyfuncTextClassifier:
         if "classes" not in meta:
             raise ValueError(f"{uri}: model metadata has no 'classes'; was it logged with pipelines.pyfunc.log_classifier?")
         self.classes = [str(c) for c in meta["classes"]]
+        try:
+            inner = model.unwrap_python_model().classifier
+        except Exception:  # noqa: BLE001 - not one of our python models: no tokenizer to ask
+            inner = None
+        self._measure = getattr(inner, "token_lengths", None)  # resolved once: it is asked on every request
 
     def token_lengths(self, texts: list[str]) -> list[int] | None:
         """Each text's length in the model's own tokens, if the model has tokens (a transformer), else None."""
-        try:
-            inner = self.model.unwrap_python_model().classifier
-        except Exception:  # noqa: BLE001 - not one of our python models: no tokenizer to ask
-            return None
-        measure = getattr(inner, "token_lengths", None)
-        return measure(texts) if measure is not None else None
+        return self._measure(texts) if self._measure is not None else None
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         if not len(texts):
