@@ -51,9 +51,12 @@ class TransformerClassifier:
             tok = self._per_thread.tokenizer = copy.deepcopy(self.tokenizer)
         return tok
 
+    def _encode(self, texts: list[str]):  # noqa: ANN202 - a BatchEncoding of unpadded lists
+        return self._tokenizer()(list(texts), truncation=True, max_length=self.max_length)
+
     def token_lengths(self, texts: list[str]) -> list[int]:
         """Each text's length in tokens as the model sees it (special tokens in, truncation applied)."""
-        return [len(ids) for ids in self._tokenizer()(list(texts), truncation=True, max_length=self.max_length)["input_ids"]]
+        return [len(ids) for ids in self._encode(texts)["input_ids"]]
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -62,12 +65,12 @@ class TransformerClassifier:
         out = np.zeros((len(texts), len(self.classes)), dtype=np.float64)
         if not texts:
             return out
-        order = np.argsort(self.token_lengths(texts), kind="stable")  # by token length: batches pad little
+        encoded = self._encode(texts)  # tokenized once; each batch is only padded
+        order = np.argsort([len(ids) for ids in encoded["input_ids"]], kind="stable")  # by length: batches pad little
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
                 idx = order[start:start + self.batch_size]
-                enc = self._tokenizer()([texts[i] for i in idx], truncation=True, max_length=self.max_length,
-                                        padding=True, return_tensors="pt")
+                enc = self._tokenizer().pad({k: [v[i] for i in idx] for k, v in encoded.items()}, return_tensors="pt")
                 logits = self.model(**enc).logits.float()
                 out[idx] = torch.softmax(logits, dim=-1).numpy()
         return out
