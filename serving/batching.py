@@ -82,7 +82,8 @@ class ContinuousBatcher:
 
     def __init__(self, *, max_batch_size: int = 32, max_batch_tokens: int = 4096, max_queue: int = 512,
                  cost: Callable[[str], int] = approx_tokens,
-                 on_batch: Callable[[int, float], None] | None = None) -> None:
+                 on_batch: Callable[[int, float, int, int], None] | None = None) -> None:
+        """``on_batch(texts, seconds, tokens, padded_tokens)`` after every step (metrics)."""
         self.max_batch_size, self.max_batch_tokens, self.max_queue = max_batch_size, max_batch_tokens, max_queue
         self.cost, self.on_batch = cost, on_batch
         self._pending: list[_Item] = []
@@ -188,7 +189,8 @@ class ContinuousBatcher:
             return
         finally:
             if self.on_batch is not None:
-                self.on_batch(len(batch), elapsed)
+                lengths = [it.tokens for it in batch]
+                self.on_batch(len(batch), elapsed, sum(lengths), len(batch) * max(lengths))
         for i, it in enumerate(batch):
             if not it.future.done():
                 it.future.set_result(ItemResult(proba[i], batch[0].model, len(batch)))

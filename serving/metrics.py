@@ -27,6 +27,8 @@ class ServiceMetrics:
         self.batch_size = Histogram("ticketops_batch_size", "Texts per model call", buckets=BATCH_BUCKETS, registry=r)
         self.batch_seconds = Histogram("ticketops_batch_seconds", "Duration of one model call",
                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_tokens = Counter("ticketops_batch_tokens_total", "Tokens of the texts in model calls (continuous "
+                                    "batching; real/padded = padding efficiency)", ["kind"], registry=r)
         self.queue_depth = Gauge("ticketops_queue_depth", "Texts waiting for the model", registry=r)
         self.model_version = Gauge("ticketops_model_version", "Registry version being served (0: none)", registry=r)
         self.model_info = Gauge("ticketops_model_info", "1 for the model being served", ["model", "version"],
@@ -38,9 +40,14 @@ class ServiceMetrics:
     def watch_queue(self, depth: Callable[[], int]) -> None:
         self.queue_depth.set_function(lambda: float(depth()))
 
-    def observe_batch(self, size: int, seconds: float) -> None:
+    def observe_batch(self, size: int, seconds: float, tokens: int | None = None, padded: int | None = None) -> None:
+        """One model call of ``size`` texts; ``tokens`` (their lengths summed) and ``padded`` (size x longest)
+        when the runner knows them, so ``rate(real) / rate(padded)`` shows how much of the compute padding takes."""
         self.batch_size.observe(size)
         self.batch_seconds.observe(seconds)
+        if tokens is not None and padded is not None:
+            self.batch_tokens.labels(kind="real").inc(tokens)
+            self.batch_tokens.labels(kind="padded").inc(padded)
 
     def set_model(self, name: str, version: str) -> None:
         self.model_info.clear()

@@ -7,6 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.api import build_app
+from serving.batching import approx_tokens
 from serving.model_source import ChampionSource
 from serving.prediction_log import FEEDBACK, PREDICTIONS, read_log, text_hash
 from serving.service import ClassifierService
@@ -94,6 +95,9 @@ def test_metrics_and_log_rows(client, tiny_registry) -> None:
                  "ticketops_batch_size_bucket", "ticketops_queue_depth", "ticketops_model_version"]:
         assert name in m.text
     assert f'ticketops_model_info{{model="tiny-router",version="{tiny_registry.versions[0]}"}} 1.0' in m.text
+    n = [approx_tokens(t) for t in texts]  # a scikit-learn model has no tokenizer: the budget's estimate
+    assert f'ticketops_batch_tokens_total{{kind="real"}} {float(sum(n))}' in m.text  # one step, both texts
+    assert f'ticketops_batch_tokens_total{{kind="padded"}} {float(2 * max(n))}' in m.text
     client.__exit__(None, None, None)  # graceful shutdown flushes the log
     preds = read_log(client.log_dir, PREDICTIONS)
     mine = preds[preds.request_id == body["request_id"]].sort_values("item")

@@ -62,7 +62,7 @@ def test_next_step_starts_before_the_finished_step_is_answered() -> None:
     waiting_at_delivery: list[int] = []
 
     async def go():
-        b = ContinuousBatcher(max_batch_size=32, on_batch=lambda n, dt: waiting_at_delivery.append(b.depth()))
+        b = ContinuousBatcher(max_batch_size=32, on_batch=lambda *_: waiting_at_delivery.append(b.depth()))
         await b.start()
         first = asyncio.create_task(b.submit(["a"], model))
         await asyncio.sleep(0.05)
@@ -121,9 +121,11 @@ class TokenModel(SlowModel):
 def test_the_budget_counts_the_models_own_tokens_when_it_offers_them() -> None:
     model = TokenModel(delay=0.01)
     texts = [f"{'L' if i % 2 else 's'}{i:02d}" for i in range(24)]  # all 3 characters: approx_tokens 2
+    reported: list[tuple[int, int, int]] = []
 
     async def go():
-        b = ContinuousBatcher(max_batch_size=8, max_batch_tokens=300)
+        b = ContinuousBatcher(max_batch_size=8, max_batch_tokens=300,
+                              on_batch=lambda n, _s, tokens, padded: reported.append((n, tokens, padded)))
         await b.start()
         await asyncio.gather(b.submit(["warm"], model), *(b.submit([t], model) for t in texts))
         await b.stop()
@@ -134,6 +136,9 @@ def test_the_budget_counts_the_models_own_tokens_when_it_offers_them() -> None:
     for batch in batches:  # by the character estimate all 8 would fit; by the model's tokens at most 3 long ones
         assert max(model.token_lengths(batch)) * len(batch) <= 300, batch
     assert any(len(b) == 8 for b in batches)  # the short ones still fill a batch
+    # the metrics hook gets each step's real and padded tokens, in the model's counts
+    lengths = [model.token_lengths(b) for b in batches]
+    assert reported == [(len(n), sum(n), len(n) * max(n)) for n in lengths]
 
 
 def test_length_grouping_keeps_padding_small() -> None:
