@@ -17,6 +17,11 @@ each level bounded by time and split into rounds that alternate the modes.
 (b) serve.batching=none  (c) serve.batching=serve_batch at its best wait (picked at concurrency 32)
 (d) serve.batching=continuous (ours)
 
+After the table it prints the padding (real / padded tokens) of (d) as served (the replica's
+``ticketops_batch_tokens_total``) and, offline, of the same in-flight texts batched as they come,
+grouped by ``select_batch`` and sorted: the throughput of those plans against arrival order is
+about the most (d)/(c) can gain from length grouping on these texts at each concurrency.
+
 ``--ingress direct`` (the default) starts Ray with ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``: each
 app's replica also listens on its own port (Ray Serve's direct ingress) and the client
 talks to it there, so no proxy actor sits on the path; ``--ingress proxy`` measures the
@@ -104,6 +109,66 @@ def offline(clf, texts: list[str]) -> dict:
     clf.predict_proba(texts)  # the transformer sorts by length and runs batches of 32
     dt = time.perf_counter() - t0
     return {"tps": len(texts) / dt, "p50": float("nan"), "p99": float("nan"), "n": len(texts), "fail": 0}
+
+
+def grouping_ceiling(clf, texts: list[str], concurrency: int, batch_size: int, budget: int,
+                     min_texts: int = 256, repeats: int = 3) -> dict:
+    """What length grouping alone can buy at this concurrency, offline (no server, no HTTP).
+
+    Draws of ``concurrency`` texts (all a closed loop has in flight; at least ``min_texts`` in all) are run
+    (i) "arrival": in arrival order in batches of ``batch_size`` (what a full ``@serve.batch`` forms),
+    (ii) "grouped": split by the continuous batcher's own ``select_batch`` with the same token budget, as if
+    all were waiting at once, (iii) "sorted": sorted by length and cut into batches of 8 (near-ideal grouping).
+    Plans alternate over ``repeats`` rounds. Throughput ratios to (i) are about the most (d)/(c) can get from
+    padding; with HTTP, the event loop and the client on the same cores it gets less."""
+    from types import SimpleNamespace
+
+    from serving.batching import select_batch
+
+    rng = np.random.default_rng(concurrency)
+    sets = -(-min_texts // concurrency)
+    plans: dict[str, list[list[int]]] = {"arrival": [], "grouped": [], "sorted": []}  # batches of token lengths' idx
+    all_texts: list[str] = []
+    for _ in range(sets):
+        draw = [texts[i] for i in rng.choice(len(texts), concurrency, replace=False)]
+        first = len(all_texts)
+        all_texts += draw
+        idx = list(range(first, first + concurrency))
+        plans["arrival"] += [idx[s:s + batch_size] for s in range(0, concurrency, batch_size)]
+        lengths = clf.token_lengths(draw)
+        by_len = sorted(idx, key=lambda i: lengths[i - first])
+        plans["sorted"] += [by_len[s:s + 8] for s in range(0, concurrency, 8)]
+        pending = [SimpleNamespace(tokens=lengths[i - first], model=None, seq=i) for i in idx]
+        while pending:
+            batch = select_batch(pending, batch_size, budget)
+            plans["grouped"].append([it.seq for it in batch])
+            pending = [it for it in pending if all(it is not b for b in batch)]
+    lengths = clf.token_lengths(all_texts)
+    seconds = dict.fromkeys(plans, 0.0)
+    for _ in range(repeats):
+        for name, batches in plans.items():
+            t0 = time.perf_counter()
+            for batch in batches:
+                clf.predict_proba([all_texts[i] for i in batch])
+            seconds[name] += time.perf_counter() - t0
+    out = {f"eff_{name}": sum(lengths) / sum(len(b) * max(lengths[i] for i in b) for b in batches)
+           for name, batches in plans.items()}
+    out.update({f"ratio_{name}": seconds["arrival"] / seconds[name] for name in ("grouped", "sorted")})
+    return out
+
+
+def padding_counts(url: str) -> tuple[float, float]:
+    """The replica's ``ticketops_batch_tokens_total`` (real, padded) so far."""
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts = {"real": 0.0, "padded": 0.0}
+    for fam in text_string_to_metric_families(requests.get(f"{url}/metrics", timeout=10).text):
+        if fam.name == "ticketops_batch_tokens":
+            for sample in fam.samples:
+                if sample.name.endswith("_total"):
+                    counts[sample.labels["kind"]] = sample.value
+    return counts["real"], counts["padded"]
 
 
 async def load(url: str, texts: list[str], concurrency: int, seconds: float) -> dict:
@@ -216,6 +281,7 @@ def main(seconds: Annotated[float, Option(help="load per mode and concurrency le
     clf = reg.load("@champion")  # the registered pyfunc, as the replicas load it (same numerics)
     clf.predict_proba(texts[:32])
     results: dict[str, dict[int, dict]] = {"a offline": {}}
+    ceilings: dict[int, dict] = {}
 
     params = Params(mlflow=cfg)
     (tmp / "params.yaml").write_text(json.dumps({"mlflow": cfg.model_dump()}))
@@ -256,16 +322,20 @@ def main(seconds: Annotated[float, Option(help="load per mode and concurrency le
             results[key] = {}
         for c in conc:
             results["a offline"][c] = offline(clf, texts[:offline_texts])  # interleaved too
+            ceilings[c] = grouping_ceiling(clf, texts, c, max_batch_size, params.serve.max_batch_tokens)
+            before = padding_counts(urls["d"])
             for m, r in measure({m: urls[m] for m in keys}, c).items():
                 results[keys[m]][c] = r
+            after = padding_counts(urls["d"])
+            results["d continuous"][c]["eff"] = (after[0] - before[0]) / max(after[1] - before[1], 1.0)
             print(f"concurrency {c} done", flush=True)
     finally:
         client.shutdown()
         stop_local()
-    print_table(results, conc)
+    print_table(results, conc, ceilings)
 
 
-def print_table(results: dict[str, dict[int, dict]], conc: list[int]) -> None:
+def print_table(results: dict[str, dict[int, dict]], conc: list[int], ceilings: dict[int, dict] | None = None) -> None:
     print()
     print(f"{'mode':<22}" + "".join(f"{'c=' + str(c):>26}" for c in conc))
     print(f"{'':<22}" + "".join(f"{'texts/s  p50ms  p99ms':>26}" for _ in conc))
@@ -281,6 +351,19 @@ def print_table(results: dict[str, dict[int, dict]], conc: list[int]) -> None:
                                                          for c in conc))
     b = results[keys[1]]
     print("(d)/(b) p50 latency   " + "  ".join(f"c={c}: {_ratio(d[c]['p50'], b[c]['p50'])}" for c in conc))
+    if ceilings:
+        print()
+        print("Padding (real tokens / padded tokens the model computed):")
+        print("(d) served            " + "  ".join(f"c={c}: {d[c].get('eff', float('nan')):.2f}" for c in conc))
+        print("offline, in arrival   " + "  ".join(f"c={c}: {ceilings[c]['eff_arrival']:.2f}" for c in conc)
+              + "   (c texts in batches of up to 32 as they come: what @serve.batch forms)")
+        print("offline, grouped      " + "  ".join(f"c={c}: {ceilings[c]['eff_grouped']:.2f}" for c in conc)
+              + "   (the c texts split by select_batch, as if all waited at once)")
+        print("offline, sorted in 8s " + "  ".join(f"c={c}: {ceilings[c]['eff_sorted']:.2f}" for c in conc)
+              + "   (near-ideal grouping)")
+        print("Offline texts/s over arrival order (about the most (d)/(c) can get from padding):")
+        print("grouped               " + "  ".join(f"c={c}: {ceilings[c]['ratio_grouped']:.2f}" for c in conc))
+        print("sorted in 8s          " + "  ".join(f"c={c}: {ceilings[c]['ratio_sorted']:.2f}" for c in conc))
 
 
 def _ratio(x: float, y: float) -> str:
