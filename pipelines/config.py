@@ -259,6 +259,8 @@ class ServeConfig(Section):
     )
     max_batch_size: int = Field(32, ge=1, le=4096, description="texts per model call")
     max_batch_tokens: int = Field(768, ge=1, description="padded-token budget per model call (len x longest)")
+    min_row_fill: float = Field(0.5, ge=0.0, le=1.0, description="a text joins a batch only if each row stays at least "
+                                "this share real tokens (0: off); the rest wait for a batch of their length")
     serve_batch_wait_ms: float = Field(5.0, ge=0.0, description="@serve.batch wait timeout (batching: serve_batch)")
     max_queue: int = Field(512, ge=1, description="texts waiting per replica; beyond it requests get 429")
     retry_after_s: int = Field(1, ge=1, description="Retry-After header on 429")

@@ -3,8 +3,10 @@
 Requests put their texts into one pending list; a single loop runs the model back to
 back. Each step starts from the oldest waiting text (so nothing starves) and adds the
 waiting texts closest to it in length, while the batch fits ``max_batch_size`` and a
-padded-token budget (``len(batch) x longest text``, the cost a transformer pays).
-Texts that arrive while a step computes join the next step: there is no waiting
+padded-token budget (``len(batch) x longest text``, the cost a transformer pays),
+and while every row stays at least ``min_row_fill`` real tokens (a text far shorter
+than the batch's longest waits for a step of its own length instead of padding a
+long row; with a long-tailed length mix this is most of the padding). Texts that arrive while a step computes join the next step: there is no waiting
 window. The model call runs in a one-thread executor, so the event loop keeps
 accepting requests; when a step ends, the next one starts before the finished
 step's answers are delivered, so the model does not sit idle while they are sent.
@@ -60,18 +62,23 @@ class _Item:
     future: asyncio.Future = field(repr=False)
 
 
-def select_batch(pending: Sequence[_Item], max_batch_size: int, max_batch_tokens: int) -> list[_Item]:
-    """The oldest item plus the same-model items nearest to it in length, within size and padded-token budget."""
+def select_batch(pending: Sequence[_Item], max_batch_size: int, max_batch_tokens: int,
+                 min_row_fill: float = 0.0) -> list[_Item]:
+    """The oldest item plus the same-model items nearest to it in length, within size and padded-token budget,
+    and (``min_row_fill``) only while the batch's shortest text fills that share of the longest."""
     anchor = min(pending, key=lambda it: it.seq)
     same = [it for it in pending if it.model is anchor.model and it is not anchor]
     same.sort(key=lambda it: (abs(it.tokens - anchor.tokens), it.seq))
-    batch, longest = [anchor], anchor.tokens
+    batch, longest, shortest = [anchor], anchor.tokens, anchor.tokens
     for it in same:
         if len(batch) >= max_batch_size:
             break
         new_longest = max(longest, it.tokens)
         if new_longest * (len(batch) + 1) > max_batch_tokens:
             continue  # a shorter one further down may still fit
+        if min(shortest, it.tokens) < min_row_fill * new_longest:
+            continue
+        shortest = min(shortest, it.tokens)
         batch.append(it)
         longest = new_longest
     return batch
@@ -81,11 +88,11 @@ class ContinuousBatcher:
     """Queue + one model loop. ``await submit(texts, model)`` returns one :class:`ItemResult` per text."""
 
     def __init__(self, *, max_batch_size: int = 32, max_batch_tokens: int = 4096, max_queue: int = 512,
-                 cost: Callable[[str], int] = approx_tokens,
+                 min_row_fill: float = 0.5, cost: Callable[[str], int] = approx_tokens,
                  on_batch: Callable[[int, float, int, int], None] | None = None) -> None:
         """``on_batch(texts, seconds, tokens, padded_tokens)`` after every step (metrics)."""
         self.max_batch_size, self.max_batch_tokens, self.max_queue = max_batch_size, max_batch_tokens, max_queue
-        self.cost, self.on_batch = cost, on_batch
+        self.cost, self.on_batch, self.min_row_fill = cost, on_batch, min_row_fill
         self._pending: list[_Item] = []
         self._seq = itertools.count()
         self._wakeup: asyncio.Event | None = None
@@ -167,7 +174,7 @@ class ContinuousBatcher:
     def _dispatch(self) -> "_Step":
         """Take the next batch off the queue and start the model on it (in the model thread)."""
         self._drop_cancelled()
-        batch = select_batch(self._pending, self.max_batch_size, self.max_batch_tokens)
+        batch = select_batch(self._pending, self.max_batch_size, self.max_batch_tokens, self.min_row_fill)
         taken = set(map(id, batch))
         self._pending = [it for it in self._pending if id(it) not in taken]
         model = batch[0].model

@@ -56,7 +56,7 @@ def make_runner(cfg: ServeConfig, metrics: ServiceMetrics) -> Runner:
     """The runner named by ``serve.batching`` (``serve_batch`` lives in serving.app: it needs Ray)."""
     if cfg.batching == "continuous":
         return ContinuousBatcher(max_batch_size=cfg.max_batch_size, max_batch_tokens=cfg.max_batch_tokens,
-                                 max_queue=cfg.max_queue, on_batch=metrics.observe_batch)
+                                 min_row_fill=cfg.min_row_fill, max_queue=cfg.max_queue, on_batch=metrics.observe_batch)
     if cfg.batching == "none":
         return DirectRunner(max_queue=cfg.max_queue, on_batch=metrics.observe_batch)
     raise ValueError(f"serve.batching={cfg.batching!r} needs a runner from serving.app")

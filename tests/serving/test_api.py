@@ -96,8 +96,9 @@ def test_metrics_and_log_rows(client, tiny_registry) -> None:
         assert name in m.text
     assert f'ticketops_model_info{{model="tiny-router",version="{tiny_registry.versions[0]}"}} 1.0' in m.text
     n = [approx_tokens(t) for t in texts]  # a scikit-learn model has no tokenizer: the budget's estimate
-    assert f'ticketops_batch_tokens_total{{kind="real"}} {float(sum(n))}' in m.text  # one step, both texts
-    assert f'ticketops_batch_tokens_total{{kind="padded"}} {float(2 * max(n))}' in m.text
+    assert n == [12, 5]  # 5 < half of 12: min_row_fill runs them in two steps of one text, nothing padded
+    assert f'ticketops_batch_tokens_total{{kind="real"}} {float(sum(n))}' in m.text
+    assert f'ticketops_batch_tokens_total{{kind="padded"}} {float(sum(n))}' in m.text
     client.__exit__(None, None, None)  # graceful shutdown flushes the log
     preds = read_log(client.log_dir, PREDICTIONS)
     mine = preds[preds.request_id == body["request_id"]].sort_values("item")

@@ -6,10 +6,12 @@ import asyncio
 import threading
 import time
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
-from serving.batching import ContinuousBatcher, DirectRunner, QueueFull, approx_tokens
+from serving.batching import ContinuousBatcher, DirectRunner, QueueFull, approx_tokens, select_batch
 
 
 class SlowModel:
@@ -255,3 +257,39 @@ def test_direct_runner_is_one_call_per_request() -> None:
 
     res = run(go())
     assert sorted(map(len, model.batches)) == [1, 2] and res[0][0].batch_size == 2
+
+
+def _pending(lengths: list[int]) -> list:
+    model = object()
+    return [SimpleNamespace(tokens=n, model=model, seq=i) for i, n in enumerate(lengths)]
+
+
+def test_min_row_fill_keeps_short_texts_out_of_long_rows() -> None:
+    pending = _pending([100, 40, 90, 45, 95, 51])  # the first is the oldest: it anchors the step
+    lengths = lambda batch: sorted(it.tokens for it in batch)  # noqa: E731
+    assert lengths(select_batch(pending, 32, 10_000, 0.0)) == [40, 45, 51, 90, 95, 100]
+    assert lengths(select_batch(pending, 32, 10_000, 0.5)) == [51, 90, 95, 100]  # 40 and 45 would be under half
+    # the rule holds against the batch's longest as it grows, not only against the anchor
+    assert lengths(select_batch(_pending([60, 33, 64, 100]), 32, 10_000, 0.5)) == [33, 60, 64]  # 100: 33 < 50
+    # the oldest text is always served, however it compares with the others
+    assert lengths(select_batch(_pending([10, 100, 90]), 32, 10_000, 0.5)) == [10]
+
+
+def test_min_row_fill_raises_the_padding_efficiency_of_a_long_tailed_mix() -> None:
+    """32 closed-loop clients with SMS-like lengths (many short, a long tail): each step's texts come back as new ones."""
+
+    def efficiency(fill: float, steps: int = 300) -> float:
+        rng = np.random.default_rng(0)
+        draw = lambda: int(np.clip(rng.lognormal(3.0, 0.8), 5, 200))  # noqa: E731
+        pending, real, padded = _pending([draw() for _ in range(32)]), 0, 0
+        model, seq = pending[0].model, 32
+        for _ in range(steps):
+            batch = select_batch(pending, 32, 768, fill)
+            real += sum(it.tokens for it in batch)
+            padded += len(batch) * max(it.tokens for it in batch)
+            pending = [it for it in pending if all(it is not b for b in batch)]
+            pending += [SimpleNamespace(tokens=draw(), model=model, seq=seq + i) for i in range(len(batch))]
+            seq += len(batch)
+        return real / padded
+
+    assert efficiency(0.5) > efficiency(0.0) + 0.1  # measured 0.76 against 0.61
