@@ -111,13 +111,13 @@ def offline(clf, texts: list[str]) -> dict:
     return {"tps": len(texts) / dt, "p50": float("nan"), "p99": float("nan"), "n": len(texts), "fail": 0}
 
 
-def grouping_ceiling(clf, texts: list[str], concurrency: int, batch_size: int, budget: int,
+def grouping_ceiling(clf, texts: list[str], concurrency: int, batch_size: int, budget: int, min_row_fill: float,
                      min_texts: int = 256, repeats: int = 3) -> dict:
     """What length grouping alone can buy at this concurrency, offline (no server, no HTTP).
 
     Draws of ``concurrency`` texts (all a closed loop has in flight; at least ``min_texts`` in all) are run
     (i) "arrival": in arrival order in batches of ``batch_size`` (what a full ``@serve.batch`` forms),
-    (ii) "grouped": split by the continuous batcher's own ``select_batch`` with the same token budget, as if
+    (ii) "grouped": split by the continuous batcher's own ``select_batch`` with the same budget and row fill, as if
     all were waiting at once, (iii) "sorted": sorted by length and cut into batches of 8 (near-ideal grouping).
     Plans alternate over ``repeats`` rounds. Throughput ratios to (i) are about the most (d)/(c) can get from
     padding; with HTTP, the event loop and the client on the same cores it gets less."""
@@ -140,7 +140,7 @@ def grouping_ceiling(clf, texts: list[str], concurrency: int, batch_size: int, b
         plans["sorted"] += [by_len[s:s + 8] for s in range(0, concurrency, 8)]
         pending = [SimpleNamespace(tokens=lengths[i - first], model=None, seq=i) for i in idx]
         while pending:
-            batch = select_batch(pending, batch_size, budget)
+            batch = select_batch(pending, batch_size, budget, min_row_fill)
             plans["grouped"].append([it.seq for it in batch])
             pending = [it for it in pending if all(it is not b for b in batch)]
     lengths = clf.token_lengths(all_texts)
@@ -322,7 +322,8 @@ def main(seconds: Annotated[float, Option(help="load per mode and concurrency le
             results[key] = {}
         for c in conc:
             results["a offline"][c] = offline(clf, texts[:offline_texts])  # interleaved too
-            ceilings[c] = grouping_ceiling(clf, texts, c, max_batch_size, params.serve.max_batch_tokens)
+            ceilings[c] = grouping_ceiling(clf, texts, c, max_batch_size, params.serve.max_batch_tokens,
+                                           params.serve.min_row_fill)
             before = padding_counts(urls["d"])
             for m, r in measure({m: urls[m] for m in keys}, c).items():
                 results[keys[m]][c] = r
