@@ -6,8 +6,9 @@ waiting texts closest to it in length, while the batch fits ``max_batch_size`` a
 padded-token budget (``len(batch) x longest text``, the cost a transformer pays),
 and while every row stays at least ``min_row_fill`` real tokens (a text far shorter
 than the batch's longest waits for a step of its own length instead of padding a
-long row; with a long-tailed length mix this is most of the padding). Texts that arrive while a step computes join the next step: there is no waiting
-window. The model call runs in a one-thread executor, so the event loop keeps
+long row; with a long-tailed length mix this is most of the padding). Texts that
+arrive while a step computes join the next step: there is no waiting window.
+The model call runs in a one-thread executor, so the event loop keeps
 accepting requests; when a step ends, the next one starts before the finished
 step's answers are delivered, so the model does not sit idle while they are sent.
 Every text is pinned to the model it was submitted with, so a hot swap never mixes
