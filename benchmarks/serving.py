@@ -127,23 +127,20 @@ def grouping_ceiling(clf, texts: list[str], concurrency: int, batch_size: int, b
 
     rng = np.random.default_rng(concurrency)
     sets = -(-min_texts // concurrency)
-    plans: dict[str, list[list[int]]] = {"arrival": [], "grouped": [], "sorted": []}  # batches of token lengths' idx
-    all_texts: list[str] = []
-    for _ in range(sets):
-        draw = [texts[i] for i in rng.choice(len(texts), concurrency, replace=False)]
-        first = len(all_texts)
-        all_texts += draw
+    all_texts = [texts[i] for _ in range(sets) for i in rng.choice(len(texts), concurrency, replace=False)]
+    lengths = clf.token_lengths(all_texts)
+    plans: dict[str, list[list[int]]] = {"arrival": [], "grouped": [], "sorted": []}  # each batch: indices in all_texts
+    for first in range(0, len(all_texts), concurrency):
         idx = list(range(first, first + concurrency))
         plans["arrival"] += [idx[s:s + batch_size] for s in range(0, concurrency, batch_size)]
-        lengths = clf.token_lengths(draw)
-        by_len = sorted(idx, key=lambda i: lengths[i - first])
+        by_len = sorted(idx, key=lengths.__getitem__)
         plans["sorted"] += [by_len[s:s + 8] for s in range(0, concurrency, 8)]
-        pending = [SimpleNamespace(tokens=lengths[i - first], model=None, seq=i) for i in idx]
+        pending = [SimpleNamespace(tokens=lengths[i], model=None, seq=i) for i in idx]
         while pending:
             batch = select_batch(pending, batch_size, budget, min_row_fill)
             plans["grouped"].append([it.seq for it in batch])
-            pending = [it for it in pending if all(it is not b for b in batch)]
-    lengths = clf.token_lengths(all_texts)
+            taken = {it.seq for it in batch}
+            pending = [it for it in pending if it.seq not in taken]
     seconds = dict.fromkeys(plans, 0.0)
     for _ in range(repeats):
         for name, batches in plans.items():
@@ -336,7 +333,7 @@ def main(seconds: Annotated[float, Option(help="load per mode and concurrency le
     print_table(results, conc, ceilings)
 
 
-def print_table(results: dict[str, dict[int, dict]], conc: list[int], ceilings: dict[int, dict] | None = None) -> None:
+def print_table(results: dict[str, dict[int, dict]], conc: list[int], ceilings: dict[int, dict]) -> None:
     print()
     print(f"{'mode':<22}" + "".join(f"{'c=' + str(c):>26}" for c in conc))
     print(f"{'':<22}" + "".join(f"{'texts/s  p50ms  p99ms':>26}" for _ in conc))
@@ -352,19 +349,18 @@ def print_table(results: dict[str, dict[int, dict]], conc: list[int], ceilings: 
                                                          for c in conc))
     b = results[keys[1]]
     print("(d)/(b) p50 latency   " + "  ".join(f"c={c}: {_ratio(d[c]['p50'], b[c]['p50'])}" for c in conc))
-    if ceilings:
-        print()
-        print("Padding (real tokens / padded tokens the model computed):")
-        print("(d) served            " + "  ".join(f"c={c}: {d[c].get('eff', float('nan')):.2f}" for c in conc))
-        print("offline, in arrival   " + "  ".join(f"c={c}: {ceilings[c]['eff_arrival']:.2f}" for c in conc)
-              + "   (c texts in batches of up to 32 as they come: what @serve.batch forms)")
-        print("offline, grouped      " + "  ".join(f"c={c}: {ceilings[c]['eff_grouped']:.2f}" for c in conc)
-              + "   (the c texts split by select_batch, as if all waited at once)")
-        print("offline, sorted in 8s " + "  ".join(f"c={c}: {ceilings[c]['eff_sorted']:.2f}" for c in conc)
-              + "   (near-ideal grouping)")
-        print("Offline texts/s over arrival order (about the most (d)/(c) can get from padding):")
-        print("grouped               " + "  ".join(f"c={c}: {ceilings[c]['ratio_grouped']:.2f}" for c in conc))
-        print("sorted in 8s          " + "  ".join(f"c={c}: {ceilings[c]['ratio_sorted']:.2f}" for c in conc))
+    print()
+    print("Padding (real tokens / padded tokens the model computed):")
+    print("(d) served            " + "  ".join(f"c={c}: {d[c]['eff']:.2f}" for c in conc))
+    print("offline, in arrival   " + "  ".join(f"c={c}: {ceilings[c]['eff_arrival']:.2f}" for c in conc)
+          + "   (c texts in batches of up to 32 as they come: what @serve.batch forms)")
+    print("offline, grouped      " + "  ".join(f"c={c}: {ceilings[c]['eff_grouped']:.2f}" for c in conc)
+          + "   (the c texts split by select_batch, as if all waited at once)")
+    print("offline, sorted in 8s " + "  ".join(f"c={c}: {ceilings[c]['eff_sorted']:.2f}" for c in conc)
+          + "   (near-ideal grouping)")
+    print("Offline texts/s over arrival order (about the most (d)/(c) can get from padding):")
+    print("grouped               " + "  ".join(f"c={c}: {ceilings[c]['ratio_grouped']:.2f}" for c in conc))
+    print("sorted in 8s          " + "  ".join(f"c={c}: {ceilings[c]['ratio_sorted']:.2f}" for c in conc))
 
 
 def _ratio(x: float, y: float) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-
 from types import SimpleNamespace
 
 import numpy as np
