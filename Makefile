@@ -50,7 +50,7 @@ clean: ## remove generated data, reports and caches (keeps .venv)
 # SQLite store the pipeline writes. Low-memory settings: one worker, no job execution (~500 MB).
 MLFLOW_PORT ?= 5000
 mlflow: $(STAMP) ## MLflow UI on http://127.0.0.1:5000 over the pipeline's SQLite store
-	@eval "$$($(BIN)/python -c 'from pipelines.config import load_params; from pipelines.tracking import tracking_uri; m = load_params().mlflow; print("uri=" + tracking_uri(m), "root=" + m.artifact_root)')"; \
+	@eval "$$($(BIN)/python -c 'from pipelines.config import load_params; from pipelines.registry.tracking import tracking_uri; m = load_params().mlflow; print("uri=" + tracking_uri(m), "root=" + m.artifact_root)')"; \
 	echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)  (store $$uri, artifacts $$root)"; \
 	mkdir -p "$$root"; \
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false exec mlflow server --backend-store-uri "$$uri" \

@@ -51,14 +51,18 @@ def load_texts(n: int, seed: int = 0, data_params: Path | None = None) -> list[s
     """``n`` texts sampled from the pipeline's data, or from the data set ``data_params``'s ``data:`` names."""
     if data_params is not None:
         from pipelines.config import load_params
-        from pipelines.ingest import map_columns, read_source
+        from pipelines.data.ingestion import map_columns, read_source
 
         data = load_params(data_params).data
         texts = map_columns(read_source(data), data.columns)["text"]
     else:
-        found = [p for p in (HERE / "data/processed/test.parquet", HERE / "data/interim/dataset.parquet") if p.is_file()]
+        found = [
+            p for p in (HERE / "data/processed/test.parquet", HERE / "data/interim/dataset.parquet") if p.is_file()
+        ]
         if not found:
-            raise SystemExit("no data: run `make run` first (needs data/interim/dataset.parquet), or pass --data-params")
+            raise SystemExit(
+                "no data: run `make run` first (needs data/interim/dataset.parquet), or pass --data-params"
+            )
         texts = pd.read_parquet(found[0], columns=["text"])["text"]
     texts = texts.dropna().astype(str)
     texts = texts[texts.str.strip().str.len() > 0]  # the server refuses blank texts
@@ -69,7 +73,7 @@ def describe_lengths(texts: list[str]) -> str:
     """Token-length spread under the base model's tokenizer (what length grouping has to work with)."""
     from transformers import AutoTokenizer
 
-    from pipelines.base_model import resolve_base_model
+    from pipelines.classifier.base_model import resolve_base_model
 
     n = np.array([len(ids) for ids in AutoTokenizer.from_pretrained(resolve_base_model("minilm"))(texts)["input_ids"]])
     p10, p50, p90 = np.percentile(n, [10, 50, 90])
@@ -81,19 +85,23 @@ def register_transformer(root: Path, labels: list[str], example: list[str]):
     import mlflow
     from transformers import AutoTokenizer
 
-    from pipelines.base_model import resolve_base_model
+    from pipelines.classifier.base_model import resolve_base_model
+    from pipelines.classifier.lora import build_model
+    from pipelines.classifier.transformer import TransformerClassifier, log_transformer
     from pipelines.config import FinetuneConfig, MlflowConfig
-    from pipelines.lora import build_model
-    from pipelines.tracking import Registry, setup
-    from pipelines.transformer_model import TransformerClassifier, log_transformer
+    from pipelines.registry.tracking import Registry, setup
 
     base = resolve_base_model("minilm")
     adapter = root / "adapter"
     build_model(base, labels, FinetuneConfig()).save_pretrained(str(adapter))
     AutoTokenizer.from_pretrained(base).save_pretrained(str(adapter))
     (adapter / "labels.json").write_text(json.dumps(labels))
-    cfg = MlflowConfig(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", artifact_root=str(root / "artifacts"),
-                       experiment="bench", registered_model="bench-router")
+    cfg = MlflowConfig(
+        tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+        artifact_root=str(root / "artifacts"),
+        experiment="bench",
+        registered_model="bench-router",
+    )
     os.environ["MLFLOW_TRACKING_URI"] = cfg.tracking_uri
     setup(cfg)
     clf = TransformerClassifier(adapter, base_model="minilm")
@@ -111,8 +119,16 @@ def offline(clf, texts: list[str]) -> dict:
     return {"tps": len(texts) / dt, "p50": float("nan"), "p99": float("nan"), "n": len(texts), "fail": 0}
 
 
-def grouping_ceiling(clf, texts: list[str], concurrency: int, batch_size: int, budget: int, min_row_fill: float,
-                     min_texts: int = 256, repeats: int = 3) -> dict:
+def grouping_ceiling(
+    clf,
+    texts: list[str],
+    concurrency: int,
+    batch_size: int,
+    budget: int,
+    min_row_fill: float,
+    min_texts: int = 256,
+    repeats: int = 3,
+) -> dict:
     """What length grouping alone can buy at this concurrency, offline (no server, no HTTP).
 
     Draws of ``concurrency`` texts (all a closed loop has in flight; at least ``min_texts`` in all) are run
@@ -132,9 +148,9 @@ def grouping_ceiling(clf, texts: list[str], concurrency: int, batch_size: int, b
     plans: dict[str, list[list[int]]] = {"arrival": [], "grouped": [], "sorted": []}  # each batch: indices in all_texts
     for first in range(0, len(all_texts), concurrency):
         idx = list(range(first, first + concurrency))
-        plans["arrival"] += [idx[s:s + batch_size] for s in range(0, concurrency, batch_size)]
+        plans["arrival"] += [idx[s : s + batch_size] for s in range(0, concurrency, batch_size)]
         by_len = sorted(idx, key=lengths.__getitem__)
-        plans["sorted"] += [by_len[s:s + 8] for s in range(0, concurrency, 8)]
+        plans["sorted"] += [by_len[s : s + 8] for s in range(0, concurrency, 8)]
         pending = [SimpleNamespace(tokens=lengths[i], model=None, seq=i) for i in idx]
         while pending:
             batch = select_batch(pending, batch_size, budget, min_row_fill)
@@ -148,8 +164,10 @@ def grouping_ceiling(clf, texts: list[str], concurrency: int, batch_size: int, b
             for batch in batches:
                 clf.predict_proba([all_texts[i] for i in batch])
             seconds[name] += time.perf_counter() - t0
-    out = {f"eff_{name}": sum(lengths) / sum(len(b) * max(lengths[i] for i in b) for b in batches)
-           for name, batches in plans.items()}
+    out = {
+        f"eff_{name}": sum(lengths) / sum(len(b) * max(lengths[i] for i in b) for b in batches)
+        for name, batches in plans.items()
+    }
     out.update({f"ratio_{name}": seconds["arrival"] / seconds[name] for name in ("grouped", "sorted")})
     return out
 
@@ -213,8 +231,13 @@ def summarise(parts: list[dict]) -> dict:
     lat = [x for p in parts for x in p["lat"]]
     elapsed = sum(p["elapsed"] for p in parts)
     q = np.percentile(lat, [50, 99]) * 1000 if lat else [float("nan")] * 2
-    return {"tps": len(lat) / elapsed, "p50": float(q[0]), "p99": float(q[1]), "n": len(lat),
-            "fail": sum(p["fail"] for p in parts)}
+    return {
+        "tps": len(lat) / elapsed,
+        "p50": float(q[0]),
+        "p99": float(q[1]),
+        "n": len(lat),
+        "fail": sum(p["fail"] for p in parts),
+    }
 
 
 def direct_url(proxy_url: str) -> str:
@@ -225,25 +248,31 @@ def direct_url(proxy_url: str) -> str:
     lo = int(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "30000"))
     hi = int(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", "31000"))
     pid = requests.get(f"{proxy_url}/healthz", timeout=10).json()["pid"]
-    ports = [c.laddr.port for c in psutil.Process(pid).net_connections(kind="tcp")
-             if c.status == psutil.CONN_LISTEN and lo <= c.laddr.port <= hi]
+    ports = [
+        c.laddr.port
+        for c in psutil.Process(pid).net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and lo <= c.laddr.port <= hi
+    ]
     if not ports:
         raise SystemExit(f"replica {pid} has no direct-ingress port in {lo}-{hi}: use --ingress proxy")
     return f"http://127.0.0.1:{ports[0]}{urlparse(proxy_url).path}"
 
 
-def main(seconds: Annotated[float, Option(help="load per mode and concurrency level, split into the rounds")] = 6.0,
-         levels: Annotated[str, Option(help="concurrency levels, comma-separated")] = "1,8,32,64",
-         n_texts: Annotated[int, Option(help="texts sampled for the requests")] = 1500,
-         waits_ms: Annotated[str, Option(help="@serve.batch wait timeouts tried for (c), best kept")] = "1,5,10,50",
-         torch_threads: Annotated[int, Option(help="torch threads in every replica and offline")] = 2,
-         max_batch_size: Annotated[int, Option(help="batch size of (c), cap of (d) ((a) uses the pyfunc's 32)")] = 32,
-         offline_texts: Annotated[int, Option(help="texts in each offline (a) measurement")] = 384,
-         ingress: Annotated[str, Option(help="direct (each replica's own port) or proxy (Ray's HTTP proxy)")] = "direct",
-         rounds: Annotated[int, Option(help="interleaved rounds per mode and level")] = 3,
-         replicas: Annotated[int, Option(help="replicas per mode (above 1 needs --ingress proxy)")] = 1,
-         data_params: Annotated[Path | None, Option(help="a params file whose data: section names the texts "
-                                                         "(default: the pipeline's data)")] = None) -> None:
+def main(
+    seconds: Annotated[float, Option(help="load per mode and concurrency level, split into the rounds")] = 6.0,
+    levels: Annotated[str, Option(help="concurrency levels, comma-separated")] = "1,8,32,64",
+    n_texts: Annotated[int, Option(help="texts sampled for the requests")] = 1500,
+    waits_ms: Annotated[str, Option(help="@serve.batch wait timeouts tried for (c), best kept")] = "1,5,10,50",
+    torch_threads: Annotated[int, Option(help="torch threads in every replica and offline")] = 2,
+    max_batch_size: Annotated[int, Option(help="batch size of (c), cap of (d) ((a) uses the pyfunc's 32)")] = 32,
+    offline_texts: Annotated[int, Option(help="texts in each offline (a) measurement")] = 384,
+    ingress: Annotated[str, Option(help="direct (each replica's own port) or proxy (Ray's HTTP proxy)")] = "direct",
+    rounds: Annotated[int, Option(help="interleaved rounds per mode and level")] = 3,
+    replicas: Annotated[int, Option(help="replicas per mode (above 1 needs --ingress proxy)")] = 1,
+    data_params: Annotated[
+        Path | None, Option(help="a params file whose data: section names the texts (default: the pipeline's data)")
+    ] = None,
+) -> None:
     """Run (a)-(d) and print texts/s, p50/p99 and the ratios (d)/(a), (d)/(b), (d)/(c).
 
     Each level gives every mode ``seconds`` of load in ``rounds`` interleaved slices (b, c, d, b, c, d, ...),
@@ -267,8 +296,11 @@ def main(seconds: Annotated[float, Option(help="load per mode and concurrency le
 
     conc = [int(c) for c in levels.split(",")]
     texts = load_texts(n_texts, data_params=data_params)
-    print(f"{len(texts)} texts from {data_params or 'the pipeline data'}, {describe_lengths(texts)}; levels {conc}; {seconds:.0f} s "
-          f"per mode and level in {rounds} rounds; ingress {ingress}", flush=True)
+    print(
+        f"{len(texts)} texts from {data_params or 'the pipeline data'}, {describe_lengths(texts)}; "
+        f"levels {conc}; {seconds:.0f} s per mode and level in {rounds} rounds; ingress {ingress}",
+        flush=True,
+    )
     tmp = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     labels = [f"class_{i}" for i in range(10)]
     cfg, reg = register_transformer(tmp, labels, texts[:3])
@@ -283,11 +315,18 @@ def main(seconds: Annotated[float, Option(help="load per mode and concurrency le
     params = Params(mlflow=cfg)
     (tmp / "params.yaml").write_text(json.dumps({"mlflow": cfg.model_dump()}))
     port = params.serve.port = free_port()
-    base_args = {"params": str(tmp / "params.yaml"), "project_dir": str(HERE), "watch_interval_s": 0,
-                 "log_dir": str(tmp / "production"), "max_batch_size": max_batch_size,
-                 "max_ongoing_requests": max(256, 2 * max(conc)), "max_queue": 4096, "torch_threads": torch_threads,
-                 "num_replicas": replicas,
-                 "port": port}
+    base_args = {
+        "params": str(tmp / "params.yaml"),
+        "project_dir": str(HERE),
+        "watch_interval_s": 0,
+        "log_dir": str(tmp / "production"),
+        "max_batch_size": max_batch_size,
+        "max_ongoing_requests": max(256, 2 * max(conc)),
+        "max_queue": 4096,
+        "torch_threads": torch_threads,
+        "num_replicas": replicas,
+        "port": port,
+    }
     client = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
 
@@ -302,10 +341,22 @@ def main(seconds: Annotated[float, Option(help="load per mode and concurrency le
         # every mode is deployed at once (own route prefix, 1/4 CPU each: idle replicas cost nothing) and the
         # modes are measured interleaved, level by level, so load from other processes hits them alike
         modes = {"b": {"batching": "none"}, "d": {"batching": "continuous"}}
-        modes.update({f"c{w:g}": {"batching": "serve_batch", "serve_batch_wait_ms": w}
-                      for w in [float(x) for x in waits_ms.split(",")]})
-        urls = {m: run_local(params, build({**base_args, "replica_cpus": 0.25 / replicas, **kw}), wait_ready_s=300,
-                             name=f"bench-{m}", route_prefix=f"/{m}") for m, kw in modes.items()}
+        modes.update(
+            {
+                f"c{w:g}": {"batching": "serve_batch", "serve_batch_wait_ms": w}
+                for w in [float(x) for x in waits_ms.split(",")]
+            }
+        )
+        urls = {
+            m: run_local(
+                params,
+                build({**base_args, "replica_cpus": 0.25 / replicas, **kw}),
+                wait_ready_s=300,
+                name=f"bench-{m}",
+                route_prefix=f"/{m}",
+            )
+            for m, kw in modes.items()
+        }
         if ingress == "direct":
             urls = {m: direct_url(u) for m, u in urls.items()}
         print(f"ingress {ingress}: " + ", ".join(f"({m}) {u}" for m, u in urls.items()), flush=True)
@@ -319,8 +370,9 @@ def main(seconds: Annotated[float, Option(help="load per mode and concurrency le
             results[key] = {}
         for c in conc:
             results["a offline"][c] = offline(clf, texts[:offline_texts])  # interleaved too
-            ceilings[c] = grouping_ceiling(clf, texts, c, max_batch_size, params.serve.max_batch_tokens,
-                                           params.serve.min_row_fill)
+            ceilings[c] = grouping_ceiling(
+                clf, texts, c, max_batch_size, params.serve.max_batch_tokens, params.serve.min_row_fill
+            )
             before = padding_counts(urls["d"])
             for m, r in measure({m: urls[m] for m in keys}, c).items():
                 results[keys[m]][c] = r
@@ -338,26 +390,39 @@ def print_table(results: dict[str, dict[int, dict]], conc: list[int], ceilings: 
     print(f"{'mode':<22}" + "".join(f"{'c=' + str(c):>26}" for c in conc))
     print(f"{'':<22}" + "".join(f"{'texts/s  p50ms  p99ms':>26}" for _ in conc))
     for mode, by_c in results.items():
-        cells = [f"{r['tps']:8.1f} {r['p50']:6.0f} {r['p99']:6.0f}" + (f" ({r['fail']} failed)" if r["fail"] else "")
-                 for r in (by_c[c] for c in conc)]
+        cells = [
+            f"{r['tps']:8.1f} {r['p50']:6.0f} {r['p99']:6.0f}" + (f" ({r['fail']} failed)" if r["fail"] else "")
+            for r in (by_c[c] for c in conc)
+        ]
         print(f"{mode:<22}" + "".join(f"{x:>26}" for x in cells))
     d = results["d continuous"]
     keys = list(results)
     print()
     for other in keys[:3]:
-        print(f"(d)/({other[0]}) throughput " + "  ".join(f"c={c}: {_ratio(d[c]['tps'], results[other][c]['tps'])}"
-                                                         for c in conc))
+        print(
+            f"(d)/({other[0]}) throughput "
+            + "  ".join(f"c={c}: {_ratio(d[c]['tps'], results[other][c]['tps'])}" for c in conc)
+        )
     b = results[keys[1]]
     print("(d)/(b) p50 latency   " + "  ".join(f"c={c}: {_ratio(d[c]['p50'], b[c]['p50'])}" for c in conc))
     print()
     print("Padding (real tokens / padded tokens the model computed):")
     print("(d) served            " + "  ".join(f"c={c}: {d[c]['eff']:.2f}" for c in conc))
-    print("offline, in arrival   " + "  ".join(f"c={c}: {ceilings[c]['eff_arrival']:.2f}" for c in conc)
-          + "   (c texts in batches of up to 32 as they come: what @serve.batch forms)")
-    print("offline, grouped      " + "  ".join(f"c={c}: {ceilings[c]['eff_grouped']:.2f}" for c in conc)
-          + "   (the c texts split by select_batch, as if all waited at once)")
-    print("offline, sorted in 8s " + "  ".join(f"c={c}: {ceilings[c]['eff_sorted']:.2f}" for c in conc)
-          + "   (near-ideal grouping)")
+    print(
+        "offline, in arrival   "
+        + "  ".join(f"c={c}: {ceilings[c]['eff_arrival']:.2f}" for c in conc)
+        + "   (c texts in batches of up to 32 as they come: what @serve.batch forms)"
+    )
+    print(
+        "offline, grouped      "
+        + "  ".join(f"c={c}: {ceilings[c]['eff_grouped']:.2f}" for c in conc)
+        + "   (the c texts split by select_batch, as if all waited at once)"
+    )
+    print(
+        "offline, sorted in 8s "
+        + "  ".join(f"c={c}: {ceilings[c]['eff_sorted']:.2f}" for c in conc)
+        + "   (near-ideal grouping)"
+    )
     print("Offline texts/s over arrival order (about the most (d)/(c) can get from padding):")
     print("grouped               " + "  ".join(f"c={c}: {ceilings[c]['ratio_grouped']:.2f}" for c in conc))
     print("sorted in 8s          " + "  ".join(f"c={c}: {ceilings[c]['ratio_sorted']:.2f}" for c in conc))

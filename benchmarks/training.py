@@ -2,11 +2,11 @@
 
     .venv/bin/python benchmarks/training.py [--steps 20] [--batch 16] [--precision auto]
 
-Runs, on the same LoRA model (pipelines.lora.build_model), the same tokenised
+Runs, on the same LoRA model (pipelines.classifier.lora.build_model), the same tokenised
 tickets and the same global batch size:
 
 * a plain PyTorch loop (one process, torch.optim.AdamW, autocast for bf16);
-* the DeepSpeed engine (pipelines.deepspeed_engine) with ZeRO-2 and ZeRO-3, world size 1 and 2,
+* the DeepSpeed engine (pipelines.training.engine) with ZeRO-2 and ZeRO-3, world size 1 and 2,
   launched with the ``deepspeed`` launcher (DS_ACCELERATOR=cpu without a GPU).
 
 Prints samples/s and peak RSS per rank for each, and the ratios to the plain loop.
@@ -33,22 +33,28 @@ def _batches(tokenizer, n_rows: int, batch: int, seed: int = 0):
     from transformers import DataCollatorWithPadding
 
     from pipelines.config import GenerateConfig
-    from pipelines.generate import CATEGORIES, generate_tickets
+    from pipelines.data.generator import CATEGORIES, generate_tickets
 
     df = generate_tickets(GenerateConfig(n_rows=n_rows, n_customers=max(10, n_rows // 4), seed=seed))
     texts = (df["subject"] + "\n" + df["body"]).tolist()
     enc = tokenizer(texts, truncation=True, max_length=128)
     label_id = {c: i for i, c in enumerate(CATEGORIES)}
-    rows = [{"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i],
-             "labels": label_id[df["category"].iloc[i]]} for i in range(len(texts))]
+    rows = [
+        {
+            "input_ids": enc["input_ids"][i],
+            "attention_mask": enc["attention_mask"][i],
+            "labels": label_id[df["category"].iloc[i]],
+        }
+        for i in range(len(texts))
+    ]
     collate = DataCollatorWithPadding(tokenizer)
-    return [collate(rows[i:i + batch]) for i in range(0, len(rows) - batch + 1, batch)], CATEGORIES
+    return [collate(rows[i : i + batch]) for i in range(0, len(rows) - batch + 1, batch)], CATEGORIES
 
 
 def _model(precision: str, labels):
-    from pipelines.base_model import resolve_base_model
+    from pipelines.classifier.base_model import resolve_base_model
+    from pipelines.classifier.lora import build_model
     from pipelines.config import FinetuneConfig
-    from pipelines.lora import build_model
 
     cfg = FinetuneConfig(precision=precision)
     return build_model(resolve_base_model(cfg.base_model), list(labels), cfg), cfg
@@ -62,7 +68,7 @@ def worker_plain(args) -> dict:
     import torch
     from transformers import AutoTokenizer
 
-    from pipelines.base_model import resolve_base_model
+    from pipelines.classifier.base_model import resolve_base_model
 
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -90,8 +96,8 @@ def worker_ds(args) -> dict:
     import torch.distributed as dist
     from transformers import AutoTokenizer
 
-    from pipelines import deepspeed_engine as dse
-    from pipelines.base_model import resolve_base_model
+    from pipelines.classifier.base_model import resolve_base_model
+    from pipelines.training import engine as dse
 
     dse.init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -102,8 +108,12 @@ def worker_ds(args) -> dict:
     batches, labels = _batches(tok, (args.steps + args.warmup) * args.batch, micro)
     model, cfg = _model(args.precision, labels)
     cfg = cfg.model_copy(update={"zero_stage": args.zero, "micro_batch_size": micro})
-    engine = dse.initialize(model, dse.build_config(cfg, precision=args.precision, accelerator=dse.accelerator_name(),
-                                                    total_steps=args.steps + args.warmup))
+    engine = dse.initialize(
+        model,
+        dse.build_config(
+            cfg, precision=args.precision, accelerator=dse.accelerator_name(), total_steps=args.steps + args.warmup
+        ),
+    )
     mine = batches[rank::world][: args.steps + args.warmup]
     dist.barrier()
     t0 = None
@@ -143,8 +153,8 @@ def main() -> None:
     ap.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
-    from pipelines import deepspeed_engine as dse
     from pipelines.config import FinetuneConfig
+    from pipelines.training import engine as dse
 
     if args.precision == "auto":
         args.precision = dse.resolve_precision(FinetuneConfig(), dse.accelerator_name())
@@ -157,22 +167,44 @@ def main() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     if dse.accelerator_name() == "cpu":
         env["DS_ACCELERATOR"] = "cpu"
-    common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch),
-              "--precision", args.precision]
+    common = [
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--batch",
+        str(args.batch),
+        "--precision",
+        args.precision,
+    ]
     ds = str(Path(sys.executable).with_name("deepspeed"))
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         results["plain PyTorch, 1 process"] = run_case(
-            "plain", [sys.executable, __file__, "--worker", "plain", *common], Path(tmp) / "plain.json", env)
+            "plain", [sys.executable, __file__, "--worker", "plain", *common], Path(tmp) / "plain.json", env
+        )
         for zero in (2, 3):
             for world in (1, 2):
                 name = f"DeepSpeed ZeRO-{zero}, world size {world}"
-                cmd = [ds, "--num_gpus", str(world), "--master_port", str(29700 + 10 * zero + world), __file__,
-                       "--worker", "ds", "--zero", str(zero), *common]
+                cmd = [
+                    ds,
+                    "--num_gpus",
+                    str(world),
+                    "--master_port",
+                    str(29700 + 10 * zero + world),
+                    __file__,
+                    "--worker",
+                    "ds",
+                    "--zero",
+                    str(zero),
+                    *common,
+                ]
                 results[name] = run_case(name, cmd, Path(tmp) / f"ds{zero}{world}.json", env)
     base = results["plain PyTorch, 1 process"]["samples_per_s"]
-    print(f"\nLoRA MiniLM-L6, global batch {args.batch}, {args.precision}, {args.steps} timed steps, "
-          f"{os.cpu_count()} CPU cores, accelerator {dse.accelerator_name()}")
+    print(
+        f"\nLoRA MiniLM-L6, global batch {args.batch}, {args.precision}, {args.steps} timed steps, "
+        f"{os.cpu_count()} CPU cores, accelerator {dse.accelerator_name()}"
+    )
     print(f"{'case':<34} {'samples/s':>10} {'vs plain':>9}  peak RSS per rank (MB)")
     for name, r in results.items():
         peaks = ", ".join(f"{p:,.0f}" for p in r["peak_rss_mb"])

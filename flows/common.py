@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,7 +22,9 @@ class Options(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    params_file: str = Field("params.yaml", description="params.yaml of the project (relative to the working directory)")
+    params_file: str = Field(
+        "params.yaml", description="params.yaml of the project (relative to the working directory)"
+    )
 
 
 class LockTimeout(PipelineError):
@@ -60,8 +63,10 @@ def dvc_lock(params: Params) -> Iterator[None]:
         with concurrency(cfg.dvc_concurrency_limit, occupy=1, timeout_seconds=cfg.dvc_lock_timeout_s, strict=True):
             yield
     except TimeoutError:
-        raise LockTimeout(f"another flow holds the DVC lock (concurrency limit '{cfg.dvc_concurrency_limit}') for "
-                          f"more than {cfg.dvc_lock_timeout_s:.0f} s (flows.dvc_lock_timeout_s); not running dvc") from None
+        raise LockTimeout(
+            f"another flow holds the DVC lock (concurrency limit '{cfg.dvc_concurrency_limit}') for "
+            f"more than {cfg.dvc_lock_timeout_s:.0f} s (flows.dvc_lock_timeout_s); not running dvc"
+        ) from None
 
 
 def mlflow_links(params: Params, version: str | None) -> dict[str, str]:
@@ -72,7 +77,7 @@ def mlflow_links(params: Params, version: str | None) -> dict[str, str]:
         return links
     links["version"] = f"{base}/#/models/{name}/versions/{version}"
     try:
-        from pipelines import tracking
+        from pipelines.registry import tracking
 
         tracking.setup(params.mlflow)
         mv = tracking.Registry(params.mlflow).version(version)

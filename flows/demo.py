@@ -30,7 +30,9 @@ RETRAIN = "retrain/retrain"
 
 
 def main(
-    workdir: Annotated[Optional[Path], typer.Option(help="where to build the demo repo (default: a new temp dir)")] = None,
+    workdir: Annotated[
+        Optional[Path], typer.Option(help="where to build the demo repo (default: a new temp dir)")
+    ] = None,
     in_process: Annotated[bool, typer.Option(help="skip Ray Serve; log predictions in-process")] = False,
     port: Annotated[Optional[int], typer.Option(help="Prefect server/UI port (default: a free one)")] = None,
     retrain_timeout_s: Annotated[float, typer.Option(help="wait this long for the triggered retrain run")] = 1800,
@@ -53,8 +55,10 @@ def main(
     home = repo / ".prefect"
     with local_server(home, port, ui=True) as api, temporary_settings(updates={PREFECT_API_URL: api}):
         ui = api.removesuffix("/api")
-        print(f"[demo] 2/4 Prefect UI {ui} (open it to watch); serving the retrain deployment with its drift "
-              "trigger", flush=True)
+        print(
+            f"[demo] 2/4 Prefect UI {ui} (open it to watch); serving the retrain deployment with its drift trigger",
+            flush=True,
+        )
         with serving(repo, home, api, ["retrain"]) as (served, log):
             deployment = wait_for_deployment(RETRAIN, served, log)
             sender = traffic.Sender(params, in_process)
@@ -66,23 +70,33 @@ def main(
                     print(f"\n[demo] period {period} window (seed {seed}) sent; the monitor flow's pass:", flush=True)
                     summary = monitor(MonitorOptions())  # logs its own summary (the checks table)
                     if summary.get("event_id"):
-                        print(f"[demo] event model.drift.detected ({summary['event_id']}) emitted; no one calls "
-                              "retrain: waiting for the run the trigger creates ...", flush=True)
+                        print(
+                            f"[demo] event model.drift.detected ({summary['event_id']}) emitted; no one calls "
+                            "retrain: waiting for the run the trigger creates ...",
+                            flush=True,
+                        )
                         run = wait_for_run(deployment.id, log, retrain_timeout_s, show="[demo]   retrain")
-                        print(f"[demo] retrain run '{run.name}' (parameters {run.parameters}) ended "
-                              f"{run.state.name}", flush=True)
+                        print(
+                            f"[demo] retrain run '{run.name}' (parameters {run.parameters}) ended {run.state.name}",
+                            flush=True,
+                        )
                         if not run.state.is_completed():
                             raise PipelineError(f"the retrain run failed: {run.state.message}; log: {log}")
                         break
                 else:
                     print("[demo] no confirmed breach: the trigger had nothing to do", flush=True)
-                print("\n[demo] 4/4 accuracy on NEW period-B data (seed 999) and new period-A data (seed 998):",
-                      flush=True)
+                print(
+                    "\n[demo] 4/4 accuracy on NEW period-B data (seed 999) and new period-A data (seed 998):",
+                    flush=True,
+                )
                 print(traffic.before_after(params), flush=True)
             finally:
                 sender.close()
-    print(f"\n[demo] Prefect database and logs: {home}; MLflow: {repo / 'mlflow.db'}\n"
-          f"[demo] done in {time.time() - t0:.0f} s", flush=True)
+    print(
+        f"\n[demo] Prefect database and logs: {home}; MLflow: {repo / 'mlflow.db'}\n"
+        f"[demo] done in {time.time() - t0:.0f} s",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

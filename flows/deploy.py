@@ -45,8 +45,18 @@ def ensure_cluster(options: DeployOptions) -> None:
     except ConnectionError:
         if not options.start_cluster:
             raise PipelineError(f"no Ray cluster at {options.ray_address!r} and start_cluster is false") from None
-    r = common.run_command([tool("ray"), "start", "--head", "--node-ip-address", "127.0.0.1", f"--num-cpus={options.ray_cpus}",
-                            "--include-dashboard=false", "--disable-usage-stats"])
+    r = common.run_command(
+        [
+            tool("ray"),
+            "start",
+            "--head",
+            "--node-ip-address",
+            "127.0.0.1",
+            f"--num-cpus={options.ray_cpus}",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ]
+    )
     if r.returncode != 0:
         raise PipelineError(f"`ray start --head` failed:\n{(r.stdout or '')[-1500:]}{(r.stderr or '')[-1500:]}")
     ray.init(address="auto", log_to_driver=False)
@@ -67,17 +77,27 @@ def serve_champion(options: DeployOptions) -> str:
 @flow(name="deploy", log_prints=True)
 def deploy(options: DeployOptions = DeployOptions()) -> dict[str, Any]:
     """Make the Ray Serve app serve the current champion; publish its URL and the champion version."""
-    from pipelines import tracking
+    from pipelines.registry import tracking
 
     params = common.params_of(options)
     tracking.setup(params.mlflow)
     version = tracking.Registry(params.mlflow).alias(params.serve.model_alias)
     if version is None:
-        raise PipelineError(f"'{params.mlflow.registered_model}' has no '{params.serve.model_alias}' alias: run training first")
+        raise PipelineError(
+            f"'{params.mlflow.registered_model}' has no '{params.serve.model_alias}' alias: run training first"
+        )
     ensure_cluster(options)
     url = serve_champion(options)
-    get_run_logger().info("serving %s@%s (v%s) at %s", params.mlflow.registered_model, params.serve.model_alias, version, url)
-    create_markdown_artifact(key="deployment", markdown=(
-        f"# Serving v{version}\n\n- endpoint: [{url}]({url}) (docs [{url}/docs]({url}/docs), metrics {url}/metrics)\n"
-        + common.links_markdown(common.mlflow_links(params, version))), description="Ray Serve app")
+    get_run_logger().info(
+        "serving %s@%s (v%s) at %s", params.mlflow.registered_model, params.serve.model_alias, version, url
+    )
+    create_markdown_artifact(
+        key="deployment",
+        markdown=(
+            f"# Serving v{version}\n\n- endpoint: [{url}]({url}) "
+            f"(docs [{url}/docs]({url}/docs), metrics {url}/metrics)\n"
+            + common.links_markdown(common.mlflow_links(params, version))
+        ),
+        description="Ray Serve app",
+    )
     return {"url": url, "version": version}

@@ -14,8 +14,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pipelines.errors import PipelineError
 from pipelines.io import free_port
@@ -23,9 +24,13 @@ from pipelines.io import free_port
 
 def server_env(home: Path, api_url: str | None = None) -> dict[str, str]:
     """The environment of a process using the server in ``home`` (no telemetry: there is no internet)."""
-    env = {**os.environ, "PREFECT_HOME": str(Path(home).resolve()), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "DO_NOT_TRACK": "1",  # dvc.yaml's stage commands run `python`: it must be this interpreter
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(Path(home).resolve()),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",  # dvc.yaml's stage commands run `python`: it must be this interpreter
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
     if api_url:
         env["PREFECT_API_URL"] = api_url
     else:
@@ -59,14 +64,28 @@ def local_server(home: Path, port: int | None = None, timeout_s: float = 120, ui
     log_path = home / "server.log"
     with open(log_path, "w") as log:
         env = {**server_env(home), "PREFECT_UI_ENABLED": "true" if ui else "false"}
-        proc = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1",
-                                 "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("prefect")),
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             deadline = time.monotonic() + timeout_s
             while True:
                 if proc.poll() is not None:
-                    raise PipelineError(f"the Prefect server exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
+                    raise PipelineError(
+                        f"the Prefect server exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}"
+                    )
                 with contextlib.suppress(requests.RequestException):
                     if requests.get(f"{api}/health", timeout=2).ok:
                         break
@@ -84,8 +103,9 @@ def serving(repo: Path, home: Path, api_url: str, only: list[str]) -> Iterator[t
     log = Path(home) / "serve_all.log"
     cmd = [sys.executable, "-m", "flows.serve_all"] + [a for name in only for a in ("--only", name)]
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=repo, env=server_env(home, api_url), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=repo, env=server_env(home, api_url), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         yield proc, log
     finally:
@@ -121,8 +141,11 @@ def wait_for_run(deployment_id: Any, log: Path, timeout_s: float, show: str | No
     with get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
             # the oldest run first: the one a trigger or the UI created for this wait
-            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-                                         sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=10)
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+                sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+                limit=10,
+            )
             if runs:
                 run = runs[0]
                 state = run.state.name if run.state else "?"

@@ -31,24 +31,57 @@ def resource_id(registered_model: str) -> str:
 
 def event_payload(summary: dict, reason: str) -> dict[str, Any]:
     """The summary without the bulky parts, plus the reason (the retrain trigger templates it)."""
-    keep = ("at", "model", "champion_version", "window", "breached", "confirmed", "persistence", "reports_dir", "checks")
+    keep = (
+        "at",
+        "model",
+        "champion_version",
+        "window",
+        "breached",
+        "confirmed",
+        "persistence",
+        "reports_dir",
+        "checks",
+    )
     return common.json_safe({"reason": reason, **{k: summary.get(k) for k in keep}})
 
 
 def publish(summary: dict, links: dict[str, str]) -> None:
-    rows = [{"metric": c["metric"], "value": c["value"], "threshold": c["threshold"],
-             "breach": {True: "BREACH", False: "ok", None: "n/a"}[c["breach"]], "detail": c["detail"]}
-            for c in summary.get("checks", [])]
+    rows = [
+        {
+            "metric": c["metric"],
+            "value": c["value"],
+            "threshold": c["threshold"],
+            "breach": {True: "BREACH", False: "ok", None: "n/a"}[c["breach"]],
+            "detail": c["detail"],
+        }
+        for c in summary.get("checks", [])
+    ]
     if rows:
-        create_table_artifact(key="monitoring-checks", table=rows, description=f"champion v{summary.get('champion_version')}")
+        create_table_artifact(
+            key="monitoring-checks", table=rows, description=f"champion v{summary.get('champion_version')}"
+        )
     reports = "\n".join(f"- {k}: `{Path(v).resolve()}`" for k, v in (summary.get("reports") or {}).items())
-    verdict = ("SKIPPED: " + summary["skipped"]) if summary.get("skipped") else \
-        ("CONFIRMED BREACH: event " + DRIFT_EVENT + " emitted") if summary.get("event_id") else \
-        (f"breached {summary['breached']} ({summary.get('persistence')})" if summary.get("breached") else "no breach")
-    create_markdown_artifact(key="monitoring-summary", description="one monitoring pass", markdown=(
-        f"# Monitoring: {verdict}\n\n- model `{summary.get('model')}` v{summary.get('champion_version')}, "
-        f"window {summary.get('window')}\n- summary: `{Path(summary.get('reports_dir', '.')).resolve()}/summary.json`\n"
-        + (reports + "\n" if reports else "") + "\n## Links\n\n" + common.links_markdown(links)))
+    verdict = (
+        ("SKIPPED: " + summary["skipped"])
+        if summary.get("skipped")
+        else ("CONFIRMED BREACH: event " + DRIFT_EVENT + " emitted")
+        if summary.get("event_id")
+        else (
+            f"breached {summary['breached']} ({summary.get('persistence')})" if summary.get("breached") else "no breach"
+        )
+    )
+    create_markdown_artifact(
+        key="monitoring-summary",
+        description="one monitoring pass",
+        markdown=(
+            f"# Monitoring: {verdict}\n\n- model `{summary.get('model')}` v{summary.get('champion_version')}, "
+            f"window {summary.get('window')}\n"
+            f"- summary: `{Path(summary.get('reports_dir', '.')).resolve()}/summary.json`\n"
+            + (reports + "\n" if reports else "")
+            + "\n## Links\n\n"
+            + common.links_markdown(links)
+        ),
+    )
 
 
 @flow(name="monitor", log_prints=True)
@@ -69,8 +102,11 @@ def monitor(options: MonitorOptions = MonitorOptions()) -> dict[str, Any]:
     if summary.get("confirmed") and not reasons:
         logger.warning("breach confirmed but monitor.retrain_on_breach is false: no event emitted")
     if reasons:
-        event = emit_event(event=DRIFT_EVENT, resource={"prefect.resource.id": resource_id(params.mlflow.registered_model)},
-                           payload=event_payload(summary, reasons[0]))
+        event = emit_event(
+            event=DRIFT_EVENT,
+            resource={"prefect.resource.id": resource_id(params.mlflow.registered_model)},
+            payload=event_payload(summary, reasons[0]),
+        )
         summary["event_id"] = str(event.id) if event is not None else None
         logger.warning("confirmed breach: emitted %s (%s)", DRIFT_EVENT, reasons[0])
     publish(summary, common.mlflow_links(params, summary.get("champion_version")))

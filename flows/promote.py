@@ -24,7 +24,7 @@ class PromoteOptions(Options):
     test_split: str = Field("data/processed/test.parquet", description="the split the gate compares on")
 
     @model_validator(mode="after")
-    def _one_action(self) -> "PromoteOptions":
+    def _one_action(self) -> PromoteOptions:
         if self.version is not None and self.rollback:
             raise ValueError("version and rollback: use one of them, not both")
         return self
@@ -33,8 +33,8 @@ class PromoteOptions(Options):
 @flow(name="promote", log_prints=True)
 def promote(options: PromoteOptions = PromoteOptions()) -> dict[str, Any]:
     """Move the champion alias (by hand or by the gate) and publish what changed."""
-    from pipelines import tracking
-    from pipelines.promote import promote_version, report_markdown, rollback, run_gate, write_decision
+    from pipelines.registry import tracking
+    from pipelines.registry.gate import promote_version, report_markdown, rollback, run_gate, write_decision
 
     params = common.params_of(options)
     tracking.setup(params.mlflow)
@@ -51,13 +51,20 @@ def promote(options: PromoteOptions = PromoteOptions()) -> dict[str, Any]:
     else:
         if not Path(options.test_split).is_file():
             raise DataError(f"missing test split {options.test_split}; run the training flow first")
-        d = run_gate(reg, pd.read_parquet(options.test_split), params.register_, ece_bins=params.evaluate.ece_bins,
-                     auto_promote=params.register_.auto_promote)
+        d = run_gate(
+            reg,
+            pd.read_parquet(options.test_split),
+            params.register_,
+            ece_bins=params.evaluate.ece_bins,
+            auto_promote=params.register_.auto_promote,
+        )
         write_decision(d, Path("reports/promotion.md"), Path("reports/promotion.json"))
         text = report_markdown(d)
     after = reg.alias("champion")
     get_run_logger().info(text)
-    create_markdown_artifact(key="promotion", markdown=f"# Promotion\n\n{text}\n\n## Links\n\n"
-                             + common.links_markdown(common.mlflow_links(params, after)),
-                             description=f"champion v{before} -> v{after}")
+    create_markdown_artifact(
+        key="promotion",
+        markdown=f"# Promotion\n\n{text}\n\n## Links\n\n" + common.links_markdown(common.mlflow_links(params, after)),
+        description=f"champion v{before} -> v{after}",
+    )
     return {"champion_before": before, "champion_after": after, "message": text}

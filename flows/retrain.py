@@ -25,7 +25,8 @@ class RetrainOptions(Options):
     """Parameters of the retrain flow."""
 
     deploy_on_promotion: bool | None = Field(
-        None, description="run the deploy flow when the new model is promoted (empty: params flows.deploy_on_promotion)")
+        None, description="run the deploy flow when the new model is promoted (empty: params flows.deploy_on_promotion)"
+    )
     force: bool = Field(False, description="dvc repro --force")
 
 
@@ -69,14 +70,22 @@ def retrain(reason: str = "manual", options: RetrainOptions = RetrainOptions()) 
     trained = training(TrainingOptions(params_file=options.params_file, force=options.force))
     outcome = tag_lineage(path, reason, options.params_file) if trained.get("challenger_version") else {}
     deployed = None
-    deploy_wanted = params.flows.deploy_on_promotion if options.deploy_on_promotion is None else options.deploy_on_promotion
+    deploy_wanted = (
+        params.flows.deploy_on_promotion if options.deploy_on_promotion is None else options.deploy_on_promotion
+    )
     if trained.get("promoted") and deploy_wanted:
         deployed = deploy(DeployOptions(params_file=options.params_file))
-    create_markdown_artifact(key="retrain", description=reason[:200], markdown=(
-        f"# Retrain: {'PROMOTED' if trained.get('promoted') else 'not promoted'}\n\n- reason: {reason}\n"
-        f"- snapshot: `{path}`\n- challenger v{trained.get('challenger_version')}; champion "
-        f"v{trained.get('champion_version_before')} -> v{trained.get('champion_version_after')}\n"
-        + "".join(f"- {r}\n" for r in trained.get("reasons") or [])
-        + (f"- deployed: {deployed['url']}\n" if deployed else "")
-        + "\n## Links\n\n" + common.links_markdown(common.mlflow_links(params, trained.get("champion_version_after")))))
+    create_markdown_artifact(
+        key="retrain",
+        description=reason[:200],
+        markdown=(
+            f"# Retrain: {'PROMOTED' if trained.get('promoted') else 'not promoted'}\n\n- reason: {reason}\n"
+            f"- snapshot: `{path}`\n- challenger v{trained.get('challenger_version')}; champion "
+            f"v{trained.get('champion_version_before')} -> v{trained.get('champion_version_after')}\n"
+            + "".join(f"- {r}\n" for r in trained.get("reasons") or [])
+            + (f"- deployed: {deployed['url']}\n" if deployed else "")
+            + "\n## Links\n\n"
+            + common.links_markdown(common.mlflow_links(params, trained.get("champion_version_after")))
+        ),
+    )
     return {"reason": reason, "snapshot": str(path), **trained, "lineage": outcome, "deployed": deployed}

@@ -34,10 +34,15 @@ NAMES = tuple(FLOWS)
 
 
 def drift_trigger() -> DeploymentEventTrigger:
-    """Run ``retrain`` on ``model.drift.detected`` for any registered model; the event's reason becomes its parameter."""
-    return DeploymentEventTrigger(name="retrain on confirmed drift", expect={DRIFT_EVENT},
-                                  match={"prefect.resource.id": "model.*"},
-                                  parameters={"reason": "{{ event.payload.reason }}"})
+    """Run ``retrain`` on ``model.drift.detected`` for any registered model.
+
+    The event's reason becomes its parameter."""
+    return DeploymentEventTrigger(
+        name="retrain on confirmed drift",
+        expect={DRIFT_EVENT},
+        match={"prefect.resource.id": "model.*"},
+        parameters={"reason": "{{ event.payload.reason }}"},
+    )
 
 
 def settings(params: Params) -> dict[str, dict[str, Any]]:
@@ -46,10 +51,14 @@ def settings(params: Params) -> dict[str, dict[str, Any]]:
         "training": {"description": "DVC stages in DAG order, then the promotion gate"},
         "promote": {"description": "promote a version, roll back, or re-run the gate"},
         "deploy": {"description": "start or update the Ray Serve app (champion)"},
-        "monitor": {"interval": timedelta(minutes=params.flows.monitor_interval_minutes),
-                    "description": "one monitoring pass; emits model.drift.detected on a confirmed breach"},
-        "retrain": {"triggers": [drift_trigger()],
-                    "description": "snapshot feedback, training, deploy on promotion (triggered by drift)"},
+        "monitor": {
+            "interval": timedelta(minutes=params.flows.monitor_interval_minutes),
+            "description": "one monitoring pass; emits model.drift.detected on a confirmed breach",
+        },
+        "retrain": {
+            "triggers": [drift_trigger()],
+            "description": "snapshot feedback, training, deploy on promotion (triggered by drift)",
+        },
     }
 
 
@@ -69,24 +78,34 @@ def deployments(params: Params, only: list[str] | None = None) -> list[Any]:
 def deploy_to_pool(params: Params, work_pool: str, source: str, only: list[str] | None = None) -> list[Any]:
     """Register the deployments on ``work_pool``, code from ``source``; returns their ids."""
     kw = settings(params)
-    return [FLOWS[n].from_source(source=source, entrypoint=f"flows/{n}.py:{n}").deploy(
-        name=n, work_pool_name=work_pool, tags=TAGS, build=False, push=False, print_next_steps=False, **kw[n])
-        for n in _chosen(only)]
+    return [
+        FLOWS[n]
+        .from_source(source=source, entrypoint=f"flows/{n}.py:{n}")
+        .deploy(name=n, work_pool_name=work_pool, tags=TAGS, build=False, push=False, print_next_steps=False, **kw[n])
+        for n in _chosen(only)
+    ]
 
 
-def main(params: Path = Path("params.yaml"),
-         only: Annotated[Optional[list[str]], typer.Option(help="only these deployments (repeat the option)")] = None,
-         work_pool: Annotated[Optional[str], typer.Option(
-             help="register on this process work pool instead of serving here (e.g. params flows.work_pool)")] = None,
-         source: Annotated[Optional[str], typer.Option(
-             help="with --work-pool: where workers get the code (git URL or path; default: this checkout)")] = None,
-         ) -> None:
+def main(
+    params: Path = Path("params.yaml"),
+    only: Annotated[Optional[list[str]], typer.Option(help="only these deployments (repeat the option)")] = None,
+    work_pool: Annotated[
+        Optional[str],
+        typer.Option(help="register on this process work pool instead of serving here (e.g. params flows.work_pool)"),
+    ] = None,
+    source: Annotated[
+        Optional[str],
+        typer.Option(help="with --work-pool: where workers get the code (git URL or path; default: this checkout)"),
+    ] = None,
+) -> None:
     """Serve the deployments until Ctrl-C (schedules are not paused on shutdown), or register them on a work pool."""
     p = load_params(params)
     if work_pool:
         ids = deploy_to_pool(p, work_pool, source or str(Path.cwd().resolve()), only)
-        print(f"{len(ids)} deployment(s) on work pool '{work_pool}'; start workers with: "
-              f"prefect worker start --pool {work_pool}")
+        print(
+            f"{len(ids)} deployment(s) on work pool '{work_pool}'; start workers with: "
+            f"prefect worker start --pool {work_pool}"
+        )
         return
     from prefect import serve
 

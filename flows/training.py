@@ -48,11 +48,13 @@ def _paths(items: list[Any]) -> list[str]:
 
 def _resolve(path: str, values: dict) -> str:
     """``${data.path}`` → its value in params.yaml (DVC templating), else the text unchanged."""
+
     def one(m: re.Match) -> str:
         v: Any = values
         for key in m.group(1).split("."):
             v = v.get(key) if isinstance(v, dict) else None
         return str(v) if v is not None else m.group(0)
+
     return re.sub(r"\$\{\s*([\w.]+)\s*\}", one, path)
 
 
@@ -64,14 +66,18 @@ def dag_order(dvc_file: str | Path = "dvc.yaml") -> list[str]:
     values = (yaml.safe_load(params_yaml.read_text(encoding="utf-8")) or {}) if params_yaml.is_file() else {}
     for s in stages.values():
         s["deps"] = [_resolve(d, values) for d in _paths(s.get("deps", []))]
-    outs = {name: _paths(s.get("outs", [])) + _paths(s.get("metrics", [])) + _paths(s.get("plots", []))
-            for name, s in stages.items()}
+    outs = {
+        name: _paths(s.get("outs", [])) + _paths(s.get("metrics", [])) + _paths(s.get("plots", []))
+        for name, s in stages.items()
+    }
 
     def feeds(dep: str, out: str) -> bool:
         return dep == out or dep.startswith(out.rstrip("/") + "/") or out.startswith(dep.rstrip("/") + "/")
 
-    needs = {name: {o for o in stages if o != name and any(feeds(d, p) for d in _paths(s.get("deps", [])) for p in outs[o])}
-             for name, s in stages.items()}
+    needs = {
+        name: {o for o in stages if o != name and any(feeds(d, p) for d in _paths(s.get("deps", [])) for p in outs[o])}
+        for name, s in stages.items()
+    }
     order: list[str] = []
     while len(order) < len(stages):
         ready = [n for n in stages if n not in order and needs[n] <= set(order)]  # dvc.yaml order among equals
@@ -111,19 +117,30 @@ def gate_report(decision_json: str | Path = "reports/promotion.json") -> dict | 
 
 def publish_gate(decision: dict, links: dict[str, str]) -> None:
     """Gate decision (markdown) and the challenger-vs-champion metrics (table) as Prefect artifacts."""
-    from pipelines.promote import report_markdown
+    from pipelines.registry.gate import report_markdown
 
-    create_markdown_artifact(key="gate-decision", markdown=report_markdown(decision) + "\n## Links\n\n"
-                             + common.links_markdown(links), description="promotion gate: register stage")
+    create_markdown_artifact(
+        key="gate-decision",
+        markdown=report_markdown(decision) + "\n## Links\n\n" + common.links_markdown(links),
+        description="promotion gate: register stage",
+    )
     rows = []
     for who in ("challenger", "champion"):
         m = decision.get(who)
         if m:
             version = decision["challenger_version"] if who == "challenger" else decision["champion_version_before"]
-            rows.append({"model": f"{who} v{version}", "macro_f1": round(m["macro_f1"], 4),
-                         "accuracy": round(m["accuracy"], 4), "ece": round(m["ece"], 4)})
+            rows.append(
+                {
+                    "model": f"{who} v{version}",
+                    "macro_f1": round(m["macro_f1"], 4),
+                    "accuracy": round(m["accuracy"], 4),
+                    "ece": round(m["ece"], 4),
+                }
+            )
     if rows:
-        create_table_artifact(key="test-metrics", table=rows, description="test split, both models loaded from the registry")
+        create_table_artifact(
+            key="test-metrics", table=rows, description="test split, both models loaded from the registry"
+        )
 
 
 @flow(name="training", log_prints=True)
@@ -141,24 +158,40 @@ def training(options: TrainingOptions = TrainingOptions()) -> dict:
     with common.dvc_lock(params):
         for stage in stages:
             try:
-                run_stage.with_options(retries=params.flows.stage_retries,
-                                       retry_delay_seconds=params.flows.stage_retry_delay_s)(stage, options.force)
+                run_stage.with_options(
+                    retries=params.flows.stage_retries, retry_delay_seconds=params.flows.stage_retry_delay_s
+                )(stage, options.force)
             except StageFailed as err:
                 failed = err
                 break
     result: dict[str, Any] = {"stages": stages, "failed_stage": failed.stage if failed else None}
     decision = gate_report() if "register" in stages else None
     if decision is not None and str(decision.get("decided_at", "")) < started:
-        logger.warning("reports/promotion.json is older than this run (the register stage did not decide): not reported")
+        logger.warning(
+            "reports/promotion.json is older than this run (the register stage did not decide): not reported"
+        )
         decision = None
     if decision is not None:
         publish_gate(decision, common.mlflow_links(params, decision.get("challenger_version")))
-        result.update({k: decision.get(k) for k in ("challenger_version", "champion_version_before",
-                                                     "champion_version_after", "promoted", "reasons")})
+        result.update(
+            {
+                k: decision.get(k)
+                for k in (
+                    "challenger_version",
+                    "champion_version_before",
+                    "champion_version_after",
+                    "promoted",
+                    "reasons",
+                )
+            }
+        )
         if not decision.get("promoted"):
-            logger.warning("gate: challenger v%s not promoted; champion stays v%s. Why: %s",
-                           decision.get("challenger_version"), decision.get("champion_version_after"),
-                           "; ".join(decision.get("reasons", [])))
+            logger.warning(
+                "gate: challenger v%s not promoted; champion stays v%s. Why: %s",
+                decision.get("challenger_version"),
+                decision.get("champion_version_after"),
+                "; ".join(decision.get("reasons", [])),
+            )
     if failed is not None:
         raise failed
     return result

@@ -27,7 +27,7 @@ class Context:
     reference: Reference
     vocab: frozenset[str]
     projector: EmbeddingProjector | None
-    ref_features: pd.DataFrame     # descriptors (+ embedding components) of reference.train
+    ref_features: pd.DataFrame  # descriptors (+ embedding components) of reference.train
     val_perf: dict[str, Any]
     registered: dict[str, Any]
 
@@ -54,13 +54,16 @@ def registered_values(reg: Any, version: str) -> dict[str, Any]:
     if "test_macro_f1" in metrics:
         out["macro_f1"] = float(metrics["test_macro_f1"])
     elif "gate.test_macro_f1" in mv.tags:
-        out["macro_f1"], out["source"] = float(mv.tags["gate.test_macro_f1"]), f"registry v{version} tag gate.test_macro_f1"
+        out["macro_f1"], out["source"] = (
+            float(mv.tags["gate.test_macro_f1"]),
+            f"registry v{version} tag gate.test_macro_f1",
+        )
     return out
 
 
 def champion(params: Params) -> tuple[Any, str, Any]:
     """``(registry, champion version, loaded model)``; a clear error if there is none."""
-    from pipelines import tracking
+    from pipelines.registry import tracking
 
     tracking.setup(params.mlflow)
     reg = tracking.Registry(params.mlflow)
@@ -70,18 +73,27 @@ def champion(params: Params) -> tuple[Any, str, Any]:
     return reg, version, reg.load("@champion")
 
 
-def prepare(params: Params, reg: Any, version: str, model: Any, *, encode: Encode | None = None,
-            processed: Path = Path("data/processed")) -> Context:
+def prepare(
+    params: Params,
+    reg: Any,
+    version: str,
+    model: Any,
+    *,
+    encode: Encode | None = None,
+    processed: Path = Path("data/processed"),
+) -> Context:
     """Build the reference for ``version`` (the slow part: embeddings of the reference sample)."""
     cfg = params.monitor
-    ref = build_reference(read_parquet(processed / "train.parquet"), read_parquet(processed / "val.parquet"),
-                          model, version, cfg)
+    ref = build_reference(
+        read_parquet(processed / "train.parquet"), read_parquet(processed / "val.parquet"), model, version, cfg
+    )
     vocab = vocabulary(ref.vocab_texts)
     projector = None
     feats = descriptors(ref.train["text"].tolist(), vocab)
     if cfg.embeddings:
-        projector = EmbeddingProjector(encode or minilm_encoder(params.baselines.torch_threads), cfg.embedding_components,
-                                       cfg.seed)
+        projector = EmbeddingProjector(
+            encode or minilm_encoder(params.baselines.torch_threads), cfg.embedding_components, cfg.seed
+        )
         feats = pd.concat([feats, projector.fit_transform(ref.train["text"].tolist())], axis=1)
     val_perf = performance(ref.val["label"], ref.val["prediction"])
     registered = registered_values(reg, version) if reg is not None else {}

@@ -23,8 +23,13 @@ STATE_FILE = "state.json"
 
 def check(name: str, value: float | None, threshold: float, breach: bool | None, detail: str = "") -> dict[str, Any]:
     """One line of the summary: ``breach`` is None when the check could not be judged (``detail`` says why)."""
-    return {"metric": name, "value": None if value is None else round(float(value), 6), "threshold": threshold,
-            "breach": breach, "detail": detail}
+    return {
+        "metric": name,
+        "value": None if value is None else round(float(value), 6),
+        "threshold": threshold,
+        "breach": breach,
+        "detail": detail,
+    }
 
 
 def performance(true: pd.Series, pred: pd.Series) -> dict[str, Any]:
@@ -33,8 +38,12 @@ def performance(true: pd.Series, pred: pd.Series) -> dict[str, Any]:
     labels = sorted(set(t) | set(p))
     f1s = f1_score(t, p, labels=labels, average=None, zero_division=0)
     support = pd.Series(t).value_counts()
-    return {"accuracy": float(accuracy_score(t, p)), "macro_f1": float(f1_score(t, p, average="macro", zero_division=0)),
-            "n": len(t), "per_class": {c: {"f1": float(f), "support": int(support.get(c, 0))} for c, f in zip(labels, f1s)}}
+    return {
+        "accuracy": float(accuracy_score(t, p)),
+        "macro_f1": float(f1_score(t, p, average="macro", zero_division=0)),
+        "n": len(t),
+        "per_class": {c: {"f1": float(f), "support": int(support.get(c, 0))} for c, f in zip(labels, f1s)},
+    }
 
 
 def performance_checks(perf: dict | None, registered: dict, val_perf: dict, cfg: MonitorConfig) -> list[dict]:
@@ -42,8 +51,10 @@ def performance_checks(perf: dict | None, registered: dict, val_perf: dict, cfg:
     names = ("accuracy_drop", "macro_f1_drop", "class_f1_drop")
     if perf is None or perf["n"] < cfg.min_labelled_rows:
         n = 0 if perf is None else perf["n"]
-        return [check(m, None, 0.0, None, f"{n} labelled rows < monitor.min_labelled_rows={cfg.min_labelled_rows}")
-                for m in names]
+        return [
+            check(m, None, 0.0, None, f"{n} labelled rows < monitor.min_labelled_rows={cfg.min_labelled_rows}")
+            for m in names
+        ]
     out = []
     for metric, limit in (("accuracy", cfg.max_accuracy_drop), ("macro_f1", cfg.max_macro_f1_drop)):
         base = registered.get(metric)
@@ -51,15 +62,33 @@ def performance_checks(perf: dict | None, registered: dict, val_perf: dict, cfg:
             out.append(check(f"{metric}_drop", None, limit, None, "the champion has no registered value"))
             continue
         drop = base - perf[metric]
-        out.append(check(f"{metric}_drop", drop, limit, drop > limit,
-                         f"{perf[metric]:.4f} now vs {base:.4f} at registration ({registered.get('source', '?')})"))
-    drops = {c: val_perf["per_class"][c]["f1"] - v["f1"] for c, v in perf["per_class"].items()
-             if v["support"] >= cfg.min_class_support and c in val_perf["per_class"]}
+        out.append(
+            check(
+                f"{metric}_drop",
+                drop,
+                limit,
+                drop > limit,
+                f"{perf[metric]:.4f} now vs {base:.4f} at registration ({registered.get('source', '?')})",
+            )
+        )
+    drops = {
+        c: val_perf["per_class"][c]["f1"] - v["f1"]
+        for c, v in perf["per_class"].items()
+        if v["support"] >= cfg.min_class_support and c in val_perf["per_class"]
+    }
     worst = max(drops, key=drops.get) if drops else None
-    out.append(check("class_f1_drop", drops[worst] if worst else None, cfg.max_class_f1_drop,
-                     None if worst is None else drops[worst] > cfg.max_class_f1_drop,
-                     f"worst class {worst!r} (F1 vs the champion on validation; classes with >= "
-                     f"{cfg.min_class_support} labelled rows)" if worst else "no class has enough labelled rows"))
+    out.append(
+        check(
+            "class_f1_drop",
+            drops[worst] if worst else None,
+            cfg.max_class_f1_drop,
+            None if worst is None else drops[worst] > cfg.max_class_f1_drop,
+            f"worst class {worst!r} (F1 vs the champion on validation; classes with >= "
+            f"{cfg.min_class_support} labelled rows)"
+            if worst
+            else "no class has enough labelled rows",
+        )
+    )
     return out
 
 
@@ -68,10 +97,15 @@ def drift_check(name: str, result: Any | None, threshold: float, reason: str = "
     if result is None:
         return check(name, None, threshold, None, reason)
     if len(result.columns) == 1:
-        (col, v), = result.columns.items()
+        ((col, v),) = result.columns.items()
         return check(name, v["score"], v["threshold"], v["drift"], f"{col}: {v['method']}")
-    return check(name, result.share, threshold, result.dataset_drift,
-                 f"drifted: {', '.join(result.drifted) or 'none'} of {len(result.columns)} columns")
+    return check(
+        name,
+        result.share,
+        threshold,
+        result.dataset_drift,
+        f"drifted: {', '.join(result.drifted) or 'none'} of {len(result.columns)} columns",
+    )
 
 
 def load_state(reports_dir: Path) -> dict[str, Any]:
@@ -94,14 +128,23 @@ def update(state: dict[str, Any], key: str, breached: list[str], cfg: MonitorCon
         return state, False, "same window as the previous pass (no new predictions or labels): not counted again"
     state["consecutive"] = state.get("consecutive", 0) + 1 if breached else 0
     state["last_key"] = key
-    state["history"].append({"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "key": key,
-                             "breached": breached, "consecutive": state["consecutive"]})
+    state["history"].append(
+        {
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "key": key,
+            "breached": breached,
+            "consecutive": state["consecutive"],
+        }
+    )
     confirmed = state["consecutive"] >= cfg.persistence
-    note = (f"breach {state['consecutive']}/{cfg.persistence} consecutive window(s)" if breached else "no breach")
+    note = f"breach {state['consecutive']}/{cfg.persistence} consecutive window(s)" if breached else "no breach"
     return state, confirmed, note + (": CONFIRMED" if confirmed else "")
 
 
 def reset(state: dict[str, Any], reason: str) -> dict[str, Any]:
     """After a retrain: start counting again (the new champion gets fresh windows)."""
-    return {**state, "consecutive": 0, "last_reset": {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                                      "reason": reason}}
+    return {
+        **state,
+        "consecutive": 0,
+        "last_reset": {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "reason": reason},
+    }

@@ -35,8 +35,13 @@ SMALL = {
     "leakage": {"time_order_action": "report"},
     "baselines": {"models": ["majority", "tfidf_logreg"]},
     "finetune": {"enabled": False},
-    "monitor": {"window_size": 300, "min_window_rows": 200, "min_labelled_rows": 100, "reference_size": 800,
-                "persistence": 3},
+    "monitor": {
+        "window_size": 300,
+        "min_window_rows": 200,
+        "min_labelled_rows": 100,
+        "reference_size": 800,
+        "persistence": 3,
+    },
     "serve": {"watch_interval_s": 5, "log_flush_s": 1.0},
     "flows": {"deploy_on_promotion": False},  # the demo's Serve replicas follow the alias themselves
 }
@@ -71,7 +76,9 @@ def train_period_a() -> None:
 
 
 def main(
-    workdir: Annotated[Optional[Path], typer.Option(help="where to build the demo repo (default: a new temp dir)")] = None,
+    workdir: Annotated[
+        Optional[Path], typer.Option(help="where to build the demo repo (default: a new temp dir)")
+    ] = None,
     in_process: Annotated[bool, typer.Option(help="skip Ray Serve; log predictions in-process")] = False,
 ) -> None:
     """Drift demo end to end in a temporary copy of the repository; prints before/after numbers."""
@@ -98,9 +105,12 @@ def main(
         print(traffic.before_after(params), flush=True)
     finally:
         sender.close()
-    print(f"\n[demo] reports: {repo / params.monitor.reports_dir}/<utc>/*.html (+ summary.json), state.json;"
-          f" MLflow: {repo / 'mlflow.db'}; snapshot(s): {sorted(map(str, Path('data/snapshots').glob('*.parquet')))}"
-          f"\n[demo] done in {time.time() - t0:.0f} s", flush=True)
+    print(
+        f"\n[demo] reports: {repo / params.monitor.reports_dir}/<utc>/*.html (+ summary.json), state.json;"
+        f" MLflow: {repo / 'mlflow.db'}; snapshot(s): {sorted(map(str, Path('data/snapshots').glob('*.parquet')))}"
+        f"\n[demo] done in {time.time() - t0:.0f} s",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Traffic for the drift demo: generated tickets sent to the Ray Serve endpoint (or logged in-process), with feedback."""
+"""Traffic for the drift demo: generated tickets sent to the Ray Serve endpoint (or logged in-process),
+with feedback."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from pipelines.io import free_port
 
 def period(n: int, seed: int, drift: bool) -> pd.DataFrame:
     """``n`` generated tickets (period B when ``drift``), cleaned as ingest cleans training data: text, label."""
-    from pipelines.generate import generate_tickets
-    from pipelines.ingest import ingest
+    from pipelines.data.generator import generate_tickets
+    from pipelines.data.ingestion import ingest
 
     raw = generate_tickets(GenerateConfig(n_rows=max(100, n), seed=seed, n_customers=max(50, n // 3)), drift=drift)
     df, _ = ingest(raw, DataConfig(), IngestConfig())
@@ -38,8 +39,12 @@ class Sender:
         import requests
 
         port = free_port()
-        self.proc = subprocess.Popen([sys.executable, "-m", "serving.app", "--params", "params.yaml", "--port", str(port)],
-                                     stdout=open("serve.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "serving.app", "--params", "params.yaml", "--port", str(port)],
+            stdout=open("serve.log", "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.url, deadline = f"http://127.0.0.1:{port}", time.time() + wait_s
         while time.time() < deadline and self.proc.poll() is None:
             try:
@@ -49,7 +54,10 @@ class Sender:
             except requests.RequestException:
                 pass
             time.sleep(1)
-        print(f"[demo] the endpoint did not become ready in {wait_s:.0f} s (see serve.log); logging in-process", flush=True)
+        print(
+            f"[demo] the endpoint did not become ready in {wait_s:.0f} s (see serve.log); logging in-process",
+            flush=True,
+        )
         self.close()
 
     def send(self, df: pd.DataFrame) -> None:
@@ -60,28 +68,41 @@ class Sender:
 
         texts, labels = df["text"].tolist(), df["label"].tolist()
         for s in range(0, len(texts), 32):
-            r = requests.post(f"{self.url}/predict", json={"texts": texts[s:s + 32]}, timeout=120)
+            r = requests.post(f"{self.url}/predict", json={"texts": texts[s : s + 32]}, timeout=120)
             r.raise_for_status()
             rid = r.json()["request_id"]
-            for i, label in enumerate(labels[s:s + 32]):
-                requests.post(f"{self.url}/feedback", json={"request_id": rid, "item": i, "label": label},
-                              timeout=30).raise_for_status()
+            for i, label in enumerate(labels[s : s + 32]):
+                requests.post(
+                    f"{self.url}/feedback", json={"request_id": rid, "item": i, "label": label}, timeout=30
+                ).raise_for_status()
         time.sleep(self.params.serve.log_flush_s + 2.0)  # the replica flushes its log buffer on a timer
 
     def _in_process(self, df: pd.DataFrame) -> None:
-        from pipelines import tracking
+        from pipelines.registry import tracking
         from serving.prediction_log import FEEDBACK, PREDICTIONS, probabilities_json, text_hash, write_part
 
         reg = tracking.Registry(self.params.mlflow)
         version, model = reg.alias("champion"), reg.load("@champion")
         proba, now = model.predict_proba(df["text"].tolist()), datetime.now(timezone.utc)
         preds, fbs = [], []
-        for i, (text, label, p) in enumerate(zip(df["text"], df["label"], proba)):
+        for text, label, p in zip(df["text"], df["label"], proba):
             rid = uuid.uuid4().hex
-            preds.append({"ts": now, "request_id": rid, "item": 0, "model_name": reg.name, "model_version": version,
-                          "text_sha256": text_hash(text), "text": text, "label": model.classes[int(p.argmax())],
-                          "confidence": float(p.max()), "probabilities": probabilities_json(model.classes, p),
-                          "latency_ms": 0.0, "batch_size": len(df)})
+            preds.append(
+                {
+                    "ts": now,
+                    "request_id": rid,
+                    "item": 0,
+                    "model_name": reg.name,
+                    "model_version": version,
+                    "text_sha256": text_hash(text),
+                    "text": text,
+                    "label": model.classes[int(p.argmax())],
+                    "confidence": float(p.max()),
+                    "probabilities": probabilities_json(model.classes, p),
+                    "latency_ms": 0.0,
+                    "batch_size": len(df),
+                }
+            )
             fbs.append({"ts": now, "request_id": rid, "item": 0, "true_label": label})
         write_part(self.params.monitor.log_dir, PREDICTIONS, preds, now)
         write_part(self.params.monitor.log_dir, FEEDBACK, fbs, now)
@@ -101,8 +122,8 @@ class Sender:
 
 def before_after(params: Params) -> str:
     """Old vs new champion on fresh period-B and period-A tickets."""
-    from pipelines import tracking
     from pipelines.metrics import evaluate
+    from pipelines.registry import tracking
 
     reg = tracking.Registry(params.mlflow)
     history = [v for v in reg.model_tag("champion_history").split(",") if v]
@@ -113,7 +134,9 @@ def before_after(params: Params) -> str:
         model = reg.load(v)
         mb, _ = evaluate(model, b["text"].tolist(), b["label"].tolist(), split="B", allow_unseen=True)
         ma, _ = evaluate(model, a["text"].tolist(), a["label"].tolist(), split="A", allow_unseen=True)
-        lines.append(f"  {name:<22}{mb['accuracy']:>12.4f}{mb['macro_f1']:>12.4f}{ma['accuracy']:>12.4f}{ma['macro_f1']:>12.4f}")
+        lines.append(
+            f"  {name:<22}{mb['accuracy']:>12.4f}{mb['macro_f1']:>12.4f}{ma['accuracy']:>12.4f}{ma['macro_f1']:>12.4f}"
+        )
     if now == first:
         lines.append("  (the retrained challenger was not promoted: see reports/promotion.md)")
     return "\n".join(lines)

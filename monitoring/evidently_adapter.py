@@ -33,19 +33,32 @@ class DriftResult:
         return [c for c, v in self.columns.items() if v["drift"]]
 
 
-def column_drift(name: str, reference: pd.DataFrame, current: pd.DataFrame, numeric: list[str],
-                 categorical: list[str], cfg: MonitorConfig) -> DriftResult:
+def column_drift(
+    name: str,
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    numeric: list[str],
+    categorical: list[str],
+    cfg: MonitorConfig,
+) -> DriftResult:
     """Drift of ``numeric`` + ``categorical`` columns of ``current`` against ``reference``."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
     cols = [*numeric, *categorical]
     definition = DataDefinition(numerical_columns=numeric or None, categorical_columns=categorical or None)
-    preset = DataDriftPreset(columns=cols, num_method=cfg.num_method, num_threshold=cfg.num_threshold,
-                             cat_method=cfg.cat_method, cat_threshold=cfg.cat_threshold, drift_share=cfg.drift_share)
+    preset = DataDriftPreset(
+        columns=cols,
+        num_method=cfg.num_method,
+        num_threshold=cfg.num_threshold,
+        cat_method=cfg.cat_method,
+        cat_threshold=cfg.cat_threshold,
+        drift_share=cfg.drift_share,
+    )
     snap = Report([preset], include_tests=True).run(
         current_data=Dataset.from_pandas(current[cols].reset_index(drop=True), data_definition=definition),
-        reference_data=Dataset.from_pandas(reference[cols].reset_index(drop=True), data_definition=definition))
+        reference_data=Dataset.from_pandas(reference[cols].reset_index(drop=True), data_definition=definition),
+    )
     return _parse(name, json.loads(snap.json()), snap)
 
 
@@ -57,9 +70,12 @@ def _parse(name: str, doc: dict, snap: Any) -> DriftResult:
         metric, params = by_id.get(mid, {}), test["metric_config"]["params"]
         kind = params.get("type", "")
         if kind.endswith("ValueDrift"):
-            res.columns[params["column"]] = {"score": float(metric.get("value", float("nan"))),
-                                             "method": params.get("method"), "threshold": params.get("threshold"),
-                                             "drift": test["status"] == "FAIL"}
+            res.columns[params["column"]] = {
+                "score": float(metric.get("value", float("nan"))),
+                "method": params.get("method"),
+                "threshold": params.get("threshold"),
+                "drift": test["status"] == "FAIL",
+            }
         elif kind.endswith("DriftedColumnsCount"):
             res.share = float(metric.get("value", {}).get("share", 0.0))
             res.dataset_drift = test["status"] == "FAIL"
@@ -72,12 +88,15 @@ def classification_report(reference: pd.DataFrame, current: pd.DataFrame, classe
     from evidently.presets import ClassificationPreset
 
     labels = {c: c for c in classes}
-    definition = DataDefinition(categorical_columns=["target", "prediction"], classification=[
-        MulticlassClassification(target="target", prediction_labels="prediction", labels=labels)])
+    definition = DataDefinition(
+        categorical_columns=["target", "prediction"],
+        classification=[MulticlassClassification(target="target", prediction_labels="prediction", labels=labels)],
+    )
 
     def ds(df: pd.DataFrame) -> Any:
-        return Dataset.from_pandas(df[["target", "prediction"]].astype(str).reset_index(drop=True),
-                                   data_definition=definition)
+        return Dataset.from_pandas(
+            df[["target", "prediction"]].astype(str).reset_index(drop=True), data_definition=definition
+        )
 
     return Report([ClassificationPreset()]).run(current_data=ds(current), reference_data=ds(reference))
 

@@ -2,7 +2,7 @@
 
 * descriptors: ``length_chars``, ``word_count`` and ``oov_share`` (share of a text's words never
   seen in the training vocabulary; computed here, no NLTK);
-* embeddings: MiniLM sentence embeddings (:mod:`pipelines.encoder`) projected on the first
+* embeddings: MiniLM sentence embeddings (:mod:`pipelines.classifier.encoder`) projected on the first
   ``embedding_components`` PCA axes of the *reference* embeddings, one numeric column each.
   Evidently's ``EmbeddingsDrift`` spends most of its time drawing a t-SNE plot; per-component
   K-S tests on a PCA projection are cheap and show *which* direction moved.
@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -45,7 +45,7 @@ def descriptors(texts: list[str], vocab: frozenset[str]) -> pd.DataFrame:
 
 def minilm_encoder(threads: int = 2, batch_size: int = 64) -> Encode:
     """The packaged MiniLM (mean-pooled, L2-normalised), loaded on first use."""
-    from pipelines.encoder import MeanPoolEncoder
+    from pipelines.classifier.encoder import MeanPoolEncoder
 
     enc = MeanPoolEncoder("minilm", max_length=128, batch_size=batch_size, threads=threads)
     return enc.encode

@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import yaml
@@ -28,15 +28,24 @@ Runner = Callable[..., subprocess.CompletedProcess]
 
 def used_ids(snapshots_dir: Path) -> set[str]:
     """Ids of every row already in a snapshot."""
-    return {i for f in sorted(Path(snapshots_dir).glob("snapshot-*.parquet"))
-            for i in pd.read_parquet(f, columns=["id"])["id"].astype(str)}
+    return {
+        i
+        for f in sorted(Path(snapshots_dir).glob("snapshot-*.parquet"))
+        for i in pd.read_parquet(f, columns=["id"])["id"].astype(str)
+    }
 
 
 def snapshot_rows(labelled: pd.DataFrame, used: set[str]) -> pd.DataFrame:
     """Labelled predictions (with text) not yet in a snapshot, in canonical columns id/text/label/timestamp."""
     df = labelled[labelled["text"].notna() & labelled["true_label"].notna()]
-    out = pd.DataFrame({"id": df["request_id"].astype(str) + ":" + df["item"].astype(str), "text": df["text"].astype(str),
-                        "label": df["true_label"].astype(str), "timestamp": pd.to_datetime(df["ts"], utc=True)})
+    out = pd.DataFrame(
+        {
+            "id": df["request_id"].astype(str) + ":" + df["item"].astype(str),
+            "text": df["text"].astype(str),
+            "label": df["true_label"].astype(str),
+            "timestamp": pd.to_datetime(df["ts"], utc=True),
+        }
+    )
     out = out.drop_duplicates("id", keep="last")
     return out[~out["id"].isin(used)].reset_index(drop=True)
 
@@ -63,7 +72,9 @@ def run_checked(cmd: list[str], cwd: Path, runner: Runner = subprocess.run) -> s
     """Run ``cmd`` in ``cwd``; a non-zero exit is a PipelineError carrying the tail of its output."""
     r = runner(cmd, cwd=str(cwd), capture_output=True, text=True)
     if r.returncode != 0:
-        raise PipelineError(f"`{' '.join(cmd)}` failed (exit {r.returncode}):\n{(r.stdout or '')[-2000:]}{(r.stderr or '')[-2000:]}")
+        raise PipelineError(
+            f"`{' '.join(cmd)}` failed (exit {r.returncode}):\n{(r.stdout or '')[-2000:]}{(r.stderr or '')[-2000:]}"
+        )
     return r
 
 
@@ -78,11 +89,12 @@ def snapshot_md5(dvc_file: Path) -> str:
     return str((doc or {}).get("outs", [{}])[0].get("md5", ""))
 
 
-def retrain(repo: Path, snapshot: Path, *, params_file: str = "params.yaml", reason: str = "",
-            runner: Runner = subprocess.run) -> dict:
+def retrain(
+    repo: Path, snapshot: Path, *, params_file: str = "params.yaml", reason: str = "", runner: Runner = subprocess.run
+) -> dict:
     """``dvc repro`` in ``repo`` (the register stage runs the gate) and tag the new version with the snapshot."""
-    from pipelines import tracking
     from pipelines.config import load_params
+    from pipelines.registry import tracking
 
     repo = Path(repo)
     run_checked([tool("dvc"), "repro"], repo, runner)
@@ -96,18 +108,29 @@ def retrain(repo: Path, snapshot: Path, *, params_file: str = "params.yaml", rea
         try:
             tracking.setup(cfg.mlflow)
             dvc_file = Path(str(snapshot) + ".dvc")
-            tracking.Registry(cfg.mlflow).tag_version(version, {
-                "lineage.snapshot": str(Path(snapshot).name), "lineage.snapshot_md5": snapshot_md5(dvc_file),
-                "lineage.snapshot_rows": len(pd.read_parquet(snapshot, columns=["id"])),
-                "lineage.retrain_reason": reason[:4000] or "monitoring breach"})
+            tracking.Registry(cfg.mlflow).tag_version(
+                version,
+                {
+                    "lineage.snapshot": str(Path(snapshot).name),
+                    "lineage.snapshot_md5": snapshot_md5(dvc_file),
+                    "lineage.snapshot_rows": len(pd.read_parquet(snapshot, columns=["id"])),
+                    "lineage.retrain_reason": reason[:4000] or "monitoring breach",
+                },
+            )
         finally:
             os.chdir(cwd)
-    return {"version": version, "promoted": bool(decision.get("promoted")), "reasons": decision.get("reasons", []),
-            "champion_after": decision.get("champion_version_after"), "snapshot": str(snapshot)}
+    return {
+        "version": version,
+        "promoted": bool(decision.get("promoted")),
+        "reasons": decision.get("reasons", []),
+        "champion_after": decision.get("champion_version_after"),
+        "snapshot": str(snapshot),
+    }
 
 
-def feedback_loop(repo: Path, labelled: pd.DataFrame, snapshots_dir: Path, *, reason: str = "",
-                  runner: Runner = subprocess.run) -> dict:
+def feedback_loop(
+    repo: Path, labelled: pd.DataFrame, snapshots_dir: Path, *, reason: str = "", runner: Runner = subprocess.run
+) -> dict:
     """Snapshot the new labelled rows, ``dvc add`` it, retrain. Returns what happened."""
     rows = snapshot_rows(labelled, used_ids(snapshots_dir))
     path = write_snapshot(rows, snapshots_dir)

@@ -11,9 +11,10 @@ breach true/false), logs them to MLflow (run ``monitor``), and keeps the breach 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -34,26 +35,42 @@ def evaluate(ctx: Context, win: Any, params: Params) -> tuple[list[dict], dict[s
     cur = ctx.features(win.rows["text"].fillna("").astype(str).tolist())
     data = ev.column_drift("data_drift", ctx.ref_features, cur, ctx.text_columns, [], cfg)
     pred = ev.column_drift("prediction_drift", ref.val, win.rows.astype({"prediction": str}), [], ["prediction"], cfg)
-    lab = win.labelled.assign(label=lambda d: d["true_label"].astype(str), prediction=lambda d: d["prediction"].astype(str))
+    lab = win.labelled.assign(
+        label=lambda d: d["true_label"].astype(str), prediction=lambda d: d["prediction"].astype(str)
+    )
     enough = len(lab) >= cfg.min_labelled_rows
     label = ev.column_drift("label_drift", ref.train, lab, [], ["label"], cfg) if enough else None
     perf = dec.performance(lab["label"], lab["prediction"]) if len(lab) else None
-    checks = [dec.drift_check("data_drift", data, cfg.drift_share),
-              dec.drift_check("prediction_drift", pred, cfg.cat_threshold),
-              dec.drift_check("label_drift", label, cfg.cat_threshold,
-                              f"{len(lab)} labelled rows < monitor.min_labelled_rows={cfg.min_labelled_rows}"),
-              *dec.performance_checks(perf, ctx.registered, ctx.val_perf, cfg)]
+    checks = [
+        dec.drift_check("data_drift", data, cfg.drift_share),
+        dec.drift_check("prediction_drift", pred, cfg.cat_threshold),
+        dec.drift_check(
+            "label_drift",
+            label,
+            cfg.cat_threshold,
+            f"{len(lab)} labelled rows < monitor.min_labelled_rows={cfg.min_labelled_rows}",
+        ),
+        *dec.performance_checks(perf, ctx.registered, ctx.val_perf, cfg),
+    ]
     snaps = {"data_drift": data.snapshot, "prediction_drift": pred.snapshot}
     if label is not None:
         snaps["label_drift"] = label.snapshot
         snaps["performance"] = ev.classification_report(
-            ref.val.rename(columns={"label": "target"}), lab.rename(columns={"label": "target"}), ref.classes)
+            ref.val.rename(columns={"label": "target"}), lab.rename(columns={"label": "target"}), ref.classes
+        )
     extra = {"performance": perf, "data_drift_columns": data.columns}
     return checks, {"snapshots": snaps, **extra}
 
 
-def monitor_once(params: Params, *, ctx: Context | None = None, retrain: Retrain | None = None,
-                 now: datetime | None = None, log_mlflow: bool = True, encode: Encode | None = None) -> tuple[dict, Context]:
+def monitor_once(
+    params: Params,
+    *,
+    ctx: Context | None = None,
+    retrain: Retrain | None = None,
+    now: datetime | None = None,
+    log_mlflow: bool = True,
+    encode: Encode | None = None,
+) -> tuple[dict, Context]:
     """One pass; returns the summary and the (reusable) context. ``retrain(reason)`` runs on a confirmed breach."""
     cfg, now = params.monitor, now or datetime.now(timezone.utc)
     reg, version, model = champion(params)
@@ -62,8 +79,14 @@ def monitor_once(params: Params, *, ctx: Context | None = None, retrain: Retrain
     preds, labelled, feedback = read_log_frames(cfg.log_dir)
     win = current_window(preds, labelled, feedback, version, cfg, now)
     out = Path(cfg.reports_dir) / f"{now:%Y%m%dT%H%M%S%fZ}"
-    summary: dict[str, Any] = {"at": now.isoformat(), "model": reg.name, "champion_version": version,
-                               "window": {"mode": cfg.window_mode, **win.counts}, "notes": win.notes, "reports_dir": str(out)}
+    summary: dict[str, Any] = {
+        "at": now.isoformat(),
+        "model": reg.name,
+        "champion_version": version,
+        "window": {"mode": cfg.window_mode, **win.counts},
+        "notes": win.notes,
+        "reports_dir": str(out),
+    }
     state = dec.load_state(Path(cfg.reports_dir))
     if win.skipped:
         summary.update(skipped=win.skipped, breached=[], confirmed=False, checks=[])
@@ -72,8 +95,14 @@ def monitor_once(params: Params, *, ctx: Context | None = None, retrain: Retrain
         checks, extra = evaluate(ctx, win, params)
         breached = [c["metric"] for c in checks if c["breach"]]
         state, confirmed, note = dec.update(state, win.key, breached, cfg)
-        summary.update(checks=checks, breached=breached, confirmed=confirmed, persistence=note,
-                       performance=extra["performance"], registered=ctx.registered)
+        summary.update(
+            checks=checks,
+            breached=breached,
+            confirmed=confirmed,
+            persistence=note,
+            performance=extra["performance"],
+            registered=ctx.registered,
+        )
         summary["reports"] = {k: str(ev.save_html(s, out / f"{k}.html")) for k, s in extra["snapshots"].items()}
         if confirmed and cfg.retrain_on_breach and retrain is not None:
             summary["retrain"] = retrain(f"confirmed breach of {breached} over {cfg.persistence} windows")
@@ -87,22 +116,31 @@ def monitor_once(params: Params, *, ctx: Context | None = None, retrain: Retrain
 
 
 def _log(summary: dict, out: Path, version: str) -> None:
-    from pipelines import tracking
+    from pipelines.registry import tracking
 
-    with tracking.run("monitor", "monitor", tags={"champion_version": version, "breach": str(bool(summary["breached"])),
-                                                  "confirmed": str(summary["confirmed"]).lower()}):
+    with tracking.run(
+        "monitor",
+        "monitor",
+        tags={
+            "champion_version": version,
+            "breach": str(bool(summary["breached"])),
+            "confirmed": str(summary["confirmed"]).lower(),
+        },
+    ):
         tracking.log_metrics({c["metric"]: c["value"] for c in summary["checks"] if c["value"] is not None})
         tracking.log_artifacts(out, artifact_path="monitoring")
 
 
 def default_retrain(params: Params) -> Retrain:
     """Labelled log rows → snapshot → dvc add → dvc repro in the current directory."""
+
     def _retrain(reason: str) -> dict:
         from monitoring.feedback import feedback_loop
         from monitoring.windows import read_log_frames
 
         _, labelled, _ = read_log_frames(params.monitor.log_dir)
         return feedback_loop(Path("."), labelled, Path(params.data.snapshots_dir or "data/snapshots"), reason=reason)
+
     return _retrain
 
 

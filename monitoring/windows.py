@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines.classifier.model_api import TextClassifier, predict_labels
 from pipelines.config import MonitorConfig
 from pipelines.errors import DataError
-from pipelines.model_api import TextClassifier, predict_labels
 
 KEY = ["request_id", "item"]
 
@@ -28,9 +28,9 @@ KEY = ["request_id", "item"]
 class Reference:
     """Training sample, the champion's validation predictions and its classes."""
 
-    train: pd.DataFrame          # text, label (fixed-size sample)
-    vocab_texts: list[str]       # the other training texts: the vocabulary for out-of-vocabulary shares
-    val: pd.DataFrame            # text, label, prediction
+    train: pd.DataFrame  # text, label (fixed-size sample)
+    vocab_texts: list[str]  # the other training texts: the vocabulary for out-of-vocabulary shares
+    val: pd.DataFrame  # text, label, prediction
     classes: list[str]
     version: str
 
@@ -54,7 +54,8 @@ class Window:
         if self.rows.empty:
             return ""
         last = self.rows.iloc[-1]
-        return f"{last['ts'].isoformat()}|{last['request_id']}:{last['item']}|{len(self.rows)}|{int(self.rows['true_label'].notna().sum())}"
+        labelled = int(self.rows["true_label"].notna().sum())
+        return f"{last['ts'].isoformat()}|{last['request_id']}:{last['item']}|{len(self.rows)}|{labelled}"
 
 
 def _require(df: pd.DataFrame, cols: list[str], what: str) -> None:
@@ -63,8 +64,9 @@ def _require(df: pd.DataFrame, cols: list[str], what: str) -> None:
         raise DataError(f"{what} lacks column(s) {missing}; has {list(df.columns)}")
 
 
-def build_reference(train: pd.DataFrame, val: pd.DataFrame, model: TextClassifier, version: str,
-                    cfg: MonitorConfig) -> Reference:
+def build_reference(
+    train: pd.DataFrame, val: pd.DataFrame, model: TextClassifier, version: str, cfg: MonitorConfig
+) -> Reference:
     """Sample ``reference_size`` training rows (stratified, seeded) and predict the validation split."""
     _require(train, ["text", "label"], "reference (train split)")
     _require(val, ["text", "label"], "reference (validation split)")
@@ -79,8 +81,9 @@ def build_reference(train: pd.DataFrame, val: pd.DataFrame, model: TextClassifie
     rest = train.drop(index=sample.index)
     val = val[["text", "label"]].astype({"text": str, "label": str}).reset_index(drop=True)
     val["prediction"] = predict_labels(model, val["text"].tolist())
-    return Reference(sample.reset_index(drop=True), rest["text"].tolist(), val, [str(c) for c in model.classes],
-                     str(version))
+    return Reference(
+        sample.reset_index(drop=True), rest["text"].tolist(), val, [str(c) for c in model.classes], str(version)
+    )
 
 
 def unknown_feedback(preds: pd.DataFrame, feedback: pd.DataFrame) -> int:
@@ -91,14 +94,22 @@ def unknown_feedback(preds: pd.DataFrame, feedback: pd.DataFrame) -> int:
     return int((~pd.MultiIndex.from_frame(feedback[KEY]).isin(known)).sum())
 
 
-def current_window(preds: pd.DataFrame, labelled: pd.DataFrame, feedback: pd.DataFrame, version: str,
-                   cfg: MonitorConfig, now: datetime | None = None) -> Window:
+def current_window(
+    preds: pd.DataFrame,
+    labelled: pd.DataFrame,
+    feedback: pd.DataFrame,
+    version: str,
+    cfg: MonitorConfig,
+    now: datetime | None = None,
+) -> Window:
     """Select the champion's rows, cut the window, attach feedback labels; skip (with a reason) if too small."""
     now = now or datetime.now(timezone.utc)
     counts = {"log_rows": len(preds), "unknown_feedback": unknown_feedback(preds, feedback)}
     notes = []
     if counts["unknown_feedback"]:
-        notes.append(f"{counts['unknown_feedback']} feedback row(s) name request ids with no logged prediction; ignored")
+        notes.append(
+            f"{counts['unknown_feedback']} feedback row(s) name request ids with no logged prediction; ignored"
+        )
     versions = preds["model_version"].astype(str).value_counts().to_dict() if len(preds) else {}
     mine = preds[preds["model_version"].astype(str) == str(version)] if len(preds) else preds
     others = {v: n for v, n in versions.items() if v != str(version)}
@@ -116,10 +127,13 @@ def current_window(preds: pd.DataFrame, labelled: pd.DataFrame, feedback: pd.Dat
     win = Window(rows[["ts", "request_id", "item", "text", "prediction", "true_label"]], None, notes, counts)
     if rows.empty:
         win.skipped = f"empty window: no predictions of champion v{version} in the log" + (
-            f" (rows of other versions: {others})" if others else "")
+            f" (rows of other versions: {others})" if others else ""
+        )
     elif len(rows) < cfg.min_window_rows:
-        win.skipped = (f"window too small: {len(rows)} prediction(s) of champion v{version}, "
-                       f"need monitor.min_window_rows={cfg.min_window_rows}")
+        win.skipped = (
+            f"window too small: {len(rows)} prediction(s) of champion v{version}, "
+            f"need monitor.min_window_rows={cfg.min_window_rows}"
+        )
     elif rows["text"].isna().all():
         raise DataError("the prediction log stores no text (serve.log_text: false): text drift cannot be computed")
     return win
@@ -129,8 +143,10 @@ def check_schema(ref: Reference, win: Window) -> list[str]:
     """Fail when reference and current cannot be compared; return notes for what can be judged with care."""
     unknown = sorted(set(win.rows["prediction"].dropna().astype(str)) - set(ref.classes))
     if unknown:
-        raise DataError(f"current predictions use class(es) {unknown} the reference model (v{ref.version}) does not "
-                        f"have {ref.classes}: reference and current come from different schemas")
+        raise DataError(
+            f"current predictions use class(es) {unknown} the reference model (v{ref.version}) does not "
+            f"have {ref.classes}: reference and current come from different schemas"
+        )
     new_labels = sorted(set(win.labelled["true_label"].astype(str)) - set(ref.classes))
     if new_labels:
         return [f"feedback labels {new_labels} are not classes of the model: they count as errors (a new class?)"]

@@ -4,7 +4,7 @@ and a frozen MiniLM encoder + logistic regression.
 C is chosen by stratified CV on train only (``GridSearchCV``, macro-F1); the candidate with the
 best *validation* macro-F1 is the one the register stage registers. Every model is scored by the
 one evaluation module (:mod:`pipelines.metrics`) on val and test through the
-:class:`~pipelines.model_api.TextClassifier` interface.
+:class:`~pipelines.classifier.model_api.TextClassifier` interface.
 
 Outputs: ``models/baselines/<name>.joblib`` + ``selected.json``, ``metrics/baselines.json`` (each
 model, val and test), ``metrics/eval.json`` (the selected model, per class), ``plots/baselines/``
@@ -13,166 +13,20 @@ model, val and test), ``metrics/eval.json`` (the selected model, per class), ``p
 
 from __future__ import annotations
 
-import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
 import joblib
-import numpy as np
 import pandas as pd
 import typer
-from sklearn.calibration import CalibratedClassifierCV
-from sklearn.dummy import DummyClassifier
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
-from sklearn.pipeline import FeatureUnion, Pipeline
-from sklearn.svm import LinearSVC
 
-from pipelines.config import BaselinesConfig, EvaluateConfig, load_params
-from pipelines.encoder import EncoderClassifier, MeanPoolEncoder
+from pipelines.classifier.classical import _track, evaluate_baselines, train_baselines
+from pipelines.classifier.encoder import EncoderClassifier
+from pipelines.config import load_params
 from pipelines.errors import DataError, run_cli
 from pipelines.io import atomic_outputs, write_json
-from pipelines.metrics import check_labels, evaluate, headline, write_plots
-from pipelines.model_api import SklearnTextClassifier, TextClassifier
-
-
-@dataclass
-class Trained:
-    classifier: TextClassifier
-    best_params: dict = field(default_factory=dict)
-    cv_macro_f1: float | None = None
-    fit_seconds: float = 0.0
-
-
-def tfidf_features(cfg: BaselinesConfig) -> FeatureUnion:
-    """Word 1..n-grams and char_wb n-grams, sublinear TF, side by side."""
-    common = dict(sublinear_tf=True, min_df=cfg.min_df, max_features=cfg.max_features, dtype=np.float32)
-    return FeatureUnion([
-        ("word", TfidfVectorizer(analyzer="word", ngram_range=(1, cfg.word_ngram_max), **common)),
-        ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(cfg.char_ngram_min, cfg.char_ngram_max), **common)),
-    ])
-
-
-def _class_weight(cfg: BaselinesConfig) -> str | None:
-    return None if cfg.class_weight == "none" else cfg.class_weight
-
-
-def _grid_search(estimator: object, grid: dict, X: object, y: np.ndarray, cfg: BaselinesConfig) -> Trained:
-    """Stratified CV on train only, macro-F1; refit the best on all of train."""
-    cv = StratifiedKFold(n_splits=cfg.cv_folds, shuffle=True, random_state=cfg.seed)
-    t0 = time.perf_counter()
-    search = GridSearchCV(estimator, grid, scoring="f1_macro", cv=cv, n_jobs=cfg.n_jobs, refit=True, error_score="raise")
-    search.fit(X, y)
-    params = {k.split("__")[-1]: v for k, v in search.best_params_.items()}
-    return Trained(search.best_estimator_, params, float(search.best_score_), time.perf_counter() - t0)
-
-
-def train_tfidf(kind: str, texts: list[str], y: np.ndarray, cfg: BaselinesConfig, cache_dir: str | None = None) -> Trained:
-    """``tfidf_logreg`` or ``tfidf_svm``; fold vectorisations are cached within the run (``cache_dir``).
-
-    The SVM's C is chosen on the bare LinearSVC (CV on decision values), then that C is wrapped in
-    ``CalibratedClassifierCV`` and fitted once on all of train, so it has probabilities.
-    """
-    cw = _class_weight(cfg)
-    clf = LogisticRegression(max_iter=2000, class_weight=cw) if kind == "tfidf_logreg" else \
-        LinearSVC(class_weight=cw, random_state=cfg.seed)
-    pipe = Pipeline([("features", tfidf_features(cfg)), ("clf", clf)], memory=cache_dir)
-    t = _grid_search(pipe, {"clf__C": cfg.c_grid}, texts, y, cfg)
-    if kind == "tfidf_svm":
-        t0 = time.perf_counter()
-        svm = LinearSVC(C=t.best_params["C"], class_weight=cw, random_state=cfg.seed)
-        calibrated = CalibratedClassifierCV(svm, cv=cfg.calibration_folds, method="sigmoid", n_jobs=cfg.n_jobs)
-        t.classifier = Pipeline([("features", tfidf_features(cfg)), ("clf", calibrated)], memory=cache_dir).fit(texts, y)
-        t.fit_seconds += time.perf_counter() - t0
-    t.classifier = SklearnTextClassifier(_drop_memory(t.classifier), kind)
-    return t
-
-
-def _drop_memory(pipe: Pipeline) -> Pipeline:
-    """The run's vectoriser cache is temporary: do not pickle a reference to it."""
-    pipe.memory = None
-    return pipe
-
-
-def train_encoder(texts: list[str], y: np.ndarray, cfg: BaselinesConfig) -> Trained:
-    """Frozen encoder (mean-pooled) + logistic regression; C by CV on the train embeddings."""
-    if cfg.embed_max_train_rows and len(texts) > cfg.embed_max_train_rows:
-        idx, _ = train_test_split(np.arange(len(texts)), train_size=cfg.embed_max_train_rows,
-                                  stratify=y, random_state=cfg.seed)
-        texts, y = [texts[i] for i in idx], y[idx]
-    enc = MeanPoolEncoder(cfg.base_model, max_length=cfg.embed_max_length, batch_size=cfg.embed_batch_size,
-                          dtype=cfg.embed_dtype, threads=cfg.torch_threads, progress=True)
-    t0 = time.perf_counter()
-    X = enc.encode(texts)
-    embed_s = time.perf_counter() - t0
-    t = _grid_search(LogisticRegression(max_iter=2000, class_weight=_class_weight(cfg)), {"C": cfg.c_grid}, X, y, cfg)
-    t.classifier, t.fit_seconds = EncoderClassifier(enc, t.classifier, "minilm_logreg"), t.fit_seconds + embed_s
-    return t
-
-
-def train_baselines(train: pd.DataFrame, cfg: BaselinesConfig) -> dict[str, Trained]:
-    """Fit every model in ``cfg.models`` on the train split."""
-    if train.empty:
-        raise DataError("the train split is empty: nothing to train on")
-    texts, y = train["text"].astype(str).tolist(), train["label"].astype(str).to_numpy()
-    if len(set(y)) < 2:
-        raise DataError(f"the train split has a single class ({y[0]!r}); a classifier needs at least two")
-    out: dict[str, Trained] = {}
-    with tempfile.TemporaryDirectory(prefix="tfidf-cache-") as cache:
-        for name in cfg.models:
-            print(f"baselines: training {name} ...", flush=True)
-            if name == "majority":
-                t0 = time.perf_counter()
-                model = DummyClassifier(strategy="most_frequent").fit(np.zeros((len(y), 1)), y)
-                out[name] = Trained(SklearnTextClassifier(model, name), {}, None, time.perf_counter() - t0)
-            elif name == "minilm_logreg":
-                out[name] = train_encoder(texts, y, cfg)
-            else:
-                out[name] = train_tfidf(name, texts, y, cfg, cache)
-    return out
-
-
-def evaluate_baselines(models: dict[str, Trained], val: pd.DataFrame, test: pd.DataFrame,
-                       ecfg: EvaluateConfig) -> tuple[dict, str, dict]:
-    """Score every model on val and test; pick the best by val macro-F1.
-
-    Returns ``(summary per model, selected name, full results {name: {split: (metrics, preds)}})``.
-    """
-    for split, df in (("val", val), ("test", test)):
-        for t in models.values():
-            check_labels(df["label"].astype(str).tolist(), t.classifier.classes, split)
-    full: dict[str, dict] = {}
-    summary: dict[str, dict] = {}
-    for name, t in models.items():
-        print(f"baselines: evaluating {name} ...", flush=True)
-        full[name] = {split: evaluate(t.classifier, df["text"].astype(str).tolist(), df["label"].astype(str).tolist(),
-                                      split=split, ece_bins=ecfg.ece_bins)
-                      for split, df in (("val", val), ("test", test))}
-        summary[name] = {"cv_macro_f1": t.cv_macro_f1, "best_params": t.best_params, "fit_seconds": round(t.fit_seconds, 2),
-                         **{split: headline(m) for split, (m, _) in full[name].items()}}
-    selected = max(summary, key=lambda n: summary[n]["val"]["macro_f1"])
-    return summary, selected, full
-
-
-def _track(cfg, summary: dict, selected: str, full: dict, plot_dir: Path, eval_json: Path) -> None:
-    """One parent MLflow run for the stage, a nested run per model (params, val/test metrics)."""
-    from pipelines import tracking
-
-    tracking.setup(cfg.mlflow)
-    params = {"baselines": cfg.baselines.model_dump(), "evaluate": cfg.evaluate.model_dump()}
-    with tracking.run("baselines", "baselines", params=params, tags={"selected": selected}):
-        for name, s in summary.items():
-            with tracking.run(name, "baselines", params={"model": name, **s["best_params"]}, nested=True):
-                tracking.log_metrics({f"{split}_{k}": v for split in ("val", "test") for k, v in s[split].items()})
-                if s["cv_macro_f1"] is not None:
-                    tracking.log_metrics({"cv_macro_f1": s["cv_macro_f1"]})
-        tracking.log_metrics({f"{split}_{k}": v for split in ("val", "test") for k, v in summary[selected][split].items()},
-                             prefix="selected.")
-        tracking.log_artifacts(plot_dir, artifact_path="plots")
-        tracking.log_artifacts(eval_json)
+from pipelines.metrics import write_plots
 
 
 def main(
@@ -201,18 +55,32 @@ def main(
             if isinstance(t.classifier, EncoderClassifier):
                 t.classifier.encoder.progress = False
             joblib.dump(t.classifier, staged[model_dir] / f"{name}.joblib")
-        write_json({"name": selected, "file": f"{selected}.joblib", "classes": models[selected].classifier.classes,
-                    "val_macro_f1": summary[selected]["val"]["macro_f1"]}, staged[model_dir] / "selected.json")
+        write_json(
+            {
+                "name": selected,
+                "file": f"{selected}.joblib",
+                "classes": models[selected].classifier.classes,
+                "val_macro_f1": summary[selected]["val"]["macro_f1"],
+            },
+            staged[model_dir] / "selected.json",
+        )
         write_json({"selected": selected, "models": summary}, staged[metrics])
         write_json({"model": selected, **{split: m for split, (m, _) in full[selected].items()}}, staged[eval_json])
         test = splits["test"]["label"].astype(str).tolist()
-        write_plots(test, full[selected]["test"][1], staged[plot_dir] / "confusion_test.csv",
-                    staged[plot_dir] / "confusion_test.png", title=f"{selected} (test)")
+        write_plots(
+            test,
+            full[selected]["test"][1],
+            staged[plot_dir] / "confusion_test.csv",
+            staged[plot_dir] / "confusion_test.png",
+            title=f"{selected} (test)",
+        )
     if track:
         _track(cfg, summary, selected, full, plot_dir, eval_json)
     for name, s in summary.items():
-        print(f"  {name:>14}: val macro-F1 {s['val']['macro_f1']:.4f}  test macro-F1 {s['test']['macro_f1']:.4f}  "
-              f"ECE {s['test']['ece']:.3f}  {s['test']['latency_ms_per_1k']:.0f} ms/1k  (fit {s['fit_seconds']:.1f}s)")
+        print(
+            f"  {name:>14}: val macro-F1 {s['val']['macro_f1']:.4f}  test macro-F1 {s['test']['macro_f1']:.4f}  "
+            f"ECE {s['test']['ece']:.3f}  {s['test']['latency_ms_per_1k']:.0f} ms/1k  (fit {s['fit_seconds']:.1f}s)"
+        )
     print(f"baselines: selected {selected} in {time.perf_counter() - t0:.0f}s -> {model_dir}")
 
 

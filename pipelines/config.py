@@ -51,8 +51,10 @@ class DataConfig(Section):
     csv_quoting: bool = Field(True, description="false: quote characters are plain text (e.g. the SMS corpus)")
     encoding: str = "utf-8"
     snapshots_dir: str | None = Field(
-        "data/snapshots", description="labelled production snapshots (canonical columns id/text/label/timestamp), appended"
+        "data/snapshots",
+        description="labelled production snapshots (canonical columns id/text/label/timestamp), appended",
     )
+
     @field_validator("encoding")
     @classmethod
     def _known_encoding(cls, v: str) -> str:
@@ -103,7 +105,7 @@ class ValidateConfig(Section):
     timestamp_max: str | None = "2100-01-01"
 
     @model_validator(mode="after")
-    def _bounds(self) -> "ValidateConfig":
+    def _bounds(self) -> ValidateConfig:
         if self.min_text_chars > self.max_text_chars:
             raise ValueError(f"min_text_chars ({self.min_text_chars}) is above max_text_chars ({self.max_text_chars})")
         return self
@@ -126,14 +128,20 @@ class LeakageConfig(Section):
         0.9, gt=0.0, le=1.0, description="...or that alone identifies one class with this F1"
     )
     min_class_support: int = Field(20, ge=1, description="classes smaller than this are ignored by the per-class rule")
-    post_outcome_columns: list[str] = Field(default_factory=list, description="columns known to be recorded after the label")
+    post_outcome_columns: list[str] = Field(
+        default_factory=list, description="columns known to be recorded after the label"
+    )
     leaky_column_action: Literal["drop", "block", "report"] = "drop"
     near_duplicate_threshold: float = Field(0.9, gt=0.0, le=1.0, description="cosine similarity of char n-gram TF-IDF")
     duplicate_action: Literal["remove", "block", "report"] = "remove"
     group_overlap_action: Literal["block", "report"] = "report"
     time_order_action: Literal["block", "report"] = "block"
-    missingness_cramers_v_max: float = Field(0.3, gt=0.0, le=1.0, description="association of 'is missing' with the label")
-    class_balance_tvd_max: float = Field(0.25, gt=0.0, le=1.0, description="total variation distance between split label mixes")
+    missingness_cramers_v_max: float = Field(
+        0.3, gt=0.0, le=1.0, description="association of 'is missing' with the label"
+    )
+    class_balance_tvd_max: float = Field(
+        0.25, gt=0.0, le=1.0, description="total variation distance between split label mixes"
+    )
     seed: int = 42
 
 
@@ -156,7 +164,9 @@ class BaselinesConfig(Section):
     models: list[BaselineName] = Field(
         ["majority", "tfidf_logreg", "tfidf_svm", "minilm_logreg"], min_length=1, description="candidates to train"
     )
-    c_grid: list[float] = Field([1.0, 10.0], min_length=1, description="inverse regularisation C, chosen by CV on train")
+    c_grid: list[float] = Field(
+        [1.0, 10.0], min_length=1, description="inverse regularisation C, chosen by CV on train"
+    )
     cv_folds: int = Field(3, ge=2, le=10, description="stratified CV folds on train (model selection)")
     class_weight: Literal["balanced", "none"] = "balanced"
     word_ngram_max: int = Field(2, ge=1, le=3, description="word n-grams 1..n")
@@ -179,7 +189,7 @@ class BaselinesConfig(Section):
     seed: int = 42
 
     @model_validator(mode="after")
-    def _ranges(self) -> "BaselinesConfig":
+    def _ranges(self) -> BaselinesConfig:
         if self.char_ngram_min > self.char_ngram_max:
             raise ValueError(f"char_ngram_min ({self.char_ngram_min}) is above char_ngram_max ({self.char_ngram_max})")
         if any(c <= 0 for c in self.c_grid):
@@ -234,7 +244,9 @@ class FinetuneConfig(Section):
     early_stopping_patience: int = Field(1, ge=0, description="epochs without val macro-F1 gain before stopping")
     # DeepSpeed
     zero_stage: int = Field(2, ge=0, le=3)
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto: bf16 where the hardware has it")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 where the hardware has it"
+    )
     activation_checkpointing: bool = False
     world_size: int = Field(2, ge=1, description="ranks per node (GPUs per node; CPU processes here)")
     num_nodes: int = Field(1, ge=1)
@@ -259,8 +271,13 @@ class ServeConfig(Section):
     )
     max_batch_size: int = Field(32, ge=1, le=4096, description="texts per model call")
     max_batch_tokens: int = Field(768, ge=1, description="padded-token budget per model call (len x longest)")
-    min_row_fill: float = Field(0.5, ge=0.0, le=1.0, description="a text joins a batch only if each row stays at least "
-                                "this share real tokens (0: off); the rest wait for a batch of their length")
+    min_row_fill: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="a text joins a batch only if each row stays at least "
+        "this share real tokens (0: off); the rest wait for a batch of their length",
+    )
     serve_batch_wait_ms: float = Field(5.0, ge=0.0, description="@serve.batch wait timeout (batching: serve_batch)")
     max_queue: int = Field(512, ge=1, description="texts waiting per replica; beyond it requests get 429")
     retry_after_s: int = Field(1, ge=1, description="Retry-After header on 429")
@@ -278,10 +295,12 @@ class ServeConfig(Section):
     )
 
     @model_validator(mode="after")
-    def _batch_fits(self) -> "ServeConfig":
+    def _batch_fits(self) -> ServeConfig:
         if self.max_ongoing_requests < self.max_batch_size:
-            raise ValueError(f"max_ongoing_requests ({self.max_ongoing_requests}) is below max_batch_size "
-                             f"({self.max_batch_size}): batches could never fill")
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) is below max_batch_size "
+                f"({self.max_batch_size}): batches could never fill"
+            )
         return self
 
 
@@ -319,7 +338,9 @@ class FlowsConfig(Section):
     prefect_port: int = Field(4200, ge=1, le=65535, description="the local Prefect server / UI port (127.0.0.1)")
     mlflow_ui_url: str = Field("http://127.0.0.1:5000", description="base URL for MLflow links in Prefect artifacts")
     monitor_interval_minutes: float = Field(60.0, gt=0, description="schedule of the monitor deployment")
-    dvc_concurrency_limit: str = Field("dvc-repo", min_length=1, description="Prefect global concurrency limit (1 slot)")
+    dvc_concurrency_limit: str = Field(
+        "dvc-repo", min_length=1, description="Prefect global concurrency limit (1 slot)"
+    )
     dvc_lock_timeout_s: float = Field(3600.0, gt=0, description="wait at most this long for the DVC lock, then fail")
     stage_retries: int = Field(1, ge=0, le=5, description="retries of a DVC stage after a transient failure")
     stage_retry_delay_s: float = Field(10.0, ge=0)

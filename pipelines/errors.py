@@ -8,7 +8,8 @@ exits non-zero instead of showing a traceback.
 from __future__ import annotations
 
 import sys
-from typing import Callable, NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
 
 class PipelineError(Exception):

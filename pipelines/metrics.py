@@ -1,6 +1,6 @@
 """The one evaluation module for every model (baselines now, the fine-tuned transformer later).
 
-Takes any :class:`~pipelines.model_api.TextClassifier` and a labelled split and
+Takes any :class:`~pipelines.classifier.model_api.TextClassifier` and a labelled split and
 returns plain JSON-able numbers: accuracy, macro-F1, per-class precision /
 recall / F1 / support, expected calibration error, latency per 1,000 texts and
 the confusion matrix. :func:`write_plots` writes the DVC plots (a per-row
@@ -10,15 +10,15 @@ the confusion matrix. :func:`write_plots` writes the DVC plots (a per-row
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
+from pipelines.classifier.model_api import TextClassifier
 from pipelines.errors import DataError
-from pipelines.model_api import TextClassifier
 
 
 def expected_calibration_error(y_true: Sequence[int], proba: np.ndarray, n_bins: int = 15) -> float:
@@ -42,14 +42,18 @@ def expected_calibration_error(y_true: Sequence[int], proba: np.ndarray, n_bins:
     return float(ece)
 
 
-def check_labels(labels: Sequence[str], classes: Sequence[str], split: str = "split", *, allow_unseen: bool = False) -> None:
+def check_labels(
+    labels: Sequence[str], classes: Sequence[str], split: str = "split", *, allow_unseen: bool = False
+) -> None:
     """Refuse an empty split, and (unless ``allow_unseen``) labels the model has no class for."""
     if len(labels) == 0:
         raise DataError(f"the {split} split is empty: nothing to evaluate")
     unseen = sorted(set(map(str, labels)) - set(classes))
     if unseen and not allow_unseen:
-        raise DataError(f"the {split} split has class(es) {unseen} that the model never saw in training "
-                        f"(model classes: {list(classes)})")
+        raise DataError(
+            f"the {split} split has class(es) {unseen} that the model never saw in training "
+            f"(model classes: {list(classes)})"
+        )
 
 
 def score(labels: Sequence[str], proba: np.ndarray, classes: Sequence[str], *, ece_bins: int = 15) -> dict:
@@ -68,15 +72,26 @@ def score(labels: Sequence[str], proba: np.ndarray, classes: Sequence[str], *, e
         "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(y_true, y_pred, labels=present, average="weighted", zero_division=0)),
         "ece": expected_calibration_error(y_idx, proba, ece_bins),
-        "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-                      for i, c in enumerate(report_labels)},
-        "confusion": {"labels": report_labels,
-                      "matrix": confusion_matrix(y_true, y_pred, labels=report_labels).tolist()},
+        "per_class": {
+            c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, c in enumerate(report_labels)
+        },
+        "confusion": {
+            "labels": report_labels,
+            "matrix": confusion_matrix(y_true, y_pred, labels=report_labels).tolist(),
+        },
     }
 
 
-def evaluate(model: TextClassifier, texts: Sequence[str], labels: Sequence[str], *, split: str = "test",
-             ece_bins: int = 15, allow_unseen: bool = False) -> tuple[dict, list[str]]:
+def evaluate(
+    model: TextClassifier,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    *,
+    split: str = "test",
+    ece_bins: int = 15,
+    allow_unseen: bool = False,
+) -> tuple[dict, list[str]]:
     """Predict ``texts`` with ``model`` and score them; returns ``(metrics, predicted labels)``.
 
     ``latency_ms_per_1k`` is the wall time of ``predict_proba`` over the whole split, per 1,000 texts.
@@ -86,7 +101,9 @@ def evaluate(model: TextClassifier, texts: Sequence[str], labels: Sequence[str],
     proba = np.asarray(model.predict_proba(list(texts)))
     elapsed = time.perf_counter() - t0
     if proba.shape != (len(texts), len(model.classes)):
-        raise DataError(f"model returned probabilities of shape {proba.shape}, expected {(len(texts), len(model.classes))}")
+        raise DataError(
+            f"model returned probabilities of shape {proba.shape}, expected {(len(texts), len(model.classes))}"
+        )
     out = score(labels, proba, model.classes, ece_bins=ece_bins)
     out["latency_ms_per_1k"] = round(1000.0 * elapsed / len(texts) * 1000.0, 3)
     preds = [model.classes[i] for i in proba.argmax(axis=1)]
@@ -119,8 +136,15 @@ def write_plots(labels: Sequence[str], preds: Sequence[str], csv_path: Path, png
         ax.set_ylabel("actual")
         for i in range(len(names)):
             for j in range(len(names)):
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if cm[i, j] > cm.max() / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if cm[i, j] > cm.max() / 2 else "black",
+                )
         ax.set_title(title)
         fig.tight_layout()
     else:

@@ -5,13 +5,12 @@ Errors a client sees are one readable line in ``detail``: 4xx for a bad request
 429 + ``Retry-After`` when the queue is full, 503 while no model is loaded.
 """
 
-
 import hmac
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,8 +18,14 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
 
 from serving.batching import QueueFull
-from serving.schemas import (FeedbackRequest, FeedbackResponse, Health, PredictResponse, predict_request_model,
-                             readable_errors)
+from serving.schemas import (
+    FeedbackRequest,
+    FeedbackResponse,
+    Health,
+    PredictResponse,
+    predict_request_model,
+    readable_errors,
+)
 from serving.service import BadFeedback, ClassifierService, NotReady, UnknownRequest
 
 log = logging.getLogger(__name__)
@@ -49,8 +54,12 @@ def build_app(service: ClassifierService, manage_lifecycle: bool = True) -> Fast
             if manage_lifecycle:
                 await service.stop()
 
-    app = FastAPI(title="ticketops classifier", version="1", lifespan=lifespan,
-                  description="Serves the registry champion with continuous batching. Every prediction is logged.")
+    app = FastAPI(
+        title="ticketops classifier",
+        version="1",
+        lifespan=lifespan,
+        description="Serves the registry champion with continuous batching. Every prediction is logged.",
+    )
     key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="required when an API key is set")
 
     async def check_key(key: str | None = Depends(key_header)) -> None:
@@ -70,17 +79,23 @@ def build_app(service: ClassifierService, manage_lifecycle: bool = True) -> Fast
         metrics.errors.labels(endpoint=request.url.path, reason="unauthorised").inc()
         return _error(401, str(exc))
 
-    @app.post("/predict", response_model=PredictResponse, dependencies=[Depends(check_key)],
-              responses={422: {"description": "invalid request"}, 429: {"description": "queue full; retry"},
-                         503: {"description": "no model loaded yet"}})
+    @app.post(
+        "/predict",
+        response_model=PredictResponse,
+        dependencies=[Depends(check_key)],
+        responses={
+            422: {"description": "invalid request"},
+            429: {"description": "queue full; retry"},
+            503: {"description": "no model loaded yet"},
+        },
+    )
     async def predict(body: PredictRequest) -> PredictResponse | JSONResponse:  # type: ignore[valid-type]
         start = time.perf_counter()
         try:
             resp = await service.predict(body.texts, body.top_k)  # type: ignore[attr-defined]
             code = 200
         except QueueFull as err:
-            code, resp = 429, _error(429, f"overloaded: {err}; retry later",
-                                     {"Retry-After": str(cfg.retry_after_s)})
+            code, resp = 429, _error(429, f"overloaded: {err}; retry later", {"Retry-After": str(cfg.retry_after_s)})
         except NotReady as err:
             code, resp = 503, _error(503, f"not ready: {err}", {"Retry-After": str(cfg.retry_after_s)})
         except Exception as err:  # noqa: BLE001 - a model failure is a 500 with a message, not a crash
@@ -88,13 +103,18 @@ def build_app(service: ClassifierService, manage_lifecycle: bool = True) -> Fast
             code, resp = 500, _error(500, f"prediction failed: {type(err).__name__}: {err}")
         metrics.requests.labels(endpoint="/predict", code=str(code)).inc()
         if code != 200:
-            metrics.errors.labels(endpoint="/predict", reason={429: "overloaded", 503: "not_ready"}.get(code, "model"))\
-                .inc()
+            metrics.errors.labels(
+                endpoint="/predict", reason={429: "overloaded", 503: "not_ready"}.get(code, "model")
+            ).inc()
         metrics.latency.labels(endpoint="/predict").observe(time.perf_counter() - start)
         return resp
 
-    @app.post("/feedback", response_model=FeedbackResponse, dependencies=[Depends(check_key)],
-              responses={404: {"description": "unknown request id"}, 422: {"description": "invalid feedback"}})
+    @app.post(
+        "/feedback",
+        response_model=FeedbackResponse,
+        dependencies=[Depends(check_key)],
+        responses={404: {"description": "unknown request id"}, 422: {"description": "invalid feedback"}},
+    )
     async def feedback(body: FeedbackRequest) -> FeedbackResponse | JSONResponse:
         try:
             resp, code = service.feedback(body), 200

@@ -22,9 +22,9 @@ from typing import Any
 from ray import serve
 
 from pipelines.config import MlflowConfig, Params, ServeConfig, load_params
-from pipelines.tracking import tracking_uri
+from pipelines.registry.tracking import tracking_uri
 from serving.batching import ItemResult, QueueFull
-from serving.metrics import ServiceMetrics
+from serving.telemetry import ServiceMetrics
 
 APP_NAME = "ticketops"
 
@@ -92,9 +92,12 @@ class ClassifierDeployment:
 
 def deployment_options(cfg: ServeConfig) -> dict[str, Any]:
     """Replicas, concurrency, a bounded Ray-side queue and CPUs from ``params.yaml: serve``."""
-    return {"num_replicas": cfg.num_replicas, "max_ongoing_requests": cfg.max_ongoing_requests,
-            "max_queued_requests": 4 * cfg.max_ongoing_requests,
-            "ray_actor_options": {"num_cpus": cfg.replica_cpus}}
+    return {
+        "num_replicas": cfg.num_replicas,
+        "max_ongoing_requests": cfg.max_ongoing_requests,
+        "max_queued_requests": 4 * cfg.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": cfg.replica_cpus},
+    }
 
 
 def build(args: dict[str, Any] | None = None) -> Any:
@@ -107,7 +110,8 @@ def build(args: dict[str, Any] | None = None) -> Any:
     cfg = ServeConfig.model_validate(cfg.model_dump())  # re-validate overrides
     mcfg = params.mlflow.model_copy(update={"tracking_uri": tracking_uri(params.mlflow)})
     return ClassifierDeployment.options(**deployment_options(cfg)).bind(
-        cfg.model_dump(), mcfg.model_dump(), str(project_dir))
+        cfg.model_dump(), mcfg.model_dump(), str(project_dir)
+    )
 
 
 def start_ray() -> None:
@@ -118,8 +122,12 @@ def start_ray() -> None:
         ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
 
 
-def run_local(params: Params, app: Any, wait_ready_s: float = 300.0, name: str = APP_NAME, route_prefix: str = "/") -> str:
-    """Start Ray and Serve on this machine (loopback), deploy ``app``, wait until /readyz answers 200; return its URL."""
+def run_local(
+    params: Params, app: Any, wait_ready_s: float = 300.0, name: str = APP_NAME, route_prefix: str = "/"
+) -> str:
+    """Start Ray and Serve on this machine (loopback), deploy ``app``, wait until /readyz answers 200.
+
+    Returns its URL."""
     import requests
 
     cfg = params.serve
@@ -164,8 +172,11 @@ def main(params: Path = Path("params.yaml"), port: int | None = None) -> None:
     if port is not None:
         p.serve.port = port
     app = build({"params": str(params.resolve()), "port": p.serve.port})
-    print(f"starting Ray Serve; serving models:/{p.mlflow.registered_model}@{p.serve.model_alias} "
-          f"from {tracking_uri(p.mlflow)} ...", flush=True)
+    print(
+        f"starting Ray Serve; serving models:/{p.mlflow.registered_model}@{p.serve.model_alias} "
+        f"from {tracking_uri(p.mlflow)} ...",
+        flush=True,
+    )
     try:
         start_ray()
         # SIGTERM (systemd, docker stop, kill) stops like Ctrl-C: drain, flush the prediction log, then exit 0.
@@ -173,8 +184,9 @@ def main(params: Path = Path("params.yaml"), port: int | None = None) -> None:
         # and before the app is deployed, so a SIGTERM that follows a first answer is always ours.
         signal.signal(signal.SIGTERM, _interrupt)
         url = run_local(p, app)
-        print(f"ready: {url}  (docs {url}/docs, metrics {url}/metrics, log {p.serve.log_dir}/). Ctrl-C stops.",
-              flush=True)
+        print(
+            f"ready: {url}  (docs {url}/docs, metrics {url}/metrics, log {p.serve.log_dir}/). Ctrl-C stops.", flush=True
+        )
         while True:
             time.sleep(3600)
     except TimeoutError as err:

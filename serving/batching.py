@@ -20,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -63,8 +64,9 @@ class _Item:
     future: asyncio.Future = field(repr=False)
 
 
-def select_batch(pending: Sequence[_Item], max_batch_size: int, max_batch_tokens: int,
-                 min_row_fill: float = 0.0) -> list[_Item]:
+def select_batch(
+    pending: Sequence[_Item], max_batch_size: int, max_batch_tokens: int, min_row_fill: float = 0.0
+) -> list[_Item]:
     """The oldest item plus the same-model items nearest to it in length, within size and padded-token budget,
     and (``min_row_fill``) only while the batch's shortest text fills that share of the longest."""
     anchor = min(pending, key=lambda it: it.seq)
@@ -88,9 +90,16 @@ def select_batch(pending: Sequence[_Item], max_batch_size: int, max_batch_tokens
 class ContinuousBatcher:
     """Queue + one model loop. ``await submit(texts, model)`` returns one :class:`ItemResult` per text."""
 
-    def __init__(self, *, max_batch_size: int = 32, max_batch_tokens: int = 4096, max_queue: int = 512,
-                 min_row_fill: float = 0.5, cost: Callable[[str], int] = approx_tokens,
-                 on_batch: Callable[[int, float, int, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_batch_size: int = 32,
+        max_batch_tokens: int = 4096,
+        max_queue: int = 512,
+        min_row_fill: float = 0.5,
+        cost: Callable[[str], int] = approx_tokens,
+        on_batch: Callable[[int, float, int, int], None] | None = None,
+    ) -> None:
         """``on_batch(texts, seconds, tokens, padded_tokens)`` after every step (metrics)."""
         self.max_batch_size, self.max_batch_tokens, self.max_queue = max_batch_size, max_batch_tokens, max_queue
         self.cost, self.on_batch, self.min_row_fill = cost, on_batch, min_row_fill
@@ -172,7 +181,7 @@ class ContinuousBatcher:
             if len(self._pending) == n:
                 return
 
-    def _dispatch(self) -> "_Step":
+    def _dispatch(self) -> _Step:
         """Take the next batch off the queue and start the model on it (in the model thread)."""
         self._drop_cancelled()
         batch = select_batch(self._pending, self.max_batch_size, self.max_batch_tokens, self.min_row_fill)
@@ -180,10 +189,11 @@ class ContinuousBatcher:
         self._pending = [it for it in self._pending if id(it) not in taken]
         model = batch[0].model
         future = asyncio.get_running_loop().run_in_executor(
-            self._executor, model.predict_proba, [it.text for it in batch])
+            self._executor, model.predict_proba, [it.text for it in batch]
+        )
         return _Step(batch, future, time.perf_counter())
 
-    def _deliver(self, step: "_Step") -> None:
+    def _deliver(self, step: _Step) -> None:
         elapsed = time.perf_counter() - step.started
         batch = step.batch
         try:
@@ -239,8 +249,9 @@ class DirectRunner:
         try:
             async with self._lock:  # type: ignore[union-attr]
                 start = time.perf_counter()
-                proba = np.asarray(await asyncio.get_running_loop().run_in_executor(
-                    self._executor, model.predict_proba, list(texts)))
+                proba = np.asarray(
+                    await asyncio.get_running_loop().run_in_executor(self._executor, model.predict_proba, list(texts))
+                )
         finally:
             self._waiting -= len(texts)
         if self.on_batch is not None:

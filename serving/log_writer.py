@@ -28,8 +28,9 @@ WAL_DIR = "_wal"
 
 
 def _encode(kind: str, row: dict) -> str:
-    return json.dumps({"kind": kind, "row": {k: (v.isoformat() if isinstance(v, datetime) else v)
-                                               for k, v in row.items()}})
+    return json.dumps(
+        {"kind": kind, "row": {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}}
+    )
 
 
 def _decode(line: str) -> tuple[str, dict]:

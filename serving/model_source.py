@@ -1,5 +1,6 @@
 """Which model to serve: the registry alias (``models:/<name>@champion``) resolved and loaded through the pipeline's
-:class:`~pipelines.tracking.Registry`, seen through the common :class:`~pipelines.model_api.TextClassifier`."""
+:class:`~pipelines.registry.tracking.Registry`, seen through the common
+:class:`~pipelines.classifier.model_api.TextClassifier`."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipelines.classifier.model_api import TextClassifier
 from pipelines.config import MlflowConfig
-from pipelines.model_api import TextClassifier
-from pipelines.tracking import Registry, tracking_uri
+from pipelines.registry.tracking import Registry, tracking_uri
 
 
 @dataclass(eq=False)

@@ -16,9 +16,9 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 import pyarrow as pa
@@ -27,27 +27,31 @@ import pyarrow.parquet as pq
 PREDICTIONS = "predictions"
 FEEDBACK = "feedback"
 
-PREDICTION_SCHEMA = pa.schema([
-    ("ts", pa.timestamp("us", tz="UTC")),
-    ("request_id", pa.string()),
-    ("item", pa.int32()),               # index of the text within its request
-    ("model_name", pa.string()),
-    ("model_version", pa.string()),
-    ("text_sha256", pa.string()),       # text_hash(text): stable across processes and runs
-    ("text", pa.string()),              # scrubbed text, or null when params forbid storing text
-    ("label", pa.string()),             # predicted label
-    ("confidence", pa.float64()),       # probability of the predicted label
-    ("probabilities", pa.string()),     # JSON object {class: probability}
-    ("latency_ms", pa.float64()),       # request latency as the client saw it
-    ("batch_size", pa.int32()),         # size of the model batch this text was computed in
-])
+PREDICTION_SCHEMA = pa.schema(
+    [
+        ("ts", pa.timestamp("us", tz="UTC")),
+        ("request_id", pa.string()),
+        ("item", pa.int32()),  # index of the text within its request
+        ("model_name", pa.string()),
+        ("model_version", pa.string()),
+        ("text_sha256", pa.string()),  # text_hash(text): stable across processes and runs
+        ("text", pa.string()),  # scrubbed text, or null when params forbid storing text
+        ("label", pa.string()),  # predicted label
+        ("confidence", pa.float64()),  # probability of the predicted label
+        ("probabilities", pa.string()),  # JSON object {class: probability}
+        ("latency_ms", pa.float64()),  # request latency as the client saw it
+        ("batch_size", pa.int32()),  # size of the model batch this text was computed in
+    ]
+)
 
-FEEDBACK_SCHEMA = pa.schema([
-    ("ts", pa.timestamp("us", tz="UTC")),
-    ("request_id", pa.string()),
-    ("item", pa.int32()),
-    ("true_label", pa.string()),
-])
+FEEDBACK_SCHEMA = pa.schema(
+    [
+        ("ts", pa.timestamp("us", tz="UTC")),
+        ("request_id", pa.string()),
+        ("item", pa.int32()),
+        ("true_label", pa.string()),
+    ]
+)
 
 SCHEMAS = {PREDICTIONS: PREDICTION_SCHEMA, FEEDBACK: FEEDBACK_SCHEMA}
 

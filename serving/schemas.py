@@ -30,10 +30,17 @@ def predict_request_model(max_texts: int, max_chars: int) -> type[PredictRequest
     """``PredictRequest`` with the configured limits (shown in the OpenAPI schema)."""
     text = Annotated[StrictStr, Field(min_length=1, max_length=max_chars)]
     return create_model(  # type: ignore[call-overload]
-        "PredictRequest", __base__=PredictRequestBase,
-        texts=(list[text], Field(min_length=1, max_length=max_texts,
-                                 description=f"1 to {max_texts} texts of at most {max_chars} characters",
-                                 examples=[["I was charged twice for my subscription"]])),
+        "PredictRequest",
+        __base__=PredictRequestBase,
+        texts=(
+            list[text],
+            Field(
+                min_length=1,
+                max_length=max_texts,
+                description=f"1 to {max_texts} texts of at most {max_chars} characters",
+                examples=[["I was charged twice for my subscription"]],
+            ),
+        ),
     )
 
 

@@ -21,13 +21,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from pipelines.config import ServeConfig
-from pipelines.ingest import scrub_pii
+from pipelines.data.ingestion import scrub_pii
 from serving.batching import ContinuousBatcher, DirectRunner, ItemResult
 from serving.log_writer import LogWriter
-from serving.metrics import ServiceMetrics
 from serving.model_source import ChampionSource, ModelHandle
 from serving.prediction_log import FEEDBACK, PREDICTIONS, probabilities_json, text_hash
 from serving.schemas import FeedbackRequest, FeedbackResponse, Prediction, PredictResponse
+from serving.telemetry import ServiceMetrics
 
 log = logging.getLogger(__name__)
 RECENT_REQUESTS = 100_000
@@ -55,16 +55,26 @@ class Runner(Protocol):
 def make_runner(cfg: ServeConfig, metrics: ServiceMetrics) -> Runner:
     """The runner named by ``serve.batching`` (``serve_batch`` lives in serving.app: it needs Ray)."""
     if cfg.batching == "continuous":
-        return ContinuousBatcher(max_batch_size=cfg.max_batch_size, max_batch_tokens=cfg.max_batch_tokens,
-                                 min_row_fill=cfg.min_row_fill, max_queue=cfg.max_queue, on_batch=metrics.observe_batch)
+        return ContinuousBatcher(
+            max_batch_size=cfg.max_batch_size,
+            max_batch_tokens=cfg.max_batch_tokens,
+            min_row_fill=cfg.min_row_fill,
+            max_queue=cfg.max_queue,
+            on_batch=metrics.observe_batch,
+        )
     if cfg.batching == "none":
         return DirectRunner(max_queue=cfg.max_queue, on_batch=metrics.observe_batch)
     raise ValueError(f"serve.batching={cfg.batching!r} needs a runner from serving.app")
 
 
 class ClassifierService:
-    def __init__(self, cfg: ServeConfig, source: ChampionSource, runner: Runner | None = None,
-                 metrics: ServiceMetrics | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ServeConfig,
+        source: ChampionSource,
+        runner: Runner | None = None,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
         self.cfg, self.source = cfg, source
         self.metrics = metrics or ServiceMetrics()
         self.runner = runner or make_runner(cfg, self.metrics)
@@ -103,8 +113,9 @@ class ClassifierService:
         self.metrics.set_model(handle.name, handle.version)
         if old is not None:
             self.metrics.swaps.inc()
-        log.warning("serving %s version %s%s", handle.name, handle.version,
-                    f" (was {old.version})" if old is not None else "")
+        log.warning(
+            "serving %s version %s%s", handle.name, handle.version, f" (was {old.version})" if old is not None else ""
+        )
         return True
 
     async def _watch(self) -> None:
@@ -133,14 +144,17 @@ class ClassifierService:
         self._remember(request_id, len(texts), handle)
         self._log_predictions(request_id, handle, texts, results, preds, latency_ms)
         self.metrics.texts.inc(len(texts))
-        return PredictResponse(predictions=preds, model_name=handle.name, model_version=handle.version,
-                               request_id=request_id)
+        return PredictResponse(
+            predictions=preds, model_name=handle.name, model_version=handle.version, request_id=request_id
+        )
 
     def feedback(self, req: FeedbackRequest) -> FeedbackResponse:
         known = self._recent.get(req.request_id)
         if known is None and not self.cfg.feedback_accept_unknown:
-            raise UnknownRequest(f"request_id {req.request_id} is not a recent prediction of this server "
-                                 f"(it keeps the last {RECENT_REQUESTS} request ids)")
+            raise UnknownRequest(
+                f"request_id {req.request_id} is not a recent prediction of this server "
+                f"(it keeps the last {RECENT_REQUESTS} request ids)"
+            )
         if known is not None:
             n_items, version = known
             if req.item >= n_items:
@@ -148,8 +162,12 @@ class ClassifierService:
             classes = self.model.classes if self.model is not None else []
             if classes and req.label not in classes:
                 raise BadFeedback(f"label {req.label!r} is not one of the model's classes {classes}")
-        row = {"ts": datetime.now(timezone.utc), "request_id": req.request_id, "item": req.item,
-               "true_label": req.label}
+        row = {
+            "ts": datetime.now(timezone.utc),
+            "request_id": req.request_id,
+            "item": req.item,
+            "true_label": req.label,
+        }
         self.log.append(FEEDBACK, [row])
         self.metrics.log_rows.labels(kind=FEEDBACK).inc()
         return FeedbackResponse(status="recorded", matched=known is not None)
@@ -159,17 +177,33 @@ class ClassifierService:
         while len(self._recent) > RECENT_REQUESTS:
             self._recent.popitem(last=False)
 
-    def _log_predictions(self, request_id: str, handle: ModelHandle, texts: list[str], results: list[ItemResult],
-                         preds: list[Prediction], latency_ms: float) -> None:
+    def _log_predictions(
+        self,
+        request_id: str,
+        handle: ModelHandle,
+        texts: list[str],
+        results: list[ItemResult],
+        preds: list[Prediction],
+        latency_ms: float,
+    ) -> None:
         now = datetime.now(timezone.utc)
-        rows = [{
-            "ts": now, "request_id": request_id, "item": i, "model_name": handle.name,
-            "model_version": handle.version, "text_sha256": text_hash(text),
-            "text": scrub_pii(text)[0] if self.cfg.log_text else None,
-            "label": p.label, "confidence": p.confidence,
-            "probabilities": probabilities_json(handle.classes, r.proba),
-            "latency_ms": latency_ms, "batch_size": r.batch_size,
-        } for i, (text, r, p) in enumerate(zip(texts, results, preds))]
+        rows = [
+            {
+                "ts": now,
+                "request_id": request_id,
+                "item": i,
+                "model_name": handle.name,
+                "model_version": handle.version,
+                "text_sha256": text_hash(text),
+                "text": scrub_pii(text)[0] if self.cfg.log_text else None,
+                "label": p.label,
+                "confidence": p.confidence,
+                "probabilities": probabilities_json(handle.classes, r.proba),
+                "latency_ms": latency_ms,
+                "batch_size": r.batch_size,
+            }
+            for i, (text, r, p) in enumerate(zip(texts, results, preds))
+        ]
         self.log.append(PREDICTIONS, rows)
         self.metrics.log_rows.labels(kind=PREDICTIONS).inc(len(rows))
 
@@ -179,5 +213,8 @@ def _prediction(classes: list[str], proba: np.ndarray, top_k: int | None) -> Pre
     if top_k is not None:
         order = order[:top_k]
     best = int(order[0])
-    return Prediction(label=classes[best], confidence=float(proba[best]),
-                      probabilities={classes[int(j)]: round(float(proba[int(j)]), 6) for j in order})
+    return Prediction(
+        label=classes[best],
+        confidence=float(proba[best]),
+        probabilities={classes[int(j)]: round(float(proba[int(j)]), 6) for j in order},
+    )

@@ -14,7 +14,9 @@ import pandas as pd
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATASETS = ROOT.parent / "shared" / "datasets"  # as in tests/conftest.py (not importable by name: several conftest.py)
+SHARED_DATASETS = (
+    ROOT.parent / "shared" / "datasets"
+)  # as in tests/conftest.py (not importable by name: several conftest.py)
 CLASSES = ("alpha", "beta", "gamma")
 
 
@@ -31,16 +33,18 @@ def make_clean(n: int = 600, seed: int = 0) -> pd.DataFrame:
     cue = {c: _vocab(rng, 15) for c in CLASSES}
     labels = [CLASSES[i % len(CLASSES)] for i in rng.permutation(n)]
     texts = [" ".join([*rng.choice(cue[lab], 3), *rng.choice(vocab, 12)]) for lab in labels]
-    return pd.DataFrame({
-        "id": pd.array([f"r{i:05d}" for i in range(n)], dtype="string"),
-        "text": pd.array(texts, dtype="string"),
-        "label": pd.array(labels, dtype="string"),
-        "timestamp": pd.date_range("2025-01-01", periods=n, freq="h").astype("datetime64[ns]"),
-        "group": pd.array([f"g{i // 3:04d}" for i in range(n)], dtype="string"),
-        "channel": pd.array(rng.choice(["email", "web_form", "chat", "phone"], n), dtype="string"),
-        "customer_tier": pd.array(rng.choice(["free", "pro", "enterprise"], n), dtype="string"),
-        "attachment_count": rng.poisson(0.4, n).astype("int64"),
-    })
+    return pd.DataFrame(
+        {
+            "id": pd.array([f"r{i:05d}" for i in range(n)], dtype="string"),
+            "text": pd.array(texts, dtype="string"),
+            "label": pd.array(labels, dtype="string"),
+            "timestamp": pd.date_range("2025-01-01", periods=n, freq="h").astype("datetime64[ns]"),
+            "group": pd.array([f"g{i // 3:04d}" for i in range(n)], dtype="string"),
+            "channel": pd.array(rng.choice(["email", "web_form", "chat", "phone"], n), dtype="string"),
+            "customer_tier": pd.array(rng.choice(["free", "pro", "enterprise"], n), dtype="string"),
+            "attachment_count": rng.poisson(0.4, n).astype("int64"),
+        }
+    )
 
 
 def time_parts(df: pd.DataFrame, val: float = 0.15, test: float = 0.15) -> dict[str, pd.DataFrame]:
@@ -49,8 +53,11 @@ def time_parts(df: pd.DataFrame, val: float = 0.15, test: float = 0.15) -> dict[
     a = int(n * (1 - val - test)) // 3 * 3
     b = int(n * (1 - test)) // 3 * 3
     df = df.sort_values("timestamp").reset_index(drop=True)
-    return {"train": df.iloc[:a].reset_index(drop=True), "val": df.iloc[a:b].reset_index(drop=True),
-            "test": df.iloc[b:].reset_index(drop=True)}
+    return {
+        "train": df.iloc[:a].reset_index(drop=True),
+        "val": df.iloc[a:b].reset_index(drop=True),
+        "test": df.iloc[b:].reset_index(drop=True),
+    }
 
 
 def write_params(path: Path, **sections: dict) -> Path:
@@ -70,5 +77,11 @@ def write_params(path: Path, **sections: dict) -> Path:
 def run_stage(stage: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     """``python -m pipelines.<stage> ARGS`` in ``cwd`` with the repo importable."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", f"pipelines.{stage}", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", f"pipelines.{stage}", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from pipelines.config import GenerateConfig
-from pipelines.generate import generate_tickets
+from pipelines.data.generator import generate_tickets
 
 
 @pytest.fixture(scope="session")

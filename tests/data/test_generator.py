@@ -12,8 +12,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
 from pipelines.config import GenerateConfig, IngestConfig, parse_params
-from pipelines.generate import CATEGORIES, RESOLUTIONS, generate_tickets
-from pipelines.ingest import EMAIL_RE, ingest
+from pipelines.data.generator import CATEGORIES, RESOLUTIONS, generate_tickets
+from pipelines.data.ingestion import EMAIL_RE, ingest
 
 SMALL = GenerateConfig(n_rows=2000, n_customers=600)
 LEAKY = ("resolved_by_team", "resolution_note", "resolved_at")

@@ -6,10 +6,10 @@ import pytest
 
 from datahelpers import SHARED_DATASETS
 from pipelines.config import parse_params
-from pipelines.ingest import ingest, read_source
-from pipelines.leakage import audit
-from pipelines.split import split_frame
-from pipelines.validate import run_validation
+from pipelines.data.ingestion import ingest, read_source
+from pipelines.data.leakage_checks import audit
+from pipelines.data.splitting import split_frame
+from pipelines.data.quality import run_validation
 
 SMS = SHARED_DATASETS / "sms_spam" / "SMSSpamCollection.tsv"
 pytestmark = pytest.mark.skipif(not SMS.is_file(), reason=f"{SMS} not present (../shared/datasets is optional)")

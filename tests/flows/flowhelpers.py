@@ -19,12 +19,13 @@ def split(n: int, seed: int) -> pd.DataFrame:
 
 def register(params, clf, name: str, test: pd.DataFrame) -> str:
     """Register ``clf`` (fitted) as a new version through the register stage's own function; returns the version."""
-    from pipelines import tracking
-    from pipelines.model_api import SklearnTextClassifier
-    from pipelines.register import register_candidate
+    from pipelines.classifier.model_api import SklearnTextClassifier
+    from pipelines.registry import tracking
+    from pipelines.registry.candidates import register_candidate
 
     tracking.setup(params.mlflow)
     wrapped = SklearnTextClassifier(clf, name)
     joblib.dump(wrapped, Path(f"{name}.joblib"))
-    return register_candidate(tracking.Registry(params.mlflow), params, name, Path(f"{name}.joblib"), wrapped,
-                              test.text.head(2).tolist())
+    return register_candidate(
+        tracking.Registry(params.mlflow), params, name, Path(f"{name}.joblib"), wrapped, test.text.head(2).tolist()
+    )

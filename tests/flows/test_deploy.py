@@ -17,12 +17,12 @@ import pandas as pd
 import pytest
 import requests
 import yaml
+from flowhelpers import register, split
 from sklearn.dummy import DummyClassifier
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
-from flowhelpers import register, split
 from pipelines.io import free_port
 
 pytestmark = pytest.mark.slow
@@ -33,16 +33,33 @@ RAY = str(Path(sys.executable).with_name("ray"))
 def project(tmp_path_factory: pytest.TempPathFactory):
     from prefect.testing.utilities import prefect_test_harness
 
-    if subprocess.run([RAY, "status"], capture_output=True, env={"RAY_AUTH_MODE": "disabled", "PATH": ""}).returncode == 0:
+    if (
+        subprocess.run([RAY, "status"], capture_output=True, env={"RAY_AUTH_MODE": "disabled", "PATH": ""}).returncode
+        == 0
+    ):
         pytest.skip("a Ray cluster is already running here: the deploy flow would use it")
     tmp = tmp_path_factory.mktemp("deploy")
     mp = pytest.MonkeyPatch()
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     mp.chdir(tmp)
-    (tmp / "params.yaml").write_text(yaml.safe_dump({
-        "mlflow": {"tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "artifact_root": str(tmp / "art"),
-                   "experiment": "t", "registered_model": "tiny"},
-        "serve": {"port": free_port(), "watch_interval_s": 1, "log_dir": str(tmp / "production"), "replica_cpus": 0.5}}))
+    (tmp / "params.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "mlflow": {
+                    "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
+                    "artifact_root": str(tmp / "art"),
+                    "experiment": "t",
+                    "registered_model": "tiny",
+                },
+                "serve": {
+                    "port": free_port(),
+                    "watch_interval_s": 1,
+                    "log_dir": str(tmp / "production"),
+                    "replica_cpus": 0.5,
+                },
+            }
+        )
+    )
     try:
         with prefect_test_harness(server_startup_timeout=90):
             yield tmp
@@ -69,9 +86,9 @@ def versions_answering(url: str, seconds: float) -> set[str]:
 def test_deploy_serves_the_champion_and_follows_promotion_and_rollback(project):
     from flows.deploy import DeployOptions, deploy
     from flows.promote import PromoteOptions, promote
-    from pipelines import tracking
     from pipelines.config import load_params
-    from pipelines.promote import run_gate
+    from pipelines.registry import tracking
+    from pipelines.registry.gate import run_gate
 
     params = load_params()
     train, test = split(200, 0), split(80, 1)
@@ -84,7 +101,9 @@ def test_deploy_serves_the_champion_and_follows_promotion_and_rollback(project):
     first = deploy(DeployOptions(wait_ready_s=240))
     url = first["url"]
     assert first["version"] == v1 and url.startswith("http://127.0.0.1:")
-    r = requests.post(f"{url}/predict", json={"texts": ["my invoice was charged twice", "where is my parcel"]}, timeout=30)
+    r = requests.post(
+        f"{url}/predict", json={"texts": ["my invoice was charged twice", "where is my parcel"]}, timeout=30
+    )
     assert r.status_code == 200 and r.json()["model_version"] == v1
     expected = good.predict(["my invoice was charged twice", "where is my parcel"]).tolist()
     assert [p["label"] for p in r.json()["predictions"]] == expected

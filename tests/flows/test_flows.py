@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from flowhelpers import register, split
 from sklearn.dummy import DummyClassifier
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from flows import common
-from flowhelpers import register, split
 from pipelines.config import load_params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,11 +41,20 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
-        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "artifact_root": str(tmp_path / "art"),
-                   "experiment": "t", "registered_model": "tiny"},
-        # a free slot is taken in well under a second, but a loaded CI machine has taken over 2 s to answer
-        "flows": {"stage_retries": 1, "stage_retry_delay_s": 0, "dvc_lock_timeout_s": 60}}))
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "mlflow": {
+                    "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                    "artifact_root": str(tmp_path / "art"),
+                    "experiment": "t",
+                    "registered_model": "tiny",
+                },
+                # a free slot is taken in well under a second, but a loaded CI machine has taken over 2 s to answer
+                "flows": {"stage_retries": 1, "stage_retry_delay_s": 0, "dvc_lock_timeout_s": 60},
+            }
+        )
+    )
     (tmp_path / "data/processed").mkdir(parents=True)
     split(80, 1).to_parquet(tmp_path / "data/processed/test.parquet")
     return tmp_path
@@ -60,8 +69,8 @@ def active_slots(name: str = "dvc-repo") -> int:
 
 def test_training_runs_stages_in_dag_order_under_the_lock_and_a_refused_gate_keeps_the_champion(project, monkeypatch):
     from flows.training import TrainingOptions, dag_order, training
-    from pipelines import tracking
-    from pipelines.promote import run_gate, write_decision
+    from pipelines.registry import tracking
+    from pipelines.registry.gate import run_gate, write_decision
 
     params, test = load_params(), pd.read_parquet("data/processed/test.parquet")
     train = split(200, 0)
@@ -82,7 +91,9 @@ def test_training_runs_stages_in_dag_order_under_the_lock_and_a_refused_gate_kee
         if stage == "register":  # the real gate on a worse challenger (majority class)
             worse = DummyClassifier(strategy="most_frequent").fit(np.zeros((len(train), 1)), train.label)
             register(params, worse, "majority", test)
-            write_decision(run_gate(reg, test, params.register_), Path("reports/promotion.md"), Path("reports/promotion.json"))
+            write_decision(
+                run_gate(reg, test, params.register_), Path("reports/promotion.md"), Path("reports/promotion.json")
+            )
         return subprocess.CompletedProcess(cmd, 0, f"Running stage '{stage}'", "")
 
     monkeypatch.setattr(common, "run_command", fake_dvc)
@@ -90,8 +101,14 @@ def test_training_runs_stages_in_dag_order_under_the_lock_and_a_refused_gate_kee
 
     stages = [s for s, _ in calls]
     order = dag_order("dvc.yaml")
-    assert order.index("ingest") < order.index("split") < order.index("leakage") < order.index("baselines") \
-        < order.index("register") == len(order) - 1
+    assert (
+        order.index("ingest")
+        < order.index("split")
+        < order.index("leakage")
+        < order.index("baselines")
+        < order.index("register")
+        == len(order) - 1
+    )
     assert stages == [s for s in order for _ in range(2 if s == "split" else 1)]  # split failed once, retried
     assert all(held == 1 for _, held in calls), calls  # every dvc command ran holding the one slot
     assert active_slots() == 0
@@ -133,11 +150,26 @@ def test_monitor_emits_the_drift_event_only_on_a_confirmed_breach(project, monke
 
     def fake_monitor_once(params, *, retrain=None, **_):
         """monitoring's contract: on a confirmed breach (and retrain_on_breach) it calls retrain(reason)."""
-        summary = {"at": "now", "model": "tiny", "champion_version": "1", "window": {"rows": 500},
-                   "breached": ["data_drift"] if confirmed else [], "confirmed": confirmed, "notes": [],
-                   "persistence": "breach 3/3", "reports_dir": "reports/monitoring/x", "checks": [
-                       {"metric": "data_drift", "value": 0.8 if confirmed else 0.1, "threshold": 0.5,
-                        "breach": confirmed, "detail": "drifted"}]}
+        summary = {
+            "at": "now",
+            "model": "tiny",
+            "champion_version": "1",
+            "window": {"rows": 500},
+            "breached": ["data_drift"] if confirmed else [],
+            "confirmed": confirmed,
+            "notes": [],
+            "persistence": "breach 3/3",
+            "reports_dir": "reports/monitoring/x",
+            "checks": [
+                {
+                    "metric": "data_drift",
+                    "value": 0.8 if confirmed else 0.1,
+                    "threshold": 0.5,
+                    "breach": confirmed,
+                    "detail": "drifted",
+                }
+            ],
+        }
         if confirmed:
             summary["retrain"] = retrain("confirmed breach of ['data_drift'] over 3 windows")
         return summary, None
@@ -150,7 +182,9 @@ def test_monitor_emits_the_drift_event_only_on_a_confirmed_breach(project, monke
         (event,) = events
         assert event["event"] == "model.drift.detected"
         assert event["resource"] == {"prefect.resource.id": "model.tiny"}
-        assert event["payload"]["reason"].startswith("confirmed breach") and event["payload"]["breached"] == ["data_drift"]
+        assert event["payload"]["reason"].startswith("confirmed breach") and event["payload"]["breached"] == [
+            "data_drift"
+        ]
     else:
         assert events == [] and summary["confirmed"] is False
 

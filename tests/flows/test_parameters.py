@@ -15,15 +15,18 @@ from flows.retrain import retrain
 from flows.training import TrainingOptions, training
 
 
-@pytest.mark.parametrize("flow_, params, field", [
-    (training, {"options": {"force": "sometimes"}}, "force"),
-    (training, {"options": {"stagez": ["ingest"]}}, "stagez"),
-    (promote, {"options": {"version": "three"}}, "version"),
-    (promote, {"options": {"version": "3", "rollback": True}}, "rollback"),
-    (deploy, {"options": {"ray_cpus": 0}}, "ray_cpus"),
-    (monitor, {"options": {"windows": 3}}, "windows"),
-    (retrain, {"reason": "x", "options": {"deploy_on_promotion": "maybe"}}, "deploy_on_promotion"),
-])
+@pytest.mark.parametrize(
+    "flow_, params, field",
+    [
+        (training, {"options": {"force": "sometimes"}}, "force"),
+        (training, {"options": {"stagez": ["ingest"]}}, "stagez"),
+        (promote, {"options": {"version": "three"}}, "version"),
+        (promote, {"options": {"version": "3", "rollback": True}}, "rollback"),
+        (deploy, {"options": {"ray_cpus": 0}}, "ray_cpus"),
+        (monitor, {"options": {"windows": 3}}, "windows"),
+        (retrain, {"reason": "x", "options": {"deploy_on_promotion": "maybe"}}, "deploy_on_promotion"),
+    ],
+)
 def test_bad_parameters_are_refused_naming_the_field(flow_, params: dict, field: str) -> None:
     with pytest.raises(ParameterTypeError, match=field):
         flow_.validate_parameters(params)

@@ -25,7 +25,10 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 
     from flows.local import local_server
 
-    with local_server(tmp_path_factory.mktemp("prefect-home")) as api, temporary_settings(updates={PREFECT_API_URL: api}):
+    with (
+        local_server(tmp_path_factory.mktemp("prefect-home")) as api,
+        temporary_settings(updates={PREFECT_API_URL: api}),
+    ):
         yield api
 
 
@@ -36,18 +39,27 @@ def test_a_confirmed_breach_starts_retrain_through_the_trigger(server, tmp_path,
     from pipelines.config import load_params
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"mlflow": {
-        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "registered_model": "tiny"}}))
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({"mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "registered_model": "tiny"}})
+    )
     (retrain,) = [d for d in deployments(load_params()) if d.name == "retrain"]
     deployment_id = retrain.apply()  # the deployment and its trigger (an automation) on the server
 
     reason = "confirmed breach of ['data_drift'] over 3 windows"
 
     def confirmed_breach(params, *, retrain=None, **_):
-        summary = {"at": "now", "model": "tiny", "champion_version": "1", "window": {"rows": 500}, "notes": [],
-                   "breached": ["data_drift"], "confirmed": True, "persistence": "breach 3/3",
-                   "reports_dir": str(tmp_path / "reports"), "checks": [
-                       {"metric": "data_drift", "value": 0.8, "threshold": 0.5, "breach": True, "detail": "drifted"}]}
+        summary = {
+            "at": "now",
+            "model": "tiny",
+            "champion_version": "1",
+            "window": {"rows": 500},
+            "notes": [],
+            "breached": ["data_drift"],
+            "confirmed": True,
+            "persistence": "breach 3/3",
+            "reports_dir": str(tmp_path / "reports"),
+            "checks": [{"metric": "data_drift", "value": 0.8, "threshold": 0.5, "breach": True, "detail": "drifted"}],
+        }
         summary["retrain"] = retrain(reason)
         return summary, None
 
@@ -66,6 +78,8 @@ def test_a_confirmed_breach_starts_retrain_through_the_trigger(server, tmp_path,
 
 
 def flow_runs(api: str, deployment_id) -> list[dict]:
-    r = requests.post(f"{api}/flow_runs/filter", json={"deployments": {"id": {"any_": [str(deployment_id)]}}}, timeout=10)
+    r = requests.post(
+        f"{api}/flow_runs/filter", json={"deployments": {"id": {"any_": [str(deployment_id)]}}}, timeout=10
+    )
     r.raise_for_status()
     return r.json()

@@ -39,11 +39,14 @@ def served_training(tmp_path_factory: pytest.TempPathFactory):
             yield repo, wait_for_deployment("training/training", proc, log), log
 
 
-@pytest.mark.parametrize("parameters, field", [
-    ({"options": {"forse": True}}, "forse"),
-    ({"options": {"force": "sometimes"}}, "force"),
-    ({"options": {"stages": "ingest"}}, "stages"),
-])
+@pytest.mark.parametrize(
+    "parameters, field",
+    [
+        ({"options": {"forse": True}}, "forse"),
+        ({"options": {"force": "sometimes"}}, "force"),
+        ({"options": {"stages": "ingest"}}, "stages"),
+    ],
+)
 def test_the_server_refuses_a_bad_form_naming_the_field(served_training, parameters, field):
     from prefect.client.orchestration import get_client
 
@@ -68,7 +71,7 @@ def ui_run(served_training):
 
 def test_a_run_from_the_ui_registers_a_champion(served_training, ui_run):
     from pipelines.config import load_params
-    from pipelines.tracking import Registry
+    from pipelines.registry.tracking import Registry
 
     repo, _, log = served_training
     assert ui_run.state.is_completed(), f"{ui_run.state.name}: {ui_run.state.message}\n{log.read_text()[-3000:]}"
@@ -93,8 +96,14 @@ def test_a_worker_on_a_work_pool_runs_the_same_deployments(served_training, ui_r
     api = PREFECT_API_URL.value()  # the module's private server (temporary_settings in served_training)
     with get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name="test-pool", type="process"))
-    r = subprocess.run([sys.executable, "-m", "flows.serve_all", "--work-pool", "test-pool", "--only", "promote"],
-                       cwd=repo, env=server_env(home, api), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "flows.serve_all", "--work-pool", "test-pool", "--only", "promote"],
+        cwd=repo,
+        env=server_env(home, api),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     before = json.loads((repo / "reports/promotion.json").read_text())["decided_at"]
     with get_client(sync_client=True) as client:
@@ -103,9 +112,22 @@ def test_a_worker_on_a_work_pool_runs_the_same_deployments(served_training, ui_r
         client.create_flow_run_from_deployment(deployment.id)  # defaults: re-run the gate on the test split
     log = home / "worker.log"
     with open(log, "w") as out:
-        worker = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "worker", "start", "--pool",
-                                   "test-pool", "--type", "process"], cwd=repo, env=server_env(home, api),
-                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        worker = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("prefect")),
+                "worker",
+                "start",
+                "--pool",
+                "test-pool",
+                "--type",
+                "process",
+            ],
+            cwd=repo,
+            env=server_env(home, api),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         run = wait_for_run(deployment.id, log, timeout_s=300)
     finally:
@@ -113,4 +135,3 @@ def test_a_worker_on_a_work_pool_runs_the_same_deployments(served_training, ui_r
     assert run.state.is_completed(), f"{run.state.name}: {run.state.message}\n{log.read_text()[-3000:]}"
     decision = json.loads((repo / "reports/promotion.json").read_text())
     assert decision["decided_at"] > before and decision["champion_version_after"] == "1"
-

@@ -19,10 +19,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from pipelines.base_model import resolve_base_model
+from pipelines.classifier.base_model import resolve_base_model
+from pipelines.classifier.lora import load_adapter
 from pipelines.config import GenerateConfig
-from pipelines.generate import generate_tickets
-from pipelines.lora import load_adapter
+from pipelines.data.generator import generate_tickets
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -40,24 +40,54 @@ def tiny_data(tmp_path_factory) -> Path:
     return d
 
 
-def run(tmp: Path, data: Path, finetune: dict, *, resume: bool = False, ckpt: Path | None = None,
-        timeout: int = 420) -> subprocess.CompletedProcess:
+def run(
+    tmp: Path, data: Path, finetune: dict, *, resume: bool = False, ckpt: Path | None = None, timeout: int = 420
+) -> subprocess.CompletedProcess:
     params = tmp / "params.yaml"
-    params.write_text(yaml.safe_dump({
-        "finetune": {"max_length": 64, "micro_batch_size": 8, **finetune},
-        "mlflow": {"tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "artifact_root": str(tmp / "mlartifacts")},
-    }))
-    cmd = [sys.executable, "-m", "pipelines.finetune", "--params", str(params), "--data-dir", str(data),
-           "--ckpt-dir", str(ckpt or tmp / "ckpt"), "--out", str(tmp / "out"),
-           "--metrics-out", str(tmp / "metrics.json"), "--plots-dir", str(tmp / "plots")] + (["--resume"] if resume else [])
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "finetune": {"max_length": 64, "micro_batch_size": 8, **finetune},
+                "mlflow": {"tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "artifact_root": str(tmp / "mlartifacts")},
+            }
+        )
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.finetune",
+        "--params",
+        str(params),
+        "--data-dir",
+        str(data),
+        "--ckpt-dir",
+        str(ckpt or tmp / "ckpt"),
+        "--out",
+        str(tmp / "out"),
+        "--metrics-out",
+        str(tmp / "metrics.json"),
+        "--plots-dir",
+        str(tmp / "plots"),
+    ] + (["--resume"] if resume else [])
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(HF_HUB_OFFLINE="1", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_one_step_zero3_two_ranks_saves_a_whole_adapter(tmp_path, tiny_data):
-    proc = run(tmp_path, tiny_data, {"zero_stage": 3, "world_size": 2, "precision": "fp32", "smoke_steps": 1,
-                                      "epochs": 1, "master_port": 29611, "merge_adapter": True})
+    proc = run(
+        tmp_path,
+        tiny_data,
+        {
+            "zero_stage": 3,
+            "world_size": 2,
+            "precision": "fp32",
+            "smoke_steps": 1,
+            "epochs": 1,
+            "master_port": 29611,
+            "merge_adapter": True,
+        },
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     history = json.loads((tmp_path / "out" / "history.json").read_text())
     assert history["world_size"] == 2 and history["zero_stage"] == 3
@@ -83,8 +113,9 @@ def test_one_step_zero3_two_ranks_saves_a_whole_adapter(tmp_path, tiny_data):
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out" / "merged").eval()
     assert not any("lora_" in n for n, _ in merged.named_parameters())
     with torch.no_grad():
-        merged_logits = merged(**tok(probe["texts"], truncation=True, max_length=64, padding=True,
-                                     return_tensors="pt")).logits
+        merged_logits = merged(
+            **tok(probe["texts"], truncation=True, max_length=64, padding=True, return_tensors="pt")
+        ).logits
     torch.testing.assert_close(merged_logits, probe["logits"], atol=1e-4, rtol=1e-4)
     # Evaluated by the shared metrics module and logged, by rank 0's run, as the common pyfunc.
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -102,13 +133,15 @@ def test_one_step_zero3_two_ranks_saves_a_whole_adapter(tmp_path, tiny_data):
     assert out["label"].tolist() == expected
     # the loaded pyfunc predicts with the adapter merged (faster): the same probabilities as the engine's logits
     labels = [model.config.id2label[i] for i in range(logits.shape[-1])]
-    np.testing.assert_allclose(out[[f"proba_{c}" for c in labels]].to_numpy(), torch.softmax(logits, -1).numpy(),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        out[[f"proba_{c}" for c in labels]].to_numpy(), torch.softmax(logits, -1).numpy(), atol=1e-4
+    )
     # the serving batcher's budget counts the model's own tokens, read through the registry's loaded model
-    from pipelines.pyfunc import PyfuncTextClassifier
+    from pipelines.classifier.pyfunc import PyfuncTextClassifier
 
-    assert PyfuncTextClassifier(pyfunc).token_lengths(probe["texts"]) == \
-        [len(ids) for ids in tok(probe["texts"], truncation=True, max_length=64)["input_ids"]]
+    assert PyfuncTextClassifier(pyfunc).token_lengths(probe["texts"]) == [
+        len(ids) for ids in tok(probe["texts"], truncation=True, max_length=64)["input_ids"]
+    ]
 
 
 def test_resume_continues_from_saved_step_and_a_broken_rank_does_not_hang(tmp_path, tiny_data):

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipelines.classifier.model_api import SklearnTextClassifier
 from pipelines.config import DataConfig, GenerateConfig, IngestConfig, Params
-from pipelines.generate import generate_tickets
-from pipelines.ingest import ingest
-from pipelines.model_api import SklearnTextClassifier
+from pipelines.data.generator import generate_tickets
+from pipelines.data.ingestion import ingest
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 
@@ -40,8 +40,15 @@ def hash_encoder(texts: list[str]) -> np.ndarray:
     return HashingVectorizer(n_features=256, alternate_sign=False, norm="l2").transform(texts).toarray()
 
 
-def write_window(root: Path, model: SklearnTextClassifier, df: pd.DataFrame, version: str, start: datetime,
-                 feedback: float = 1.0, tag: str = "w") -> None:
+def write_window(
+    root: Path,
+    model: SklearnTextClassifier,
+    df: pd.DataFrame,
+    version: str,
+    start: datetime,
+    feedback: float = 1.0,
+    tag: str = "w",
+) -> None:
     """Log ``df`` as predictions of ``version`` (one request per text) and feedback for a share of them."""
     from serving.prediction_log import FEEDBACK, PREDICTIONS, probabilities_json, text_hash, write_part
 
@@ -50,10 +57,22 @@ def write_window(root: Path, model: SklearnTextClassifier, df: pd.DataFrame, ver
     for i, (text, label, p) in enumerate(zip(df["text"], df["label"], proba)):
         ts = start + timedelta(seconds=i)
         rid = f"{tag}-{i}"
-        preds.append({"ts": ts, "request_id": rid, "item": 0, "model_name": "ticket-router", "model_version": version,
-                      "text_sha256": text_hash(text), "text": text, "label": model.classes[int(p.argmax())],
-                      "confidence": float(p.max()), "probabilities": probabilities_json(model.classes, p),
-                      "latency_ms": 5.0, "batch_size": 1})
+        preds.append(
+            {
+                "ts": ts,
+                "request_id": rid,
+                "item": 0,
+                "model_name": "ticket-router",
+                "model_version": version,
+                "text_sha256": text_hash(text),
+                "text": text,
+                "label": model.classes[int(p.argmax())],
+                "confidence": float(p.max()),
+                "probabilities": probabilities_json(model.classes, p),
+                "latency_ms": 5.0,
+                "batch_size": 1,
+            }
+        )
         if i < feedback * len(df):
             fbs.append({"ts": ts + timedelta(seconds=1), "request_id": rid, "item": 0, "true_label": label})
     write_part(root, PREDICTIONS, preds, now=start)
@@ -61,19 +80,28 @@ def write_window(root: Path, model: SklearnTextClassifier, df: pd.DataFrame, ver
 
 
 def make_params(tmp: Path, **monitor) -> Params:
-    return Params.model_validate({
-        "mlflow": {"tracking_uri": f"sqlite:///{tmp}/mlflow.db", "artifact_root": str(tmp / "mlartifacts")},
-        "monitor": {"log_dir": str(tmp / "production"), "reports_dir": str(tmp / "reports"), "window_size": 300,
-                    "min_window_rows": 150, "min_labelled_rows": 100, "reference_size": 600, "persistence": 2,
-                    **monitor},
-    })
+    return Params.model_validate(
+        {
+            "mlflow": {"tracking_uri": f"sqlite:///{tmp}/mlflow.db", "artifact_root": str(tmp / "mlartifacts")},
+            "monitor": {
+                "log_dir": str(tmp / "production"),
+                "reports_dir": str(tmp / "reports"),
+                "window_size": 300,
+                "min_window_rows": 150,
+                "min_labelled_rows": 100,
+                "reference_size": 600,
+                "persistence": 2,
+                **monitor,
+            },
+        }
+    )
 
 
 def register_champion(params: Params, model: SklearnTextClassifier, test: pd.DataFrame) -> str:
     """Log ``model`` as a pyfunc with its test metrics, register it and alias it champion."""
-    from pipelines import tracking
+    from pipelines.classifier.pyfunc import log_classifier
     from pipelines.metrics import evaluate
-    from pipelines.pyfunc import log_classifier
+    from pipelines.registry import tracking
 
     tracking.setup(params.mlflow)
     reg = tracking.Registry(params.mlflow)

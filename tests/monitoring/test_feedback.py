@@ -8,13 +8,13 @@ from datetime import timedelta
 
 import pandas as pd
 import pytest
-
 from conftest import T0, tickets, write_window
+
 from monitoring import feedback as fb
 from monitoring.windows import read_log_frames
 from pipelines.config import DataConfig, IngestConfig
+from pipelines.data.ingestion import ingest, read_snapshots
 from pipelines.errors import DataError
-from pipelines.ingest import ingest, read_snapshots
 
 
 def test_new_snapshot_never_overwrites_and_holds_only_new_rows(tmp_path, trained):
@@ -34,8 +34,16 @@ def test_new_snapshot_never_overwrites_and_holds_only_new_rows(tmp_path, trained
         fb.write_snapshot(fb.snapshot_rows(read_log_frames(log)[1], fb.used_ids(snaps)), snaps)
     # ingest appends both snapshots (canonical columns) to the raw data
     snap = read_snapshots(DataConfig(snapshots_dir=str(snaps)))
-    raw = pd.DataFrame({"subject": ["s"] * 2, "body": ["b"] * 2, "category": ["billing", "refund"],
-                        "created_at": ["2025-01-01"] * 2, "customer_id": ["c", "d"], "ticket_id": ["t1", "t2"]})
+    raw = pd.DataFrame(
+        {
+            "subject": ["s"] * 2,
+            "body": ["b"] * 2,
+            "category": ["billing", "refund"],
+            "created_at": ["2025-01-01"] * 2,
+            "customer_id": ["c", "d"],
+            "ticket_id": ["t1", "t2"],
+        }
+    )
     df, summary = ingest(raw, DataConfig(), IngestConfig(), snap)
     assert summary["snapshot_rows"] == 70 and len(df) == 72
 
@@ -53,15 +61,22 @@ def test_feedback_loop_adds_snapshot_runs_repro_and_tags_lineage(repo, monkeypat
             (path / (cmd[2] + ".dvc")).write_text("outs:\n- md5: abc123\n  path: x\n")
         if cmd[1] == "repro":
             (path / "reports").mkdir(exist_ok=True)
-            (path / "reports" / "promotion.json").write_text(json.dumps(
-                {"challenger_version": repo["version"], "promoted": True, "reasons": ["better"],
-                 "champion_version_after": repo["version"]}))
+            (path / "reports" / "promotion.json").write_text(
+                json.dumps(
+                    {
+                        "challenger_version": repo["version"],
+                        "promoted": True,
+                        "reasons": ["better"],
+                        "champion_version_after": repo["version"],
+                    }
+                )
+            )
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     out = fb.feedback_loop(path, read_log_frames(log)[1], path / "data" / "snapshots", reason="test", runner=runner)
     assert [c[0] for c in calls] == ["add", "repro"] and calls[0][1].startswith("data/snapshots/snapshot-")
     assert out["snapshot_rows"] == 30 and out["promoted"]
-    from pipelines import tracking
+    from pipelines.registry import tracking
 
     tags = tracking.Registry(params.mlflow).version(repo["version"]).tags
     assert tags["lineage.snapshot"] == out["snapshot"].split("/")[-1] and tags["lineage.snapshot_md5"] == "abc123"

@@ -6,8 +6,8 @@ import json
 from datetime import timedelta
 
 import pytest
-
 from conftest import T0, hash_encoder, tickets, write_window
+
 from monitoring.run import monitor_once
 
 
@@ -15,10 +15,17 @@ def _passes(repo, windows, **kw):
     """Log each (seed, drift) window, run one pass after each; return summaries and retrain calls."""
     calls, ctx, out = [], None, []
     for i, (seed, drift) in enumerate(windows):
-        write_window(repo["params"].monitor.log_dir, repo["model"], tickets(300, seed, drift), repo["version"],
-                     T0 + timedelta(hours=i), tag=f"w{i}")
-        s, ctx = monitor_once(repo["params"], ctx=ctx, encode=hash_encoder, retrain=lambda r: calls.append(r) or {},
-                              **kw)
+        write_window(
+            repo["params"].monitor.log_dir,
+            repo["model"],
+            tickets(300, seed, drift),
+            repo["version"],
+            T0 + timedelta(hours=i),
+            tag=f"w{i}",
+        )
+        s, ctx = monitor_once(
+            repo["params"], ctx=ctx, encode=hash_encoder, retrain=lambda r: calls.append(r) or {}, **kw
+        )
         out.append(s)
     return out, calls
 
@@ -27,8 +34,8 @@ def test_same_distribution_windows_do_not_breach(repo):
     """The false-positive check: six fresh-seed windows of period A."""
     summaries, calls = _passes(repo, [(s, False) for s in range(100, 106)], log_mlflow=False)
     breaches = [s["breached"] for s in summaries]
-    assert sum(map(bool, breaches)) <= 1, breaches            # at most one noisy window in six...
-    assert not any(s["confirmed"] for s in summaries) and calls == []   # ...and never a retrain
+    assert sum(map(bool, breaches)) <= 1, breaches  # at most one noisy window in six...
+    assert not any(s["confirmed"] for s in summaries) and calls == []  # ...and never a retrain
 
 
 def test_drift_breaches_and_a_persistent_breach_retrains_once(repo):
@@ -47,6 +54,7 @@ def test_drift_breaches_and_a_persistent_breach_retrains_once(repo):
         assert "<html" in html.lower() and len(html) > 10_000
     assert "length_chars" in (repo["path"] / first["reports"]["data_drift"]).read_text()
     import mlflow
+
     runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'monitor'")
     assert len(runs) == 2 and (runs["metrics.data_drift"] >= 0.5).all()
 

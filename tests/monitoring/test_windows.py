@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import pandas as pd
 import pytest
-
 from conftest import T0, tickets, train_model, write_window
+
 from monitoring.windows import Window, build_reference, check_schema, current_window, read_log_frames
 from pipelines.config import MonitorConfig
 from pipelines.errors import DataError
@@ -42,8 +42,8 @@ def test_last_n_window_has_fixed_size_and_feedback(tmp_path, small):
     write_window(tmp_path, model, df.head(150), "1", T0, feedback=0.5)
     win = _window(tmp_path)
     assert win.skipped is None and len(win.rows) == 100
-    assert win.rows["request_id"].iloc[-1] == "w-149"          # the newest rows
-    assert win.counts["labelled_rows"] == 25                     # feedback arrived for the first 75 of 150
+    assert win.rows["request_id"].iloc[-1] == "w-149"  # the newest rows
+    assert win.counts["labelled_rows"] == 25  # feedback arrived for the first 75 of 150
 
 
 def test_time_window_takes_recent_rows_only(tmp_path, small):
@@ -71,8 +71,11 @@ def test_feedback_for_unknown_request_ids_is_counted(tmp_path, small):
 
     df, model = small
     write_window(tmp_path, model, df.head(100), "1", T0)
-    write_part(tmp_path, FEEDBACK, [{"ts": T0, "request_id": f"ghost-{i}", "item": 0, "true_label": "billing"}
-                                    for i in range(7)])
+    write_part(
+        tmp_path,
+        FEEDBACK,
+        [{"ts": T0, "request_id": f"ghost-{i}", "item": 0, "true_label": "billing"} for i in range(7)],
+    )
     win = _window(tmp_path)
     assert win.counts["unknown_feedback"] == 7
     assert any("7 feedback row(s) name request ids with no logged prediction" in n for n in win.notes)
@@ -93,8 +96,9 @@ def test_reference_schema_must_match(small):
         build_reference(df.drop(columns="label"), df, model, "1", CFG)
     ref = build_reference(df.iloc[:250], df.iloc[250:], model, "1", CFG)
     assert len(ref.train) == 100 and len(ref.vocab_texts) == 150  # the vocabulary never sees the sample
-    rows = pd.DataFrame({"ts": [T0], "request_id": ["r"], "item": [0], "text": ["x"], "prediction": ["spam"],
-                         "true_label": [None]})
+    rows = pd.DataFrame(
+        {"ts": [T0], "request_id": ["r"], "item": [0], "text": ["x"], "prediction": ["spam"], "true_label": [None]}
+    )
     with pytest.raises(DataError, match=r"class\(es\) \['spam'\]"):
         check_schema(ref, Window(rows))
     notes = check_schema(ref, Window(rows.assign(prediction="billing", true_label="new_topic")))

@@ -11,18 +11,27 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from datahelpers import ROOT
 
 pytestmark = pytest.mark.slow
 DVC = shutil.which("dvc", path=str(Path(sys.executable).parent)) or shutil.which("dvc")
 LEAKY = {"resolved_by_team", "resolution_note", "resolved_at"}
-OUTS = ["data/processed/split/train.parquet", "data/processed/train.parquet", "data/processed/val.parquet",
-        "data/processed/test.parquet", "reports/leakage.json", "metrics/leakage.json"]
+OUTS = [
+    "data/processed/split/train.parquet",
+    "data/processed/train.parquet",
+    "data/processed/val.parquet",
+    "data/processed/test.parquet",
+    "reports/leakage.json",
+    "metrics/leakage.json",
+]
 
 
 def _sh(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+    }
     env.pop("PYTHONPATH", None)
     r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if check and r.returncode != 0:
@@ -63,7 +72,9 @@ def test_repro_runs_the_data_stages_then_does_no_work(tmp_path):
     report = json.loads((repo / "reports/leakage.json").read_text())
     assert report["passed"] is True
     assert set(report["dropped_columns"]) == LEAKY
-    flagged = {c for f in report["findings"] if f["check"] in ("leaky_column", "post_outcome_column") for c in f["columns"]}
+    flagged = {
+        c for f in report["findings"] if f["check"] in ("leaky_column", "post_outcome_column") for c in f["columns"]
+    }
     assert flagged == LEAKY
     counts = report["counts"]
     assert counts["exact_duplicates"] + counts["near_duplicates"] > 0 and counts["removed_eval_rows"] > 0

@@ -40,7 +40,7 @@ def _fit(c: float):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    from pipelines.model_api import SklearnTextClassifier
+    from pipelines.classifier.model_api import SklearnTextClassifier
 
     texts, labels = zip(*TRAIN)
     est = make_pipeline(TfidfVectorizer(), LogisticRegression(C=c, max_iter=500)).fit(list(texts), list(labels))
@@ -52,12 +52,16 @@ def tiny_registry(tmp_path_factory: pytest.TempPathFactory) -> TinyRegistry:
     """Two registered versions (different C, so their probabilities differ); champion -> version 1."""
     import mlflow
 
-    from pipelines.pyfunc import log_classifier
-    from pipelines.tracking import Registry, setup
+    from pipelines.classifier.pyfunc import log_classifier
+    from pipelines.registry.tracking import Registry, setup
 
     root = tmp_path_factory.mktemp("mlflow")
-    cfg = MlflowConfig(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", artifact_root=str(root / "artifacts"),
-                       experiment="serving-tests", registered_model="tiny-router")
+    cfg = MlflowConfig(
+        tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+        artifact_root=str(root / "artifacts"),
+        experiment="serving-tests",
+        registered_model="tiny-router",
+    )
     old = os.environ.pop("MLFLOW_TRACKING_URI", None)
     try:
         setup(cfg)

@@ -23,7 +23,9 @@ def client(tiny_registry, tmp_path, monkeypatch, serve_cfg):
         for _ in range(100):
             if c.get("/readyz").status_code == 200:
                 break
-            import time; time.sleep(0.1)
+            import time
+
+            time.sleep(0.1)
         c.service = service  # type: ignore[attr-defined]
         c.log_dir = cfg.log_dir  # type: ignore[attr-defined]
         yield c
@@ -47,17 +49,20 @@ def test_top_k(client, tiny_registry) -> None:
     assert len(body["predictions"][0]["probabilities"]) == 1
 
 
-@pytest.mark.parametrize("payload, needle", [
-    ({"texts": []}, "texts: List should have at least 1 item"),
-    ({"texts": ["ok", "   "]}, "empty or only whitespace"),
-    ({"texts": ["x" * 201]}, "at most 200 characters"),
-    ({"texts": ["a"] * 6}, "at most 5 items"),
-    ({"texts": "not a list"}, "texts: Input should be a valid list"),
-    ({"texts": [1, 2]}, "texts.0: Input should be a valid string"),
-    ({"texts": ["a"], "top_k": 0}, "top_k: Input should be greater than or equal to 1"),
-    ({"text": ["a"]}, "texts: Field required"),
-    ([1, 2], "must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "payload, needle",
+    [
+        ({"texts": []}, "texts: List should have at least 1 item"),
+        ({"texts": ["ok", "   "]}, "empty or only whitespace"),
+        ({"texts": ["x" * 201]}, "at most 200 characters"),
+        ({"texts": ["a"] * 6}, "at most 5 items"),
+        ({"texts": "not a list"}, "texts: Input should be a valid list"),
+        ({"texts": [1, 2]}, "texts.0: Input should be a valid string"),
+        ({"texts": ["a"], "top_k": 0}, "top_k: Input should be greater than or equal to 1"),
+        ({"text": ["a"]}, "texts: Field required"),
+        ([1, 2], "must be a JSON object"),
+    ],
+)
 def test_bad_inputs_get_readable_422(client, payload, needle) -> None:
     r = client.post("/predict", json=payload)
     assert r.status_code == 422 and needle in r.json()["detail"], r.text
@@ -73,8 +78,10 @@ def test_body_that_is_not_json(client) -> None:
 
 def test_feedback(client) -> None:
     rid = client.post("/predict", json={"texts": ["charged twice", "cannot log in"]}).json()["request_id"]
-    assert client.post("/feedback", json={"request_id": rid, "item": 1, "label": "account_access"}).json() == \
-        {"status": "recorded", "matched": True}
+    assert client.post("/feedback", json={"request_id": rid, "item": 1, "label": "account_access"}).json() == {
+        "status": "recorded",
+        "matched": True,
+    }
     r = client.post("/feedback", json={"request_id": rid, "item": 5, "label": "billing"})
     assert r.status_code == 422 and "out of range" in r.json()["detail"]
     r = client.post("/feedback", json={"request_id": rid, "item": 0, "label": "astrology"})
@@ -91,8 +98,14 @@ def test_metrics_and_log_rows(client, tiny_registry) -> None:
     client.post("/feedback", json={"request_id": body["request_id"], "item": 0, "label": "billing"})
     m = client.get("/metrics")
     assert m.status_code == 200 and m.headers["content-type"].startswith("text/plain")
-    for name in ["ticketops_requests_total", "ticketops_request_errors_total", "ticketops_request_latency_seconds_bucket",
-                 "ticketops_batch_size_bucket", "ticketops_queue_depth", "ticketops_model_version"]:
+    for name in [
+        "ticketops_requests_total",
+        "ticketops_request_errors_total",
+        "ticketops_request_latency_seconds_bucket",
+        "ticketops_batch_size_bucket",
+        "ticketops_queue_depth",
+        "ticketops_model_version",
+    ]:
         assert name in m.text
     assert f'ticketops_model_info{{model="tiny-router",version="{tiny_registry.versions[0]}"}} 1.0' in m.text
     n = [approx_tokens(t) for t in texts]  # a scikit-learn model has no tokenizer: the budget's estimate
@@ -121,7 +134,9 @@ def test_api_key(tiny_registry, tmp_path, monkeypatch, serve_cfg) -> None:
 
 def test_not_ready_without_a_champion(tiny_registry, tmp_path, serve_cfg, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tiny_registry.uri)
-    service = ClassifierService(serve_cfg(tmp_path, model_alias="nobody"), ChampionSource(tiny_registry.mlflow, "nobody"))
+    service = ClassifierService(
+        serve_cfg(tmp_path, model_alias="nobody"), ChampionSource(tiny_registry.mlflow, "nobody")
+    )
     with TestClient(build_app(service)) as c:
         r = c.get("/readyz")
         assert r.status_code == 503
@@ -139,6 +154,7 @@ class _Slow:
 
     def predict_proba(self, texts):
         import time
+
         time.sleep(self.delay)
         return self.inner.predict_proba(texts)
 
@@ -149,7 +165,9 @@ def test_overload_gets_429_with_retry_after(tiny_registry, tmp_path, serve_cfg, 
     import httpx
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tiny_registry.uri)
-    service = ClassifierService(serve_cfg(tmp_path, max_queue=4, watch_interval_s=0), ChampionSource(tiny_registry.mlflow))
+    service = ClassifierService(
+        serve_cfg(tmp_path, max_queue=4, watch_interval_s=0), ChampionSource(tiny_registry.mlflow)
+    )
     app = build_app(service, manage_lifecycle=False)
 
     async def go():

@@ -125,8 +125,11 @@ def test_the_budget_counts_the_models_own_tokens_when_it_offers_them() -> None:
     reported: list[tuple[int, int, int]] = []
 
     async def go():
-        b = ContinuousBatcher(max_batch_size=8, max_batch_tokens=300,
-                              on_batch=lambda n, _s, tokens, padded: reported.append((n, tokens, padded)))
+        b = ContinuousBatcher(
+            max_batch_size=8,
+            max_batch_tokens=300,
+            on_batch=lambda n, _s, tokens, padded: reported.append((n, tokens, padded)),
+        )
         await b.start()
         await asyncio.gather(b.submit(["warm"], model), *(b.submit([t], model) for t in texts))
         await b.stop()
@@ -275,7 +278,9 @@ def test_min_row_fill_keeps_short_texts_out_of_long_rows() -> None:
 
 
 def test_min_row_fill_raises_the_padding_efficiency_of_a_long_tailed_mix() -> None:
-    """32 closed-loop clients with SMS-like lengths (many short, a long tail): each step's texts come back as new ones."""
+    """32 closed-loop clients with SMS-like lengths (many short, a long tail).
+
+    Each step's texts come back as new ones."""
 
     def efficiency(fill: float, steps: int = 300) -> float:
         rng = np.random.default_rng(0)

@@ -10,9 +10,20 @@ from serving.prediction_log import FEEDBACK, PREDICTIONS, read_log
 
 
 def _row(i: int) -> dict:
-    return {"ts": datetime.now(timezone.utc), "request_id": f"{i:032x}", "item": 0, "model_name": "m",
-            "model_version": "1", "text_sha256": "0" * 64, "text": None, "label": "a", "confidence": 0.9,
-            "probabilities": "{}", "latency_ms": 1.0, "batch_size": 1}
+    return {
+        "ts": datetime.now(timezone.utc),
+        "request_id": f"{i:032x}",
+        "item": 0,
+        "model_name": "m",
+        "model_version": "1",
+        "text_sha256": "0" * 64,
+        "text": None,
+        "label": "a",
+        "confidence": 0.9,
+        "probabilities": "{}",
+        "latency_ms": 1.0,
+        "batch_size": 1,
+    }
 
 
 def test_flush_every_n_rows_and_on_close(tmp_path) -> None:

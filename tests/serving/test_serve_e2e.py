@@ -13,7 +13,7 @@ import requests
 
 from pipelines.config import Params
 from pipelines.io import free_port
-from pipelines.tracking import Registry
+from pipelines.registry.tracking import Registry
 from serving.prediction_log import FEEDBACK, PREDICTIONS, read_log
 
 ray = pytest.importorskip("ray")
@@ -44,9 +44,16 @@ def server(tiny_registry, tmp_path_factory):
     mp.setenv("MLFLOW_TRACKING_URI", tiny_registry.uri)
     mp.delenv("TICKETOPS_API_KEY", raising=False)
     params = Params(mlflow=tiny_registry.mlflow)
-    params.serve = params.serve.model_copy(update=dict(
-        port=free_port(), log_dir=str(tmp / "production"), watch_interval_s=0.5, log_flush_s=1.0,
-        max_batch_size=16, max_texts_per_request=8))
+    params.serve = params.serve.model_copy(
+        update=dict(
+            port=free_port(),
+            log_dir=str(tmp / "production"),
+            watch_interval_s=0.5,
+            log_flush_s=1.0,
+            max_batch_size=16,
+            max_texts_per_request=8,
+        )
+    )
     overrides = params.serve.model_dump()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
@@ -87,7 +94,9 @@ def test_bad_requests_are_4xx_and_server_stays_healthy(server) -> None:
     for payload in ({"texts": ["  "]}, {"texts": ["a"] * 9}, {"texts": [3]}, {"texts": ["x" * 6000]}, {}):
         r = requests.post(f"{server.url}/predict", json=payload, timeout=10)
         assert r.status_code == 422 and r.json()["detail"].startswith("invalid request:"), (payload, r.text)
-    r = requests.post(f"{server.url}/predict", data="not json", headers={"content-type": "application/json"}, timeout=10)
+    r = requests.post(
+        f"{server.url}/predict", data="not json", headers={"content-type": "application/json"}, timeout=10
+    )
     assert r.status_code == 422 and "not valid JSON" in r.json()["detail"]
     assert requests.get(f"{server.url}/healthz", timeout=10).status_code == 200
     assert requests.get(f"{server.url}/readyz", timeout=10).json()["status"] == "ready"
@@ -97,7 +106,9 @@ def test_feedback(server) -> None:
     rid = server.predict(["I was billed twice"]).json()["request_id"]
     r = requests.post(f"{server.url}/feedback", json={"request_id": rid, "item": 0, "label": "billing"}, timeout=10)
     assert r.status_code == 200 and r.json()["matched"] is True
-    r = requests.post(f"{server.url}/feedback", json={"request_id": "f" * 32, "item": 0, "label": "billing"}, timeout=10)
+    r = requests.post(
+        f"{server.url}/feedback", json={"request_id": "f" * 32, "item": 0, "label": "billing"}, timeout=10
+    )
     assert r.status_code == 404
 
 
@@ -107,11 +118,18 @@ def test_concurrent_load_forms_batches(server, tiny_registry) -> None:
         codes = list(pool.map(lambda t: server.predict([t]).status_code, texts))
     assert codes == [200] * len(texts)
     m = requests.get(f"{server.url}/metrics", timeout=10).text
-    buckets = {float(le): float(v) for le, v in re.findall(r'ticketops_batch_size_bucket\{le="([\d.]+)"\} ([\d.e+]+)', m)}
+    buckets = {
+        float(le): float(v) for le, v in re.findall(r'ticketops_batch_size_bucket\{le="([\d.]+)"\} ([\d.e+]+)', m)
+    }
     total = float(re.search(r"ticketops_batch_size_count ([\d.e+]+)", m).group(1))
     assert buckets[1.0] < total, "every model call had a single text: no batching happened"
-    for name in ["ticketops_requests_total", "ticketops_request_latency_seconds_bucket", "ticketops_queue_depth",
-                 "ticketops_model_version", "ticketops_request_errors_total"]:
+    for name in [
+        "ticketops_requests_total",
+        "ticketops_request_latency_seconds_bucket",
+        "ticketops_queue_depth",
+        "ticketops_model_version",
+        "ticketops_request_errors_total",
+    ]:
         assert name in m
 
 
@@ -142,7 +160,9 @@ def test_hot_swap_under_load_fails_nothing(server, tiny_registry) -> None:
     body = server.predict(tiny_registry.texts).json()
     clf2 = tiny_registry.models[v2]
     assert body["model_version"] == v2
-    assert [p["label"] for p in body["predictions"]] == [clf2.classes[i] for i in clf2.predict_proba(tiny_registry.texts).argmax(1)]
+    assert [p["label"] for p in body["predictions"]] == [
+        clf2.classes[i] for i in clf2.predict_proba(tiny_registry.texts).argmax(1)
+    ]
     m = requests.get(f"{server.url}/metrics", timeout=10).text
     assert f"ticketops_model_version {float(v2)}" in m and "ticketops_model_swaps_total 1.0" in m
 

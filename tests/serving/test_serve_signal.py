@@ -25,13 +25,30 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_sigterm_drains_and_flushes_the_log(tiny_registry, tmp_path) -> None:
     port = free_port()
     log_dir = tmp_path / "production"
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
-        "mlflow": tiny_registry.mlflow.model_dump(),
-        "serve": {"port": port, "log_dir": str(log_dir), "log_flush_s": 3600, "log_flush_rows": 100000,
-                  "watch_interval_s": 0, "replica_cpus": 0.5}}))
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "mlflow": tiny_registry.mlflow.model_dump(),
+                "serve": {
+                    "port": port,
+                    "log_dir": str(log_dir),
+                    "log_flush_s": 3600,
+                    "log_flush_rows": 100000,
+                    "watch_interval_s": 0,
+                    "replica_cpus": 0.5,
+                },
+            }
+        )
+    )
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.Popen([sys.executable, "-m", "serving.app", "--params", str(tmp_path / "params.yaml")],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serving.app", "--params", str(tmp_path / "params.yaml")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 180
         while time.monotonic() < deadline:

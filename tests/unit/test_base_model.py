@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.base_model import resolve_base_model
+from pipelines.classifier.base_model import resolve_base_model
 from pipelines.errors import ConfigError
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from datahelpers import ROOT
+
 from pipelines.config import Params, load_params, parse_params
 from pipelines.errors import ConfigError
 
@@ -20,12 +20,16 @@ def test_repo_params_yaml_loads_and_matches_what_it_says():
     assert p.leakage.leaky_column_action == raw["leakage"]["leaky_column_action"]
 
 
-@pytest.mark.parametrize("raw, key, words", [
-    ({"validate": {"min_clas_count": 5}}, "validate.min_clas_count", "unknown key"),
-    ({"leakage": {"seed": 1, "bogus": True}}, "leakage.bogus", "unknown key"),
-    ({"nonsense": {}}, "nonsense", "unknown key"),
-    ({"data": {"columns": {"text": "t", "label": "l", "extra": "x"}}}, "data.columns.extra", "unknown key"),
-], ids=["section-key", "second-key", "section", "nested"])
+@pytest.mark.parametrize(
+    "raw, key, words",
+    [
+        ({"validate": {"min_clas_count": 5}}, "validate.min_clas_count", "unknown key"),
+        ({"leakage": {"seed": 1, "bogus": True}}, "leakage.bogus", "unknown key"),
+        ({"nonsense": {}}, "nonsense", "unknown key"),
+        ({"data": {"columns": {"text": "t", "label": "l", "extra": "x"}}}, "data.columns.extra", "unknown key"),
+    ],
+    ids=["section-key", "second-key", "section", "nested"],
+)
 def test_unknown_key_is_refused_naming_it(raw, key, words):
     with pytest.raises(ConfigError) as exc:
         parse_params(raw)
@@ -33,28 +37,34 @@ def test_unknown_key_is_refused_naming_it(raw, key, words):
     assert words in str(exc.value)
 
 
-@pytest.mark.parametrize("raw, key", [
-    ({"split": {"test_fraction": "a lot"}}, "split.test_fraction"),
-    ({"generate": {"n_rows": "many"}}, "generate.n_rows"),
-    ({"ingest": {"scrub_pii": "perhaps"}}, "ingest.scrub_pii"),
-    ({"validate": {"expected_labels": "ham"}}, "validate.expected_labels"),
-    ({"split": {"strategy": "random"}}, "split.strategy"),
-    ({"split": 5}, "split"),
-])
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ({"split": {"test_fraction": "a lot"}}, "split.test_fraction"),
+        ({"generate": {"n_rows": "many"}}, "generate.n_rows"),
+        ({"ingest": {"scrub_pii": "perhaps"}}, "ingest.scrub_pii"),
+        ({"validate": {"expected_labels": "ham"}}, "validate.expected_labels"),
+        ({"split": {"strategy": "random"}}, "split.strategy"),
+        ({"split": 5}, "split"),
+    ],
+)
 def test_wrong_type_is_refused_naming_the_key(raw, key):
     with pytest.raises(ConfigError) as exc:
         parse_params(raw)
     assert f"\n  {key}: " in str(exc.value)
 
 
-@pytest.mark.parametrize("raw, key, got", [
-    ({"split": {"test_fraction": 0.9}}, "split.test_fraction", "0.9"),
-    ({"split": {"val_fraction": 0.0}}, "split.val_fraction", "0.0"),
-    ({"validate": {"min_class_count": 0}}, "validate.min_class_count", "0"),
-    ({"generate": {"n_rows": 10}}, "generate.n_rows", "10"),
-    ({"leakage": {"near_duplicate_threshold": 1.5}}, "leakage.near_duplicate_threshold", "1.5"),
-    ({"data": {"columns": {"text": [], "label": "y"}}}, "data.columns.text", "[]"),
-])
+@pytest.mark.parametrize(
+    "raw, key, got",
+    [
+        ({"split": {"test_fraction": 0.9}}, "split.test_fraction", "0.9"),
+        ({"split": {"val_fraction": 0.0}}, "split.val_fraction", "0.0"),
+        ({"validate": {"min_class_count": 0}}, "validate.min_class_count", "0"),
+        ({"generate": {"n_rows": 10}}, "generate.n_rows", "10"),
+        ({"leakage": {"near_duplicate_threshold": 1.5}}, "leakage.near_duplicate_threshold", "1.5"),
+        ({"data": {"columns": {"text": [], "label": "y"}}}, "data.columns.text", "[]"),
+    ],
+)
 def test_out_of_range_value_is_refused_naming_key_and_value(raw, key, got):
     with pytest.raises(ConfigError) as exc:
         parse_params(raw)

@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipelines.base_model import resolve_base_model
+from pipelines.classifier.base_model import resolve_base_model
+from pipelines.classifier.lora import build_model
 from pipelines.config import FinetuneConfig
-from pipelines.deepspeed_engine import build_config
 from pipelines.errors import ConfigError, PipelineError
-from pipelines.lora import build_model
+from pipelines.training.engine import build_config
 
 ROOT = Path(__file__).resolve().parents[2]
 LABELS = [f"class_{i}" for i in range(10)]
@@ -40,13 +40,23 @@ def test_all_linear_targets_count():
 
 
 def test_wrong_target_module_fails_loudly_naming_the_real_layers():
-    with pytest.raises(ConfigError, match=r"q_proj.*match no linear layer.*\['classifier', 'dense', 'key', 'query', 'value'\]"):
-        build_model(resolve_base_model("minilm"), LABELS, FinetuneConfig(target_modules=["query", "q_proj"]), on_meta=True)
+    with pytest.raises(
+        ConfigError, match=r"q_proj.*match no linear layer.*\['classifier', 'dense', 'key', 'query', 'value'\]"
+    ):
+        build_model(
+            resolve_base_model("minilm"), LABELS, FinetuneConfig(target_modules=["query", "q_proj"]), on_meta=True
+        )
 
 
 def test_deepspeed_config_comes_from_params():
-    cfg = FinetuneConfig(zero_stage=3, micro_batch_size=4, gradient_accumulation_steps=2, gradient_clipping=0.5,
-                         learning_rate=2e-4, warmup_ratio=0.1)
+    cfg = FinetuneConfig(
+        zero_stage=3,
+        micro_batch_size=4,
+        gradient_accumulation_steps=2,
+        gradient_clipping=0.5,
+        learning_rate=2e-4,
+        warmup_ratio=0.1,
+    )
     ds = build_config(cfg, precision="bf16", accelerator="cpu", total_steps=100)
     assert ds["zero_optimization"]["stage"] == 3
     assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["gradient_accumulation_steps"] == 2
@@ -67,10 +77,23 @@ def data_dir(tmp_path) -> Path:
 def _cli(tmp_path: Path, data_dir: Path, finetune: dict, *extra: str) -> subprocess.CompletedProcess:
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"finetune": finetune}))
-    cmd = [sys.executable, "-m", "pipelines.finetune", "--params", str(params), "--data-dir", str(data_dir),
-           "--ckpt-dir", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out"), *extra]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.finetune",
+        "--params",
+        str(params),
+        "--data-dir",
+        str(data_dir),
+        "--ckpt-dir",
+        str(tmp_path / "ckpt"),
+        "--out",
+        str(tmp_path / "out"),
+        *extra,
+    ]
+    return subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
 
 
 def _main(tmp_path: Path, data_dir: Path, finetune: dict, resume: bool = False) -> None:
@@ -81,12 +104,15 @@ def _main(tmp_path: Path, data_dir: Path, finetune: dict, resume: bool = False) 
     main(params=params, data_dir=data_dir, ckpt_dir=tmp_path / "ckpt", out=tmp_path / "out", resume=resume)
 
 
-@pytest.mark.parametrize("finetune, expected", [
-    ({"base_model": "./no/such/model"}, "no/such/model"),
-    ({"target_modules": ["q_proj"]}, "q_proj"),
-    ({"world_size": 4096}, "world_size is 4096 but this machine has"),
-    ({"lora_r": 0}, "finetune.lora_r"),
-])
+@pytest.mark.parametrize(
+    "finetune, expected",
+    [
+        ({"base_model": "./no/such/model"}, "no/such/model"),
+        ({"target_modules": ["q_proj"]}, "q_proj"),
+        ({"world_size": 4096}, "world_size is 4096 but this machine has"),
+        ({"lora_r": 0}, "finetune.lora_r"),
+    ],
+)
 def test_bad_inputs_are_refused_before_launch(tmp_path, data_dir, finetune, expected):
     with pytest.raises(PipelineError, match=re.escape(expected)):
         _main(tmp_path, data_dir, finetune)

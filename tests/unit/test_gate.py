@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipelines.config import RegisterConfig
-from pipelines.promote import gate_decision
+from pipelines.registry.gate import gate_decision
 
 
 def m(macro: float, **f1: float) -> dict:

@@ -7,53 +7,73 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from datahelpers import run_stage, write_params
+
 from pipelines.config import DataConfig, IngestConfig, parse_params
+from pipelines.data.ingestion import ingest, map_columns, read_source, scrub_pii, strip_html
 from pipelines.errors import DataError
-from pipelines.ingest import ingest, map_columns, read_source, scrub_pii, strip_html
 
 
 # --------------------------------------------------------------------------- cleaning
-@pytest.mark.parametrize("text, expected", [
-    ("mail me at dana.0123@acme.com please", "mail me at <EMAIL> please"),
-    ("Email John.Doe+tickets@mail.example.co.uk.", "Email <EMAIL>."),
-    ("Call me on +1 (555) 123-4567.", "Call me on <PHONE>."),
-    ("ring 020 7946 0958 after six", "ring <PHONE> after six"),
-    ("tel +44 20 7946 0958", "tel <PHONE>"),
-    ("call 555-123-4567 or 555.123.4567", "call <PHONE> or <PHONE>"),
-    ("Call 09061701461 to claim", "Call <PHONE> to claim"),
-    ("Email a@b.io or phone +1 (212) 555-0199.", "Email <EMAIL> or phone <PHONE>."),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("mail me at dana.0123@acme.com please", "mail me at <EMAIL> please"),
+        ("Email John.Doe+tickets@mail.example.co.uk.", "Email <EMAIL>."),
+        ("Call me on +1 (555) 123-4567.", "Call me on <PHONE>."),
+        ("ring 020 7946 0958 after six", "ring <PHONE> after six"),
+        ("tel +44 20 7946 0958", "tel <PHONE>"),
+        ("call 555-123-4567 or 555.123.4567", "call <PHONE> or <PHONE>"),
+        ("Call 09061701461 to claim", "Call <PHONE> to claim"),
+        ("Email a@b.io or phone +1 (212) 555-0199.", "Email <EMAIL> or phone <PHONE>."),
+    ],
+)
 def test_scrub_pii_replaces_emails_and_phones(text, expected):
     out, n = scrub_pii(text)
     assert out == expected
     assert n == expected.count("<EMAIL>") + expected.count("<PHONE>")
 
 
-@pytest.mark.parametrize("text", [
-    "order 48213 costs $123.45 on 2025-01-07", "text 87121 to win", "version 2.13.0", "call me at 10:30",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "order 48213 costs $123.45 on 2025-01-07",
+        "text 87121 to win",
+        "version 2.13.0",
+        "call me at 10:30",
+    ],
+)
 def test_scrub_pii_keeps_numbers_that_are_not_phones(text):
     assert scrub_pii(text) == (text, 0)
 
 
 def test_strip_html_keeps_text_and_line_breaks():
-    assert strip_html("<div><p>Hi,</p><p>it is &amp; was broken</p><br/></div>").split() == ["Hi,", "it", "is", "&", "was", "broken"]
+    assert strip_html("<div><p>Hi,</p><p>it is &amp; was broken</p><br/></div>").split() == [
+        "Hi,",
+        "it",
+        "is",
+        "&",
+        "was",
+        "broken",
+    ]
     assert "\n" in strip_html("<p>one</p><p>two</p>")
     assert strip_html("plain text, 3 < 4") == "plain text, 3 < 4"
 
 
 def _raw(n: int = 6) -> pd.DataFrame:
-    return pd.DataFrame({
-        "ticket": [f"T{i}" for i in range(n)],
-        "subject": ["Help", "Refund", "Login", "Bug", "Slow", "Ship"][:n],
-        "body": ["<p>Reach me at ann@x.com</p>", "Call +1 (555) 123-4567 now", "&nbsp;", "plain body", "", "  "][:n],
-        "topic": ["a", "b", "a", "b", "a", "b"][:n],
-        "when": ["2025-01-01", "2025-01-02", "2025-01-03", "2025-01-04", "2025-01-05", "2025-01-06"][:n],
-        "who": ["c1", "c2", "c1", "c3", "c2", "c1"][:n],
-        "channel": ["chat"] * n,
-    })
+    return pd.DataFrame(
+        {
+            "ticket": [f"T{i}" for i in range(n)],
+            "subject": ["Help", "Refund", "Login", "Bug", "Slow", "Ship"][:n],
+            "body": ["<p>Reach me at ann@x.com</p>", "Call +1 (555) 123-4567 now", "&nbsp;", "plain body", "", "  "][
+                :n
+            ],
+            "topic": ["a", "b", "a", "b", "a", "b"][:n],
+            "when": ["2025-01-01", "2025-01-02", "2025-01-03", "2025-01-04", "2025-01-05", "2025-01-06"][:n],
+            "who": ["c1", "c2", "c1", "c3", "c2", "c1"][:n],
+            "channel": ["chat"] * n,
+        }
+    )
 
 
 def _data(**cols) -> DataConfig:
@@ -132,22 +152,33 @@ def test_read_source_reads_a_directory_of_files(tmp_path):
 
 def test_read_source_utf8_with_bom(tmp_path):
     f = tmp_path / "excel.csv"
-    f.write_bytes("\ufeff" .encode() + _raw().to_csv(index=False).encode())
+    f.write_bytes("\ufeff".encode() + _raw().to_csv(index=False).encode())
     df = read_source(DataConfig(path=str(f)))
     assert df.columns[0] == "ticket"
 
 
 # --------------------------------------------------------------------------- the CLI on bad input
-SMS = "Label\tSMS\nham\tsee you at 6\nspam\tWIN a prize! text 87121\nham\tok \"quoted\" lar\n"
+SMS = 'Label\tSMS\nham\tsee you at 6\nspam\tWIN a prize! text 87121\nham\tok "quoted" lar\n'
 
 
 def _cli(tmp_path: Path, data_path: Path | str, **columns) -> tuple:
     cols = {"text": "SMS", "label": "Label", "timestamp": None, "group": None, "id": None, **columns}
-    params = write_params(tmp_path / "params.yaml",
-                          data={"path": str(data_path), "csv_quoting": False, "columns": cols})
+    params = write_params(
+        tmp_path / "params.yaml", data={"path": str(data_path), "csv_quoting": False, "columns": cols}
+    )
     outs = [tmp_path / "out" / "x.parquet", tmp_path / "out" / "summary.json", tmp_path / "out" / "metrics.json"]
-    r = run_stage("ingest", "--params", str(params), "--out", str(outs[0]), "--summary-out", str(outs[1]),
-                  "--metrics-out", str(outs[2]), cwd=tmp_path)
+    r = run_stage(
+        "ingest",
+        "--params",
+        str(params),
+        "--out",
+        str(outs[0]),
+        "--summary-out",
+        str(outs[1]),
+        "--metrics-out",
+        str(outs[2]),
+        cwd=tmp_path,
+    )
     return r, outs
 
 
@@ -184,8 +215,12 @@ def _parquet_bytes(tmp_path: Path) -> bytes:
 BAD = {
     # name: (file name, contents as bytes or a callable, extra column mapping, words the message must hold)
     "missing-file": ("nope.tsv", None, {}, ["nope.tsv", "does not exist"]),
-    "unknown-columns": ("sms.tsv", SMS.encode(), {"text": "message", "label": "category"},
-                        ["'message'", "'category'", "available columns: ['Label', 'SMS']"]),
+    "unknown-columns": (
+        "sms.tsv",
+        SMS.encode(),
+        {"text": "message", "label": "category"},
+        ["'message'", "'category'", "available columns: ['Label', 'SMS']"],
+    ),
     "not-utf8": ("sms.tsv", SMS.replace("lar", "l\xe0r caf\xe9").encode("latin-1"), {}, ["not valid utf-8"]),
     "empty-file": ("sms.tsv", b"", {}, ["empty"]),
     "header-only": ("sms.tsv", b"Label\tSMS\n", {}, ["no rows"]),
@@ -196,8 +231,12 @@ BAD = {
     "csv-named-jsonl": ("sms.jsonl", SMS.encode(), {}, ["sms.jsonl", "JSONL"]),
     "unknown-extension": ("sms.txt", SMS.encode(), {}, ["'.txt'", "data.format"]),
     "empty-directory": ("folder/", None, {}, ["holds no"]),
-    "directory-mismatched-columns": ("folder/", {"a.tsv": SMS.encode(), "b.tsv": b"Label\tText\nham\thi\n"}, {},
-                                     ["b.tsv", "differ"]),
+    "directory-mismatched-columns": (
+        "folder/",
+        {"a.tsv": SMS.encode(), "b.tsv": b"Label\tText\nham\thi\n"},
+        {},
+        ["b.tsv", "differ"],
+    ),
 }
 
 
@@ -228,12 +267,28 @@ def test_cli_reads_a_directory_of_files(tmp_path):
 def test_cli_reads_latin1_when_told_and_refuses_an_unknown_encoding(tmp_path):
     f = tmp_path / "sms.tsv"
     f.write_bytes(SMS.replace("lar", "l\xe0r").encode("latin-1"))
-    params = write_params(tmp_path / "params.yaml", data={
-        "path": str(f), "csv_quoting": False, "encoding": "latin-1",
-        "columns": {"text": "SMS", "label": "Label", "timestamp": None, "group": None, "id": None}})
+    params = write_params(
+        tmp_path / "params.yaml",
+        data={
+            "path": str(f),
+            "csv_quoting": False,
+            "encoding": "latin-1",
+            "columns": {"text": "SMS", "label": "Label", "timestamp": None, "group": None, "id": None},
+        },
+    )
     out = tmp_path / "x.parquet"
-    r = run_stage("ingest", "--params", str(params), "--out", str(out), "--summary-out", str(tmp_path / "s.json"),
-                  "--metrics-out", str(tmp_path / "m.json"), cwd=tmp_path)
+    r = run_stage(
+        "ingest",
+        "--params",
+        str(params),
+        "--out",
+        str(out),
+        "--summary-out",
+        str(tmp_path / "s.json"),
+        "--metrics-out",
+        str(tmp_path / "m.json"),
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "làr" in pd.read_parquet(out)["text"].iloc[2]
 
@@ -246,8 +301,14 @@ def test_cli_reads_latin1_when_told_and_refuses_an_unknown_encoding(tmp_path):
 
 
 def _snapshot() -> pd.DataFrame:
-    return pd.DataFrame({"id": ["r1:0", "r1:1"], "text": ["copilot ate my credits, mail bob@y.org", "parcel lost"],
-                         "label": ["a", "b"], "timestamp": pd.to_datetime(["2025-02-01", "2025-02-02"], utc=True)})
+    return pd.DataFrame(
+        {
+            "id": ["r1:0", "r1:1"],
+            "text": ["copilot ate my credits, mail bob@y.org", "parcel lost"],
+            "label": ["a", "b"],
+            "timestamp": pd.to_datetime(["2025-02-01", "2025-02-02"], utc=True),
+        }
+    )
 
 
 def test_ingest_appends_snapshots_through_the_same_cleaning():
@@ -266,7 +327,7 @@ def test_bad_primary_timestamps_are_refused_even_with_snapshots():
 
 
 def test_a_snapshot_without_text_or_label_is_refused(tmp_path):
-    from pipelines.ingest import read_snapshots
+    from pipelines.data.ingestion import read_snapshots
 
     _snapshot().drop(columns="label").to_parquet(tmp_path / "snapshot-1.parquet")
     with pytest.raises(DataError, match=r"snapshot-1.parquet lacks column\(s\) \['label'\]"):

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pandas as pd
-
 from datahelpers import run_stage, write_params
+
 from pipelines.config import LeakageConfig
-from pipelines.leakage import audit
+from pipelines.data.leakage_checks import audit
 
 
 def _checks(report, check):
@@ -38,8 +38,9 @@ def test_leaky_categorical_column_is_flagged_and_dropped(clean_parts):
     parts = {}
     for k, v in clean_parts.items():
         v = v.copy()
-        v["resolved_by_team"] = [teams[lab] if rng.random() < 0.96 else str(rng.choice(list(teams.values())))
-                                 for lab in v["label"]]
+        v["resolved_by_team"] = [
+            teams[lab] if rng.random() < 0.96 else str(rng.choice(list(teams.values()))) for lab in v["label"]
+        ]
         parts[k] = v
     clean, report = audit(parts, LeakageConfig())
     leaky = _checks(report, "leaky_column")
@@ -57,8 +58,10 @@ def test_leaky_categorical_column_is_flagged_and_dropped(clean_parts):
 
 def test_post_outcome_datetime_column_is_flagged(clean_parts):
     rng = np.random.default_rng(1)
-    parts = {k: v.assign(resolved_at=v["timestamp"] + pd.to_timedelta(rng.gamma(2.0, 12.0, len(v)), unit="h"))
-             for k, v in clean_parts.items()}
+    parts = {
+        k: v.assign(resolved_at=v["timestamp"] + pd.to_timedelta(rng.gamma(2.0, 12.0, len(v)), unit="h"))
+        for k, v in clean_parts.items()
+    }
     clean, report = audit(parts, LeakageConfig())
     post = _checks(report, "post_outcome_column")
     assert [f["columns"] for f in post] == [["resolved_at"]]
@@ -68,8 +71,12 @@ def test_post_outcome_datetime_column_is_flagged(clean_parts):
 
 def test_post_outcome_dates_kept_as_text_are_flagged(clean_parts):
     """CSV and JSONL sources reach the leakage stage with other columns as strings."""
-    parts = {k: v.assign(closed_on=(v["timestamp"] + pd.Timedelta(hours=5)).dt.strftime("%Y-%m-%dT%H:%M:%S").astype("string"))
-             for k, v in clean_parts.items()}
+    parts = {
+        k: v.assign(
+            closed_on=(v["timestamp"] + pd.Timedelta(hours=5)).dt.strftime("%Y-%m-%dT%H:%M:%S").astype("string")
+        )
+        for k, v in clean_parts.items()
+    }
     _, report = audit(parts, LeakageConfig())
     assert [f["columns"] for f in _checks(report, "post_outcome_column")] == [["closed_on"]]
     assert report["dropped_columns"] == ["closed_on"]
@@ -127,14 +134,20 @@ def test_exact_duplicates_ignore_case_and_punctuation(clean_parts):
     test = clean_parts["test"].copy()
     test.loc[0, "text"] = clean_parts["val"]["text"].iloc[3].upper() + " !!"
     _, report = audit(_with(clean_parts, test=test), LeakageConfig())
-    assert [(f["splits"], f["count"]) for f in _checks(report, "cross_split_exact_duplicates")] == [(["val", "test"], 1)]
+    assert [(f["splits"], f["count"]) for f in _checks(report, "cross_split_exact_duplicates")] == [
+        (["val", "test"], 1)
+    ]
 
 
 def test_near_duplicates_with_small_edits_are_caught(clean_parts):
     val = clean_parts["val"].copy()
     train_texts = clean_parts["train"]["text"]
-    edits = [lambda t: "Following up on this. " + t, lambda t: t + " thanks again", lambda t: t[:-2],
-             lambda t: t.replace(" ", "  x ", 1)]
+    edits = [
+        lambda t: "Following up on this. " + t,
+        lambda t: t + " thanks again",
+        lambda t: t[:-2],
+        lambda t: t.replace(" ", "  x ", 1),
+    ]
     for i in range(12):
         val.loc[i, "text"] = edits[i % len(edits)](train_texts.iloc[i * 7])
     clean, report = audit(_with(clean_parts, val=val), LeakageConfig())
@@ -179,7 +192,9 @@ def test_class_unseen_in_train_is_a_blocker(clean_parts):
 def test_class_balance_shift_is_a_warning(clean_parts):
     test = clean_parts["test"]
     skewed = pd.concat([test[test["label"] == "alpha"]] * 3 + [test], ignore_index=True)
-    skewed["text"] = skewed["text"] + pd.Series([f" variant{i}zz{i * 7919}" for i in range(len(skewed))], dtype="string")
+    skewed["text"] = skewed["text"] + pd.Series(
+        [f" variant{i}zz{i * 7919}" for i in range(len(skewed))], dtype="string"
+    )
     _, report = audit(_with(clean_parts, test=skewed), LeakageConfig(duplicate_action="report"))
     shift = _checks(report, "class_balance_shift")
     assert [f["splits"] for f in shift] == [["train", "test"]] and shift[0]["severity"] == "warning"
@@ -216,9 +231,20 @@ def _write_parts(d, parts):
 
 def _run(tmp_path):
     params = write_params(tmp_path / "params.yaml")
-    return run_stage("leakage", "--params", str(params), "--split-dir", str(tmp_path / "split"),
-                     "--out-dir", str(tmp_path / "processed"), "--report", str(tmp_path / "leakage.json"),
-                     "--metrics", str(tmp_path / "metrics.json"), cwd=tmp_path)
+    return run_stage(
+        "leakage",
+        "--params",
+        str(params),
+        "--split-dir",
+        str(tmp_path / "split"),
+        "--out-dir",
+        str(tmp_path / "processed"),
+        "--report",
+        str(tmp_path / "leakage.json"),
+        "--metrics",
+        str(tmp_path / "metrics.json"),
+        cwd=tmp_path,
+    )
 
 
 def test_cli_writes_model_ready_splits_report_and_metrics(tmp_path, clean_parts):

@@ -33,8 +33,18 @@ def test_ece_matches_hand_computation() -> None:
 def test_score_agrees_with_sklearn() -> None:
     classes = ["a", "b", "c"]
     y = ["a", "a", "b", "b", "c", "c", "c", "a"]
-    proba = np.array([[.7, .2, .1], [.2, .7, .1], [.1, .8, .1], [.5, .4, .1], [.1, .1, .8], [.2, .2, .6],
-                      [.1, .6, .3], [.9, .05, .05]])
+    proba = np.array(
+        [
+            [0.7, 0.2, 0.1],
+            [0.2, 0.7, 0.1],
+            [0.1, 0.8, 0.1],
+            [0.5, 0.4, 0.1],
+            [0.1, 0.1, 0.8],
+            [0.2, 0.2, 0.6],
+            [0.1, 0.6, 0.3],
+            [0.9, 0.05, 0.05],
+        ]
+    )
     pred = [classes[i] for i in proba.argmax(1)]
     m = score(y, proba, classes, ece_bins=10)
     assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))

@@ -16,15 +16,18 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
-from pipelines import tracking
+from pipelines.classifier.model_api import SklearnTextClassifier, predict_labels
 from pipelines.config import parse_params
 from pipelines.errors import DataError
-from pipelines.model_api import SklearnTextClassifier, predict_labels
-from pipelines.promote import CHAMPION, CHALLENGER, PREVIOUS, promote_version, rollback, run_gate
-from pipelines.register import register_candidate
+from pipelines.registry import tracking
+from pipelines.registry.candidates import register_candidate
+from pipelines.registry.gate import CHALLENGER, CHAMPION, PREVIOUS, promote_version, rollback, run_gate
 
-WORDS = {"billing": "invoice charged payment card billing", "shipping": "parcel delivery courier tracking shipped",
-         "security": "phishing breach password leaked suspicious"}
+WORDS = {
+    "billing": "invoice charged payment card billing",
+    "shipping": "parcel delivery courier tracking shipped",
+    "security": "phishing breach password leaked suspicious",
+}
 
 
 def make_split(n: int, seed: int) -> pd.DataFrame:
@@ -45,11 +48,21 @@ def env(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: p
     """Params pointing at the store, a fresh registered-model name, cwd in tmp_path with a dvc.lock for lineage."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  leakage:\n    cmd: x\n    outs:\n"
-                                       "    - path: data/processed/train.parquet\n      md5: abc123\n")
-    cfg = parse_params({"mlflow": {"tracking_uri": f"sqlite:///{store / 'mlflow.db'}", "artifact_root": str(store / "art"),
-                                   "experiment": "t", "registered_model": request.node.name[:60]},
-                        "register": {"gate_macro_f1_tolerance": 0.0, "gate_class_f1_max_drop": 0.05}})
+    (tmp_path / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  leakage:\n    cmd: x\n    outs:\n"
+        "    - path: data/processed/train.parquet\n      md5: abc123\n"
+    )
+    cfg = parse_params(
+        {
+            "mlflow": {
+                "tracking_uri": f"sqlite:///{store / 'mlflow.db'}",
+                "artifact_root": str(store / "art"),
+                "experiment": "t",
+                "registered_model": request.node.name[:60],
+            },
+            "register": {"gate_macro_f1_tolerance": 0.0, "gate_class_f1_max_drop": 0.05},
+        }
+    )
     tracking.setup(cfg.mlflow)
     return cfg, tracking.Registry(cfg.mlflow), make_split(300, 0), make_split(120, 1)
 
@@ -60,7 +73,9 @@ def save(clf, path: Path) -> Path:
 
 
 def good_model(train: pd.DataFrame) -> SklearnTextClassifier:
-    return SklearnTextClassifier(make_pipeline(TfidfVectorizer(), LogisticRegression(C=10)).fit(train.text, train.label), "lr")
+    return SklearnTextClassifier(
+        make_pipeline(TfidfVectorizer(), LogisticRegression(C=10)).fit(train.text, train.label), "lr"
+    )
 
 
 def majority(train: pd.DataFrame, strategy: str = "most_frequent") -> SklearnTextClassifier:
@@ -125,11 +140,16 @@ def test_failure_between_register_and_alias_keeps_the_old_champion(env, tmp_path
     with pytest.raises(RuntimeError, match="injected"):
         register(reg, cfg, good_model(train), tmp_path / "good.joblib", test)
     assert reg.alias(CHAMPION) == v1
-    monkeypatch.setattr(tracking.Registry, "set_alias", lambda self, a, v: boom(self, a, v) if a == CHAMPION else real(self, a, v))
+    monkeypatch.setattr(
+        tracking.Registry, "set_alias", lambda self, a, v: boom(self, a, v) if a == CHAMPION else real(self, a, v)
+    )
     with pytest.raises(RuntimeError, match="injected"):
         register(reg, cfg, good_model(train), tmp_path / "good2.joblib", test)  # fails at the champion move
     assert reg.alias(CHAMPION) == v1
-    assert mlflow.pyfunc.load_model(f"models:/{reg.name}@champion").predict(pd.DataFrame({"text": ["x"]}))["label"][0] == "billing"
+    assert (
+        mlflow.pyfunc.load_model(f"models:/{reg.name}@champion").predict(pd.DataFrame({"text": ["x"]}))["label"][0]
+        == "billing"
+    )
 
 
 def test_bad_input_is_a_clear_error(env, tmp_path: Path) -> None:
@@ -149,9 +169,16 @@ def test_bad_input_is_a_clear_error(env, tmp_path: Path) -> None:
 
 
 def test_cli_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
-    (tmp_path / "params.yaml").write_text(f"mlflow:\n  tracking_uri: sqlite:///{tmp_path / 'x.db'}\n  registered_model: ghost\n")
-    r = subprocess.run([sys.executable, "-m", "pipelines.promote", "--rollback"], cwd=tmp_path,
-                       capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    (tmp_path / "params.yaml").write_text(
+        f"mlflow:\n  tracking_uri: sqlite:///{tmp_path / 'x.db'}\n  registered_model: ghost\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "pipelines.promote", "--rollback"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
     assert r.returncode == 1, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error: no registered model named 'ghost'")
     assert "Traceback" not in r.stderr
@@ -159,8 +186,8 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
 
 def test_transformer_candidate_is_registered_from_its_training_run(env, tmp_path: Path) -> None:
     """A model already logged by its training run (the fine-tuned transformer) is registered from that run's URI."""
-    from pipelines.pyfunc import log_classifier
-    from pipelines.register import register_logged, transformer_candidate
+    from pipelines.classifier.pyfunc import log_classifier
+    from pipelines.registry.candidates import register_logged, transformer_candidate
 
     cfg, reg, train, test = env
     assert transformer_candidate(tmp_path / "absent") is None

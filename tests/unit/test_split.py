@@ -6,11 +6,11 @@ import json
 
 import pandas as pd
 import pytest
-
 from datahelpers import make_clean, run_stage, write_params
+
 from pipelines.config import SplitConfig
+from pipelines.data.splitting import choose_strategy, split_frame
 from pipelines.errors import DataError
-from pipelines.split import choose_strategy, split_frame
 
 
 def _ids(parts):
@@ -47,7 +47,11 @@ def test_group_split_keeps_every_group_on_one_side():
     parts, report = split_frame(df, SplitConfig())
     assert report["strategy"] == "group" and "group" in report["reason"]
     sides = {k: set(v["group"]) for k, v in parts.items()}
-    assert not (sides["train"] & sides["val"]) and not (sides["train"] & sides["test"]) and not (sides["val"] & sides["test"])
+    assert (
+        not (sides["train"] & sides["val"])
+        and not (sides["train"] & sides["test"])
+        and not (sides["val"] & sides["test"])
+    )
     assert sum(report["rows"].values()) == len(df)
     for name, frac in (("val", 0.15), ("test", 0.15)):
         assert abs(report["rows"][name] / len(df) - frac) < 0.06, report["rows"]
@@ -113,8 +117,18 @@ def test_cli_writes_three_splits_and_the_report(tmp_path, clean_df):
     data = tmp_path / "interim.parquet"
     clean_df.drop(columns=["timestamp", "group"]).to_parquet(data)
     params = write_params(tmp_path / "params.yaml")
-    r = run_stage("split", "--params", str(params), "--data", str(data), "--out-dir", str(tmp_path / "split"),
-                  "--report", str(tmp_path / "split.json"), cwd=tmp_path)
+    r = run_stage(
+        "split",
+        "--params",
+        str(params),
+        "--data",
+        str(data),
+        "--out-dir",
+        str(tmp_path / "split"),
+        "--report",
+        str(tmp_path / "split.json"),
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "split.json").read_text())
     assert rep["strategy"] == "stratified" and "no timestamp" in rep["reason"]

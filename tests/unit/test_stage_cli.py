@@ -12,15 +12,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
-WORDS = {"billing": "invoice charged payment card", "shipping": "parcel delivery courier tracking",
-         "security": "phishing breach password leaked"}
+WORDS = {
+    "billing": "invoice charged payment card",
+    "shipping": "parcel delivery courier tracking",
+    "security": "phishing breach password leaked",
+}
 
 
 def split(n: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     labels = rng.choice(list(WORDS), size=n)
-    return pd.DataFrame({"id": [f"{seed}-{i}" for i in range(n)], "label": labels,
-                         "text": [" ".join(rng.choice(WORDS[y].split(), size=3)) + " help" for y in labels]})
+    return pd.DataFrame(
+        {
+            "id": [f"{seed}-{i}" for i in range(n)],
+            "label": labels,
+            "text": [" ".join(rng.choice(WORDS[y].split(), size=3)) + " help" for y in labels],
+        }
+    )
 
 
 def run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -36,7 +44,8 @@ def test_baselines_then_register_twice_registers_once(tmp_path: Path) -> None:
         split(n, seed).to_parquet(data / f"{name}.parquet")
     (tmp_path / "params.yaml").write_text(
         "mlflow:\n  artifact_root: art\n  registered_model: tiny\n"
-        "baselines:\n  models: [majority, tfidf_logreg]\n  c_grid: [1.0]\n  cv_folds: 2\n  n_jobs: 1\n  min_df: 1\n")
+        "baselines:\n  models: [majority, tfidf_logreg]\n  c_grid: [1.0]\n  cv_folds: 2\n  n_jobs: 1\n  min_df: 1\n"
+    )
     r = run(tmp_path, "pipelines.baselines")
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads((tmp_path / "metrics" / "baselines.json").read_text())

@@ -1,4 +1,6 @@
-"""The registered transformer predicts with the LoRA adapter merged into the base weights: same numbers, no adapter layers."""
+"""The registered transformer predicts with the LoRA adapter merged into the base weights.
+
+Same numbers, no adapter layers."""
 
 from __future__ import annotations
 
@@ -8,10 +10,10 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from pipelines.base_model import resolve_base_model
+from pipelines.classifier.base_model import resolve_base_model
+from pipelines.classifier.lora import build_model
+from pipelines.classifier.transformer import TransformerClassifier
 from pipelines.config import FinetuneConfig
-from pipelines.lora import build_model
-from pipelines.transformer_model import TransformerClassifier
 
 LABELS = ["billing", "shipping", "access"]
 TEXTS = ["I was charged twice", "where is my parcel, it has been two weeks and nobody answers", "reset link broken"]

@@ -6,10 +6,10 @@ import json
 
 import pandas as pd
 import pytest
-
 from datahelpers import CLASSES, make_clean, run_stage, write_params
+
 from pipelines.config import ValidateConfig
-from pipelines.validate import run_validation
+from pipelines.data.quality import run_validation
 
 CFG = ValidateConfig(expected_labels=list(CLASSES), min_class_count=50, max_duplicate_rate=0.1)
 
@@ -27,8 +27,11 @@ def test_clean_data_passes(df):
     outcome = run_validation(df, CFG)
     assert outcome.success and outcome.failures == []
     names = {r["expectation"] for r in outcome.results}
-    assert {"expect_column_values_to_be_in_set", "expect_column_values_to_not_match_regex",
-            "expect_column_proportion_of_unique_values_to_be_between"} <= names
+    assert {
+        "expect_column_values_to_be_in_set",
+        "expect_column_values_to_not_match_regex",
+        "expect_column_proportion_of_unique_values_to_be_between",
+    } <= names
     assert len(outcome.results) >= 15
 
 

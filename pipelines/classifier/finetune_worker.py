@@ -1,6 +1,6 @@
 """One rank of the LoRA fine-tuning run. Started by the ``deepspeed`` launcher, never by hand:
 
-    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 --module pipelines.finetune_worker --params params.yaml
+    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 --module pipelines.classifier.finetune_worker --params params.yaml
 
 (``python -m pipelines.finetune`` builds that command from params and checks the inputs first.)
 
@@ -30,12 +30,12 @@ import torch.distributed as dist
 from sklearn.metrics import f1_score
 from sklearn.model_selection import train_test_split
 
-from pipelines import deepspeed_engine as dse
-from pipelines import tracking
-from pipelines.base_model import resolve_base_model
+from pipelines.classifier.base_model import resolve_base_model
+from pipelines.classifier.lora import build_model
 from pipelines.config import FinetuneConfig, load_params
 from pipelines.io import read_parquet
-from pipelines.lora import build_model
+from pipelines.registry import tracking
+from pipelines.training import engine as dse
 
 PROBE_TEXTS = 8
 
@@ -70,11 +70,13 @@ def encode(tokenizer, texts: list[str], labels: list[int] | None, max_length: in
 
 @torch.no_grad()
 def predict_logits(module, rows: list[dict], collator, batch_size: int, rank: int, world: int, device) -> np.ndarray:
-    """Logits for ``rows``, computed by all ranks together (each an equal share: ZeRO-3 needs every rank in every forward)."""
+    """Logits for ``rows``, computed by all ranks together.
+
+    Each rank takes an equal share: ZeRO-3 needs every rank in every forward."""
     order = np.argsort([len(r["input_ids"]) for r in rows], kind="stable")
     n_batches = int(np.ceil(len(rows) / batch_size))
     per_rank = int(np.ceil(n_batches / world))
-    batches = [order[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
+    batches = [order[i * batch_size : (i + 1) * batch_size] for i in range(n_batches)]
     batches += [batches[-1]] * (per_rank * world - n_batches)  # pad so every rank runs the same number of forwards
     mine = batches[rank::world]
     was_training = module.training
@@ -151,11 +153,20 @@ def train(args: argparse.Namespace) -> None:
     val_y = val_df["label"].astype(str).map(label_id).fillna(-1).astype(int).to_numpy()
 
     if cfg.group_by_length:  # similar lengths per batch: far less padding, the main CPU cost
-        sampler = DistributedLengthGroupedSampler(cfg.micro_batch_size, num_replicas=world, rank=rank, seed=cfg.seed,
-                                                  lengths=[len(r["input_ids"]) for r in train_rows])
+        sampler = DistributedLengthGroupedSampler(
+            cfg.micro_batch_size,
+            num_replicas=world,
+            rank=rank,
+            seed=cfg.seed,
+            lengths=[len(r["input_ids"]) for r in train_rows],
+        )
     else:  # when length predicts the label, grouped batches are one class at a time and training oscillates
-        sampler = torch.utils.data.DistributedSampler(train_rows, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
-    loader = torch.utils.data.DataLoader(train_rows, batch_size=cfg.micro_batch_size, sampler=sampler, collate_fn=collator)
+        sampler = torch.utils.data.DistributedSampler(
+            train_rows, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed
+        )
+    loader = torch.utils.data.DataLoader(
+        train_rows, batch_size=cfg.micro_batch_size, sampler=sampler, collate_fn=collator
+    )
     steps_per_epoch = max(1, len(loader) // cfg.gradient_accumulation_steps)
     total_steps = cfg.smoke_steps or steps_per_epoch * cfg.epochs
 
@@ -170,16 +181,31 @@ def train(args: argparse.Namespace) -> None:
         restored = dse.load_checkpoint(engine, args.ckpt_dir)  # also holds DeepSpeed's own metadata keys
         state.update({k: restored[k] for k in state if k in restored})
         if rank == 0:
-            print(f"resumed from {args.ckpt_dir} after epoch {state['epoch'] + 1} (optimizer step {engine.global_steps}); "
-                  f"continuing with epoch {state['epoch'] + 2}", flush=True)
-    run_info = {"world_size": world, "precision": precision, "accelerator": accelerator, "zero_stage": cfg.zero_stage,
-                "train_rows": len(train_rows), "val_rows": len(val_rows), "base_model_path": base_path, "ds_config": ds_config,
-                "trainable_parameters": sum(p.numel() for p in engine.module.parameters() if p.requires_grad)}
+            print(
+                f"resumed from {args.ckpt_dir} after epoch {state['epoch'] + 1} "
+                f"(optimizer step {engine.global_steps}); "
+                f"continuing with epoch {state['epoch'] + 2}",
+                flush=True,
+            )
+    run_info = {
+        "world_size": world,
+        "precision": precision,
+        "accelerator": accelerator,
+        "zero_stage": cfg.zero_stage,
+        "train_rows": len(train_rows),
+        "val_rows": len(val_rows),
+        "base_model_path": base_path,
+        "ds_config": ds_config,
+        "trainable_parameters": sum(p.numel() for p in engine.module.parameters() if p.requires_grad),
+    }
     if rank == 0:
         (args.ckpt_dir).mkdir(parents=True, exist_ok=True)
         (args.ckpt_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
-        print(f"finetune: {len(train_rows):,} train / {len(val_rows):,} val rows, {world} rank(s) on {accelerator}, "
-              f"ZeRO-{cfg.zero_stage}, {precision}, {steps_per_epoch} steps/epoch", flush=True)
+        print(
+            f"finetune: {len(train_rows):,} train / {len(val_rows):,} val rows, {world} rank(s) on {accelerator}, "
+            f"ZeRO-{cfg.zero_stage}, {precision}, {steps_per_epoch} steps/epoch",
+            flush=True,
+        )
 
     from tqdm.auto import tqdm
 
@@ -205,9 +231,17 @@ def train(args: argparse.Namespace) -> None:
                     break
             train_s = time.perf_counter() - t0
             logits = predict_logits(engine.module, val_rows, collator, cfg.micro_batch_size * 2, rank, world, device)
-            val_f1 = float(f1_score(val_y, logits.argmax(1), labels=list(range(len(labels))), average="macro", zero_division=0))
-            record = {"epoch": epoch + 1, "step": int(engine.global_steps), "train_loss": float(np.mean(losses)),
-                      "val_macro_f1": val_f1, "samples_per_s": seen / train_s, "epoch_seconds": train_s}
+            val_f1 = float(
+                f1_score(val_y, logits.argmax(1), labels=list(range(len(labels))), average="macro", zero_division=0)
+            )
+            record = {
+                "epoch": epoch + 1,
+                "step": int(engine.global_steps),
+                "train_loss": float(np.mean(losses)),
+                "val_macro_f1": val_f1,
+                "samples_per_s": seen / train_s,
+                "epoch_seconds": train_s,
+            }
             state["history"].append(record)
             state["epoch"] = epoch
             improved = val_f1 > state["best_f1"]
@@ -219,8 +253,11 @@ def train(args: argparse.Namespace) -> None:
             dse.save_checkpoint(engine, args.ckpt_dir, tag=f"epoch-{epoch + 1}", client_state=state)
             if rank == 0:
                 tracking.log_metrics({k: v for k, v in record.items() if k not in ("epoch", "step")}, step=epoch + 1)
-                print(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, val macro-F1 {val_f1:.4f}"
-                      f"{' (best)' if improved else ''}, {record['samples_per_s']:.1f} samples/s", flush=True)
+                print(
+                    f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, val macro-F1 {val_f1:.4f}"
+                    f"{' (best)' if improved else ''}, {record['samples_per_s']:.1f} samples/s",
+                    flush=True,
+                )
             if stop or state["bad_epochs"] > cfg.early_stopping_patience:
                 if rank == 0 and not stop:
                     print(f"early stopping: no val macro-F1 gain for {state['bad_epochs']} epoch(s)", flush=True)
@@ -234,8 +271,14 @@ def train(args: argparse.Namespace) -> None:
     dist.all_reduce(unchanged, op=dist.ReduceOp.MIN)
     state["frozen_weights_unchanged"] = bool(unchanged.item() == 1.0)
     if rank == 0:
-        torch.save({"texts": val_df["text"].tolist()[:PROBE_TEXTS], "logits": torch.from_numpy(probe_logits),
-                    "dtype": str(next(engine.module.parameters()).dtype)}, args.ckpt_dir / "probe.pt")
+        torch.save(
+            {
+                "texts": val_df["text"].tolist()[:PROBE_TEXTS],
+                "logits": torch.from_numpy(probe_logits),
+                "dtype": str(next(engine.module.parameters()).dtype),
+            },
+            args.ckpt_dir / "probe.pt",
+        )
         (args.ckpt_dir / "history.json").write_text(json.dumps({**run_info, **state}, indent=2, default=str))
     dist.barrier()
     dist.destroy_process_group()
@@ -244,12 +287,14 @@ def train(args: argparse.Namespace) -> None:
 @contextlib.contextmanager
 def _mlflow_run(args: argparse.Namespace, params, cfg: FinetuneConfig, run_info: dict):
     """The training run in MLflow (continued on ``--resume``); its id is kept beside the checkpoints."""
-    from pipelines import tracking
+    from pipelines.registry import tracking
 
     tracking.setup(params.mlflow)
     id_file = args.ckpt_dir / "mlflow_run_id"
     run_id = id_file.read_text().strip() if args.resume and id_file.is_file() else None
-    logged = None if run_id else {"finetune": cfg.model_dump(), **{k: v for k, v in run_info.items() if k != "ds_config"}}
+    logged = (
+        None if run_id else {"finetune": cfg.model_dump(), **{k: v for k, v in run_info.items() if k != "ds_config"}}
+    )
     with tracking.run("finetune-lora", "finetune", params=logged, run_id=run_id) as active:
         id_file.write_text(active.info.run_id)
         tracking.log_artifacts(args.ckpt_dir / "ds_config.json")
@@ -257,7 +302,9 @@ def _mlflow_run(args: argparse.Namespace, params, cfg: FinetuneConfig, run_info:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description="One rank of the LoRA fine-tuning run (start it with the deepspeed launcher).")
+    ap = argparse.ArgumentParser(
+        description="One rank of the LoRA fine-tuning run (start it with the deepspeed launcher)."
+    )
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--data-dir", type=Path, default=Path("data/processed"))
     ap.add_argument("--ckpt-dir", type=Path, default=Path("models/transformer_ckpt"))

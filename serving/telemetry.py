@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -17,25 +17,42 @@ class ServiceMetrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.requests = Counter("ticketops_requests_total", "HTTP requests by endpoint and status code",
-                                ["endpoint", "code"], registry=r)
-        self.errors = Counter("ticketops_request_errors_total", "Requests that failed, by endpoint and reason",
-                              ["endpoint", "reason"], registry=r)
-        self.latency = Histogram("ticketops_request_latency_seconds", "Request latency inside the replica",
-                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            "ticketops_requests_total", "HTTP requests by endpoint and status code", ["endpoint", "code"], registry=r
+        )
+        self.errors = Counter(
+            "ticketops_request_errors_total",
+            "Requests that failed, by endpoint and reason",
+            ["endpoint", "reason"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "ticketops_request_latency_seconds",
+            "Request latency inside the replica",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.texts = Counter("ticketops_texts_predicted_total", "Texts answered", registry=r)
         self.batch_size = Histogram("ticketops_batch_size", "Texts per model call", buckets=BATCH_BUCKETS, registry=r)
-        self.batch_seconds = Histogram("ticketops_batch_seconds", "Duration of one model call",
-                                       buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_tokens = Counter("ticketops_batch_tokens_total", "Tokens of the texts in model calls (continuous "
-                                    "batching; real/padded = padding efficiency)", ["kind"], registry=r)
+        self.batch_seconds = Histogram(
+            "ticketops_batch_seconds", "Duration of one model call", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_tokens = Counter(
+            "ticketops_batch_tokens_total",
+            "Tokens of the texts in model calls (continuous batching; real/padded = padding efficiency)",
+            ["kind"],
+            registry=r,
+        )
         self.queue_depth = Gauge("ticketops_queue_depth", "Texts waiting for the model", registry=r)
         self.model_version = Gauge("ticketops_model_version", "Registry version being served (0: none)", registry=r)
-        self.model_info = Gauge("ticketops_model_info", "1 for the model being served", ["model", "version"],
-                                registry=r)
+        self.model_info = Gauge(
+            "ticketops_model_info", "1 for the model being served", ["model", "version"], registry=r
+        )
         self.swaps = Counter("ticketops_model_swaps_total", "Hot swaps to a new registry version", registry=r)
-        self.log_rows = Counter("ticketops_prediction_log_rows_total", "Rows appended to the prediction log",
-                                ["kind"], registry=r)
+        self.log_rows = Counter(
+            "ticketops_prediction_log_rows_total", "Rows appended to the prediction log", ["kind"], registry=r
+        )
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
         self.queue_depth.set_function(lambda: float(depth()))

@@ -1,8 +1,10 @@
-"""MLflow pyfunc wrapper around :class:`~pipelines.model_api.TextClassifier` (one of the two modules importing mlflow).
+"""MLflow pyfunc wrapper around :class:`~pipelines.classifier.model_api.TextClassifier`.
+
+One of the two modules importing mlflow.
 
 Every registered model, loaded with ``mlflow.pyfunc.load_model("models:/<name>@champion")``,
 takes a DataFrame with a ``text`` column and returns ``label`` + ``proba_<class>``
-columns (:func:`pipelines.model_api.output_frame`). Label names are kept in the
+columns (:func:`pipelines.classifier.model_api.output_frame`). Label names are kept in the
 model's metadata (``classes``).
 
 Subclass :class:`TextClassifierPyfunc` and implement ``load_classifier(context)``
@@ -24,7 +26,7 @@ import numpy as np
 import pandas as pd
 from mlflow.models import infer_signature
 
-from pipelines.model_api import TextClassifier, output_frame, proba_from_frame, texts_from_input
+from pipelines.classifier.model_api import TextClassifier, output_frame, proba_from_frame, texts_from_input
 
 PIPELINES_DIR = Path(__file__).resolve().parent
 CLASSIFIER_ARTIFACT = "classifier"
@@ -61,9 +63,16 @@ def pip_requirements(extra: list[str] | None = None) -> list[str]:
     return [f"{p}=={version(p)}" for p in pkgs] + [f"mlflow=={version('mlflow')}"]
 
 
-def log_classifier(classifier: TextClassifier, *, example_texts: list[str], extra_requirements: list[str] | None = None,
-                   python_model: TextClassifierPyfunc | None = None, artifacts: dict[str, str] | None = None,
-                   model_config: dict | None = None, name: str = "model") -> mlflow.models.model.ModelInfo:
+def log_classifier(
+    classifier: TextClassifier,
+    *,
+    example_texts: list[str],
+    extra_requirements: list[str] | None = None,
+    python_model: TextClassifierPyfunc | None = None,
+    artifacts: dict[str, str] | None = None,
+    model_config: dict | None = None,
+    name: str = "model",
+) -> mlflow.models.model.ModelInfo:
     """Log ``classifier`` as a pyfunc in the active run, with signature, input example and explicit requirements.
 
     Without ``python_model`` the classifier is pickled (joblib) as the ``classifier`` artifact.
@@ -77,9 +86,15 @@ def log_classifier(classifier: TextClassifier, *, example_texts: list[str], extr
             joblib.dump(classifier, path)
             python_model, artifacts = PickledClassifierPyfunc(), {CLASSIFIER_ARTIFACT: str(path)}
         return mlflow.pyfunc.log_model(
-            name=name, python_model=python_model, artifacts=artifacts, model_config=model_config,
-            signature=signature, input_example=example, pip_requirements=pip_requirements(extra_requirements),
-            code_paths=[str(PIPELINES_DIR)], metadata={"classes": list(classifier.classes)},
+            name=name,
+            python_model=python_model,
+            artifacts=artifacts,
+            model_config=model_config,
+            signature=signature,
+            input_example=example,
+            pip_requirements=pip_requirements(extra_requirements),
+            code_paths=[str(PIPELINES_DIR)],
+            metadata={"classes": list(classifier.classes)},
         )
 
 
@@ -90,7 +105,10 @@ class PyfuncTextClassifier:
         self.model, self.uri = model, uri
         meta = model.metadata.metadata or {}
         if "classes" not in meta:
-            raise ValueError(f"{uri}: model metadata has no 'classes'; was it logged with pipelines.pyfunc.log_classifier?")
+            raise ValueError(
+                f"{uri}: model metadata has no 'classes'; was it logged with "
+                "pipelines.classifier.pyfunc.log_classifier?"
+            )
         self.classes = [str(c) for c in meta["classes"]]
         try:
             inner = model.unwrap_python_model().classifier

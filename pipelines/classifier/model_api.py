@@ -2,7 +2,7 @@
 
 A :class:`TextClassifier` has ``classes`` (label names, in the order of the
 probability columns) and ``predict_proba(texts) -> (n, n_classes)``. Evaluation
-(:mod:`pipelines.metrics`), the MLflow pyfunc wrapper (:mod:`pipelines.pyfunc`) and
+(:mod:`pipelines.metrics`), the MLflow pyfunc wrapper (:mod:`pipelines.classifier.pyfunc`) and
 serving only talk to this interface.
 
 Output contract of every registered model (pyfunc ``predict``): a DataFrame with
@@ -12,7 +12,8 @@ Output contract of every registered model (pyfunc ``predict``): a DataFrame with
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd

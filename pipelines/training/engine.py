@@ -70,8 +70,12 @@ def build_config(cfg: FinetuneConfig, *, precision: str, accelerator: str, total
             "type": "WarmupDecayLR",
             # DeepSpeed steps the scheduler after the optimizer, so step 1 runs at warmup_min_lr:
             # start warm-up at 1% of the peak rather than 0, or a one-step run trains nothing.
-            "params": {"warmup_min_lr": 0.01 * cfg.learning_rate, "warmup_max_lr": cfg.learning_rate,
-                       "warmup_num_steps": max(warmup, 1), "total_num_steps": max(total_steps, warmup + 1)},
+            "params": {
+                "warmup_min_lr": 0.01 * cfg.learning_rate,
+                "warmup_max_lr": cfg.learning_rate,
+                "warmup_num_steps": max(warmup, 1),
+                "total_num_steps": max(total_steps, warmup + 1),
+            },
         },
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": precision == "fp16"},

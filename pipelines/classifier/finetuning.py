@@ -1,0 +1,178 @@
+"""Library of the ``finetune`` stage (its CLI is :mod:`pipelines.finetune`).
+
+finetune: LoRA fine-tuning of a transformer classifier, launched through the ``deepspeed`` launcher.
+
+This CLI checks everything that can be checked before any rank starts (base model,
+LoRA targets and the analytic trainable count, world size against the machine,
+the checkpoint on ``--resume``), then runs
+
+    deepspeed --num_gpus <world_size> [--num_nodes N --hostfile H] --master_port P \\
+        --module pipelines.classifier.finetune_worker --params params.yaml
+
+with ``DS_ACCELERATOR=cpu`` when no GPU is visible. A failing rank makes the
+launcher stop the others, and this CLI exits non-zero with the rank's message.
+On success the best epoch's adapter is published to ``models/transformer/``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from pipelines.config import FinetuneConfig, Params
+from pipelines.errors import ConfigError, PipelineError
+from pipelines.io import atomic_outputs, read_parquet, tool, write_json
+from pipelines.training import engine as dse
+
+
+def check_world_size(cfg: FinetuneConfig, accelerator: str) -> None:
+    if cfg.hostfile:  # multi-node: each node's capacity is the cluster's business
+        if not Path(cfg.hostfile).is_file():
+            raise ConfigError(f"finetune.hostfile: {cfg.hostfile} does not exist")
+        return
+    have = dse.devices_available(accelerator)
+    if cfg.world_size > have:
+        unit = "GPU(s)" if accelerator == "cuda" else "CPU core(s)"
+        raise ConfigError(
+            f"finetune.world_size is {cfg.world_size} but this machine has {have} {unit}; "
+            f"lower it, or set finetune.hostfile to run on several nodes"
+        )
+
+
+def check_checkpoint(ckpt_dir: Path) -> None:
+    """Refuse a missing or unreadable checkpoint before the ranks start.
+
+    A rank failing mid-load is slower to report."""
+    import torch
+
+    latest = ckpt_dir / "latest"
+    if not latest.is_file():
+        raise PipelineError(f"--resume: no checkpoint in {ckpt_dir} (no 'latest' file); run without --resume first")
+    tag_dir = ckpt_dir / latest.read_text().strip()
+    files = sorted(tag_dir.glob("*.pt")) if tag_dir.is_dir() else []
+    if not files:
+        raise PipelineError(f"--resume: checkpoint {tag_dir} is missing or empty")
+    for f in files:
+        try:
+            torch.load(f, map_location="cpu", weights_only=False)
+        except Exception as err:  # noqa: BLE001 - any failure to read means the file is unusable
+            raise PipelineError(f"--resume: checkpoint file {f} is corrupt ({type(err).__name__}: {err})") from None
+
+
+def launcher_command(cfg: FinetuneConfig, params: Path, data_dir: Path, ckpt_dir: Path, resume: bool) -> list[str]:
+    deepspeed = tool("deepspeed")
+    cmd = [deepspeed, "--num_gpus", str(cfg.world_size), "--master_port", str(cfg.master_port)]
+    if cfg.hostfile:
+        cmd += ["--hostfile", cfg.hostfile, "--num_nodes", str(cfg.num_nodes)]
+    cmd += [
+        "--module",
+        "pipelines.classifier.finetune_worker",
+        "--params",
+        str(params),
+        "--data-dir",
+        str(data_dir),
+        "--ckpt-dir",
+        str(ckpt_dir),
+    ]
+    return cmd + (["--resume"] if resume else [])
+
+
+def evaluate_and_publish(
+    p: Params, ckpt_dir: Path, data_dir: Path, out: Path, metrics_out: Path, plots_dir: Path
+) -> dict:
+    """Score the best adapter with the shared metrics module, log it to the training's MLflow run, publish it.
+
+    The model is logged as the same pyfunc interface as the baselines; ``candidate.json`` in ``out``
+    tells the register stage its validation macro-F1 and model URI, so one gate decides across all candidates.
+    """
+    from pipelines.classifier.transformer import TransformerClassifier, log_transformer
+    from pipelines.metrics import evaluate, headline, write_plots
+    from pipelines.registry import tracking
+
+    cfg = p.finetune
+    history = json.loads((ckpt_dir / "history.json").read_text())
+    splits = {k: read_parquet(data_dir / f"{k}.parquet") for k in ("val", "test")}
+    tracking.setup(p.mlflow)
+    run_id = (ckpt_dir / "mlflow_run_id").read_text().strip()
+    with atomic_outputs(out, metrics_out, plots_dir) as staged:
+        shutil.copytree(ckpt_dir / "best_adapter", staged[out])
+        shutil.copy(ckpt_dir / "history.json", staged[out] / "history.json")
+        # One load, from the published folder: what is scored is what is logged and registered.
+        clf = TransformerClassifier(staged[out], base_model=cfg.base_model, max_length=cfg.max_length)
+        scores, preds = {}, {}
+        for split, df in splits.items():
+            scores[split], preds[split] = evaluate(
+                clf,
+                df["text"].astype(str).tolist(),
+                df["label"].astype(str).tolist(),
+                split=split,
+                ece_bins=p.evaluate.ece_bins,
+            )
+        write_plots(
+            splits["test"]["label"].astype(str).tolist(),
+            preds["test"],
+            staged[plots_dir] / "confusion_test.csv",
+            staged[plots_dir] / "confusion_test.png",
+            title="LoRA transformer, test",
+        )
+        with tracking.run("finetune-lora", "finetune", run_id=run_id):
+            for split, m in scores.items():
+                tracking.log_metrics(headline(m), prefix=f"{split}_")
+            tracking.log_artifacts(staged[plots_dir], artifact_path="plots")
+            info = log_transformer(clf, example_texts=splits["test"]["text"].astype(str).head(3).tolist())
+        candidate = {
+            "name": "lora_transformer",
+            "val_macro_f1": scores["val"]["macro_f1"],
+            "model_uri": info.model_uri,
+            "run_id": run_id,
+            "trainable_parameters": history.get("trainable_parameters"),
+        }
+        (staged[out] / "candidate.json").write_text(json.dumps(candidate, indent=2))
+        if cfg.merge_adapter:
+            export_merged(clf, staged[out] / "merged")
+        summary = {
+            "model": "lora_transformer",
+            "val": headline(scores["val"]),
+            "test": headline(scores["test"]),
+            "test_per_class": scores["test"].get("per_class"),
+            "best_epoch": history.get("best_epoch"),
+            "epochs_run": len(history.get("history", [])),
+            "world_size": history.get("world_size"),
+            "zero_stage": history.get("zero_stage"),
+            "precision": history.get("precision"),
+            "train_rows": history.get("train_rows"),
+            "samples_per_s": max((h["samples_per_s"] for h in history.get("history", [])), default=None),
+        }
+        write_json(summary, staged[metrics_out])
+    print(
+        f"finetune: val macro-F1 {scores['val']['macro_f1']:.4f}, test macro-F1 {scores['test']['macro_f1']:.4f}; "
+        f"adapter published to {out}; MLflow run {run_id}"
+    )
+    return summary
+
+
+def export_merged(clf, directory: Path) -> None:
+    """The adapter folded into the base weights: a plain transformers model for tools that know no peft."""
+    merged = clf.model.merge_and_unload()
+    merged.save_pretrained(str(directory))
+    clf.tokenizer.save_pretrained(str(directory))
+
+
+def write_skipped(out: Path, metrics_out: Path, plots_dir: Path) -> None:
+    """finetune.enabled is false: publish a 'skipped' record so the DAG's outputs exist and register ignores it."""
+    from pipelines.metrics import write_plots
+
+    with atomic_outputs(out, metrics_out, plots_dir) as staged:
+        staged[out].mkdir(parents=True)
+        staged[plots_dir].mkdir(parents=True)
+        (staged[out] / "candidate.json").write_text(json.dumps({"name": "lora_transformer", "skipped": True}))
+        write_json({"model": "lora_transformer", "skipped": True}, staged[metrics_out])
+        write_plots(
+            [],
+            [],
+            staged[plots_dir] / "confusion_test.csv",
+            staged[plots_dir] / "confusion_test.png",
+            title="LoRA transformer: skipped (finetune.enabled is false)",
+        )
+    print("finetune: skipped (finetune.enabled is false)")
