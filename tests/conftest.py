@@ -1,4 +1,9 @@
-"""Shared fixtures. Tests never download anything and never need ../shared/datasets to pass."""
+"""Shared fixtures and the test tiers. Tests never download anything and never need ../shared/datasets to pass.
+
+Tiers (``-m unit``, ``-m integration``, ``-m e2e``): a test module that starts processes or servers (DeepSpeed ranks,
+Ray Serve, a Prefect server, stage CLIs) declares ``pytestmark = pytest.mark.integration``; whole-pipeline runs are
+``e2e`` (and ``slow``). Every other test is ``unit``: in-process, on in-memory or tmp_path fixtures.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,26 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import ROOT, SHARED_DATASETS
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
+TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if not any(item.get_closest_marker(t) for t in TIERS):
+            item.add_marker(pytest.mark.unit)
 
 
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture
+def shared_datasets() -> Path:
+    return SHARED_DATASETS

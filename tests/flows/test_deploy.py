@@ -17,15 +17,15 @@ import pandas as pd
 import pytest
 import requests
 import yaml
-from flowhelpers import register, split
 from sklearn.dummy import DummyClassifier
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from pipelines.io import free_port
+from tests.helpers.flows import register, split
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 RAY = str(Path(sys.executable).with_name("ray"))
 
 

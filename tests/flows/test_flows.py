@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from flowhelpers import register, split
 from sklearn.dummy import DummyClassifier
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
@@ -23,8 +22,10 @@ from sklearn.pipeline import make_pipeline
 
 from flows import common
 from pipelines.config import load_params
+from tests.helpers import ROOT
+from tests.helpers.flows import register, split
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -16,7 +16,7 @@ import pytest
 import requests
 import yaml
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ from datetime import timedelta
 
 import pandas as pd
 import pytest
-from conftest import T0, tickets, write_window
 
 from monitoring import feedback as fb
 from monitoring.windows import read_log_frames
 from pipelines.config import DataConfig, IngestConfig
 from pipelines.data.ingestion import ingest, read_snapshots
 from pipelines.errors import DataError
+from tests.helpers.monitoring import T0, tickets, write_window
 
 
 def test_new_snapshot_never_overwrites_and_holds_only_new_rows(tmp_path, trained):
@@ -48,6 +48,7 @@ def test_new_snapshot_never_overwrites_and_holds_only_new_rows(tmp_path, trained
     assert summary["snapshot_rows"] == 70 and len(df) == 72
 
 
+@pytest.mark.integration
 def test_feedback_loop_adds_snapshot_runs_repro_and_tags_lineage(repo, monkeypatch):
     path, params = repo["path"], repo["params"]
     log = params.monitor.log_dir
@@ -83,6 +84,7 @@ def test_feedback_loop_adds_snapshot_runs_repro_and_tags_lineage(repo, monkeypat
     assert tags["lineage.snapshot_rows"] == "30"
 
 
+@pytest.mark.integration
 def test_failed_repro_is_an_error_with_output(tmp_path):
     def runner(cmd, **kw):
         return subprocess.CompletedProcess(cmd, 1, "stage 'validate' failed", "")

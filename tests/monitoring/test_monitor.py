@@ -6,9 +6,9 @@ import json
 from datetime import timedelta
 
 import pytest
-from conftest import T0, hash_encoder, tickets, write_window
 
 from monitoring.run import monitor_once
+from tests.helpers.monitoring import T0, hash_encoder, tickets, write_window
 
 
 def _passes(repo, windows, **kw):
@@ -88,6 +88,7 @@ def test_minilm_embeddings_flag_the_drift(repo):
     assert "emb_pc1" in drifted and s["breached"]
 
 
+@pytest.mark.integration
 def test_cli_help():
     import subprocess
     import sys

@@ -6,11 +6,11 @@ from datetime import timedelta
 
 import pandas as pd
 import pytest
-from conftest import T0, tickets, train_model, write_window
 
 from monitoring.windows import Window, build_reference, check_schema, current_window, read_log_frames
 from pipelines.config import MonitorConfig
 from pipelines.errors import DataError
+from tests.helpers.monitoring import T0, tickets, train_model, write_window
 
 CFG = MonitorConfig(window_size=100, min_window_rows=50, reference_size=100)
 

@@ -21,7 +21,7 @@ from ray import serve  # noqa: E402
 
 from serving.app import build, run_local  # noqa: E402
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
 class Served:

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -17,9 +16,9 @@ import yaml
 
 from pipelines.io import free_port
 from serving.prediction_log import PREDICTIONS, read_log
+from tests.helpers import ROOT
 
-pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_sigterm_drains_and_flushes_the_log(tiny_registry, tmp_path) -> None:

@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 import pytest
-from datahelpers import make_clean, run_stage, write_params
+from tests.helpers.data import make_clean, run_stage, write_params
 
 from pipelines.config import SplitConfig
 from pipelines.data.splitting import choose_strategy, split_frame
@@ -113,6 +113,7 @@ def test_refuses_too_little_data(clean_df):
         split_frame(clean_df.iloc[:5], SplitConfig())
 
 
+@pytest.mark.integration
 def test_cli_writes_three_splits_and_the_report(tmp_path, clean_df):
     data = tmp_path / "interim.parquet"
     clean_df.drop(columns=["timestamp", "group"]).to_parquet(data)

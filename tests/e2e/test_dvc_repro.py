@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from datahelpers import ROOT
 
-pytestmark = pytest.mark.slow
+from tests.helpers.data import ROOT
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 DVC = shutil.which("dvc", path=str(Path(sys.executable).parent)) or shutil.which("dvc")
 LEAKY = {"resolved_by_team", "resolution_note", "resolved_at"}
 OUTS = [

@@ -1,6 +1,6 @@
 """Helpers shared by the data-layer tests: clean canonical frames, params files, stage CLIs.
 
-Imported as ``datahelpers`` (tests/ is on sys.path through tests/conftest.py)."""
+``from tests.helpers.data import make_clean, run_stage``."""
 
 from __future__ import annotations
 
@@ -13,10 +13,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATASETS = (
-    ROOT.parent / "shared" / "datasets"
-)  # as in tests/conftest.py (not importable by name: several conftest.py)
+from tests.helpers import ROOT, SHARED_DATASETS  # noqa: F401 - re-exported for the data tests
+
 CLASSES = ("alpha", "beta", "gamma")
 
 

@@ -18,8 +18,8 @@ from pipelines.classifier.lora import build_model
 from pipelines.config import FinetuneConfig
 from pipelines.errors import ConfigError, PipelineError
 from pipelines.training.engine import build_config
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 LABELS = [f"class_{i}" for i in range(10)]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from datahelpers import SHARED_DATASETS
+from tests.helpers.data import SHARED_DATASETS
 from pipelines.config import parse_params
 from pipelines.data.ingestion import ingest, read_source
 from pipelines.data.leakage_checks import audit

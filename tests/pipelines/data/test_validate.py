@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 import pytest
-from datahelpers import CLASSES, make_clean, run_stage, write_params
+from tests.helpers.data import CLASSES, make_clean, run_stage, write_params
 
 from pipelines.config import ValidateConfig
 from pipelines.data.quality import run_validation
@@ -89,6 +89,7 @@ def test_text_longer_than_the_bound_fails_beyond_mostly(df):
     assert ("expect_column_value_lengths_to_be_between", "text") in _failed(outcome)
 
 
+@pytest.mark.integration
 @pytest.mark.slow  # two Great Expectations runs with Data Docs: ~25 s
 def test_cli_fails_with_exit_3_and_writes_result_and_data_docs(tmp_path, df):
     data = tmp_path / "interim.parquet"

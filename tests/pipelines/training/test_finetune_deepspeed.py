@@ -23,9 +23,9 @@ from pipelines.classifier.base_model import resolve_base_model
 from pipelines.classifier.lora import load_adapter
 from pipelines.config import GenerateConfig
 from pipelines.data.generator import generate_tickets
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

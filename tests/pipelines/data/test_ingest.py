@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from datahelpers import run_stage, write_params
+from tests.helpers.data import run_stage, write_params
 
 from pipelines.config import DataConfig, IngestConfig, parse_params
 from pipelines.data.ingestion import ingest, map_columns, read_source, scrub_pii, strip_html
@@ -264,6 +264,7 @@ def test_cli_reads_a_directory_of_files(tmp_path):
     assert json.loads(outs[2].read_text())["rows_read"] == 5
 
 
+@pytest.mark.integration
 def test_cli_reads_latin1_when_told_and_refuses_an_unknown_encoding(tmp_path):
     f = tmp_path / "sms.tsv"
     f.write_bytes(SMS.replace("lar", "l\xe0r").encode("latin-1"))

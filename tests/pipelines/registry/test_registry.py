@@ -115,6 +115,7 @@ def test_gate_promotion_rollback_and_loading(env, tmp_path: Path) -> None:
     assert register_candidate(reg, cfg, "lr", tmp_path / "good.joblib", good, ["x"]) == v2
 
 
+@pytest.mark.integration
 def test_lineage_tags_on_the_version_and_run(env, tmp_path: Path) -> None:
     cfg, reg, train, test = env
     v = register(reg, cfg, majority(train), tmp_path / "maj.joblib", test)
@@ -168,6 +169,7 @@ def test_bad_input_is_a_clear_error(env, tmp_path: Path) -> None:
         run_gate(reg, unseen, cfg.register_)
 
 
+@pytest.mark.integration
 def test_cli_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(
         f"mlflow:\n  tracking_uri: sqlite:///{tmp_path / 'x.db'}\n  registered_model: ghost\n"
@@ -184,6 +186,7 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.integration
 def test_transformer_candidate_is_registered_from_its_training_run(env, tmp_path: Path) -> None:
     """A model already logged by its training run (the fine-tuned transformer) is registered from that run's URI."""
     from pipelines.classifier.pyfunc import log_classifier

@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.integration
+
 WORDS = {
     "billing": "invoice charged payment card",
     "shipping": "parcel delivery courier tracking",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from datahelpers import make_clean, time_parts
+
+from tests.helpers.data import make_clean, time_parts
 
 
 @pytest.fixture

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from datahelpers import ROOT
 
 from pipelines.config import Params, load_params, parse_params
 from pipelines.errors import ConfigError
+from tests.helpers.data import ROOT
 
 
 def test_repo_params_yaml_loads_and_matches_what_it_says():
@@ -109,8 +109,9 @@ def test_load_params_names_the_file(tmp_path):
         load_params(listy)
 
 
+@pytest.mark.integration
 def test_bad_params_stop_a_stage_cli_with_exit_2_and_no_traceback(tmp_path):
-    from datahelpers import run_stage, write_params
+    from tests.helpers.data import run_stage, write_params
 
     params = write_params(tmp_path / "params.yaml", split={"test_fraction": 0.9})
     r = run_stage("split", "--params", str(params), cwd=tmp_path)

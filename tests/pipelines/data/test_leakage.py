@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 import numpy as np
 import pandas as pd
-from datahelpers import run_stage, write_params
+from tests.helpers.data import run_stage, write_params
 
 from pipelines.config import LeakageConfig
 from pipelines.data.leakage_checks import audit
@@ -247,6 +249,7 @@ def _run(tmp_path):
     )
 
 
+@pytest.mark.integration
 def test_cli_writes_model_ready_splits_report_and_metrics(tmp_path, clean_parts):
     _write_parts(tmp_path / "split", _with(clean_parts, train=_copied_into_train(clean_parts, 5)[0]))
     r = _run(tmp_path)
@@ -257,6 +260,7 @@ def test_cli_writes_model_ready_splits_report_and_metrics(tmp_path, clean_parts)
     assert json.loads((tmp_path / "leakage.json").read_text())["passed"] is True
 
 
+@pytest.mark.integration
 def test_cli_exits_3_on_a_blocker_and_writes_no_splits(tmp_path, clean_parts):
     # a previous good run left model-ready splits behind: a failed gate must not leave them for training
     (tmp_path / "processed").mkdir()
