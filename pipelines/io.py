@@ -10,12 +10,15 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from pipelines.errors import PipelineError
 
 
 def read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
@@ -78,6 +81,29 @@ def tool(name: str) -> str:
     import sys
 
     return shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name) or name
+
+
+class CommandFailed(PipelineError):
+    """A tool run by :func:`run_command` exited non-zero; carries its exit code and output."""
+
+    def __init__(self, cmd: list[str], result: subprocess.CompletedProcess) -> None:
+        self.cmd, self.returncode = cmd, result.returncode
+        self.output = f"{result.stdout or ''}{result.stderr or ''}"
+        super().__init__(f"`{' '.join(cmd)}` failed (exit {result.returncode}):\n{self.output[-3000:]}")
+
+
+def run_command(
+    cmd: list[str], cwd: str | Path = ".", *, check: bool = False, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """The one place the project runs a tool as a subprocess (``dvc``, ``git``, ...), output captured as text.
+
+    ``check=True`` raises :class:`CommandFailed` (a :class:`~pipelines.errors.PipelineError` with the tail of the
+    output) on a non-zero exit. Tests replace this function to fake a tool.
+    """
+    result = subprocess.run(cmd, cwd=str(cwd), capture_output=True, text=True, env=env)
+    if check and result.returncode != 0:
+        raise CommandFailed(cmd, result)
+    return result
 
 
 def free_port() -> int:

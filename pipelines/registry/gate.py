@@ -29,9 +29,7 @@ from pipelines.config import RegisterConfig
 from pipelines.errors import ConfigError, DataError, GateFailed
 from pipelines.io import atomic_outputs, write_json
 from pipelines.metrics import evaluate
-
-CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
-
+from pipelines.registry.aliases import CHALLENGER, CHAMPION, PREVIOUS
 
 HISTORY_TAG = "champion_history"
 

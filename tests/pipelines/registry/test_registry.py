@@ -20,8 +20,9 @@ from pipelines.classifier.model_api import SklearnTextClassifier, predict_labels
 from pipelines.config import parse_params
 from pipelines.errors import DataError
 from pipelines.registry import tracking
+from pipelines.registry.aliases import CHALLENGER, CHAMPION, PREVIOUS
 from pipelines.registry.candidates import register_candidate
-from pipelines.registry.gate import CHALLENGER, CHAMPION, PREVIOUS, promote_version, rollback, run_gate
+from pipelines.registry.gate import promote_version, rollback, run_gate
 
 WORDS = {
     "billing": "invoice charged payment card billing",
