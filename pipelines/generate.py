@@ -1,17 +1,6 @@
-"""Seeded generator of realistic support tickets: the embedded default data set.
+"""``python -m pipelines.generate``: write the built-in support tickets (the embedded default data set).
 
-Ten categories whose vocabulary overlaps on purpose (billing/refund,
-access/security, bug/performance, ...), so a bag-of-words model is good but not
-perfect. The generator also plants the defects the data gates must catch:
-
-* exact duplicates (a ticket resubmitted) and near duplicates (a follow-up with small edits);
-* empty or whitespace-only bodies, HTML fragments, e-mail addresses and phone numbers;
-* label noise, repeat customers with a preferred topic (group leakage);
-* post-outcome columns that leak the label: ``resolved_by_team``, ``resolution_note``
-  (written after the category was known) and ``resolved_at``.
-
-``drift=True`` produces a later period: another category mix, a new product
-(*Nimbus Copilot*) with its own vocabulary, and longer texts.
+A thin CLI; the logic and its description are in :mod:`pipelines.data.generator`.
 """
 
 from __future__ import annotations

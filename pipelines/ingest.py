@@ -1,18 +1,6 @@
-"""ingest: read the raw source, map columns to the canonical schema, clean and scrub text.
+"""``python -m pipelines.ingest``: read ``data.path``, map columns, strip HTML, scrub PII, write typed Parquet.
 
-Canonical schema (``data/interim/dataset.parquet``):
-
-=========  ==========================================================
-id         string; the mapped id column, or ``row-<n>`` when none
-text       string; the mapped text column(s) joined, HTML stripped, PII scrubbed
-label      string
-timestamp  datetime64[ns] (only when mapped)
-group      string (only when mapped), e.g. a customer id
-...        every other source column, unchanged (the leakage stage inspects them)
-=========  ==========================================================
-
-PII (e-mail addresses, phone numbers) is replaced by ``<EMAIL>``/``<PHONE>`` here,
-before anything downstream stores the text.
+A thin CLI; the logic and its description are in :mod:`pipelines.data.ingestion`.
 """
 
 from __future__ import annotations

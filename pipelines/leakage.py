@@ -1,24 +1,6 @@
-"""leakage: the data bugs that silently ruin models, checked before training.
+"""``python -m pipelines.leakage``: leaky columns, cross-split duplicates, group/time overlap; fails on blockers.
 
-On the columns (all splits together, i.e. the data before the split):
-
-(a) a column that predicts the label too well on its own (a scikit-learn model
-    on that single column, cross-validated), or that is recorded after the label's
-    time (declared in params, or a datetime column that always follows the timestamp);
-(f) missing values concentrated in one class (Cramér's V of "is missing" vs label).
-
-On the splits:
-
-(b) exact and near-duplicate texts shared across train/val/test (near: cosine
-    similarity of character n-gram TF-IDF), removed from the evaluation splits;
-(c) the same group (customer) on both sides of a split;
-(d) evaluation rows older than the newest training row;
-(e) class balance per split, and classes in evaluation that training never saw.
-
-Each finding has a severity: ``blocker`` fails the stage (nothing written),
-``warning`` is acted on (column dropped, rows removed) or reported as params say.
-Output: model-ready ``data/processed/{train,val,test}.parquet``, ``reports/leakage.json``
-(one entry per finding) and ``metrics/leakage.json`` (counts, a DVC metric).
+A thin CLI; the logic and its description are in :mod:`pipelines.data.leakage_checks`.
 """
 
 from __future__ import annotations

@@ -1,14 +1,6 @@
-"""split: deterministic train / val / test.
+"""``python -m pipelines.split``: deterministic train / val / test by time, group or stratified random.
 
-* ``time``: oldest rows train, newest rows test (what production looks like: the model
-  always predicts the future). Chosen by ``auto`` when a timestamp is mapped.
-* ``group``: every group (e.g. a customer) lands on exactly one side, stratified by
-  label where possible (scikit-learn's ``StratifiedGroupKFold``). ``auto`` picks it when
-  a group id but no timestamp is mapped.
-* ``stratified``: stratified random split, the fallback when neither exists.
-
-The raw splits go to ``data/processed/split/``; the leakage stage audits them and
-writes the model-ready ``data/processed/{train,val,test}.parquet``.
+A thin CLI; the logic and its description are in :mod:`pipelines.data.splitting`.
 """
 
 from __future__ import annotations

@@ -1,11 +1,6 @@
-"""validate: a Great Expectations suite, built in code from ``params.yaml``, gates the interim data.
+"""``python -m pipelines.validate``: the Great Expectations suite built from params; fails the pipeline on a breach.
 
-This is the only module that imports great_expectations. The suite checks the
-canonical columns and their types, non-null and non-empty text within length
-bounds, labels in the expected set, a minimum count per class, a ceiling on the
-duplicate-text rate, and the timestamp range. The result JSON and Data Docs
-HTML land in ``reports/validation/``; a failed expectation fails the stage with
-a readable summary, so nothing downstream runs.
+A thin CLI; the logic and its description are in :mod:`pipelines.data.quality`.
 """
 
 from __future__ import annotations
