@@ -167,7 +167,9 @@ def _interrupt(signum: int, frame: Any) -> None:
 def main(params: Path = Path("params.yaml"), port: int | None = None) -> None:
     """Serve the registry champion on 127.0.0.1 (port from params serve.port) until Ctrl-C or SIGTERM."""
     from pipelines.errors import PipelineError
+    from pipelines.logs import quiet_libraries
 
+    quiet_libraries()
     p = load_params(params)
     if port is not None:
         p.serve.port = port
