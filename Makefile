@@ -11,20 +11,51 @@ export TRANSFORMERS_OFFLINE ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: help install run test test-fast repro clean mlflow serve demo-drift demo-drift-prefect ui prefect-server
+.PHONY: help install lock lint run test test-fast repro clean mlflow serve demo-drift demo-drift-prefect ui prefect-server
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# The install is reproducible: every version comes from requirements.lock (`make lock` writes it from
+# pyproject.toml), installed by uv, which pip puts into the venv (no uv needed on the machine). torch is
+# not in the lock: pip installs it, pinned, since uv does not look where its CPU wheel lies and would
+# fetch a CUDA build of several GB; uv then keeps the torch it finds, which satisfies the pin.
+LOCK := requirements.lock
+UV_VERSION ?= 0.13.9
+UV := $(BIN)/uv
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: its CPU wheel is the one this project is tested with (see README for GPUs)
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q torch==2.13.0 -c $(LOCK)
+	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
+	# the project and its dev extra at the locked versions (build backends too), then a consistency check
+	$(UV) pip install -q --python $(BIN)/python -c $(LOCK) -b $(LOCK) -e '.[dev]'
+	$(UV) pip check --python $(BIN)/python
 	@touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install the project
+install: $(STAMP) ## create .venv and install the project (exact versions from requirements.lock)
+
+# One version of each package for any OS and each Python from 3.10 (requires-python's floor; 3.10 gets
+# older releases where the newest need 3.11). Versions already in the lock are kept unless LOCK_FLAGS says
+# otherwise (--upgrade: all to the newest the ranges allow; --upgrade-package NAME: one of them).
+# Left out: torch (pip installs it) and the CUDA-only packages PyPI's Linux torch lists (nvidia-*, cuda-*,
+# triton), which the CPU build does not need and a GPU user's torch brings along.
+LOCK_FLAGS ?=
+lock: ## rewrite requirements.lock from pyproject.toml (LOCK_FLAGS=--upgrade: newest versions)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
+	@set -euo pipefail; tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; \
+	compile=($(UV) pip compile -q pyproject.toml --extra dev --universal --python-version 3.10); \
+	"$${compile[@]}" --no-header --no-annotate -o "$$tmp/all.txt"; \
+	{ grep -oE '^(nvidia-|cuda-|triton)[^ ;=]*' "$$tmp/all.txt" || true; } > "$$tmp/cuda.txt"; \
+	if [ -f $(LOCK) ]; then cp $(LOCK) "$$tmp/lock"; fi; \
+	"$${compile[@]}" $(LOCK_FLAGS) --excludes "$$tmp/cuda.txt" --no-emit-package torch \
+	  --custom-compile-command 'make lock' -o "$$tmp/lock"; \
+	if grep -nE '^(torch==|nvidia-|cuda-|triton==)' "$$tmp/lock"; then \
+	  echo "make lock: the lines above must not be in $(LOCK)" >&2; exit 1; fi; \
+	cat "$$tmp/lock" > $(LOCK); \
+	echo "wrote $(LOCK): $$(grep -c '^[a-z0-9]' $(LOCK)) pins; commit it with pyproject.toml"
 
 run: $(STAMP) ## the main job, end to end on the embedded default data
 	dvc repro
@@ -37,10 +68,14 @@ run: $(STAMP) ## the main job, end to end on the embedded default data
 
 repro: run
 
-test: $(STAMP) ## the test suite
+lint: $(STAMP) ## ruff: lint and formatting check (configured in pyproject.toml)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint ## lint, then the test suite (what CI runs)
 	$(BIN)/python -m pytest
 
-test-fast: $(STAMP) ## the test suite without the slow end-to-end tests
+test-fast: lint ## lint, then the test suite without the slow tests
 	$(BIN)/python -m pytest -m "not slow"
 
 clean: ## remove generated data, reports and caches (keeps .venv)
