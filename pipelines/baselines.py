@@ -1,14 +1,6 @@
-"""baselines: majority class, TF-IDF (word + char n-grams) + logistic regression / calibrated linear SVM,
-and a frozen MiniLM encoder + logistic regression.
+"""``python -m pipelines.baselines``: majority, TF-IDF + linear models, frozen MiniLM + LR; the best by val macro-F1.
 
-C is chosen by stratified CV on train only (``GridSearchCV``, macro-F1); the candidate with the
-best *validation* macro-F1 is the one the register stage registers. Every model is scored by the
-one evaluation module (:mod:`pipelines.metrics`) on val and test through the
-:class:`~pipelines.classifier.model_api.TextClassifier` interface.
-
-Outputs: ``models/baselines/<name>.joblib`` + ``selected.json``, ``metrics/baselines.json`` (each
-model, val and test), ``metrics/eval.json`` (the selected model, per class), ``plots/baselines/``
-(confusion CSV + PNG), and an MLflow run per model with lineage tags.
+A thin CLI; the logic and its description are in :mod:`pipelines.classifier.classical`.
 """
 
 from __future__ import annotations
@@ -18,14 +10,13 @@ from pathlib import Path
 from typing import Annotated
 
 import joblib
-import pandas as pd
 import typer
 
 from pipelines.classifier.classical import _track, evaluate_baselines, train_baselines
 from pipelines.classifier.encoder import EncoderClassifier
 from pipelines.config import load_params
-from pipelines.errors import DataError, run_cli
-from pipelines.io import atomic_outputs, write_json
+from pipelines.errors import run_cli
+from pipelines.io import atomic_outputs, read_split, write_json
 from pipelines.metrics import write_plots
 
 
@@ -41,12 +32,7 @@ def main(
     """Train the baselines, score them on val and test, keep the best by val macro-F1."""
     cfg = load_params(params)
     t0 = time.perf_counter()
-    splits = {}
-    for k in ("train", "val", "test"):
-        path = data_dir / f"{k}.parquet"
-        if not path.is_file():
-            raise DataError(f"missing split {path}; run `dvc repro leakage` first")
-        splits[k] = pd.read_parquet(path)
+    splits = {k: read_split(data_dir, k) for k in ("train", "val", "test")}
     models = train_baselines(splits["train"], cfg.baselines)
     summary, selected, full = evaluate_baselines(models, splits["val"], splits["test"], cfg.evaluate)
     with atomic_outputs(model_dir, metrics, eval_json, plot_dir) as staged:

@@ -1,22 +1,12 @@
-"""finetune: LoRA fine-tuning of a transformer classifier, launched through the ``deepspeed`` launcher.
+"""``python -m pipelines.finetune``: LoRA fine-tuning under DeepSpeed ZeRO, launched with the ``deepspeed`` launcher.
 
-This CLI checks everything that can be checked before any rank starts (base model,
-LoRA targets and the analytic trainable count, world size against the machine,
-the checkpoint on ``--resume``), then runs
-
-    deepspeed --num_gpus <world_size> [--num_nodes N --hostfile H] --master_port P \\
-        --module pipelines.classifier.finetune_worker --params params.yaml
-
-with ``DS_ACCELERATOR=cpu`` when no GPU is visible. A failing rank makes the
-launcher stop the others, and this CLI exits non-zero with the rank's message.
-On success the best epoch's adapter is published to ``models/transformer/``.
+A thin CLI; the logic and its description are in :mod:`pipelines.classifier.finetuning`.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Annotated
 
@@ -32,7 +22,8 @@ from pipelines.classifier.finetuning import (
 )
 from pipelines.config import load_params
 from pipelines.errors import PipelineError, run_cli
-from pipelines.io import read_parquet
+from pipelines.io import read_split, stream_command
+from pipelines.logs import drop_launcher_noise
 from pipelines.training import engine as dse
 
 
@@ -61,7 +52,7 @@ def main(
     base = resolve_base_model(cfg.base_model)
     from pipelines.classifier.lora import build_model
 
-    labels = sorted(read_parquet(data_dir / "train.parquet", columns=["label"])["label"].astype(str).unique())
+    labels = sorted(read_split(data_dir, "train", columns=["label"])["label"].astype(str).unique())
     model = build_model(base, labels, cfg, on_meta=True)  # targets + analytic count, no weights loaded
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     check_world_size(cfg, accelerator)
@@ -82,9 +73,9 @@ def main(
         f"(matches the analytic count)\n$ {'DS_ACCELERATOR=cpu ' if accelerator == 'cpu' else ''}{' '.join(cmd)}",
         flush=True,
     )
-    proc = subprocess.run(cmd, env=env)
-    if proc.returncode != 0:
-        raise PipelineError(f"the DeepSpeed run failed (exit {proc.returncode}); see the rank messages above")
+    returncode = stream_command(cmd, env=env, keep=drop_launcher_noise)
+    if returncode != 0:
+        raise PipelineError(f"the DeepSpeed run failed (exit {returncode}); see the rank messages above")
     evaluate_and_publish(p, ckpt_dir, data_dir, out, metrics_out, plots_dir)
 
 

@@ -12,22 +12,55 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from pipelines.errors import PipelineError
+from pipelines.errors import DataError, PipelineError
+
+SPLIT_COLUMNS = ("text", "label")  # what every consumer of a model-ready split reads
+
+
+def _require_file(path: Path) -> None:
+    if not Path(path).exists():
+        raise DataError(f"{path} does not exist: run the stage that writes it first (dvc repro)")
 
 
 def read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
     """Read a stage input; a missing file is a clear error that says which stage makes it."""
-    from pipelines.errors import DataError
-
-    if not Path(path).exists():
-        raise DataError(f"{path} does not exist: run the stage that writes it first (dvc repro)")
+    _require_file(path)
     return pd.read_parquet(path, columns=columns)
+
+
+def read_split(where: str | Path, name: str | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+    """A model-ready split (train / val / test): ``read_split(data_dir, "test")`` or ``read_split(path)``.
+
+    The one loader of splits, so every stage, the gate and the flows refuse the same bad inputs the
+    same way, each with a :class:`~pipelines.errors.DataError` naming the file: missing (run the stage
+    that writes it), unreadable, without the ``text`` / ``label`` columns (or the ``columns`` asked
+    for), or empty. ``columns`` reads only those columns.
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(where) / f"{name}.parquet" if name is not None else Path(where)
+    _require_file(path)
+    what = f"the {path.stem} split {path}"
+    try:
+        present = pq.read_schema(path).names
+    except Exception as err:  # noqa: BLE001 - any failure to read the footer means the file is unusable
+        raise DataError(f"{what} is not a readable Parquet file ({type(err).__name__}: {err})") from None
+    required = list(columns) if columns is not None else list(SPLIT_COLUMNS)
+    missing = [c for c in required if c not in present]
+    if missing:
+        raise DataError(
+            f"{what} has no column(s) {missing} (it has {present}); re-run the stage that writes it (dvc repro)"
+        )
+    df = pd.read_parquet(path, columns=columns)
+    if df.empty:
+        raise DataError(f"{what} is empty (0 rows): nothing to train, evaluate or gate on")
+    return df
 
 
 def write_parquet(df: pd.DataFrame, path: Path) -> None:
@@ -104,6 +137,22 @@ def run_command(
     if check and result.returncode != 0:
         raise CommandFailed(cmd, result)
     return result
+
+
+def stream_command(
+    cmd: list[str], *, env: dict[str, str] | None = None, keep: Callable[[Iterable[str]], Iterable[str]] | None = None
+) -> int:
+    """Run a long tool (the DeepSpeed launcher) with its stdout passed through line by line as it comes,
+    through ``keep`` (a filter such as :func:`pipelines.logs.drop_launcher_noise`); stderr (progress bars) is
+    the caller's. Returns the exit code."""
+    import sys
+
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in keep(proc.stdout) if keep else proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+    return proc.returncode
 
 
 def free_port() -> int:

@@ -1,19 +1,11 @@
-"""Promotion: the gate, manual promotion and rollback, with MLflow aliases (never stages).
-
-The gate compares the challenger with the current champion on the *same* current test
-split, recomputed now by loading both from the registry (never numbers logged on another
-split). It promotes when the challenger's macro-F1 is not worse than the champion's by more
-than ``register.gate_macro_f1_tolerance`` and no class's F1 drops by more than
-``register.gate_class_f1_max_drop``. The first model becomes champion.
-
-Aliases: ``challenger`` (the newest candidate), ``champion`` (served), ``previous-champion``
-(where ``--rollback`` goes). The registered model's tag ``champion_history`` lists every
-champion in order. Moving the ``champion`` alias is the single commit point: anything that
-fails before it leaves the previous champion in place.
+"""``python -m pipelines.promote``: re-run the promotion gate on the challenger, promote a version, or roll back.
 
     python -m pipelines.promote                # run the gate on the current challenger
     python -m pipelines.promote --version 3    # promote version 3 by hand
     python -m pipelines.promote --rollback     # champion -> previous champion
+
+A thin CLI: it prints what :func:`pipelines.registry.promotion.run_promotion` (the dispatch it shares with
+the ``promote`` flow) did; the gate's rules are described in :mod:`pipelines.registry.gate`.
 """
 
 from __future__ import annotations
@@ -24,8 +16,9 @@ from typing import Annotated, Optional
 import typer
 
 from pipelines.config import load_params
-from pipelines.errors import ConfigError, run_cli
-from pipelines.registry.gate import gate_and_report, load_test_split, promote_version, rollback
+from pipelines.errors import run_cli
+from pipelines.registry import promotion
+from pipelines.registry.gate import fail_on_refusal
 
 
 def main(
@@ -39,25 +32,18 @@ def main(
     decision_json: Annotated[Path, typer.Option(help="JSON decision")] = Path("reports/promotion.json"),
 ) -> None:
     """Run the promotion gate on the challenger, or promote a version by hand, or roll back."""
-    from pipelines.registry import tracking
-
     cfg = load_params(params)
-    tracking.setup(cfg.mlflow)
-    reg = tracking.Registry(cfg.mlflow)
-    if not reg.exists():
-        raise tracking.RegistryError(
-            f"no registered model named '{reg.name}' (registry: {reg.uri}); run the register stage first"
-        )
-    if version is not None and rollback_:
-        raise ConfigError("use either --version or --rollback, not both")
-    if rollback_:
-        old, new = rollback(reg)
-        print(f"rolled back '{reg.name}': champion v{old} -> v{new}")
-    elif version is not None:
-        old = promote_version(reg, version, "manual: python -m pipelines.promote --version")
-        print(f"promoted '{reg.name}' v{version} to champion (was {'v' + old if old else 'none'})")
-    else:
-        gate_and_report(reg, load_test_split(test), cfg, report, decision_json)
+    result = promotion.run_promotion(
+        cfg,
+        version=version,
+        rollback=rollback_,
+        test=test,
+        report=report,
+        decision_json=decision_json,
+        requested_by="python -m pipelines.promote --version",
+    )
+    print(result.message)
+    fail_on_refusal(result.decision, cfg)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,6 @@
-"""register: log the selected candidate as an MLflow pyfunc, register it as a new version with alias
-``challenger``, then run the promotion gate (:mod:`pipelines.promote`).
+"""``python -m pipelines.register``: register the best candidate as ``challenger`` and run the promotion gate.
 
-Order (so the registry is never half-updated): log the model → create the version → tag it →
-alias ``challenger`` → gate → move ``champion`` (the single commit point). A failure anywhere
-before the last step leaves the previous champion serving. A model file already registered
-(same sha256) is not registered again: re-running the stage reuses that version.
+A thin CLI; the logic and its description are in :mod:`pipelines.registry.candidates`.
 """
 
 from __future__ import annotations
@@ -17,8 +13,9 @@ import typer
 
 from pipelines.config import load_params
 from pipelines.errors import run_cli
+from pipelines.io import read_split
 from pipelines.registry.candidates import load_candidate, register_candidate, register_logged, transformer_candidate
-from pipelines.registry.gate import gate_and_report, load_test_split
+from pipelines.registry.gate import fail_on_refusal, gate_and_report, report_markdown
 
 
 def main(
@@ -41,7 +38,7 @@ def main(
     from pipelines.registry import tracking
 
     cfg = load_params(params)
-    test_df = load_test_split(test)  # cheap input checks before any model (and its native threads) is loaded
+    test_df = read_split(test)  # cheap input checks before any model (and its native threads) is loaded
     name, path, clf = load_candidate(candidate_dir or Path(cfg.register_.candidate_dir))
     metrics = json.loads(eval_json.read_text(encoding="utf-8")) if eval_json.is_file() else None
     tracking.setup(cfg.mlflow)
@@ -54,7 +51,9 @@ def main(
         register_logged(reg, tr, transformer_dir / "adapter_model.safetensors")
     else:
         register_candidate(reg, cfg, name, path, clf, test_df["text"].astype(str).head(3).tolist(), metrics)
-    gate_and_report(reg, test_df, cfg, report, decision_json)
+    decision = gate_and_report(reg, test_df, cfg, report, decision_json)
+    print(report_markdown(decision))
+    fail_on_refusal(decision, cfg)
 
 
 if __name__ == "__main__":

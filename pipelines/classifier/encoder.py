@@ -9,21 +9,12 @@ base-model *name* and reloads the weights on first use.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from pipelines.classifier.base_model import resolve_base_model
-
-
-def cpu_has_bf16() -> bool:
-    """True where the CPU advertises native bf16 (avx512_bf16 / amx_bf16); Linux only, else False."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+from pipelines.training.precision import bf16_supported
 
 
 class MeanPoolEncoder:
@@ -50,13 +41,17 @@ class MeanPoolEncoder:
         self._tok = AutoTokenizer.from_pretrained(path)
         self._model = AutoModel.from_pretrained(path).eval()
 
+    def uses_bf16(self) -> bool:
+        """bf16 autocast: asked for (``bfloat16``), or ``auto`` on a CPU with native bf16 (the one shared test)."""
+        return self.dtype == "bfloat16" or (self.dtype == "auto" and bf16_supported("cpu"))
+
     def encode(self, texts: list[str], *, progress: bool | None = None) -> np.ndarray:
         import torch
         from tqdm.auto import tqdm
 
         if self._model is None:
             self._load()
-        use_bf16 = self.dtype == "bfloat16" or (self.dtype == "auto" and cpu_has_bf16())
+        use_bf16 = self.uses_bf16()
         order = np.argsort([len(t) for t in texts], kind="stable")
         out = np.zeros((len(texts), self._model.config.hidden_size), dtype=np.float32)
         prev_threads = torch.get_num_threads()

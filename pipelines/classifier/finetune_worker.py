@@ -9,6 +9,9 @@ a progress bar on rank 0, validation macro-F1 after every epoch with early
 stopping, a DeepSpeed checkpoint per epoch and ``--resume``. The adapter of the
 best epoch is saved by rank 0 from fp32 master weights gathered across ranks, so
 it is whole under ZeRO-3 too.
+
+Environment: ``FINETUNE_TRACEBACK=1`` shows a failing rank's traceback; ``FINETUNE_PROBE_DIR`` (tests
+only, see :func:`probe_dir`) also writes the engine's logits on a few validation texts there.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -33,15 +37,28 @@ from sklearn.model_selection import train_test_split
 from pipelines.classifier.base_model import resolve_base_model
 from pipelines.classifier.lora import build_model
 from pipelines.config import FinetuneConfig, load_params
-from pipelines.io import read_parquet
+from pipelines.io import read_split
+from pipelines.logs import quiet_libraries
 from pipelines.registry import tracking
 from pipelines.training import engine as dse
 
 PROBE_TEXTS = 8
+PROBE_ENV = "FINETUNE_PROBE_DIR"
+
+
+def probe_dir(env: Mapping[str, str] = os.environ) -> Path | None:
+    """Where the test-only probe goes, or None (every production run): only tests set ``FINETUNE_PROBE_DIR``.
+
+    The probe is the engine's own logits on the first validation texts after the last step; a test
+    reloads the published adapter and must get the same logits (the ZeRO-3 gather worked)."""
+    value = env.get(PROBE_ENV)
+    return Path(value) if value else None
 
 
 def _quiet() -> None:
-    for name in ("DeepSpeed", "deepspeed", "transformers", "torch.distributed"):
+    """Known library noise off (:mod:`pipelines.logs`); DeepSpeed's per-rank INFO/WARNING lines too."""
+    quiet_libraries()
+    for name in ("DeepSpeed", "deepspeed", "torch.distributed"):
         logging.getLogger(name).setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
 
@@ -123,6 +140,17 @@ def save_adapter(engine, directory: Path, tokenizer, labels: list[str], extra: d
     dist.barrier()
 
 
+def write_probe(
+    module, rows: list[dict], texts: list[str], collator, directory: Path, rank: int, world: int, device
+) -> None:
+    """Collective: the engine's logits on the first :data:`PROBE_TEXTS` rows; rank 0 writes ``probe.pt``."""
+    logits = predict_logits(module, rows[:PROBE_TEXTS], collator, PROBE_TEXTS, rank, world, device)
+    if rank == 0:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = {"texts": texts[:PROBE_TEXTS], "logits": torch.from_numpy(logits)}
+        torch.save({**probe, "dtype": str(next(module.parameters()).dtype)}, directory / "probe.pt")
+
+
 def train(args: argparse.Namespace) -> None:
     _quiet()
     dse.init_distributed()
@@ -142,8 +170,8 @@ def train(args: argparse.Namespace) -> None:
     from transformers import AutoTokenizer, DataCollatorWithPadding
     from transformers.trainer_pt_utils import DistributedLengthGroupedSampler
 
-    train_df = sample(read_parquet(args.data_dir / "train.parquet"), cfg.max_train_samples, cfg.seed)
-    val_df = sample(read_parquet(args.data_dir / "val.parquet"), cfg.max_eval_samples, cfg.seed)
+    train_df = sample(read_split(args.data_dir, "train"), cfg.max_train_samples, cfg.seed)
+    val_df = sample(read_split(args.data_dir, "val"), cfg.max_eval_samples, cfg.seed)
     labels = sorted(train_df["label"].astype(str).unique())
     label_id = {c: i for i, c in enumerate(labels)}
     tokenizer = AutoTokenizer.from_pretrained(base_path)
@@ -263,22 +291,13 @@ def train(args: argparse.Namespace) -> None:
                     print(f"early stopping: no val macro-F1 gain for {state['bad_epochs']} epoch(s)", flush=True)
                 break
 
-    # The adapter of the last step too, and logits on a fixed probe, so tests can check save → reload.
-    save_adapter(engine, args.ckpt_dir / "last_adapter", tokenizer, labels, run_info, rank)
-    probe = val_rows[:PROBE_TEXTS]
-    probe_logits = predict_logits(engine.module, probe, collator, PROBE_TEXTS, rank, world, device)
+    probe_to = probe_dir()
+    if probe_to is not None:  # tests only
+        write_probe(engine.module, val_rows, val_df["text"].tolist(), collator, probe_to, rank, world, device)
     unchanged = torch.tensor([float(frozen_checksum(engine.module) == frozen_before)])
     dist.all_reduce(unchanged, op=dist.ReduceOp.MIN)
     state["frozen_weights_unchanged"] = bool(unchanged.item() == 1.0)
     if rank == 0:
-        torch.save(
-            {
-                "texts": val_df["text"].tolist()[:PROBE_TEXTS],
-                "logits": torch.from_numpy(probe_logits),
-                "dtype": str(next(engine.module.parameters()).dtype),
-            },
-            args.ckpt_dir / "probe.pt",
-        )
         (args.ckpt_dir / "history.json").write_text(json.dumps({**run_info, **state}, indent=2, default=str))
     dist.barrier()
     dist.destroy_process_group()

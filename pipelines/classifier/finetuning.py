@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pipelines.config import FinetuneConfig, Params
 from pipelines.errors import ConfigError, PipelineError
-from pipelines.io import atomic_outputs, read_parquet, tool, write_json
+from pipelines.io import atomic_outputs, read_split, tool, write_json
 from pipelines.training import engine as dse
 
 
@@ -92,7 +92,7 @@ def evaluate_and_publish(
 
     cfg = p.finetune
     history = json.loads((ckpt_dir / "history.json").read_text())
-    splits = {k: read_parquet(data_dir / f"{k}.parquet") for k in ("val", "test")}
+    splits = {k: read_split(data_dir, k) for k in ("val", "test")}
     tracking.setup(p.mlflow)
     run_id = (ckpt_dir / "mlflow_run_id").read_text().strip()
     with atomic_outputs(out, metrics_out, plots_dir) as staged:

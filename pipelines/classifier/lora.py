@@ -91,10 +91,6 @@ def build_model(base_path: str, labels: list[str], cfg: FinetuneConfig, on_meta:
     return model
 
 
-def trainable_names(model: nn.Module) -> set[str]:
-    return {n for n, p in model.named_parameters() if p.requires_grad}
-
-
 def load_adapter(adapter_dir: str | Path, base_path: str, dtype: torch.dtype = torch.float32) -> nn.Module:
     """Base weights + the saved adapter (and head), ready for inference."""
     import json

@@ -28,7 +28,7 @@ from mlflow.models import infer_signature
 
 from pipelines.classifier.model_api import TextClassifier, output_frame, proba_from_frame, texts_from_input
 
-PIPELINES_DIR = Path(__file__).resolve().parent
+PIPELINES_DIR = Path(__file__).resolve().parents[1]  # the whole ``pipelines`` package, not this subpackage
 CLASSIFIER_ARTIFACT = "classifier"
 
 

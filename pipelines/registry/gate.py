@@ -1,6 +1,7 @@
-"""Library of the ``promote`` stage (its CLI is :mod:`pipelines.promote`).
+"""The promotion gate, manual promotion and rollback, with MLflow aliases (never stages).
 
-Promotion: the gate, manual promotion and rollback, with MLflow aliases (never stages).
+Used by the ``register`` stage (gate after registering) and, through the one dispatch in
+:mod:`pipelines.registry.promotion`, by ``python -m pipelines.promote`` and the ``promote`` flow.
 
 The gate compares the challenger with the current champion on the *same* current test
 split, recomputed now by loading both from the registry (never numbers logged on another
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.config import RegisterConfig
+from pipelines.config import Params, RegisterConfig
 from pipelines.errors import ConfigError, DataError, GateFailed
 from pipelines.io import atomic_outputs, write_json
 from pipelines.metrics import evaluate
@@ -191,21 +192,17 @@ def write_decision(d: dict, md: Path, js: Path) -> None:
         write_json(d, staged[js])
 
 
-def load_test_split(test: Path) -> pd.DataFrame:
-    """The split the gate compares on; missing or empty is a clear error."""
-    if not test.is_file():
-        raise DataError(f"missing test split {test}; run `dvc repro leakage` first")
-    df = pd.read_parquet(test)
-    if df.empty:
-        raise DataError(f"the test split {test} is empty: nothing to gate on")
-    return df
-
-
-def gate_and_report(reg, test_df: pd.DataFrame, cfg, report: Path, decision_json: Path) -> dict:
-    """Run the gate on the current challenger, write the decision, fail only if params say so."""
+def gate_and_report(reg, test_df: pd.DataFrame, cfg: Params, report: Path, decision_json: Path) -> dict:
+    """Run the gate on the current challenger with ``cfg``'s settings and write the decision (markdown + JSON)."""
     d = run_gate(reg, test_df, cfg.register_, ece_bins=cfg.evaluate.ece_bins, auto_promote=cfg.register_.auto_promote)
     write_decision(d, report, decision_json)
-    print(report_markdown(d))
-    if not d["promote"] and cfg.register_.fail_on_refusal:
-        raise GateFailed(f"challenger v{d['challenger_version']} refused: {'; '.join(d['reasons'])}")
     return d
+
+
+def fail_on_refusal(decision: dict | None, cfg: Params) -> None:
+    """Raise :class:`GateFailed` (exit 3) for a refused challenger when ``register.fail_on_refusal`` says so.
+
+    Called after the decision is written and shown, so a failed run still leaves its reasons behind.
+    ``None`` (no gate ran: a manual promotion or a rollback) passes."""
+    if decision is not None and not decision["promote"] and cfg.register_.fail_on_refusal:
+        raise GateFailed(f"challenger v{decision['challenger_version']} refused: {'; '.join(decision['reasons'])}")

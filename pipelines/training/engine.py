@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from pipelines.config import FinetuneConfig
+from pipelines.training.precision import bf16_supported
 
 
 def accelerator_name() -> str:
@@ -25,17 +26,8 @@ def accelerator_name() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def bf16_supported(accelerator: str) -> bool:
-    if accelerator == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    try:  # x86 CPUs with native bf16 (avx512_bf16 / AMX): bf16 made a ZeRO-2 LoRA step ~2.5x faster here
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def resolve_precision(cfg: FinetuneConfig, accelerator: str) -> str:
+    """``finetune.precision``, with ``auto`` resolved by :func:`pipelines.training.precision.bf16_supported`."""
     if cfg.precision != "auto":
         return cfg.precision
     return "bf16" if bf16_supported(accelerator) else "fp32"

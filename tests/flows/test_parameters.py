@@ -55,3 +55,31 @@ def test_serve_all_only_serves_the_named_deployments_and_refuses_unknown_names()
     assert len(deployments(Params())) == 5
     with pytest.raises(ConfigError, match="retrian"):
         deployments(Params(), ["retrian"])
+
+
+@pytest.mark.parametrize("action", [{"version": "3"}, {"rollback": True}, {}], ids=["version", "rollback", "gate"])
+def test_the_promote_flow_and_cli_reach_the_one_library_dispatch(tmp_path, monkeypatch, action: dict) -> None:
+    """Both only present what ``run_promotion`` returns: the same action reaches it from either, once."""
+    import pipelines.promote as cli
+    from flows import promote as promote_flow
+    from pipelines.registry import promotion
+
+    calls: list[dict] = []
+
+    def fake(cfg, **kwargs) -> promotion.PromotionResult:
+        calls.append({k: kwargs[k] for k in ("version", "rollback")})
+        return promotion.PromotionResult("gate", "m", "1", "2", "what happened")
+
+    monkeypatch.setattr(promotion, "run_promotion", fake)
+    monkeypatch.setattr(promote_flow, "get_run_logger", lambda: __import__("logging").getLogger("t"))
+    artifacts: list[str] = []
+    monkeypatch.setattr(promote_flow, "create_markdown_artifact", lambda **kw: artifacts.append(kw["markdown"]))
+    (tmp_path / "params.yaml").write_text("{}\n")
+    monkeypatch.chdir(tmp_path)
+
+    out = promote_flow.promote.fn(PromoteOptions(**action))
+    cli.main(version=action.get("version"), rollback_=action.get("rollback", False), params=tmp_path / "params.yaml")
+    expected = {"version": action.get("version"), "rollback": action.get("rollback", False)}
+    assert calls == [expected, expected]
+    assert out == {"champion_before": "1", "champion_after": "2", "message": "what happened"}
+    assert "what happened" in artifacts[0]

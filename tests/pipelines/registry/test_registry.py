@@ -17,7 +17,6 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from pipelines.classifier.model_api import SklearnTextClassifier, predict_labels
-from pipelines.config import parse_params
 from pipelines.errors import DataError
 from pipelines.registry import tracking
 from pipelines.registry.aliases import CHALLENGER, CHAMPION, PREVIOUS
@@ -38,34 +37,15 @@ def make_split(n: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame({"text": texts, "label": labels})
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One SQLite store for the module (creating one costs seconds); each test registers its own model name."""
-    return tmp_path_factory.mktemp("mlflow")
-
-
 @pytest.fixture
-def env(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest):
-    """Params pointing at the store, a fresh registered-model name, cwd in tmp_path with a dvc.lock for lineage."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.chdir(tmp_path)
+def env(registry_cfg, tmp_path: Path):
+    """Params pointing at the store, its registry, a train and a test split; a dvc.lock in cwd for lineage."""
     (tmp_path / "dvc.lock").write_text(
         "schema: '2.0'\nstages:\n  leakage:\n    cmd: x\n    outs:\n"
         "    - path: data/processed/train.parquet\n      md5: abc123\n"
     )
-    cfg = parse_params(
-        {
-            "mlflow": {
-                "tracking_uri": f"sqlite:///{store / 'mlflow.db'}",
-                "artifact_root": str(store / "art"),
-                "experiment": "t",
-                "registered_model": request.node.name[:60],
-            },
-            "register": {"gate_macro_f1_tolerance": 0.0, "gate_class_f1_max_drop": 0.05},
-        }
-    )
-    tracking.setup(cfg.mlflow)
-    return cfg, tracking.Registry(cfg.mlflow), make_split(300, 0), make_split(120, 1)
+    tracking.setup(registry_cfg.mlflow)
+    return registry_cfg, tracking.Registry(registry_cfg.mlflow), make_split(300, 0), make_split(120, 1)
 
 
 def save(clf, path: Path) -> Path:
@@ -211,3 +191,12 @@ def test_transformer_candidate_is_registered_from_its_training_run(env, tmp_path
     assert register_logged(reg, cand, weights) == version  # same weights: no duplicate version
     loaded = mlflow.pyfunc.load_model(f"models:/{reg.name}@{CHALLENGER}")
     assert loaded.predict(test[["text"]])["label"].tolist() == predict_labels(clf, test["text"].tolist())
+
+
+def test_a_logged_model_carries_the_whole_pipelines_package(env, tmp_path: Path) -> None:
+    """The model's code is ``pipelines`` itself (its classes import across subpackages), not one subpackage."""
+    cfg, reg, train, test = env
+    v = register(reg, cfg, majority(train), tmp_path / "maj.joblib", test)
+    code = Path(mlflow.artifacts.download_artifacts(f"models:/{reg.name}/{v}", dst_path=str(tmp_path / "dl"))) / "code"
+    assert (code / "pipelines" / "classifier" / "encoder.py").is_file(), sorted(p.name for p in code.iterdir())
+    assert (code / "pipelines" / "training" / "precision.py").is_file()

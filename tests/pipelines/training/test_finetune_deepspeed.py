@@ -20,6 +20,7 @@ import yaml
 from safetensors.torch import load_file
 
 from pipelines.classifier.base_model import resolve_base_model
+from pipelines.classifier.finetune_worker import PROBE_ENV
 from pipelines.classifier.lora import load_adapter
 from pipelines.config import GenerateConfig
 from pipelines.data.generator import generate_tickets
@@ -41,8 +42,16 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 def run(
-    tmp: Path, data: Path, finetune: dict, *, resume: bool = False, ckpt: Path | None = None, timeout: int = 420
+    tmp: Path,
+    data: Path,
+    finetune: dict,
+    *,
+    resume: bool = False,
+    ckpt: Path | None = None,
+    probe: Path | None = None,
+    timeout: int = 420,
 ) -> subprocess.CompletedProcess:
+    """``python -m pipelines.finetune`` on ``data``; with ``probe``, the ranks also write the engine's logits there."""
     params = tmp / "params.yaml"
     params.write_text(
         yaml.safe_dump(
@@ -71,6 +80,9 @@ def run(
     ] + (["--resume"] if resume else [])
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(HF_HUB_OFFLINE="1", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    env.pop(PROBE_ENV, None)
+    if probe is not None:
+        env[PROBE_ENV] = str(probe)
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -87,6 +99,7 @@ def test_one_step_zero3_two_ranks_saves_a_whole_adapter(tmp_path, tiny_data):
             "master_port": 29611,
             "merge_adapter": True,
         },
+        probe=tmp_path / "probe",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     history = json.loads((tmp_path / "out" / "history.json").read_text())
@@ -98,12 +111,13 @@ def test_one_step_zero3_two_ranks_saves_a_whole_adapter(tmp_path, tiny_data):
     assert weights and all("lora_" in k or "classifier" in k for k in weights), sorted(weights)[:5]
     lora_b = [v for k, v in weights.items() if "lora_B" in k]
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b), "lora_B starts at zero: one step must move it"
-    # Save (ZeRO-3, gathered from two ranks) → reload gives the same logits as the engine had.
-    probe = torch.load(tmp_path / "ckpt" / "probe.pt")
-    model = load_adapter(tmp_path / "ckpt" / "last_adapter", resolve_base_model("minilm"))
+    # Save (ZeRO-3, gathered from two ranks) → reload of the published adapter gives the engine's own logits
+    # (one step, one epoch: the best adapter is the last state, on which the ranks computed the probe).
+    probe = torch.load(tmp_path / "probe" / "probe.pt")
+    model = load_adapter(tmp_path / "out", resolve_base_model("minilm"))
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tmp_path / "ckpt" / "last_adapter")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "out")
     with torch.no_grad():
         logits = model(**tok(probe["texts"], truncation=True, max_length=64, padding=True, return_tensors="pt")).logits
     torch.testing.assert_close(logits, probe["logits"], atol=1e-4, rtol=1e-4)
@@ -148,6 +162,8 @@ def test_resume_continues_from_saved_step_and_a_broken_rank_does_not_hang(tmp_pa
     base = {"zero_stage": 2, "world_size": 2, "early_stopping_patience": 5, "master_port": 29621}
     first = run(tmp_path, tiny_data, {**base, "epochs": 1})
     assert first.returncode == 0, first.stderr[-3000:]
+    written = {p.name for d in (tmp_path / "ckpt", tmp_path / "out") for p in d.iterdir()}
+    assert not written & {"last_adapter", "probe.pt", "probe"}, "a production run wrote test-only files"
     steps_epoch1 = json.loads((tmp_path / "out" / "history.json").read_text())["history"][-1]["step"]
     assert steps_epoch1 == 240 // (8 * 2)
 
