@@ -2,8 +2,8 @@
 the Prefect event ``model.drift.detected`` (resource ``model.<registered name>``, the summary as payload).
 
 Retraining is not run here: the ``retrain`` deployment has a trigger on that event (``flows/serve_all.py``).
-The retrain callback monitoring calls on a confirmed breach only records the reason, so monitoring
-resets its persistence count exactly as it does after an inline retrain.
+Once the event is out, the breach is acknowledged (:func:`monitoring.decision.reset_state`), as the CLI
+does after an inline retrain, so the persistence count starts again.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def event_payload(summary: dict, reason: str) -> dict[str, Any]:
     keep = (
         "at",
         "model",
-        "champion_version",
+        "model_alias",
+        "model_version",
         "window",
         "breached",
         "confirmed",
@@ -58,7 +59,9 @@ def publish(summary: dict, links: dict[str, str]) -> None:
     ]
     if rows:
         create_table_artifact(
-            key="monitoring-checks", table=rows, description=f"champion v{summary.get('champion_version')}"
+            key="monitoring-checks",
+            table=rows,
+            description=f"{summary.get('model_alias')} v{summary.get('model_version')}",
         )
     reports = "\n".join(f"- {k}: `{Path(v).resolve()}`" for k, v in (summary.get("reports") or {}).items())
     verdict = (
@@ -74,7 +77,8 @@ def publish(summary: dict, links: dict[str, str]) -> None:
         key="monitoring-summary",
         description="one monitoring pass",
         markdown=(
-            f"# Monitoring: {verdict}\n\n- model `{summary.get('model')}` v{summary.get('champion_version')}, "
+            f"# Monitoring: {verdict}\n\n- model `{summary.get('model')}@{summary.get('model_alias')}` "
+            f"v{summary.get('model_version')}, "
             f"window {summary.get('window')}\n"
             f"- summary: `{Path(summary.get('reports_dir', '.')).resolve()}/summary.json`\n"
             + (reports + "\n" if reports else "")
@@ -87,27 +91,24 @@ def publish(summary: dict, links: dict[str, str]) -> None:
 @flow(name="monitor", log_prints=True)
 def monitor(options: MonitorOptions = MonitorOptions()) -> dict[str, Any]:
     """One pass over the prediction log; a confirmed breach emits ``model.drift.detected``."""
+    from monitoring.decision import reset_state
     from monitoring.run import format_summary, monitor_once
 
     params = common.params_of(options)
-    reasons: list[str] = []
-
-    def note_breach(reason: str) -> dict:
-        reasons.append(reason)
-        return {"version": None, "handled_by": f"Prefect event {DRIFT_EVENT} -> retrain deployment"}
-
-    summary, _ = monitor_once(params, retrain=note_breach)
+    summary, _ = monitor_once(params)
     logger = get_run_logger()
     logger.info(format_summary(summary))
-    if summary.get("confirmed") and not reasons:
+    reason = summary.get("retrain_reason")
+    if summary.get("confirmed") and not reason:
         logger.warning("breach confirmed but monitor.retrain_on_breach is false: no event emitted")
-    if reasons:
+    if reason:
         event = emit_event(
             event=DRIFT_EVENT,
             resource={"prefect.resource.id": resource_id(params.mlflow.registered_model)},
-            payload=event_payload(summary, reasons[0]),
+            payload=event_payload(summary, reason),
         )
         summary["event_id"] = str(event.id) if event is not None else None
-        logger.warning("confirmed breach: emitted %s (%s)", DRIFT_EVENT, reasons[0])
-    publish(summary, common.mlflow_links(params, summary.get("champion_version")))
+        reset_state(Path(params.monitor.reports_dir), f"event {DRIFT_EVENT} emitted: the retrain deployment acts")
+        logger.warning("confirmed breach: emitted %s (%s)", DRIFT_EVENT, reason)
+    publish(summary, common.mlflow_links(params, summary.get("model_version")))
     return common.json_safe(summary)

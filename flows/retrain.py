@@ -1,12 +1,12 @@
 """retrain: labelled production rows → a new DVC-tracked snapshot → the ``training`` flow → on promotion, ``deploy``.
 
 Started by hand or by the trigger on ``model.drift.detected`` (``flows/serve_all.py``); ``reason``
-comes from the event's payload. The snapshot functions are monitoring's (:mod:`monitoring.feedback`).
+comes from the event's payload. The steps are :mod:`monitoring.feedback`'s, the same ones
+``python -m monitoring.run`` composes without Prefect; here ``training`` does the reproduction.
 """
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,9 @@ from flows import common
 from flows.common import Options
 from flows.deploy import DeployOptions, deploy
 from flows.training import TrainingOptions, training
+from monitoring import feedback
 from pipelines.config import Params
+from pipelines.data.snapshots import snapshots_dir
 
 
 class RetrainOptions(Options):
@@ -31,44 +33,31 @@ class RetrainOptions(Options):
 
 
 @task(name="snapshot-feedback")
-def snapshot(params: Params) -> Path:
+def take_snapshot(params: Params) -> Path:
     """Labelled production rows not yet in any snapshot → ``snapshot-<utc>.parquet`` + its ``.dvc`` file."""
-    from monitoring.feedback import dvc_add, snapshot_rows, used_ids, write_snapshot
-    from monitoring.windows import read_log_frames
-
-    snapshots_dir = Path(params.data.snapshots_dir or "data/snapshots")
-    _, labelled, _ = read_log_frames(params.monitor.log_dir)
-    path = write_snapshot(snapshot_rows(labelled, used_ids(snapshots_dir)), snapshots_dir)
     with common.dvc_lock(params):
-        dvc_add(path, Path("."), runner=lambda cmd, **kw: common.run_command(cmd, kw.get("cwd", ".")))
+        path = feedback.snapshot_feedback(params)
     get_run_logger().info("snapshot %s", path)
     return path
 
 
 @task(name="tag-lineage")
-def tag_lineage(snapshot_path: Path, reason: str, params_file: str) -> dict:
-    """Tag the registered version with its snapshot: :func:`monitoring.feedback.retrain` after ``dvc repro``.
-
-    ``dvc repro`` already ran in the training flow, so the runner given here answers that command
-    without running it; everything after it (reading the decision, the ``lineage.*`` tags) is monitoring's.
-    """
-    from monitoring.feedback import retrain as tag_after_repro
-
-    def already_reproduced(cmd: list[str], **_: Any) -> subprocess.CompletedProcess:
-        return subprocess.CompletedProcess(cmd, 0, "reproduced by the training flow", "")
-
-    return tag_after_repro(Path("."), snapshot_path, params_file=params_file, reason=reason, runner=already_reproduced)
+def record_lineage(params: Params, snapshot: Path, version: str, reason: str) -> dict[str, str]:
+    """Tag the version the training flow registered with the snapshot it was trained on."""
+    return feedback.tag_lineage(params, snapshot, version, reason)
 
 
 @flow(name="retrain", log_prints=True)
 def retrain(reason: str = "manual", options: RetrainOptions = RetrainOptions()) -> dict[str, Any]:
     """Snapshot feedback, run training (DVC + gate), deploy on promotion."""
     params = common.params_of(options)
+    snapshots_dir(params.data)  # before anything: a null data.snapshots_dir would retrain on unchanged data
     logger = get_run_logger()
     logger.info("retrain: %s", reason)
-    path = snapshot(params)
+    path = take_snapshot(params)
     trained = training(TrainingOptions(params_file=options.params_file, force=options.force))
-    outcome = tag_lineage(path, reason, options.params_file) if trained.get("challenger_version") else {}
+    version = trained.get("challenger_version")
+    outcome = record_lineage(params, path, str(version), reason) if version else {}
     deployed = None
     deploy_wanted = (
         params.flows.deploy_on_promotion if options.deploy_on_promotion is None else options.deploy_on_promotion

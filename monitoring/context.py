@@ -1,8 +1,9 @@
-"""What a monitoring pass compares against, prepared once per champion version.
+"""What a monitoring pass compares against, prepared once per served version.
 
-The champion (``models:/<name>@champion``), its values at registration (the register run's
+The served model (``models:/<name>@<serve.model_alias>``: monitoring judges exactly what serving
+serves, the champion unless params say otherwise), its values at registration (the register run's
 ``test_accuracy`` / ``test_macro_f1`` metrics, else the ``gate.test_macro_f1`` tag), the
-reference sample of train with its descriptors and embedding projection, and the champion's
+reference sample of train with its descriptors and embedding projection, and the model's
 performance on validation (per-class F1 is not stored at registration, so it is measured there).
 """
 
@@ -19,7 +20,8 @@ from monitoring.features import DESCRIPTORS, EmbeddingProjector, Encode, descrip
 from monitoring.windows import Reference, build_reference
 from pipelines.config import Params
 from pipelines.errors import DataError
-from pipelines.io import read_parquet
+from pipelines.io import read_split
+from pipelines.registry.aliases import CHAMPION
 
 
 @dataclass
@@ -44,7 +46,7 @@ class Context:
 
 
 def registered_values(reg: Any, version: str) -> dict[str, Any]:
-    """Accuracy and macro-F1 the champion had at registration (test split), from the registry."""
+    """Accuracy and macro-F1 version ``version`` had at registration (test split), from the registry."""
     mv = reg.version(version)
     run_id = mv.tags.get("source_run_id") or mv.run_id
     metrics = reg.client.get_run(run_id).data.metrics if run_id else {}
@@ -61,16 +63,20 @@ def registered_values(reg: Any, version: str) -> dict[str, Any]:
     return out
 
 
-def champion(params: Params) -> tuple[Any, str, Any]:
-    """``(registry, champion version, loaded model)``; a clear error if there is none."""
+def served_model(params: Params) -> tuple[Any, str, str, Any]:
+    """``(registry, alias, version, loaded model)`` of the model serving serves (``serve.model_alias``)."""
     from pipelines.registry import tracking
 
+    alias = params.serve.model_alias
     tracking.setup(params.mlflow)
     reg = tracking.Registry(params.mlflow)
-    version = reg.alias("champion") if reg.exists() else None
+    version = reg.alias(alias) if reg.exists() else None
     if version is None:
-        raise DataError(f"no champion for '{reg.name}' in {reg.uri}: run `dvc repro` (register) before monitoring")
-    return reg, version, reg.load("@champion")
+        hint = "run `dvc repro` (register)" if alias == CHAMPION else f"set the alias '{alias}' in the registry"
+        raise DataError(
+            f"no '{alias}' version of '{reg.name}' in {reg.uri} (serve.model_alias): {hint} before monitoring"
+        )
+    return reg, alias, version, reg.load(version)
 
 
 def prepare(
@@ -84,9 +90,7 @@ def prepare(
 ) -> Context:
     """Build the reference for ``version`` (the slow part: embeddings of the reference sample)."""
     cfg = params.monitor
-    ref = build_reference(
-        read_parquet(processed / "train.parquet"), read_parquet(processed / "val.parquet"), model, version, cfg
-    )
+    ref = build_reference(read_split(processed, "train"), read_split(processed, "val"), model, version, cfg)
     vocab = vocabulary(ref.vocab_texts)
     projector = None
     feats = descriptors(ref.train["text"].tolist(), vocab)
@@ -95,6 +99,6 @@ def prepare(
             encode or minilm_encoder(params.baselines.torch_threads), cfg.embedding_components, cfg.seed
         )
         feats = pd.concat([feats, projector.fit_transform(ref.train["text"].tolist())], axis=1)
-    val_perf = performance(ref.val["label"], ref.val["prediction"])
+    val_perf = performance(ref.val["label"], ref.val["prediction"], ref.classes)
     registered = registered_values(reg, version) if reg is not None else {}
     return Context(ref, vocab, projector, feats, val_perf, registered)

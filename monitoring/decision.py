@@ -9,14 +9,17 @@ window never retrains the model and re-running on an unchanged log never counts 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, f1_score
 
 from pipelines.config import MonitorConfig
+from pipelines.errors import DataError
+from pipelines.metrics import score
 
 STATE_FILE = "state.json"
 
@@ -32,22 +35,35 @@ def check(name: str, value: float | None, threshold: float, breach: bool | None,
     }
 
 
-def performance(true: pd.Series, pred: pd.Series) -> dict[str, Any]:
-    """Accuracy, macro-F1 and per-class F1 (with support) of labelled rows."""
-    t, p = true.astype(str).tolist(), pred.astype(str).tolist()
-    labels = sorted(set(t) | set(p))
-    f1s = f1_score(t, p, labels=labels, average=None, zero_division=0)
-    support = pd.Series(t).value_counts()
+def performance(true: pd.Series, pred: pd.Series, classes: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, macro-F1 and per-class F1 (with support) of labelled rows, scored by
+    :func:`pipelines.metrics.score` over the model's ``classes``: the function and label set that produced the
+    registered test metrics these numbers are compared with (a feedback label the model never saw counts as
+    an error; a class with no labelled row does not enter macro-F1)."""
+    m = score(true.astype(str).tolist(), one_hot(pred, classes), classes)
     return {
-        "accuracy": float(accuracy_score(t, p)),
-        "macro_f1": float(f1_score(t, p, average="macro", zero_division=0)),
-        "n": len(t),
-        "per_class": {c: {"f1": float(f), "support": int(support.get(c, 0))} for c, f in zip(labels, f1s)},
+        "accuracy": m["accuracy"],
+        "macro_f1": m["macro_f1"],
+        "n": m["n"],
+        "per_class": {c: {"f1": v["f1"], "support": v["support"]} for c, v in m["per_class"].items()},
     }
 
 
+def one_hot(pred: pd.Series, classes: Sequence[str]) -> np.ndarray:
+    """Predicted labels as a probability matrix over ``classes`` (the log keeps the labels; the argmax of a
+    one-hot row is exactly its label, which is all :func:`performance` reads from it)."""
+    index = {str(c): i for i, c in enumerate(classes)}
+    labels = pred.astype(str).tolist()
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        raise DataError(f"predictions {unknown} are not classes of the model {list(classes)}")
+    out = np.zeros((len(labels), len(index)))
+    out[np.arange(len(labels)), [index[x] for x in labels]] = 1.0
+    return out
+
+
 def performance_checks(perf: dict | None, registered: dict, val_perf: dict, cfg: MonitorConfig) -> list[dict]:
-    """Drops of accuracy and macro-F1 vs the champion at registration, and of class F1 vs validation."""
+    """Drops of accuracy and macro-F1 vs the served version at registration, and of class F1 vs validation."""
     names = ("accuracy_drop", "macro_f1_drop", "class_f1_drop")
     if perf is None or perf["n"] < cfg.min_labelled_rows:
         n = 0 if perf is None else perf["n"]
@@ -59,7 +75,7 @@ def performance_checks(perf: dict | None, registered: dict, val_perf: dict, cfg:
     for metric, limit in (("accuracy", cfg.max_accuracy_drop), ("macro_f1", cfg.max_macro_f1_drop)):
         base = registered.get(metric)
         if base is None:
-            out.append(check(f"{metric}_drop", None, limit, None, "the champion has no registered value"))
+            out.append(check(f"{metric}_drop", None, limit, None, "the served version has no registered value"))
             continue
         drop = base - perf[metric]
         out.append(
@@ -83,7 +99,7 @@ def performance_checks(perf: dict | None, registered: dict, val_perf: dict, cfg:
             drops[worst] if worst else None,
             cfg.max_class_f1_drop,
             None if worst is None else drops[worst] > cfg.max_class_f1_drop,
-            f"worst class {worst!r} (F1 vs the champion on validation; classes with >= "
+            f"worst class {worst!r} (F1 vs the served version on validation; classes with >= "
             f"{cfg.min_class_support} labelled rows)"
             if worst
             else "no class has enough labelled rows",
@@ -142,9 +158,17 @@ def update(state: dict[str, Any], key: str, breached: list[str], cfg: MonitorCon
 
 
 def reset(state: dict[str, Any], reason: str) -> dict[str, Any]:
-    """After a retrain: start counting again (the new champion gets fresh windows)."""
+    """After a retrain: start counting again (the next model gets fresh windows)."""
     return {
         **state,
         "consecutive": 0,
         "last_reset": {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "reason": reason},
     }
+
+
+def reset_state(reports_dir: Path, reason: str) -> dict[str, Any]:
+    """Acknowledge a confirmed breach that was acted on (a retrain ran, or the drift event went out): the count
+    starts again, so the next model gets fresh windows. Called by whoever acted, never by the pass itself."""
+    state = reset(load_state(reports_dir), reason)
+    save_state(state, reports_dir)
+    return state

@@ -5,8 +5,9 @@ Runs in a temporary copy of the repository (your workspace is untouched) with sm
 would put the snapshot, the newest rows, only into val/test, so the retrained model would never
 learn period B; ``leakage.time_order_action: report`` for the same reason). Traffic goes through
 the real Ray Serve endpoint (``python -m serving.app``); with ``--in-process`` (or if the endpoint
-does not come up) the registered champion predicts in-process and rows go to the log through
-:func:`serving.prediction_log.write_part`. Recovery is measured on *fresh* period-B data (a seed
+does not come up) the served model predicts in-process and rows go to the log through
+:func:`serving.prediction_log.write_part`. Retraining is :func:`monitoring.run.run_pass`'s, as in
+``python -m monitoring.run``. Recovery is measured on *fresh* period-B data (a seed
 neither model saw), not on the rows it was retrained on.
 """
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +24,7 @@ import typer
 import yaml
 
 from monitoring import demo_traffic as traffic
-from pipelines.io import tool
+from pipelines.io import run_command, tool
 
 ROOT = Path(__file__).resolve().parents[1]
 COPY = ("pipelines", "serving", "monitoring", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore")
@@ -56,23 +56,22 @@ def make_repo(dst: Path, extra: tuple[str, ...] = ()) -> Path:
             shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
         elif src.exists():
             shutil.copy2(src, dst / name)
-    (dst / "data" / "snapshots").mkdir(parents=True)
-    (dst / "data" / "snapshots" / "README.md").write_text("Labelled production snapshots (monitoring/feedback.py).\n")
+    snapshots = dst / "data" / "snapshots"
+    snapshots.mkdir(parents=True)
+    (snapshots / "README.md").write_text("Labelled production snapshots (pipelines/data/snapshots.py).\n")
     params = yaml.safe_load((dst / "params.yaml").read_text())
     for section, values in SMALL.items():
         if section in params or section in ("finetune",):
             params.setdefault(section, {}).update(values)
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (["git", "init", "-q"], [tool("dvc"), "init", "-q"], [tool("dvc"), "config", "core.analytics", "false"]):
-        subprocess.run(cmd, cwd=dst, check=True, capture_output=True)
+        run_command(cmd, dst, check=True)
     return dst
 
 
 def train_period_a() -> None:
     """``dvc repro`` in the demo repository (the current directory): period A only, champion registered."""
-    from monitoring.feedback import run_checked
-
-    run_checked([tool("dvc"), "repro"], Path.cwd())
+    run_command([tool("dvc"), "repro"], check=True)
 
 
 def main(
@@ -82,7 +81,7 @@ def main(
     in_process: Annotated[bool, typer.Option(help="skip Ray Serve; log predictions in-process")] = False,
 ) -> None:
     """Drift demo end to end in a temporary copy of the repository; prints before/after numbers."""
-    from monitoring.run import default_retrain, format_summary, monitor_once
+    from monitoring.run import format_summary, run_pass
     from pipelines.config import load_params
 
     t0 = time.time()
@@ -97,7 +96,7 @@ def main(
         ctx, windows = None, [("A", 101)] + [("B", 200 + i) for i in range(params.monitor.persistence)]
         for period, seed in windows:
             sender.send(traffic.period(params.monitor.window_size, seed, drift=period == "B"))
-            summary, ctx = monitor_once(params, ctx=ctx, retrain=default_retrain(params))
+            summary, ctx = run_pass(params, ctx=ctx)
             print(f"\n[demo] period {period} window (seed {seed}):\n{format_summary(summary)}", flush=True)
             if "retrain" in summary:
                 break

@@ -13,7 +13,9 @@ from datetime import datetime, timezone
 import pandas as pd
 
 from pipelines.config import DataConfig, GenerateConfig, IngestConfig, Params
+from pipelines.errors import DataError
 from pipelines.io import free_port
+from pipelines.registry.aliases import CHAMPION
 
 
 def period(n: int, seed: int, drift: bool) -> pd.DataFrame:
@@ -78,32 +80,35 @@ class Sender:
         time.sleep(self.params.serve.log_flush_s + 2.0)  # the replica flushes its log buffer on a timer
 
     def _in_process(self, df: pd.DataFrame) -> None:
+        """What serving would log: the served version (``serve.model_alias``) predicts, feedback follows."""
         from pipelines.registry import tracking
-        from serving.prediction_log import FEEDBACK, PREDICTIONS, probabilities_json, text_hash, write_part
+        from serving.prediction_log import FEEDBACK, PREDICTIONS, feedback_row, prediction_row, write_part
 
         reg = tracking.Registry(self.params.mlflow)
-        version, model = reg.alias("champion"), reg.load("@champion")
+        version = reg.alias(self.params.serve.model_alias)
+        if version is None:
+            raise DataError(f"'{reg.name}' has no '{self.params.serve.model_alias}' alias (serve.model_alias)")
+        model = reg.load(version)
         proba, now = model.predict_proba(df["text"].tolist()), datetime.now(timezone.utc)
         preds, fbs = [], []
         for text, label, p in zip(df["text"], df["label"], proba):
             rid = uuid.uuid4().hex
             preds.append(
-                {
-                    "ts": now,
-                    "request_id": rid,
-                    "item": 0,
-                    "model_name": reg.name,
-                    "model_version": version,
-                    "text_sha256": text_hash(text),
-                    "text": text,
-                    "label": model.classes[int(p.argmax())],
-                    "confidence": float(p.max()),
-                    "probabilities": probabilities_json(model.classes, p),
-                    "latency_ms": 0.0,
-                    "batch_size": len(df),
-                }
+                prediction_row(
+                    ts=now,
+                    request_id=rid,
+                    item=0,
+                    model_name=reg.name,
+                    model_version=version,
+                    text=text,
+                    stored_text=text,  # already cleaned as ingest cleans (period())
+                    classes=model.classes,
+                    proba=p,
+                    latency_ms=0.0,
+                    batch_size=len(df),
+                )
             )
-            fbs.append({"ts": now, "request_id": rid, "item": 0, "true_label": label})
+            fbs.append(feedback_row(ts=now, request_id=rid, item=0, true_label=label))
         write_part(self.params.monitor.log_dir, PREDICTIONS, preds, now)
         write_part(self.params.monitor.log_dir, FEEDBACK, fbs, now)
 
@@ -124,10 +129,11 @@ def before_after(params: Params) -> str:
     """Old vs new champion on fresh period-B and period-A tickets."""
     from pipelines.metrics import evaluate
     from pipelines.registry import tracking
+    from pipelines.registry.gate import HISTORY_TAG
 
     reg = tracking.Registry(params.mlflow)
-    history = [v for v in reg.model_tag("champion_history").split(",") if v]
-    first, now = history[0], reg.alias("champion")
+    history = [v for v in reg.model_tag(HISTORY_TAG).split(",") if v]
+    first, now = history[0], reg.alias(CHAMPION)
     lines = [f"  {'model':<22}{'B accuracy':>12}{'B macro-F1':>12}{'A accuracy':>12}{'A macro-F1':>12}"]
     b, a = period(1000, 999, drift=True), period(1000, 998, drift=False)
     for name, v in (("before (v" + first + ")", first), ("after  (v" + str(now) + ")", now)):

@@ -1,138 +1,110 @@
-"""Feedback loop: labelled production rows → a new DVC-tracked raw snapshot → ``dvc repro`` → the same gate.
+"""Retraining on feedback, as small steps that both the CLI and the Prefect ``retrain`` flow compose.
 
-``data/snapshots/snapshot-<utc>.parquet`` holds ``id`` (``request_id:item``), ``text``, ``label``
-(the feedback label) and ``timestamp`` (when it was predicted); ingest appends every snapshot
-(:func:`pipelines.ingest.read_snapshots`). Rows already in an earlier snapshot are left out
-("since the last training" = not yet used by any snapshot); a file is never overwritten. Each
-snapshot gets its own ``.dvc`` file. :func:`retrain` is a plain function (no orchestration) a
-Prefect flow can call; it records which snapshot trained which registered version as MLflow tags.
+1. :func:`snapshot_feedback`: the labelled rows of the prediction log not yet in any snapshot become a
+   new snapshot (:mod:`pipelines.data.snapshots` owns the file and its schema) with its own ``.dvc`` file;
+2. a reproduction through DVC: :func:`reproduce` (``dvc repro``, for ``python -m monitoring.run`` and the
+   drift demo, which have no Prefect) or the ``training`` flow (stage by stage under the DVC lock); the
+   register stage's gate decides and writes ``reports/promotion.json``;
+3. :func:`tag_lineage`: the registered version records, as MLflow tags, which snapshot trained it;
+4. :func:`monitoring.decision.reset_state`: whoever acted on the breach acknowledges it.
+
+:func:`retrain_on_feedback` is steps 1-3 for the CLI. Nothing here calls back into flows or orchestration;
+the retraining needs ``data.snapshots_dir`` (it fails first, naming it, when that is null).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
 
-from pipelines.errors import DataError, PipelineError
-from pipelines.io import tool
+from monitoring.windows import read_log_frames
+from pipelines import io as pipeline_io
+from pipelines.config import Params
+from pipelines.data.snapshots import new_rows, snapshot_frame, snapshots_dir, used_ids, write_snapshot
+from pipelines.errors import PipelineError
 
-Runner = Callable[..., subprocess.CompletedProcess]
-
-
-def used_ids(snapshots_dir: Path) -> set[str]:
-    """Ids of every row already in a snapshot."""
-    return {
-        i
-        for f in sorted(Path(snapshots_dir).glob("snapshot-*.parquet"))
-        for i in pd.read_parquet(f, columns=["id"])["id"].astype(str)
-    }
+DECISION = Path("reports/promotion.json")  # the register stage's gate decision
 
 
-def snapshot_rows(labelled: pd.DataFrame, used: set[str]) -> pd.DataFrame:
-    """Labelled predictions (with text) not yet in a snapshot, in canonical columns id/text/label/timestamp."""
+def feedback_rows(labelled: pd.DataFrame) -> pd.DataFrame:
+    """Labelled predictions (with text) as snapshot rows; the id is ``request_id:item``."""
     df = labelled[labelled["text"].notna() & labelled["true_label"].notna()]
-    out = pd.DataFrame(
-        {
-            "id": df["request_id"].astype(str) + ":" + df["item"].astype(str),
-            "text": df["text"].astype(str),
-            "label": df["true_label"].astype(str),
-            "timestamp": pd.to_datetime(df["ts"], utc=True),
-        }
-    )
-    out = out.drop_duplicates("id", keep="last")
-    return out[~out["id"].isin(used)].reset_index(drop=True)
+    ids = df["request_id"].astype(str) + ":" + df["item"].astype(str)
+    return snapshot_frame(ids, df["text"], df["true_label"], df["ts"])
 
 
-def write_snapshot(rows: pd.DataFrame, snapshots_dir: Path, now: datetime | None = None) -> Path:
-    """Write ``snapshot-<utc>.parquet`` (exclusive create: an existing snapshot is never overwritten)."""
-    if rows.empty:
-        raise DataError("no new labelled production rows to snapshot (all labelled rows are in earlier snapshots)")
-    now = now or datetime.now(timezone.utc)
-    path = Path(snapshots_dir) / f"snapshot-{now:%Y%m%dT%H%M%S%fZ}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name + ".tmp")
-    rows.to_parquet(tmp, index=False)
-    try:
-        os.link(tmp, path)  # fails if the name exists: never overwrite
-    except FileExistsError:
-        raise DataError(f"snapshot {path} already exists; not overwriting it") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+def snapshot_feedback(params: Params, now: datetime | None = None) -> Path:
+    """Snapshot the labelled production rows no snapshot holds yet and ``dvc add`` it; return its path.
+
+    Run it where ``dvc.yaml`` is (the paths in params are relative to the repository)."""
+    directory = snapshots_dir(params.data)  # before anything: null means retraining on unchanged data
+    _, labelled, _ = read_log_frames(params.monitor.log_dir)
+    path = write_snapshot(new_rows(feedback_rows(labelled), used_ids(directory)), directory, now)
+    dvc_add(path)
     return path
 
 
-def run_checked(cmd: list[str], cwd: Path, runner: Runner = subprocess.run) -> subprocess.CompletedProcess:
-    """Run ``cmd`` in ``cwd``; a non-zero exit is a PipelineError carrying the tail of its output."""
-    r = runner(cmd, cwd=str(cwd), capture_output=True, text=True)
-    if r.returncode != 0:
-        raise PipelineError(
-            f"`{' '.join(cmd)}` failed (exit {r.returncode}):\n{(r.stdout or '')[-2000:]}{(r.stderr or '')[-2000:]}"
-        )
-    return r
-
-
-def dvc_add(path: Path, repo: Path, runner: Runner = subprocess.run) -> Path:
+def dvc_add(path: Path) -> Path:
     """``dvc add`` the snapshot (its own ``.dvc`` file); return the ``.dvc`` path."""
-    run_checked([tool("dvc"), "add", str(Path(path).resolve().relative_to(Path(repo).resolve()))], repo, runner)
-    return Path(str(path) + ".dvc")
+    pipeline_io.run_command([pipeline_io.tool("dvc"), "add", str(path)], check=True)
+    return Path(f"{path}.dvc")
+
+
+def reproduce() -> dict[str, Any]:
+    """``dvc repro`` (the register stage runs the gate); return the decision the register stage made now.
+
+    A decision older than this run means DVC did not re-run the pipeline on the new snapshot: an error,
+    rather than tagging an earlier version with this snapshot."""
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    pipeline_io.run_command([pipeline_io.tool("dvc"), "repro"], check=True)
+    decision = read_decision()
+    if str(decision.get("decided_at", "")) < started:
+        raise PipelineError(
+            f"`dvc repro` did not re-run the register stage ({DECISION} is older than this run): the new "
+            "snapshot changed nothing DVC tracks; is data.snapshots_dir among the ingest stage's deps in dvc.yaml?"
+        )
+    return decision
+
+
+def read_decision(path: Path = DECISION) -> dict[str, Any]:
+    return json.loads(Path(path).read_text(encoding="utf-8")) if Path(path).is_file() else {}
 
 
 def snapshot_md5(dvc_file: Path) -> str:
+    """The md5 DVC recorded for the snapshot (its content address), or '' without a ``.dvc`` file."""
     doc = yaml.safe_load(Path(dvc_file).read_text(encoding="utf-8")) if Path(dvc_file).is_file() else {}
     return str((doc or {}).get("outs", [{}])[0].get("md5", ""))
 
 
-def retrain(
-    repo: Path, snapshot: Path, *, params_file: str = "params.yaml", reason: str = "", runner: Runner = subprocess.run
-) -> dict:
-    """``dvc repro`` in ``repo`` (the register stage runs the gate) and tag the new version with the snapshot."""
-    from pipelines.config import load_params
+def tag_lineage(params: Params, snapshot: Path, version: str, reason: str) -> dict[str, str]:
+    """Tag registered ``version`` with the snapshot it was trained on (name, DVC md5, rows, why); return the tags."""
     from pipelines.registry import tracking
 
-    repo = Path(repo)
-    run_checked([tool("dvc"), "repro"], repo, runner)
-    decision_path = repo / "reports" / "promotion.json"
-    decision = json.loads(decision_path.read_text(encoding="utf-8")) if decision_path.is_file() else {}
+    tags = {
+        "lineage.snapshot": Path(snapshot).name,
+        "lineage.snapshot_md5": snapshot_md5(Path(f"{snapshot}.dvc")),
+        "lineage.snapshot_rows": str(len(pd.read_parquet(snapshot, columns=["id"]))),
+        "lineage.retrain_reason": reason[:4000] or "monitoring breach",
+    }
+    tracking.Registry(params.mlflow).tag_version(version, tags)
+    return tags
+
+
+def retrain_on_feedback(params: Params, reason: str) -> dict[str, Any]:
+    """Steps 1-3 without Prefect: snapshot, ``dvc repro``, lineage tags. Returns what happened."""
+    path = snapshot_feedback(params)
+    decision = reproduce()
     version = decision.get("challenger_version")
-    if version:
-        cfg = load_params(repo / params_file)
-        cwd = Path.cwd()
-        os.chdir(repo)  # the tracking URI / artifact root in params are relative to the repository
-        try:
-            tracking.setup(cfg.mlflow)
-            dvc_file = Path(str(snapshot) + ".dvc")
-            tracking.Registry(cfg.mlflow).tag_version(
-                version,
-                {
-                    "lineage.snapshot": str(Path(snapshot).name),
-                    "lineage.snapshot_md5": snapshot_md5(dvc_file),
-                    "lineage.snapshot_rows": len(pd.read_parquet(snapshot, columns=["id"])),
-                    "lineage.retrain_reason": reason[:4000] or "monitoring breach",
-                },
-            )
-        finally:
-            os.chdir(cwd)
     return {
         "version": version,
         "promoted": bool(decision.get("promoted")),
         "reasons": decision.get("reasons", []),
         "champion_after": decision.get("champion_version_after"),
-        "snapshot": str(snapshot),
+        "snapshot": str(path),
+        "lineage": tag_lineage(params, path, str(version), reason) if version else {},
     }
-
-
-def feedback_loop(
-    repo: Path, labelled: pd.DataFrame, snapshots_dir: Path, *, reason: str = "", runner: Runner = subprocess.run
-) -> dict:
-    """Snapshot the new labelled rows, ``dvc add`` it, retrain. Returns what happened."""
-    rows = snapshot_rows(labelled, used_ids(snapshots_dir))
-    path = write_snapshot(rows, snapshots_dir)
-    dvc_add(path, repo, runner)
-    return {"snapshot_rows": len(rows), **retrain(repo, path, reason=reason, runner=runner)}

@@ -3,6 +3,10 @@
     python -m monitoring.run                 # one pass on the prediction log; retrains on a confirmed breach
     python -m monitoring.run --no-retrain    # report only
 
+:func:`monitor_once` judges the model serving serves (``serve.model_alias``) and only reports: on a
+confirmed breach (with ``monitor.retrain_on_breach``) its summary carries ``retrain_reason``. Acting on
+it is the caller's: :func:`run_pass` (this CLI and the drift demo) retrains inline through
+:mod:`monitoring.feedback`; the Prefect ``monitor`` flow emits an event that starts the ``retrain`` flow.
 Writes ``reports/monitoring/<utc>/`` (HTML reports + ``summary.json``: each metric, its threshold,
 breach true/false), logs them to MLflow (run ``monitor``), and keeps the breach count in
 ``reports/monitoring/state.json``.
@@ -11,7 +15,6 @@ breach true/false), logs them to MLflow (run ``monitor``), and keeps the breach 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,13 +23,13 @@ import typer
 
 from monitoring import decision as dec
 from monitoring import evidently_adapter as ev
-from monitoring.context import Context, champion, prepare
+from monitoring.context import Context, prepare, served_model
 from monitoring.features import Encode
+from monitoring.feedback import retrain_on_feedback
 from monitoring.windows import check_schema, current_window, read_log_frames
 from pipelines.config import Params, load_params
+from pipelines.data.snapshots import snapshots_dir
 from pipelines.errors import run_cli
-
-Retrain = Callable[[str], dict]
 
 
 def evaluate(ctx: Context, win: Any, params: Params) -> tuple[list[dict], dict[str, Any]]:
@@ -40,7 +43,7 @@ def evaluate(ctx: Context, win: Any, params: Params) -> tuple[list[dict], dict[s
     )
     enough = len(lab) >= cfg.min_labelled_rows
     label = ev.column_drift("label_drift", ref.train, lab, [], ["label"], cfg) if enough else None
-    perf = dec.performance(lab["label"], lab["prediction"]) if len(lab) else None
+    perf = dec.performance(lab["label"], lab["prediction"], ref.classes) if len(lab) else None
     checks = [
         dec.drift_check("data_drift", data, cfg.drift_share),
         dec.drift_check("prediction_drift", pred, cfg.cat_threshold),
@@ -53,12 +56,22 @@ def evaluate(ctx: Context, win: Any, params: Params) -> tuple[list[dict], dict[s
         *dec.performance_checks(perf, ctx.registered, ctx.val_perf, cfg),
     ]
     snaps = {"data_drift": data.snapshot, "prediction_drift": pred.snapshot}
+    notes = []
     if label is not None:
         snaps["label_drift"] = label.snapshot
-        snaps["performance"] = ev.classification_report(
-            ref.val.rename(columns={"label": "target"}), lab.rename(columns={"label": "target"}), ref.classes
-        )
-    extra = {"performance": perf, "data_drift_columns": data.columns}
+        # Evidently's report compares each current label with the reference and fails on one the reference
+        # lacks: those rows stay out of the HTML report (the checks above score them, as errors).
+        shown = lab[lab["label"].isin(set(ref.val["label"]))]
+        if len(shown) < len(lab):
+            left_out = sorted(set(lab["label"]) - set(shown["label"]))
+            notes.append(
+                f"performance.html leaves out {len(lab) - len(shown)} row(s) labelled {left_out} (not in the reference)"
+            )
+        if len(shown):
+            snaps["performance"] = ev.classification_report(
+                ref.val.rename(columns={"label": "target"}), shown.rename(columns={"label": "target"}), ref.classes
+            )
+    extra = {"performance": perf, "data_drift_columns": data.columns, "notes": notes}
     return checks, {"snapshots": snaps, **extra}
 
 
@@ -66,14 +79,14 @@ def monitor_once(
     params: Params,
     *,
     ctx: Context | None = None,
-    retrain: Retrain | None = None,
     now: datetime | None = None,
     log_mlflow: bool = True,
     encode: Encode | None = None,
 ) -> tuple[dict, Context]:
-    """One pass; returns the summary and the (reusable) context. ``retrain(reason)`` runs on a confirmed breach."""
+    """One pass; returns the summary and the (reusable) context. Reports only: a confirmed breach that
+    should retrain sets ``summary["retrain_reason"]`` for the caller to act on."""
     cfg, now = params.monitor, now or datetime.now(timezone.utc)
-    reg, version, model = champion(params)
+    reg, alias, version, model = served_model(params)
     if ctx is None or ctx.reference.version != version:
         ctx = prepare(params, reg, version, model, encode=encode)
     preds, labelled, feedback = read_log_frames(cfg.log_dir)
@@ -82,7 +95,8 @@ def monitor_once(
     summary: dict[str, Any] = {
         "at": now.isoformat(),
         "model": reg.name,
-        "champion_version": version,
+        "model_alias": alias,
+        "model_version": version,
         "window": {"mode": cfg.window_mode, **win.counts},
         "notes": win.notes,
         "reports_dir": str(out),
@@ -93,6 +107,7 @@ def monitor_once(
     else:
         summary["notes"] += check_schema(ctx.reference, win)
         checks, extra = evaluate(ctx, win, params)
+        summary["notes"] += extra["notes"]
         breached = [c["metric"] for c in checks if c["breach"]]
         state, confirmed, note = dec.update(state, win.key, breached, cfg)
         summary.update(
@@ -104,14 +119,44 @@ def monitor_once(
             registered=ctx.registered,
         )
         summary["reports"] = {k: str(ev.save_html(s, out / f"{k}.html")) for k, s in extra["snapshots"].items()}
-        if confirmed and cfg.retrain_on_breach and retrain is not None:
-            summary["retrain"] = retrain(f"confirmed breach of {breached} over {cfg.persistence} windows")
-            state = dec.reset(state, f"retrained: {summary['retrain'].get('version')}")
+        if confirmed and cfg.retrain_on_breach:
+            summary["retrain_reason"] = f"confirmed breach of {breached} over {cfg.persistence} windows"
     dec.save_state(state, Path(cfg.reports_dir))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    write_summary(summary)
     if log_mlflow:
         _log(summary, out, version)
+    return summary, ctx
+
+
+def write_summary(summary: dict) -> Path:
+    """``<reports_dir>/summary.json`` of a pass (written again when the caller adds what it did)."""
+    path = Path(summary["reports_dir"]) / "summary.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def run_pass(
+    params: Params,
+    *,
+    retrain_inline: bool = True,
+    ctx: Context | None = None,
+    encode: Encode | None = None,
+    log_mlflow: bool = True,
+) -> tuple[dict, Context]:
+    """One pass as the CLI and the drift demo run it (no Prefect): on ``retrain_reason``, retrain inline
+    (:func:`monitoring.feedback.retrain_on_feedback`) and acknowledge the breach.
+
+    With retraining on, a null ``data.snapshots_dir`` fails before the pass: it could only retrain on
+    unchanged data."""
+    if retrain_inline and params.monitor.retrain_on_breach:
+        snapshots_dir(params.data)
+    summary, ctx = monitor_once(params, ctx=ctx, encode=encode, log_mlflow=log_mlflow)
+    reason = summary.get("retrain_reason")
+    if reason and retrain_inline:
+        summary["retrain"] = retrain_on_feedback(params, reason)
+        dec.reset_state(Path(params.monitor.reports_dir), f"retrained: v{summary['retrain'].get('version')}")
+        write_summary(summary)
     return summary, ctx
 
 
@@ -122,7 +167,8 @@ def _log(summary: dict, out: Path, version: str) -> None:
         "monitor",
         "monitor",
         tags={
-            "champion_version": version,
+            "model_alias": summary["model_alias"],
+            "model_version": version,
             "breach": str(bool(summary["breached"])),
             "confirmed": str(summary["confirmed"]).lower(),
         },
@@ -131,31 +177,17 @@ def _log(summary: dict, out: Path, version: str) -> None:
         tracking.log_artifacts(out, artifact_path="monitoring")
 
 
-def default_retrain(params: Params) -> Retrain:
-    """Labelled log rows → snapshot → dvc add → dvc repro in the current directory."""
-
-    def _retrain(reason: str) -> dict:
-        from monitoring.feedback import feedback_loop
-        from monitoring.windows import read_log_frames
-
-        _, labelled, _ = read_log_frames(params.monitor.log_dir)
-        return feedback_loop(Path("."), labelled, Path(params.data.snapshots_dir or "data/snapshots"), reason=reason)
-
-    return _retrain
-
-
 def main(
     params: Annotated[Path, typer.Option(help="params.yaml")] = Path("params.yaml"),
     retrain: Annotated[bool, typer.Option(help="on a confirmed breach, snapshot feedback and run dvc repro")] = True,
 ) -> None:
-    """Run one monitoring pass on the prediction log against the champion's training reference."""
-    p = load_params(params)
-    summary, _ = monitor_once(p, retrain=default_retrain(p) if retrain else None)
+    """Run one monitoring pass on the prediction log against the served model's training reference."""
+    summary, _ = run_pass(load_params(params), retrain_inline=retrain)
     print(format_summary(summary))
 
 
 def format_summary(s: dict) -> str:
-    lines = [f"monitor: champion v{s['champion_version']}, window {s['window']}"]
+    lines = [f"monitor: {s['model']}@{s['model_alias']} v{s['model_version']}, window {s['window']}"]
     lines += [f"  note: {n}" for n in s["notes"]]
     if s.get("skipped"):
         return "\n".join([*lines, f"  SKIPPED: {s['skipped']}"])

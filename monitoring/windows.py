@@ -1,8 +1,8 @@
 """Reference and current windows: what monitoring compares, with every bad input named.
 
 Reference: a fixed-size stratified sample of the training split (text + label) and the
-champion's predictions on the validation split. Current: the last ``window_size``
-predictions of the champion's version in the prediction log (or the last
+served model's predictions on the validation split. Current: the last ``window_size``
+predictions of the served version (``serve.model_alias``) in the prediction log (or the last
 ``window_hours``), with the feedback labels that have arrived (the latest per
 ``(request_id, item)``, as :func:`serving.prediction_log.labelled_predictions` joins them).
 
@@ -26,7 +26,7 @@ KEY = ["request_id", "item"]
 
 @dataclass
 class Reference:
-    """Training sample, the champion's validation predictions and its classes."""
+    """Training sample, the served model's validation predictions and its classes."""
 
     train: pd.DataFrame  # text, label (fixed-size sample)
     vocab_texts: list[str]  # the other training texts: the vocabulary for out-of-vocabulary shares
@@ -102,7 +102,7 @@ def current_window(
     cfg: MonitorConfig,
     now: datetime | None = None,
 ) -> Window:
-    """Select the champion's rows, cut the window, attach feedback labels; skip (with a reason) if too small."""
+    """Select the served version's rows, cut the window, attach feedback labels; skip (with a reason) if too small."""
     now = now or datetime.now(timezone.utc)
     counts = {"log_rows": len(preds), "unknown_feedback": unknown_feedback(preds, feedback)}
     notes = []
@@ -115,7 +115,7 @@ def current_window(
     others = {v: n for v, n in versions.items() if v != str(version)}
     counts["other_version_rows"] = int(sum(others.values()))
     if others:
-        notes.append(f"log has rows of other model versions {others}; only champion v{version}'s rows are judged")
+        notes.append(f"log has rows of other model versions {others}; only the served v{version}'s rows are judged")
     if cfg.window_mode == "time":
         rows = mine[mine["ts"] >= pd.Timestamp(now - timedelta(hours=cfg.window_hours))]
     else:
@@ -126,12 +126,12 @@ def current_window(
     counts.update(window_rows=len(rows), labelled_rows=int(rows["true_label"].notna().sum()))
     win = Window(rows[["ts", "request_id", "item", "text", "prediction", "true_label"]], None, notes, counts)
     if rows.empty:
-        win.skipped = f"empty window: no predictions of champion v{version} in the log" + (
+        win.skipped = f"empty window: no predictions of the served v{version} in the log" + (
             f" (rows of other versions: {others})" if others else ""
         )
     elif len(rows) < cfg.min_window_rows:
         win.skipped = (
-            f"window too small: {len(rows)} prediction(s) of champion v{version}, "
+            f"window too small: {len(rows)} prediction(s) of the served v{version}, "
             f"need monitor.min_window_rows={cfg.min_window_rows}"
         )
     elif rows["text"].isna().all():

@@ -6,8 +6,9 @@ Layout under ``data/production/`` (the root is ``serve.log_dir`` in params)::
     feedback/date=YYYY-MM-DD/part-<utc>-<uuid>.parquet
 
 Each part file is written whole (temporary name, then ``os.replace``), so a reader
-never sees half a file. Schemas are fixed pyarrow schemas (below); readers get an
-empty frame with the right columns when nothing was logged yet.
+never sees half a file. Schemas are fixed pyarrow schemas (below); rows are made only by
+:func:`prediction_row` and :func:`feedback_row`, so every producer writes the same columns and
+types; readers get an empty frame with the right columns when nothing was logged yet.
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pipelines.errors import DataError
 
 PREDICTIONS = "predictions"
 FEEDBACK = "feedback"
@@ -63,6 +68,57 @@ def text_hash(text: str) -> str:
 
 def probabilities_json(classes: Iterable[str], proba: Iterable[float]) -> str:
     return json.dumps({str(c): round(float(p), 6) for c, p in zip(classes, proba)}, sort_keys=True)
+
+
+def prediction_row(
+    *,
+    ts: datetime,
+    request_id: str,
+    item: int,
+    model_name: str,
+    model_version: str,
+    text: str,
+    stored_text: str | None,
+    classes: Sequence[str],
+    proba: Sequence[float],
+    latency_ms: float,
+    batch_size: int,
+) -> dict[str, Any]:
+    """One row of :data:`PREDICTION_SCHEMA`, the only way rows are made (serving, the demo, tests).
+
+    ``text`` is hashed; ``stored_text`` is what the log keeps (the scrubbed text, or None when params forbid
+    storing it). The label and its confidence are the argmax of ``proba`` over ``classes`` (first on ties,
+    as serving answers), so the log can never disagree with its own probabilities.
+    """
+    proba = np.asarray(proba, dtype=float)
+    if proba.shape != (len(classes),):
+        raise DataError(f"a prediction row needs one probability per class {list(classes)}; got shape {proba.shape}")
+    best = int(proba.argmax())
+    return {
+        "ts": _utc(ts),
+        "request_id": str(request_id),
+        "item": int(item),
+        "model_name": str(model_name),
+        "model_version": str(model_version),
+        "text_sha256": text_hash(text),
+        "text": None if stored_text is None else str(stored_text),
+        "label": str(classes[best]),
+        "confidence": float(proba[best]),
+        "probabilities": probabilities_json(classes, proba),
+        "latency_ms": float(latency_ms),
+        "batch_size": int(batch_size),
+    }
+
+
+def feedback_row(*, ts: datetime, request_id: str, item: int, true_label: str) -> dict[str, Any]:
+    """One row of :data:`FEEDBACK_SCHEMA`: the true label of text ``item`` of request ``request_id``."""
+    return {"ts": _utc(ts), "request_id": str(request_id), "item": int(item), "true_label": str(true_label)}
+
+
+def _utc(ts: datetime) -> datetime:
+    if ts.tzinfo is None:
+        raise DataError(f"log timestamps must be timezone-aware (UTC); got the naive {ts.isoformat()}")
+    return ts.astimezone(timezone.utc)
 
 
 def write_part(root: str | Path, kind: str, rows: list[dict], now: datetime | None = None) -> Path | None:

@@ -25,7 +25,7 @@ from pipelines.data.ingestion import scrub_pii
 from serving.batching import ContinuousBatcher, DirectRunner, ItemResult
 from serving.log_writer import LogWriter
 from serving.model_source import ChampionSource, ModelHandle
-from serving.prediction_log import FEEDBACK, PREDICTIONS, probabilities_json, text_hash
+from serving.prediction_log import FEEDBACK, PREDICTIONS, feedback_row, prediction_row
 from serving.schemas import FeedbackRequest, FeedbackResponse, Prediction, PredictResponse
 from serving.telemetry import ServiceMetrics
 
@@ -142,7 +142,7 @@ class ClassifierService:
         classes = handle.classes
         preds = [_prediction(classes, r.proba, top_k) for r in results]
         self._remember(request_id, len(texts), handle)
-        self._log_predictions(request_id, handle, texts, results, preds, latency_ms)
+        self._log_predictions(request_id, handle, texts, results, latency_ms)
         self.metrics.texts.inc(len(texts))
         return PredictResponse(
             predictions=preds, model_name=handle.name, model_version=handle.version, request_id=request_id
@@ -162,12 +162,9 @@ class ClassifierService:
             classes = self.model.classes if self.model is not None else []
             if classes and req.label not in classes:
                 raise BadFeedback(f"label {req.label!r} is not one of the model's classes {classes}")
-        row = {
-            "ts": datetime.now(timezone.utc),
-            "request_id": req.request_id,
-            "item": req.item,
-            "true_label": req.label,
-        }
+        row = feedback_row(
+            ts=datetime.now(timezone.utc), request_id=req.request_id, item=req.item, true_label=req.label
+        )
         self.log.append(FEEDBACK, [row])
         self.metrics.log_rows.labels(kind=FEEDBACK).inc()
         return FeedbackResponse(status="recorded", matched=known is not None)
@@ -183,26 +180,24 @@ class ClassifierService:
         handle: ModelHandle,
         texts: list[str],
         results: list[ItemResult],
-        preds: list[Prediction],
         latency_ms: float,
     ) -> None:
         now = datetime.now(timezone.utc)
         rows = [
-            {
-                "ts": now,
-                "request_id": request_id,
-                "item": i,
-                "model_name": handle.name,
-                "model_version": handle.version,
-                "text_sha256": text_hash(text),
-                "text": scrub_pii(text)[0] if self.cfg.log_text else None,
-                "label": p.label,
-                "confidence": p.confidence,
-                "probabilities": probabilities_json(handle.classes, r.proba),
-                "latency_ms": latency_ms,
-                "batch_size": r.batch_size,
-            }
-            for i, (text, r, p) in enumerate(zip(texts, results, preds))
+            prediction_row(
+                ts=now,
+                request_id=request_id,
+                item=i,
+                model_name=handle.name,
+                model_version=handle.version,
+                text=text,
+                stored_text=scrub_pii(text)[0] if self.cfg.log_text else None,
+                classes=handle.classes,
+                proba=r.proba,
+                latency_ms=latency_ms,
+                batch_size=r.batch_size,
+            )
+            for i, (text, r) in enumerate(zip(texts, results))
         ]
         self.log.append(PREDICTIONS, rows)
         self.metrics.log_rows.labels(kind=PREDICTIONS).inc(len(rows))

@@ -18,30 +18,39 @@ before anything downstream stores the text.
 """
 
 from __future__ import annotations
+
 import codecs
 import csv
 import re
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Annotated
+
 import pandas as pd
 import pyarrow as pa
-import typer
-from pipelines.config import ColumnMap, DataConfig, IngestConfig, load_params
-from pipelines.errors import DataError, run_cli
-from pipelines.io import atomic_outputs, write_json, write_parquet
 
+from pipelines.config import ColumnMap, DataConfig, IngestConfig
+from pipelines.data import snapshots
+from pipelines.errors import DataError
 
 CANONICAL = ("id", "text", "label", "timestamp", "group")
 
 
-EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+EXTENSIONS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+}
 
 
 EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 
 
-PHONE_RE = re.compile(r"(?<![\w<])(?:\+?\d{1,3}[\s.-])?(?:\(\d{2,5}\)[\s.-]?|\d{2,5}[\s.-]?)\d{3,4}[\s.-]?\d{3,5}(?!\w)")
+PHONE_RE = re.compile(
+    r"(?<![\w<])(?:\+?\d{1,3}[\s.-])?(?:\(\d{2,5}\)[\s.-]?|\d{2,5}[\s.-]?)\d{3,4}[\s.-]?\d{3,5}(?!\w)"
+)
 
 
 TAG_HINT_RE = re.compile(r"</?[a-zA-Z][^>]*>|&[a-zA-Z]+;|&#\d+;")
@@ -55,8 +64,10 @@ def detect_format(path: Path, fmt: str) -> str:
         return fmt
     kind = EXTENSIONS.get(path.suffix.lower())
     if kind is None:
-        raise DataError(f"{path}: cannot tell the format from the extension {path.suffix!r}; "
-                        f"use one of {sorted(EXTENSIONS)} or set data.format")
+        raise DataError(
+            f"{path}: cannot tell the format from the extension {path.suffix!r}; "
+            f"use one of {sorted(EXTENSIONS)} or set data.format"
+        )
     return kind
 
 
@@ -70,11 +81,20 @@ def _read_one(path: Path, cfg: DataConfig) -> pd.DataFrame:
         if kind == "jsonl":
             return pd.read_json(path, lines=True, encoding=cfg.encoding, dtype=False)
         quoting = csv.QUOTE_MINIMAL if cfg.csv_quoting else csv.QUOTE_NONE
-        return pd.read_csv(path, sep="\t" if kind == "tsv" else ",", quoting=quoting, encoding=cfg.encoding,
-                           dtype=str, keep_default_na=False, na_values=[""])
+        return pd.read_csv(
+            path,
+            sep="\t" if kind == "tsv" else ",",
+            quoting=quoting,
+            encoding=cfg.encoding,
+            dtype=str,
+            keep_default_na=False,
+            na_values=[""],
+        )
     except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not valid {cfg.encoding} text (byte {err.start}: {err.reason}); "
-                        f"is it really {kind.upper()}? Set data.encoding if the file uses another encoding") from None
+        raise DataError(
+            f"{path}: not valid {cfg.encoding} text (byte {err.start}: {err.reason}); "
+            f"is it really {kind.upper()}? Set data.encoding if the file uses another encoding"
+        ) from None
     except (pa.ArrowInvalid, OSError) as err:
         raise DataError(f"{path}: not a readable {kind.upper()} file ({err})") from None
     except pd.errors.EmptyDataError:
@@ -154,8 +174,10 @@ def map_columns(df: pd.DataFrame, columns: ColumnMap) -> pd.DataFrame:
     needed = [*columns.text, *(c for c in wanted.values() if c)]
     missing = [c for c in needed if c not in df.columns]
     if missing:
-        raise DataError(f"data.columns names {missing} but the data has no such column; "
-                        f"available columns: {list(map(str, df.columns))}")
+        raise DataError(
+            f"data.columns names {missing} but the data has no such column; "
+            f"available columns: {list(map(str, df.columns))}"
+        )
     out = pd.DataFrame(index=df.index)
     text_parts = [df[c].astype("string").fillna("") for c in columns.text]
     joined = text_parts[0]
@@ -172,32 +194,22 @@ def map_columns(df: pd.DataFrame, columns: ColumnMap) -> pd.DataFrame:
     return out
 
 
-SNAPSHOT_COLUMNS = ("id", "text", "label", "timestamp")
-
-
 def read_snapshots(data: DataConfig) -> pd.DataFrame | None:
-    """Labelled production snapshots (written by monitoring's feedback loop), already in canonical columns."""
-    if not data.snapshots_dir or not Path(data.snapshots_dir).is_dir():
-        return None
-    files = sorted(Path(data.snapshots_dir).glob("*.parquet"))
-    if not files:
-        return None
-    frames = []
-    for f in files:
-        snap = pd.read_parquet(f)
-        missing = [c for c in ("text", "label") if c not in snap.columns]
-        if missing:
-            raise DataError(f"snapshot {f} lacks column(s) {missing}; snapshots need {list(SNAPSHOT_COLUMNS)}")
-        frames.append(snap[[c for c in SNAPSHOT_COLUMNS if c in snap.columns]])
-    return pd.concat(frames, ignore_index=True)
+    """Labelled production snapshots in ``data.snapshots_dir`` (none when it is null); their schema, and how
+    they are read, belong to :mod:`pipelines.data.snapshots`."""
+    return snapshots.read_snapshots(data.snapshots_dir)
 
 
-def ingest(raw: pd.DataFrame, data: DataConfig, cfg: IngestConfig,
-           snapshots: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict]:
+def ingest(
+    raw: pd.DataFrame, data: DataConfig, cfg: IngestConfig, snapshots: pd.DataFrame | None = None
+) -> tuple[pd.DataFrame, dict]:
     """Pure stage function: raw frame (+ labelled snapshots) → canonical, cleaned frame and a summary dict."""
     df = map_columns(raw, data.columns)
-    summary: dict = {"rows_read": int(len(raw)), "source_columns": list(map(str, raw.columns)),
-                     "snapshot_rows": 0 if snapshots is None else int(len(snapshots))}
+    summary: dict = {
+        "rows_read": int(len(raw)),
+        "source_columns": list(map(str, raw.columns)),
+        "snapshot_rows": 0 if snapshots is None else int(len(snapshots)),
+    }
     if snapshots is not None and len(snapshots):
         snap = snapshots.copy()
         if "timestamp" in snap and "timestamp" not in df:
@@ -210,12 +222,16 @@ def ingest(raw: pd.DataFrame, data: DataConfig, cfg: IngestConfig,
     null_labels = labels.isna() | labels.astype("string").str.strip().eq("")
     if null_labels.any():
         rows = list(df.index[null_labels][:5])
-        raise DataError(f"label column {data.columns.label!r} has {int(null_labels.sum())} null or empty value(s) "
-                        f"(first rows: {rows}); label every row or remove them")
+        raise DataError(
+            f"label column {data.columns.label!r} has {int(null_labels.sum())} null or empty value(s) "
+            f"(first rows: {rows}); label every row or remove them"
+        )
     df["label"] = labels.astype("string").str.strip()
     if df["label"].nunique() < 2:
-        raise DataError(f"label column {data.columns.label!r} has a single class ({df['label'].iloc[0]!r}); "
-                        "a classifier needs at least two")
+        raise DataError(
+            f"label column {data.columns.label!r} has a single class ({df['label'].iloc[0]!r}); "
+            "a classifier needs at least two"
+        )
 
     texts = df["text"].astype(str)
     html_rows = texts.str.contains(TAG_HINT_RE)
@@ -226,7 +242,9 @@ def ingest(raw: pd.DataFrame, data: DataConfig, cfg: IngestConfig,
         scrubbed = texts.map(scrub_pii)
         texts, pii_counts = scrubbed.str[0], scrubbed.str[1].astype(int)
     df["text"] = texts.map(normalise_whitespace).astype("string")
-    summary.update(html_rows=int(html_rows.sum()), pii_rows=int((pii_counts > 0).sum()), pii_replaced=int(pii_counts.sum()))
+    summary.update(
+        html_rows=int(html_rows.sum()), pii_rows=int((pii_counts > 0).sum()), pii_replaced=int(pii_counts.sum())
+    )
 
     empty = df["text"].str.len().fillna(0).eq(0)
     summary["empty_text_rows"] = int(empty.sum())
@@ -238,8 +256,10 @@ def ingest(raw: pd.DataFrame, data: DataConfig, cfg: IngestConfig,
         ts = pd.to_datetime(df["timestamp"], errors="coerce", utc=True)
         bad = ts.isna() & df["timestamp"].notna()
         if bad.any():
-            raise DataError(f"timestamp column {data.columns.timestamp!r}: {int(bad.sum())} value(s) are not dates "
-                            f"(e.g. {df.loc[bad, 'timestamp'].iloc[0]!r})")
+            raise DataError(
+                f"timestamp column {data.columns.timestamp!r}: {int(bad.sum())} value(s) are not dates "
+                f"(e.g. {df.loc[bad, 'timestamp'].iloc[0]!r})"
+            )
         df["timestamp"] = ts.dt.tz_localize(None).astype("datetime64[ns]")
     if "group" in df:
         df["group"] = df["group"].astype("string")
@@ -253,7 +273,10 @@ def ingest(raw: pd.DataFrame, data: DataConfig, cfg: IngestConfig,
     df = df.reset_index(drop=True)
     df = df[[c for c in CANONICAL if c in df] + [c for c in df.columns if c not in CANONICAL]]
 
-    summary.update(rows_written=int(len(df)), n_classes=int(df["label"].nunique()),
-                   class_counts={k: int(v) for k, v in df["label"].value_counts().sort_index().items()},
-                   schema={c: str(t) for c, t in df.dtypes.items()})
+    summary.update(
+        rows_written=int(len(df)),
+        n_classes=int(df["label"].nunique()),
+        class_counts={k: int(v) for k, v in df["label"].value_counts().sort_index().items()},
+        schema={c: str(t) for c, t in df.dtypes.items()},
+    )
     return df, summary

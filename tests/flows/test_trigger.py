@@ -10,6 +10,7 @@ Nothing executes that run (no runner polls it): the wiring is what is tested.
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -47,11 +48,13 @@ def test_a_confirmed_breach_starts_retrain_through_the_trigger(server, tmp_path,
 
     reason = "confirmed breach of ['data_drift'] over 3 windows"
 
-    def confirmed_breach(params, *, retrain=None, **_):
+    def confirmed_breach(params, **_):
+        """monitoring's contract: a confirmed breach that should retrain carries ``retrain_reason``."""
         summary = {
             "at": "now",
             "model": "tiny",
-            "champion_version": "1",
+            "model_alias": "champion",
+            "model_version": "1",
             "window": {"rows": 500},
             "notes": [],
             "breached": ["data_drift"],
@@ -60,13 +63,15 @@ def test_a_confirmed_breach_starts_retrain_through_the_trigger(server, tmp_path,
             "reports_dir": str(tmp_path / "reports"),
             "checks": [{"metric": "data_drift", "value": 0.8, "threshold": 0.5, "breach": True, "detail": "drifted"}],
         }
-        summary["retrain"] = retrain(reason)
+        summary["retrain_reason"] = reason
         return summary, None
 
     monkeypatch.setattr(monitoring.run, "monitor_once", confirmed_breach)
     assert flow_runs(server, deployment_id) == []
     summary = monitor()
     assert summary["event_id"]
+    state = json.loads((tmp_path / "reports" / "monitoring" / "state.json").read_text())
+    assert state["last_reset"]["reason"].startswith("event model.drift.detected emitted")  # the breach is acknowledged
 
     deadline, runs = time.monotonic() + 90, []
     while time.monotonic() < deadline and not runs:

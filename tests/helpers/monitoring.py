@@ -12,6 +12,7 @@ from pipelines.classifier.model_api import SklearnTextClassifier
 from pipelines.config import DataConfig, GenerateConfig, IngestConfig, Params
 from pipelines.data.generator import generate_tickets
 from pipelines.data.ingestion import ingest
+from pipelines.registry.aliases import CHAMPION
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 
@@ -49,33 +50,56 @@ def write_window(
     tag: str = "w",
 ) -> None:
     """Log ``df`` as predictions of ``version`` (one request per text) and feedback for a share of them."""
-    from serving.prediction_log import FEEDBACK, PREDICTIONS, probabilities_json, text_hash, write_part
+    from serving.prediction_log import FEEDBACK, PREDICTIONS, feedback_row, prediction_row, write_part
 
     proba = model.predict_proba(df["text"].tolist())
     preds, fbs = [], []
     for i, (text, label, p) in enumerate(zip(df["text"], df["label"], proba)):
-        ts = start + timedelta(seconds=i)
-        rid = f"{tag}-{i}"
+        ts, rid = start + timedelta(seconds=i), f"{tag}-{i}"
         preds.append(
-            {
-                "ts": ts,
-                "request_id": rid,
-                "item": 0,
-                "model_name": "ticket-router",
-                "model_version": version,
-                "text_sha256": text_hash(text),
-                "text": text,
-                "label": model.classes[int(p.argmax())],
-                "confidence": float(p.max()),
-                "probabilities": probabilities_json(model.classes, p),
-                "latency_ms": 5.0,
-                "batch_size": 1,
-            }
+            prediction_row(
+                ts=ts,
+                request_id=rid,
+                item=0,
+                model_name="ticket-router",
+                model_version=version,
+                text=text,
+                stored_text=text,
+                classes=model.classes,
+                proba=p,
+                latency_ms=5.0,
+                batch_size=1,
+            )
         )
         if i < feedback * len(df):
-            fbs.append({"ts": ts + timedelta(seconds=1), "request_id": rid, "item": 0, "true_label": label})
+            fbs.append(feedback_row(ts=ts + timedelta(seconds=1), request_id=rid, item=0, true_label=label))
     write_part(root, PREDICTIONS, preds, now=start)
     write_part(root, FEEDBACK, fbs, now=start)
+
+
+def check_log_rows(kind: str, rows: list[dict]) -> None:
+    """Every row has exactly the columns of ``kind``'s schema, each value of that column's Python type."""
+    import pyarrow as pa
+
+    from serving.prediction_log import SCHEMAS
+
+    schema = SCHEMAS[kind]
+    assert rows, f"no {kind} rows"
+    for row in rows:
+        assert list(row) == schema.names, (list(row), schema.names)
+        for name, value in row.items():
+            t = schema.field(name).type
+            if value is None:
+                assert schema.field(name).nullable and name == "text", (name, value)
+            elif pa.types.is_timestamp(t):
+                assert isinstance(value, datetime) and value.utcoffset() == timedelta(0), (name, value)
+            elif pa.types.is_integer(t):
+                assert type(value) is int, (name, type(value))
+            elif pa.types.is_floating(t):
+                assert type(value) is float, (name, type(value))
+            else:
+                assert type(value) is str, (name, type(value))
+    pa.Table.from_pylist(rows, schema=schema)  # and pyarrow takes them as they are
 
 
 def make_params(tmp: Path, **monitor) -> Params:
@@ -96,8 +120,8 @@ def make_params(tmp: Path, **monitor) -> Params:
     )
 
 
-def register_champion(params: Params, model: SklearnTextClassifier, test: pd.DataFrame) -> str:
-    """Log ``model`` as a pyfunc with its test metrics, register it and alias it champion."""
+def register_champion(params: Params, model: SklearnTextClassifier, test: pd.DataFrame, alias: str = CHAMPION) -> str:
+    """Log ``model`` as a pyfunc with its test metrics, register it and point ``alias`` (champion) at it."""
     from pipelines.classifier.pyfunc import log_classifier
     from pipelines.metrics import evaluate
     from pipelines.registry import tracking
@@ -109,5 +133,5 @@ def register_champion(params: Params, model: SklearnTextClassifier, test: pd.Dat
         tracking.log_metrics({"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}, prefix="test_")
         info = log_classifier(model, example_texts=test["text"].head(3).tolist())
         version = reg.register(info.model_uri, tags={"source_run_id": active.info.run_id})
-    reg.set_alias("champion", version)
+    reg.set_alias(alias, version)
     return version

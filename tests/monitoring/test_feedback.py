@@ -1,39 +1,80 @@
-"""Feedback loop: snapshots are new files with only new rows, ingest reads them, retrain records lineage."""
+"""Retraining on feedback: one set of steps (snapshot, reproduce, lineage, reset) that the CLI and the flows compose.
+
+``dvc`` is faked where the project runs tools (``pipelines.io.run_command``); everything else is real.
+"""
 
 from __future__ import annotations
 
 import json
 import subprocess
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 import pytest
+import yaml
 
+import pipelines.io
+from monitoring import decision as dec
 from monitoring import feedback as fb
-from monitoring.windows import read_log_frames
 from pipelines.config import DataConfig, IngestConfig
 from pipelines.data.ingestion import ingest, read_snapshots
-from pipelines.errors import DataError
-from tests.helpers.monitoring import T0, tickets, write_window
+from pipelines.errors import ConfigError, DataError, PipelineError
+from tests.helpers.monitoring import T0, hash_encoder, tickets, write_window
 
 
-def test_new_snapshot_never_overwrites_and_holds_only_new_rows(tmp_path, trained):
-    log, snaps = tmp_path / "log", tmp_path / "data" / "snapshots"
-    write_window(log, trained, tickets(60, 1), "1", T0, feedback=0.5, tag="a")
-    first = fb.write_snapshot(fb.snapshot_rows(read_log_frames(log)[1], fb.used_ids(snaps)), snaps, now=T0)
-    write_window(log, trained, tickets(40, 2), "1", T0 + timedelta(hours=1), tag="b")
-    before = first.read_bytes()
-    rows = fb.snapshot_rows(read_log_frames(log)[1], fb.used_ids(snaps))
+class FakeDvc:
+    """Answers ``dvc add`` (writes the .dvc file) and ``dvc repro`` (the register stage's decision)."""
+
+    def __init__(self, version: str = "", repro_exit: int = 0, decided_at: str | None = None) -> None:
+        self.calls: list[list[str]] = []
+        self.version, self.repro_exit, self.decided_at = version, repro_exit, decided_at
+
+    def __call__(self, cmd, cwd=".", *, check=False, env=None):
+        self.calls.append(cmd[1:])
+        result = subprocess.CompletedProcess(cmd, 0, "", "")
+        if cmd[1] == "add":
+            with open(cmd[2] + ".dvc", "w") as fh:
+                fh.write("outs:\n- md5: abc123\n  path: x\n")
+        if cmd[1] == "repro":
+            if self.repro_exit:
+                result = subprocess.CompletedProcess(cmd, self.repro_exit, "stage 'validate' failed", "")
+            else:
+                decision = {
+                    "decided_at": self.decided_at or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "challenger_version": self.version,
+                    "promoted": True,
+                    "reasons": ["better"],
+                    "champion_version_after": self.version,
+                }
+                fb.DECISION.parent.mkdir(parents=True, exist_ok=True)
+                fb.DECISION.write_text(json.dumps(decision))
+        if check and result.returncode:
+            raise pipelines.io.CommandFailed(cmd, result)
+        return result
+
+
+@pytest.fixture
+def dvc(monkeypatch) -> FakeDvc:
+    fake = FakeDvc()
+    monkeypatch.setattr(pipelines.io, "run_command", fake)
+    return fake
+
+
+def test_snapshots_hold_only_new_rows_get_their_dvc_file_and_ingest_reads_them(repo, dvc):
+    params = repo["params"]
+    params.data.snapshots_dir = str(repo["path"] / "data" / "snapshots")
+    log = params.monitor.log_dir
+    write_window(log, repo["model"], tickets(60, 1), "1", T0, feedback=0.5, tag="a")
+    first = fb.snapshot_feedback(params, now=T0)
+    write_window(log, repo["model"], tickets(40, 2), "1", T0 + timedelta(hours=1), tag="b")
+    second = fb.snapshot_feedback(params, now=T0 + timedelta(hours=1))
+    assert [c[0] for c in dvc.calls] == ["add", "add"] and dvc.calls[1][1] == str(second)
+    assert first.with_name(first.name + ".dvc").is_file()
+    rows = pd.read_parquet(second)
     assert len(rows) == 40 and rows["id"].str.startswith("b-").all()
-    with pytest.raises(DataError, match="already exists"):
-        fb.write_snapshot(rows, snaps, now=T0)
-    second = fb.write_snapshot(rows, snaps, now=T0 + timedelta(hours=1))
-    assert first != second and first.read_bytes() == before
-    assert list(pd.read_parquet(second).columns) == ["id", "text", "label", "timestamp"]
     with pytest.raises(DataError, match="no new labelled"):
-        fb.write_snapshot(fb.snapshot_rows(read_log_frames(log)[1], fb.used_ids(snaps)), snaps)
-    # ingest appends both snapshots (canonical columns) to the raw data
-    snap = read_snapshots(DataConfig(snapshots_dir=str(snaps)))
+        fb.snapshot_feedback(params)
+    snap = read_snapshots(params.data)
     raw = pd.DataFrame(
         {
             "subject": ["s"] * 2,
@@ -49,45 +90,66 @@ def test_new_snapshot_never_overwrites_and_holds_only_new_rows(tmp_path, trained
 
 
 @pytest.mark.integration
-def test_feedback_loop_adds_snapshot_runs_repro_and_tags_lineage(repo, monkeypatch):
-    path, params = repo["path"], repo["params"]
-    log = params.monitor.log_dir
-    write_window(log, repo["model"], tickets(30, 4), repo["version"], T0)
-    (path / "params.yaml").write_text(json.dumps(params.model_dump(by_alias=True)))  # JSON is YAML
-    calls = []
-
-    def runner(cmd, **kw):
-        calls.append(cmd[1:])
-        if cmd[1] == "add":
-            (path / (cmd[2] + ".dvc")).write_text("outs:\n- md5: abc123\n  path: x\n")
-        if cmd[1] == "repro":
-            (path / "reports").mkdir(exist_ok=True)
-            (path / "reports" / "promotion.json").write_text(
-                json.dumps(
-                    {
-                        "challenger_version": repo["version"],
-                        "promoted": True,
-                        "reasons": ["better"],
-                        "champion_version_after": repo["version"],
-                    }
-                )
-            )
-        return subprocess.CompletedProcess(cmd, 0, "", "")
-
-    out = fb.feedback_loop(path, read_log_frames(log)[1], path / "data" / "snapshots", reason="test", runner=runner)
-    assert [c[0] for c in calls] == ["add", "repro"] and calls[0][1].startswith("data/snapshots/snapshot-")
-    assert out["snapshot_rows"] == 30 and out["promoted"]
+def test_a_confirmed_breach_retrains_inline_tags_lineage_and_resets_the_count(repo, dvc):
+    """The CLI path (python -m monitoring.run, the drift demo): monitor, snapshot, dvc repro, lineage, reset."""
+    from monitoring.run import run_pass
     from pipelines.registry import tracking
 
+    params, version = repo["params"], repo["version"]
+    dvc.version, summaries = version, []
+    for i, seed in enumerate((7, 8)):
+        start = T0 + timedelta(hours=i)
+        write_window(params.monitor.log_dir, repo["model"], tickets(300, seed, True), version, start, tag=f"w{i}")
+        summaries.append(run_pass(params, encode=hash_encoder, log_mlflow=False)[0])
+    assert "retrain" not in summaries[0] and [c[0] for c in dvc.calls] == ["add", "repro"]
+    done = summaries[1]["retrain"]
+    assert done["version"] == repo["version"] and done["promoted"]
     tags = tracking.Registry(params.mlflow).version(repo["version"]).tags
-    assert tags["lineage.snapshot"] == out["snapshot"].split("/")[-1] and tags["lineage.snapshot_md5"] == "abc123"
-    assert tags["lineage.snapshot_rows"] == "30"
+    assert tags["lineage.snapshot"] == done["snapshot"].split("/")[-1] and tags["lineage.snapshot_md5"] == "abc123"
+    assert tags["lineage.snapshot_rows"] == str(len(pd.read_parquet(done["snapshot"])))
+    assert "over 2 windows" in tags["lineage.retrain_reason"]
+    assert dec.load_state(params.monitor.reports_dir)["consecutive"] == 0
+    on_disk = json.loads((repo["path"] / summaries[1]["reports_dir"] / "summary.json").read_text())
+    assert on_disk["retrain"]["version"] == repo["version"]
 
 
-@pytest.mark.integration
-def test_failed_repro_is_an_error_with_output(tmp_path):
-    def runner(cmd, **kw):
-        return subprocess.CompletedProcess(cmd, 1, "stage 'validate' failed", "")
+def test_a_failed_or_stale_reproduction_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(pipelines.io, "run_command", FakeDvc(repro_exit=1))
+    with pytest.raises(pipelines.io.CommandFailed, match="stage 'validate' failed"):
+        fb.reproduce()
+    monkeypatch.setattr(pipelines.io, "run_command", FakeDvc(version="3", decided_at="2020-01-01T00:00:00+00:00"))
+    with pytest.raises(PipelineError, match="did not re-run the register stage"):
+        fb.reproduce()
 
-    with pytest.raises(Exception, match="stage 'validate' failed"):
-        fb.retrain(tmp_path, tmp_path / "s.parquet", runner=runner)
+
+def _null_snapshots(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({"data": {"snapshots_dir": None}, "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/m.db"}})
+    )
+    from pipelines.config import load_params
+
+    return load_params(tmp_path / "params.yaml")
+
+
+NULL = r"data.snapshots_dir is null.*unchanged data"
+
+
+def test_a_null_snapshots_dir_fails_every_retraining_path_before_it_does_anything(tmp_path, monkeypatch, dvc):
+    """ingest reads no snapshot when it is null: retraining would silently run on unchanged data."""
+    from flows.retrain import RetrainOptions, retrain
+    from monitoring.run import run_pass
+
+    params = _null_snapshots(tmp_path, monkeypatch)
+    with pytest.raises(ConfigError, match=NULL):
+        fb.snapshot_feedback(params)
+    with pytest.raises(ConfigError, match=NULL):  # the CLI: before the pass (no registry here to judge)
+        run_pass(params)
+    with pytest.raises(ConfigError, match=NULL):  # the flow: before its first task
+        retrain.fn("drift", RetrainOptions())
+    assert dvc.calls == [] and sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+    params.monitor.retrain_on_breach = False  # report-only monitoring does not need snapshots
+    with pytest.raises(DataError, match="no 'champion' version"):
+        run_pass(params)

@@ -1,4 +1,5 @@
-"""Monitoring passes end to end on a temp registry: no false alarms, drift is flagged, retrain only when confirmed."""
+"""Monitoring passes end to end on a temp registry: no false alarms, drift is flagged, retrain only when confirmed;
+the served alias is what is judged, and performance is pipelines.metrics' number."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from tests.helpers.monitoring import T0, hash_encoder, tickets, write_window
 
 
 def _passes(repo, windows, **kw):
-    """Log each (seed, drift) window, run one pass after each; return summaries and retrain calls."""
-    calls, ctx, out = [], None, []
+    """Log each (seed, drift) window, run one pass after each; return summaries and the retrain reasons."""
+    ctx, out = None, []
     for i, (seed, drift) in enumerate(windows):
         write_window(
             repo["params"].monitor.log_dir,
@@ -23,11 +24,9 @@ def _passes(repo, windows, **kw):
             T0 + timedelta(hours=i),
             tag=f"w{i}",
         )
-        s, ctx = monitor_once(
-            repo["params"], ctx=ctx, encode=hash_encoder, retrain=lambda r: calls.append(r) or {}, **kw
-        )
+        s, ctx = monitor_once(repo["params"], ctx=ctx, encode=hash_encoder, **kw)
         out.append(s)
-    return out, calls
+    return out, [s["retrain_reason"] for s in out if "retrain_reason" in s]
 
 
 def test_same_distribution_windows_do_not_breach(repo):
@@ -67,16 +66,61 @@ def test_single_noisy_window_does_not_retrain(repo):
 
 def test_an_unchanged_log_is_not_counted_twice(repo):
     summaries, calls = _passes(repo, [(7, True)], log_mlflow=False)
-    again, _ = monitor_once(repo["params"], encode=hash_encoder, retrain=calls.append, log_mlflow=False)
+    again, _ = monitor_once(repo["params"], encode=hash_encoder, log_mlflow=False)
     assert "not counted again" in again["persistence"] and not again["confirmed"] and calls == []
+    assert "retrain_reason" not in again
 
 
 @pytest.mark.parametrize("rows", [0, 40])
 def test_small_windows_are_skipped_and_state_is_untouched(repo, rows):
     if rows:
         write_window(repo["params"].monitor.log_dir, repo["model"], tickets(rows, 5), repo["version"], T0)
-    s, _ = monitor_once(repo["params"], encode=hash_encoder, retrain=pytest.fail, log_mlflow=False)
-    assert s["skipped"] and s["checks"] == [] and not s["confirmed"]
+    s, _ = monitor_once(repo["params"], encode=hash_encoder, log_mlflow=False)
+    assert s["skipped"] and s["checks"] == [] and not s["confirmed"] and "retrain_reason" not in s
+
+
+def test_retrain_on_breach_false_reports_the_confirmed_breach_without_a_reason(repo):
+    repo["params"].monitor.retrain_on_breach = False
+    summaries, calls = _passes(repo, [(7, True), (8, True)], log_mlflow=False)
+    assert summaries[1]["confirmed"] and calls == []
+
+
+def test_the_served_alias_is_judged_not_the_champion(repo, period_a):
+    """serve.model_alias points at another version than @champion: monitoring judges what serving serves."""
+    from pipelines.registry.aliases import CHAMPION
+    from tests.helpers.monitoring import register_champion, train_model
+
+    params = repo["params"]
+    other = register_champion(params, train_model(period_a.iloc[:800]), period_a.iloc[2000:], alias="blue")
+    assert other != repo["version"]
+    params.serve.model_alias = "blue"
+    champion_rows = tickets(300, 11)
+    write_window(params.monitor.log_dir, repo["model"], champion_rows, repo["version"], T0, tag="champ")
+    write_window(params.monitor.log_dir, repo["model"], tickets(300, 12), other, T0 + timedelta(hours=1), tag="blue")
+    s, ctx = monitor_once(params, encode=hash_encoder, log_mlflow=False)
+    assert (s["model_alias"], s["model_version"]) == ("blue", other) and ctx.reference.version == other
+    assert s["window"]["other_version_rows"] == len(champion_rows) and not s.get("skipped")
+    from pipelines.registry import tracking
+
+    assert tracking.Registry(params.mlflow).alias(CHAMPION) == repo["version"]  # still the champion's
+
+
+def test_performance_is_the_number_pipelines_metrics_gives_on_the_same_rows(repo):
+    """Including a feedback label the model never saw and a class missing from the window."""
+    from pipelines.metrics import evaluate
+
+    model, rows = repo["model"], tickets(400, 13)
+    missing = rows["label"].value_counts().index[-1]
+    rows = rows[rows["label"] != missing].head(300).reset_index(drop=True)
+    rows.loc[:19, "label"] = "new_topic"
+    write_window(repo["params"].monitor.log_dir, model, rows, repo["version"], T0)
+    s, _ = monitor_once(repo["params"], encode=hash_encoder, log_mlflow=False)
+    want, _ = evaluate(model, rows["text"].tolist(), rows["label"].tolist(), allow_unseen=True)
+    assert s["performance"]["macro_f1"] == want["macro_f1"] and s["performance"]["accuracy"] == want["accuracy"]
+    assert s["performance"]["per_class"]["new_topic"] == {"f1": 0.0, "support": 20}
+    assert any("feedback labels ['new_topic'] are not classes of the model" in n for n in s["notes"])
+    assert any("performance.html leaves out 20 row(s) labelled ['new_topic']" in n for n in s["notes"])
+    assert "performance" in s["reports"]
 
 
 def test_minilm_embeddings_flag_the_drift(repo):

@@ -63,19 +63,16 @@ def test_rows_of_other_versions_are_excluded_and_reported(tmp_path, small):
     assert win.counts["other_version_rows"] == 120
     assert any("other model versions {'1': 120}" in n for n in win.notes)
     only_old = _window(tmp_path, version="3")
-    assert "no predictions of champion v3" in only_old.skipped and "'1': 120" in only_old.skipped
+    assert "no predictions of the served v3" in only_old.skipped and "'1': 120" in only_old.skipped
 
 
 def test_feedback_for_unknown_request_ids_is_counted(tmp_path, small):
-    from serving.prediction_log import FEEDBACK, write_part
+    from serving.prediction_log import FEEDBACK, feedback_row, write_part
 
     df, model = small
     write_window(tmp_path, model, df.head(100), "1", T0)
-    write_part(
-        tmp_path,
-        FEEDBACK,
-        [{"ts": T0, "request_id": f"ghost-{i}", "item": 0, "true_label": "billing"} for i in range(7)],
-    )
+    ghosts = [feedback_row(ts=T0, request_id=f"ghost-{i}", item=0, true_label="billing") for i in range(7)]
+    write_part(tmp_path, FEEDBACK, ghosts)
     win = _window(tmp_path)
     assert win.counts["unknown_feedback"] == 7
     assert any("7 feedback row(s) name request ids with no logged prediction" in n for n in win.notes)

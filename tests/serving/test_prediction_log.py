@@ -1,0 +1,88 @@
+"""The prediction-log row has one owner: the builders make every row, and what serving logs is exactly the schema."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+
+from pipelines.errors import DataError
+from serving.prediction_log import (
+    FEEDBACK,
+    PREDICTIONS,
+    feedback_row,
+    prediction_row,
+    read_log,
+    text_hash,
+    write_part,
+)
+from tests.helpers.monitoring import check_log_rows
+
+T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+
+
+def _row(**kw):
+    args = dict(
+        ts=T0,
+        request_id="r",
+        item=np.int64(1),
+        model_name="m",
+        model_version=3,
+        text="my card was charged twice",
+        stored_text="my card was charged twice",
+        classes=["billing", "refund"],
+        proba=np.array([0.25, 0.75], dtype=np.float32),
+        latency_ms=np.float64(4),
+        batch_size=np.int32(2),
+    )
+    return prediction_row(**{**args, **kw})
+
+
+def test_the_builders_make_exactly_the_schema_and_agree_with_their_probabilities(tmp_path):
+    row = _row()
+    check_log_rows(PREDICTIONS, [row])
+    assert row["label"] == "refund" and row["confidence"] == 0.75 and row["model_version"] == "3"
+    assert row["text_sha256"] == text_hash("my card was charged twice")
+    assert _row(stored_text=None)["text"] is None  # serve.log_text: false keeps the hash only
+    fb = feedback_row(ts=T0, request_id="r", item=np.int64(1), true_label="billing")
+    check_log_rows(FEEDBACK, [fb])
+    write_part(tmp_path, PREDICTIONS, [row])
+    write_part(tmp_path, FEEDBACK, [fb])
+    assert read_log(tmp_path, PREDICTIONS)["label"].tolist() == ["refund"]
+    assert read_log(tmp_path, FEEDBACK)["true_label"].tolist() == ["billing"]
+
+
+def test_bad_inputs_are_refused_with_the_reason():
+    with pytest.raises(DataError, match="timezone-aware"):
+        feedback_row(ts=datetime(2026, 3, 1), request_id="r", item=0, true_label="billing")
+    with pytest.raises(DataError, match=r"one probability per class \['billing', 'refund'\]"):
+        _row(proba=[1.0])
+
+
+def test_the_service_logs_rows_of_exactly_the_schema(tiny_registry, tmp_path, monkeypatch, serve_cfg):
+    from serving.model_source import ChampionSource
+    from serving.schemas import FeedbackRequest, PredictResponse
+    from serving.service import ClassifierService
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tiny_registry.uri)
+    service = ClassifierService(serve_cfg(tmp_path, batching="none"), ChampionSource(tiny_registry.mlflow))
+    logged: dict[str, list[dict]] = {PREDICTIONS: [], FEEDBACK: []}
+    monkeypatch.setattr(service.log, "append", lambda kind, rows: logged[kind].extend(rows))
+
+    async def traffic() -> PredictResponse:
+        await service.runner.start()
+        await service.refresh()
+        try:
+            answer = await service.predict(tiny_registry.texts)
+        finally:
+            await service.runner.stop()
+        service.feedback(FeedbackRequest(request_id=answer.request_id, item=1, label="account_access"))
+        return answer
+
+    answer = asyncio.run(traffic())
+    check_log_rows(PREDICTIONS, logged[PREDICTIONS])
+    check_log_rows(FEEDBACK, logged[FEEDBACK])
+    assert [r["label"] for r in logged[PREDICTIONS]] == [p.label for p in answer.predictions]
+    assert [r["item"] for r in logged[PREDICTIONS]] == list(range(len(tiny_registry.texts)))
