@@ -6,7 +6,6 @@ No Prefect server is contacted at import time; everything here is called from in
 from __future__ import annotations
 
 import contextlib
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,11 +32,6 @@ class LockTimeout(PipelineError):
 
 def params_of(options: Options) -> Params:
     return load_params(Path(options.params_file))
-
-
-def run_command(cmd: list[str], cwd: str | Path = ".") -> subprocess.CompletedProcess:
-    """The one place flows start a subprocess (tests replace it with a fake runner)."""
-    return subprocess.run(cmd, cwd=str(cwd), capture_output=True, text=True)
 
 
 def ensure_limit(name: str) -> None:

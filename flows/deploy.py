@@ -19,7 +19,7 @@ from pydantic import Field
 from flows import common
 from flows.common import Options
 from pipelines.errors import PipelineError
-from pipelines.io import tool
+from pipelines.io import run_command, tool
 
 
 class DeployOptions(Options):
@@ -45,7 +45,7 @@ def ensure_cluster(options: DeployOptions) -> None:
     except ConnectionError:
         if not options.start_cluster:
             raise PipelineError(f"no Ray cluster at {options.ray_address!r} and start_cluster is false") from None
-    r = common.run_command(
+    run_command(  # check: CommandFailed carries ray's exit code and output
         [
             tool("ray"),
             "start",
@@ -55,10 +55,9 @@ def ensure_cluster(options: DeployOptions) -> None:
             f"--num-cpus={options.ray_cpus}",
             "--include-dashboard=false",
             "--disable-usage-stats",
-        ]
+        ],
+        check=True,
     )
-    if r.returncode != 0:
-        raise PipelineError(f"`ray start --head` failed:\n{(r.stdout or '')[-1500:]}{(r.stderr or '')[-1500:]}")
     ray.init(address="auto", log_to_driver=False)
 
 

@@ -3,12 +3,19 @@
 DVC stays the one implementation (caching, ``dvc.lock``, lineage); this flow only runs the stages
 in the DAG order of ``dvc.yaml`` while holding the ``dvc-repo`` concurrency limit, retries transient
 failures, and publishes what the register stage decided (``reports/promotion.json``).
+
+Which failures are transient: ``dvc repro`` exits 1 whatever the stage's exit code was, so the stage
+says it itself. Its CLI (:func:`pipelines.errors.fail`) writes an error record to the file named by
+``TICKETOPS_ERROR_FILE``; a config error or a failed gate fails the same way again and is not retried.
+A stage that died without a record (a crash, a lock, a killed process) is retried.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,10 +27,10 @@ from pydantic import Field
 
 from flows import common
 from flows.common import Options
-from pipelines.errors import PipelineError
-from pipelines.io import tool
+from pipelines.errors import ERROR_FILE_ENV, ConfigError, GateFailed, PipelineError, read_error_record
+from pipelines.io import run_command, tool
 
-NO_RETRY_EXITS = ("exited with 2", "exited with 3")  # ConfigError, GateFailed: the same run fails the same way
+NOT_RETRIED = {ConfigError.__name__, GateFailed.__name__}  # the same run fails the same way
 
 
 class StageFailed(PipelineError):
@@ -87,6 +94,11 @@ def dag_order(dvc_file: str | Path = "dvc.yaml") -> list[str]:
     return order
 
 
+def retryable(record: dict | None) -> bool:
+    """A stage's failure may pass on a retry unless its error record names a config error or a failed gate."""
+    return record is None or not NOT_RETRIED & set(record.get("kinds") or [record.get("error")])
+
+
 def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     try:
         state.result()
@@ -99,13 +111,17 @@ def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 @task(name="dvc-stage", task_run_name="dvc repro {stage}", retry_condition_fn=_retry_transient)
 def run_stage(stage: str, force: bool = False) -> str:
-    """``dvc repro --single-item <stage>``; raises :class:`StageFailed` with DVC's output."""
+    """``dvc repro --single-item <stage>``; raises :class:`StageFailed` with DVC's output and the stage's error."""
     cmd = [tool("dvc"), "repro", "--single-item", stage] + (["--force"] if force else [])
-    r = common.run_command(cmd)
+    with tempfile.TemporaryDirectory(prefix="ticketops-stage-") as tmp:
+        record_file = Path(tmp) / "error.json"
+        r = run_command(cmd, env={**os.environ, ERROR_FILE_ENV: str(record_file)})
+        record = read_error_record(record_file)
     out = f"{r.stdout or ''}{r.stderr or ''}"
     if r.returncode != 0:
-        retryable = not any(code in out for code in NO_RETRY_EXITS)
-        raise StageFailed(stage, f"`{' '.join(cmd)}` failed (exit {r.returncode}):\n{out[-3000:]}", retryable)
+        cause = f" ({record.get('error')}, exit {record.get('exit_code')} in the stage)" if record else ""
+        message = f"`{' '.join(cmd)}` failed (exit {r.returncode}){cause}:\n{out[-3000:]}"
+        raise StageFailed(stage, message, retryable(record))
     get_run_logger().info("%s: %s", stage, out.strip()[-1500:] or "done")
     return out
 

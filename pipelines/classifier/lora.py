@@ -17,6 +17,7 @@ from torch import nn
 
 from pipelines.config import FinetuneConfig
 from pipelines.errors import ConfigError
+from pipelines.training.lora import check_targets, lora_parameters, wrap_checked
 
 HEAD_NAMES = ("classifier", "score")  # what peft keeps trainable for SEQ_CLS
 
@@ -36,40 +37,19 @@ def _base(path: str, labels: list[str], on_meta: bool) -> nn.Module:
     return AutoModelForSequenceClassification.from_pretrained(path, config=config)
 
 
-def _targeted_linears(model: nn.Module, targets: list[str]) -> dict[str, nn.Linear]:
-    found = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and not any(h in name.split(".") for h in HEAD_NAMES):
-            if any(name == t or name.endswith("." + t) for t in targets):
-                found[name] = module
-    return found
-
-
-def linear_module_names(model: nn.Module) -> list[str]:
-    """Distinct short names of the linear layers, to suggest valid target_modules."""
-    return sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
-
-
 def expected_trainable_parameters(model: nn.Module, cfg: FinetuneConfig) -> int:
     """The analytic LoRA count: r*(in+out) per targeted linear layer, plus the classification head."""
-    lora = sum(
-        cfg.lora_r * (m.in_features + m.out_features) for m in _targeted_linears(model, cfg.target_modules).values()
-    )
+    lora = lora_parameters(model, cfg.target_modules, cfg.lora_r, exclude=HEAD_NAMES)
     head = sum(p.numel() for n, p in model.named_parameters() if n.split(".")[0] in HEAD_NAMES)
     return lora + head
 
 
 def build_model(base_path: str, labels: list[str], cfg: FinetuneConfig, on_meta: bool = False) -> nn.Module:
     """Base model + LoRA adapter, with the trainable-parameter count checked against the analytic one."""
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import LoraConfig, TaskType
 
     base = _base(base_path, labels, on_meta)
-    missing = [t for t in cfg.target_modules if not _targeted_linears(base, [t])]
-    if missing:
-        raise ConfigError(
-            f"finetune.target_modules: {missing} match no linear layer of {base_path!r}; "
-            f"its linear layers are named {linear_module_names(base)}"
-        )
+    check_targets(base, cfg.target_modules, "finetune.target_modules", exclude=HEAD_NAMES)
     expected = expected_trainable_parameters(base, cfg)
     if cfg.activation_checkpointing and not on_meta:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -80,14 +60,7 @@ def build_model(base_path: str, labels: list[str], cfg: FinetuneConfig, on_meta:
         lora_dropout=cfg.lora_dropout,
         target_modules=list(cfg.target_modules),
     )
-    model = get_peft_model(base, lora_cfg)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if trainable != expected:
-        names = [n for n, p in model.named_parameters() if p.requires_grad][:8]
-        raise ConfigError(
-            f"LoRA trains {trainable:,} parameters but the analytic count is {expected:,} "
-            f"(targets {cfg.target_modules}); trainable: {names} ..."
-        )
+    model = wrap_checked(base, lora_cfg, expected)
     return model
 
 

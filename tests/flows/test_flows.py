@@ -7,8 +7,10 @@ The promotion gate is real: a temp SQLite MLflow registry with two tiny scikit-l
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +22,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
-from flows import common
 from pipelines.config import load_params
+from pipelines.errors import ERROR_FILE_ENV
 from tests.helpers import ROOT
 from tests.helpers.flows import register, split
 
@@ -61,6 +63,16 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+def stage_fails_with(error: str | None, env: dict[str, str], stdout: str = "") -> subprocess.CompletedProcess:
+    """What ``dvc repro`` returns when its stage fails: a real process, under the environment the flow gave
+    ``dvc``, ends through ``pipelines.errors.fail`` (``error``: a PipelineError class) or crashes (None).
+    DVC itself exits 1 whatever the stage's exit code was."""
+    code = f"from pipelines.errors import {error}, fail; fail({error}('the stage refused'))" if error else "1 / 0"
+    env = {**env, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    return subprocess.CompletedProcess(["dvc"], 1, stdout, f"ERROR: failed to reproduce: exited with {proc.returncode}")
+
+
 def active_slots(name: str = "dvc-repo") -> int:
     from prefect.client.orchestration import get_client
 
@@ -83,7 +95,7 @@ def test_training_runs_stages_in_dag_order_under_the_lock_and_a_refused_gate_kee
     calls: list[tuple[str, int]] = []
     flaky = {"split": 1}
 
-    def fake_dvc(cmd: list[str], cwd: str = ".") -> subprocess.CompletedProcess:
+    def fake_dvc(cmd: list[str], cwd: str = ".", **_: object) -> subprocess.CompletedProcess:
         stage = cmd[3]
         calls.append((stage, active_slots()))
         if flaky.get(stage):  # a transient failure: retried
@@ -97,7 +109,7 @@ def test_training_runs_stages_in_dag_order_under_the_lock_and_a_refused_gate_kee
             )
         return subprocess.CompletedProcess(cmd, 0, f"Running stage '{stage}'", "")
 
-    monkeypatch.setattr(common, "run_command", fake_dvc)
+    monkeypatch.setattr("flows.training.run_command", fake_dvc)
     result = training(TrainingOptions())
 
     stages = [s for s, _ in calls]
@@ -126,12 +138,12 @@ def test_a_failed_gate_stage_is_not_retried_and_a_held_lock_fails_clearly(projec
 
     seen: list[str] = []
 
-    def fake_dvc(cmd: list[str], cwd: str = ".") -> subprocess.CompletedProcess:
+    def fake_dvc(cmd: list[str], cwd: str = ".", *, env: dict[str, str], **_: object) -> subprocess.CompletedProcess:
         seen.append(cmd[3])
-        return subprocess.CompletedProcess(cmd, 1, "", "failed to run: python -m pipelines.validate, exited with 3")
+        return stage_fails_with("GateFailed", env)
 
-    monkeypatch.setattr(common, "run_command", fake_dvc)
-    with pytest.raises(StageFailed, match="exited with 3"):
+    monkeypatch.setattr("flows.training.run_command", fake_dvc)
+    with pytest.raises(StageFailed, match=r"\(GateFailed, exit 3 in the stage\)"):
         training(TrainingOptions(stages=["validate"]))
     assert seen == ["validate"]
 
@@ -144,17 +156,47 @@ def test_a_failed_gate_stage_is_not_retried_and_a_held_lock_fails_clearly(projec
     assert seen == ["validate"]  # dvc never started
 
 
+@pytest.mark.parametrize(
+    "error, stdout, retried",
+    [
+        ("ConfigError", "", False),  # exit 2: the same params fail the same way
+        ("GateFailed", "", False),  # exit 3: the same data fails the gate again
+        ("DataError", "", True),
+        (None, "", True),  # crashed without a record: transient (a lock, a killed process)
+        (None, "row 7: 'the job exited with 2 warnings'", True),  # the stage's own output decides nothing
+    ],
+    ids=["config-error", "gate-failed", "data-error", "crash", "crash-saying-exited-with-2"],
+)
+def test_a_stage_is_retried_unless_its_error_record_says_config_or_gate(project, monkeypatch, error, stdout, retried):
+    from flows.training import StageFailed, TrainingOptions, training
+
+    seen: list[str] = []
+
+    def fake_dvc(cmd: list[str], cwd: str = ".", *, env: dict[str, str], **_: object) -> subprocess.CompletedProcess:
+        seen.append(cmd[3])
+        assert env[ERROR_FILE_ENV] and env["PATH"] == os.environ["PATH"]  # the stage gets the record file and our env
+        return stage_fails_with(error, env, stdout)
+
+    monkeypatch.setattr("flows.training.run_command", fake_dvc)
+    with pytest.raises(StageFailed) as exc:
+        training(TrainingOptions(stages=["validate"]))
+    assert seen == ["validate"] * (2 if retried else 1)
+    assert exc.value.retryable is retried
+    assert (f"({error}, exit" in str(exc.value)) is (error is not None)
+
+
 @pytest.mark.parametrize("confirmed", [True, False])
 def test_monitor_emits_the_drift_event_only_on_a_confirmed_breach(project, monkeypatch, confirmed: bool):
     import monitoring.run
     from flows import monitor as monitor_flow
 
-    def fake_monitor_once(params, *, retrain=None, **_):
-        """monitoring's contract: on a confirmed breach (and retrain_on_breach) it calls retrain(reason)."""
+    def fake_monitor_once(params, **_):
+        """monitoring's contract: it only reports; a confirmed breach (with retrain_on_breach) sets retrain_reason."""
         summary = {
             "at": "now",
             "model": "tiny",
-            "champion_version": "1",
+            "model_alias": "champion",
+            "model_version": "1",
             "window": {"rows": 500},
             "breached": ["data_drift"] if confirmed else [],
             "confirmed": confirmed,
@@ -172,7 +214,7 @@ def test_monitor_emits_the_drift_event_only_on_a_confirmed_breach(project, monke
             ],
         }
         if confirmed:
-            summary["retrain"] = retrain("confirmed breach of ['data_drift'] over 3 windows")
+            summary["retrain_reason"] = "confirmed breach of ['data_drift'] over 3 windows"
         return summary, None
 
     events: list[dict] = []

@@ -1,4 +1,5 @@
-"""The baselines and register CLIs end to end on tiny splits in a temporary directory (no MiniLM)."""
+"""Stage CLIs end to end in a temporary directory: baselines then register on tiny splits (no MiniLM), and the
+error record a failing stage leaves for its caller."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from pipelines.errors import ERROR_FILE_ENV
 
 pytestmark = pytest.mark.integration
 
@@ -33,8 +36,8 @@ def split(n: int, seed: int) -> pd.DataFrame:
     )
 
 
-def run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}"}
+def run(cwd: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}", **extra_env}
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -65,3 +68,18 @@ def test_baselines_then_register_twice_registers_once(tmp_path: Path) -> None:
     bad = run(tmp_path, "pipelines.register")
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: the test split")
     assert "Traceback" not in bad.stderr
+
+
+def test_a_failing_stage_leaves_an_error_record_for_its_caller(tmp_path: Path) -> None:
+    """DVC hides a stage's exit code; the record (``TICKETOPS_ERROR_FILE``) tells a config error from a crash."""
+    (tmp_path / "params.yaml").write_text("split:\n  test_fraction: 0.9\n")
+    record = tmp_path / "error.json"
+    r = run(tmp_path, "pipelines.split", **{ERROR_FILE_ENV: str(record)})
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    written = json.loads(record.read_text())
+    assert written["error"] == "ConfigError" and written["kinds"] == ["ConfigError", "PipelineError"]
+    assert written["exit_code"] == 2 and "split.test_fraction" in written["message"]
+
+    record.unlink()
+    assert run(tmp_path, "pipelines.split").returncode == 2  # no variable: no record anywhere
+    assert not record.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
