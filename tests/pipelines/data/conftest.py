@@ -1,4 +1,4 @@
-"""Generated ticket data, made once per session (20k rows take ~6 s)."""
+"""Generated ticket data, made once per session (20k rows take ~3 s; the 2k-row frames well under 1 s)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import pytest
 
 from pipelines.config import GenerateConfig
 from pipelines.data.generator import generate_tickets
+
+SMALL = GenerateConfig(n_rows=2000, n_customers=600)
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +19,15 @@ def base_tickets() -> pd.DataFrame:
 @pytest.fixture(scope="session")
 def drift_tickets() -> pd.DataFrame:
     return generate_tickets(GenerateConfig(), drift=True)
+
+
+@pytest.fixture(scope="session")
+def small_tickets() -> pd.DataFrame:
+    """2,000 base-period tickets (the triage-truth tests)."""
+    return generate_tickets(SMALL)
+
+
+@pytest.fixture(scope="session")
+def small_drift_tickets() -> pd.DataFrame:
+    """2,000 drift-period tickets."""
+    return generate_tickets(SMALL, drift=True)

@@ -17,6 +17,7 @@ from pipelines.data.ingestion import EMAIL_RE, ingest
 
 SMALL = GenerateConfig(n_rows=2000, n_customers=600)
 LEAKY = ("resolved_by_team", "resolution_note", "resolved_at")
+TRIAGE = ("priority", "product", "order_id", "summary")  # ground truth of the generative triage model
 
 
 def _text(df: pd.DataFrame) -> pd.Series:
@@ -36,8 +37,19 @@ def test_same_seed_same_data_other_seed_other_data():
 def test_schema_size_and_time_span(base_tickets):
     df = base_tickets
     assert len(df) == 20_000 and df["ticket_id"].is_unique
-    assert {"ticket_id", "customer_id", "created_at", "channel", "customer_tier", "subject", "body", "category",
-            "attachment_count", *LEAKY} <= set(df.columns)
+    assert {
+        "ticket_id",
+        "customer_id",
+        "created_at",
+        "channel",
+        "customer_tier",
+        "subject",
+        "body",
+        "category",
+        "attachment_count",
+        *LEAKY,
+        *TRIAGE,
+    } <= set(df.columns)
     assert set(df["category"]) == set(CATEGORIES) and len(CATEGORIES) >= 8
     assert df["created_at"].is_monotonic_increasing
     assert df["created_at"].min() >= pd.Timestamp("2025-01-01") and df["created_at"].max() < pd.Timestamp("2025-07-05")
@@ -50,7 +62,9 @@ def test_exact_and_near_duplicates_are_planted(base_tickets):
     exact = df.duplicated(["subject", "body"], keep=False)
     assert exact.sum() >= 2 * 0.015 * 20_000  # 2% resubmissions: both copies
     lowered = df["body"].str.lower()
-    followups = df["body"].str.startswith("Following up on this. ").sum() + df["body"].str.endswith(" Thanks again.").sum()
+    followups = (
+        df["body"].str.startswith("Following up on this. ").sum() + df["body"].str.endswith(" Thanks again.").sum()
+    )
     assert followups >= 100
     # a lower-cased near duplicate has the exact text of another ticket in lower case
     lower_only = (df["body"] == lowered) & lowered.duplicated(keep=False) & ~df["body"].duplicated(keep=False)
@@ -76,7 +90,21 @@ def test_ingest_removes_all_planted_pii_and_html(base_tickets):
     assert not df["text"].str.contains(EMAIL_RE).any()
     assert not df["text"].str.contains(r"\(\d{3}\) \d{3}-\d{4}|<p>|<div>|&nbsp;", regex=True).any()
     assert summary["pii_rows"] >= 0.12 * len(base_tickets)
-    assert summary["empty_text_dropped"] == int((base_tickets["body"].str.strip().eq("") & base_tickets["subject"].eq("")).sum())
+    assert summary["empty_text_dropped"] == int(
+        (base_tickets["body"].str.strip().eq("") & base_tickets["subject"].eq("")).sum()
+    )
+
+
+def test_triage_truth_is_not_keyed_by_the_category(base_tickets):
+    # the triage columns are planted in the text beside the topic, not derived from it (details and the
+    # per-field grading: test_triage_truth.py)
+    df = base_tickets
+    for col in ("priority", "product"):
+        purity = df.groupby(df[col].fillna("<none>"))["category"].agg(lambda s: s.value_counts(normalize=True).iloc[0])
+        assert purity.max() < 0.3, (col, purity.max())
+    has_order = df.groupby("category")["order_id"].agg(lambda s: s.notna().mean())
+    assert has_order.min() > 0.25 and has_order.max() < 0.6, has_order
+    assert df["summary"].nunique() > 0.5 * len(df)
 
 
 def test_leaky_columns_follow_the_label_and_come_after_it(base_tickets):
@@ -96,7 +124,10 @@ def test_repeat_customers_with_preferred_topics(base_tickets):
 
 def test_label_noise_is_small(base_tickets):
     # resolution_note is written from the true topic: where it disagrees with the label, the label was flipped
-    true_topic_note = [note.startswith(RESOLUTIONS[cat]) for note, cat in zip(base_tickets["resolution_note"], base_tickets["category"])]
+    true_topic_note = [
+        note.startswith(RESOLUTIONS[cat])
+        for note, cat in zip(base_tickets["resolution_note"], base_tickets["category"])
+    ]
     flipped = 1 - np.mean(true_topic_note)
     assert 0.01 < flipped < 0.03, flipped
     none = generate_tickets(SMALL.model_copy(update={"label_noise": 0.0}))
