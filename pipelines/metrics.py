@@ -12,13 +12,16 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from pipelines.classifier.model_api import TextClassifier
 from pipelines.errors import DataError
+
+if TYPE_CHECKING:  # shared by every model family: the classifier interface is only a type here
+    from pipelines.classifier.model_api import TextClassifier
 
 
 def expected_calibration_error(y_true: Sequence[int], proba: np.ndarray, n_bins: int = 15) -> float:
