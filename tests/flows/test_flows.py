@@ -25,7 +25,7 @@ from sklearn.pipeline import make_pipeline
 from pipelines.config import load_params
 from pipelines.errors import ERROR_FILE_ENV
 from tests.helpers import ROOT
-from tests.helpers.flows import register, split
+from tests.helpers.flows import monitor_summary, register, split
 
 pytestmark = pytest.mark.integration
 
@@ -191,31 +191,8 @@ def test_monitor_emits_the_drift_event_only_on_a_confirmed_breach(project, monke
     from flows import monitor as monitor_flow
 
     def fake_monitor_once(params, **_):
-        """monitoring's contract: it only reports; a confirmed breach (with retrain_on_breach) sets retrain_reason."""
-        summary = {
-            "at": "now",
-            "model": "tiny",
-            "model_alias": "champion",
-            "model_version": "1",
-            "window": {"rows": 500},
-            "breached": ["data_drift"] if confirmed else [],
-            "confirmed": confirmed,
-            "notes": [],
-            "persistence": "breach 3/3",
-            "reports_dir": "reports/monitoring/x",
-            "checks": [
-                {
-                    "metric": "data_drift",
-                    "value": 0.8 if confirmed else 0.1,
-                    "threshold": 0.5,
-                    "breach": confirmed,
-                    "detail": "drifted",
-                }
-            ],
-        }
-        if confirmed:
-            summary["retrain_reason"] = "confirmed breach of ['data_drift'] over 3 windows"
-        return summary, None
+        reason = "confirmed breach of ['data_drift'] over 3 windows" if confirmed else None
+        return monitor_summary(confirmed, "reports/monitoring/x", reason), None
 
     events: list[dict] = []
     monkeypatch.setattr(monitoring.run, "monitor_once", fake_monitor_once)

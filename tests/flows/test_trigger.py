@@ -17,6 +17,8 @@ import pytest
 import requests
 import yaml
 
+from tests.helpers.flows import monitor_summary
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
@@ -49,22 +51,7 @@ def test_a_confirmed_breach_starts_retrain_through_the_trigger(server, tmp_path,
     reason = "confirmed breach of ['data_drift'] over 3 windows"
 
     def confirmed_breach(params, **_):
-        """monitoring's contract: a confirmed breach that should retrain carries ``retrain_reason``."""
-        summary = {
-            "at": "now",
-            "model": "tiny",
-            "model_alias": "champion",
-            "model_version": "1",
-            "window": {"rows": 500},
-            "notes": [],
-            "breached": ["data_drift"],
-            "confirmed": True,
-            "persistence": "breach 3/3",
-            "reports_dir": str(tmp_path / "reports"),
-            "checks": [{"metric": "data_drift", "value": 0.8, "threshold": 0.5, "breach": True, "detail": "drifted"}],
-        }
-        summary["retrain_reason"] = reason
-        return summary, None
+        return monitor_summary(True, str(tmp_path / "reports"), reason), None
 
     monkeypatch.setattr(monitoring.run, "monitor_once", confirmed_breach)
     assert flow_runs(server, deployment_id) == []

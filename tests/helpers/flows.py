@@ -29,3 +29,32 @@ def register(params, clf, name: str, test: pd.DataFrame) -> str:
     return register_candidate(
         tracking.Registry(params.mlflow), params, name, Path(f"{name}.joblib"), wrapped, test.text.head(2).tolist()
     )
+
+
+def monitor_summary(confirmed: bool, reports_dir: str, reason: str | None = None) -> dict:
+    """What ``monitoring.run.monitor_once`` reports (its contract): a confirmed breach that should retrain
+    carries ``retrain_reason``; monitoring itself only reports."""
+    summary = {
+        "at": "now",
+        "model": "tiny",
+        "model_alias": "champion",
+        "model_version": "1",
+        "window": {"rows": 500},
+        "breached": ["data_drift"] if confirmed else [],
+        "confirmed": confirmed,
+        "notes": [],
+        "persistence": "breach 3/3",
+        "reports_dir": reports_dir,
+        "checks": [
+            {
+                "metric": "data_drift",
+                "value": 0.8 if confirmed else 0.1,
+                "threshold": 0.5,
+                "breach": confirmed,
+                "detail": "drifted",
+            }
+        ],
+    }
+    if reason:
+        summary["retrain_reason"] = reason
+    return summary
