@@ -60,11 +60,7 @@ def main(
         check_checkpoint(ckpt_dir)
     elif ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
-    env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore::FutureWarning,ignore::UserWarning"),
-    }
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the ranks' warning filter comes from pipelines.logs (run_cli)
     if accelerator == "cpu":
         env["DS_ACCELERATOR"] = "cpu"
     cmd = launcher_command(cfg, params, data_dir, ckpt_dir, resume)
