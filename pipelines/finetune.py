@@ -5,7 +5,6 @@ A thin CLI; the logic and its description are in :mod:`pipelines.classifier.fine
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Annotated
@@ -13,18 +12,14 @@ from typing import Annotated
 import typer
 
 from pipelines.classifier.base_model import resolve_base_model
-from pipelines.classifier.finetuning import (
-    check_checkpoint,
-    check_world_size,
-    evaluate_and_publish,
-    launcher_command,
-    write_skipped,
-)
+from pipelines.classifier.finetuning import evaluate_and_publish, write_skipped
 from pipelines.config import load_params
-from pipelines.errors import PipelineError, run_cli
-from pipelines.io import read_split, stream_command
-from pipelines.logs import drop_launcher_noise
+from pipelines.errors import run_cli
+from pipelines.io import read_split
 from pipelines.training import engine as dse
+from pipelines.training.launch import check_checkpoint, check_world_size, launch, launcher_command
+
+WORKER = "pipelines.classifier.finetune_worker"  # what the launcher runs on every rank
 
 
 def main(
@@ -55,23 +50,18 @@ def main(
     labels = sorted(read_split(data_dir, "train", columns=["label"])["label"].astype(str).unique())
     model = build_model(base, labels, cfg, on_meta=True)  # targets + analytic count, no weights loaded
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    check_world_size(cfg, accelerator)
+    check_world_size(cfg, accelerator, "finetune")
     if resume:
         check_checkpoint(ckpt_dir)
     elif ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the ranks' warning filter comes from pipelines.logs (run_cli)
-    if accelerator == "cpu":
-        env["DS_ACCELERATOR"] = "cpu"
-    cmd = launcher_command(cfg, params, data_dir, ckpt_dir, resume)
-    print(
+    cmd = launcher_command(cfg, WORKER, params, data_dir, ckpt_dir, resume)
+    launch(
+        cmd,
+        accelerator,
         f"finetune: {base} + LoRA r={cfg.lora_r} on {cfg.target_modules}: {n_train:,} trainable parameters "
-        f"(matches the analytic count)\n$ {'DS_ACCELERATOR=cpu ' if accelerator == 'cpu' else ''}{' '.join(cmd)}",
-        flush=True,
+        "(matches the analytic count)",
     )
-    returncode = stream_command(cmd, env=env, keep=drop_launcher_noise)
-    if returncode != 0:
-        raise PipelineError(f"the DeepSpeed run failed (exit {returncode}); see the rank messages above")
     evaluate_and_publish(p, ckpt_dir, data_dir, out, metrics_out, plots_dir)
 
 

@@ -19,12 +19,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
-import shutil
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -38,32 +35,12 @@ from pipelines.classifier.base_model import resolve_base_model
 from pipelines.classifier.lora import build_model
 from pipelines.config import FinetuneConfig, load_params
 from pipelines.io import read_split
-from pipelines.logs import quiet_libraries
 from pipelines.registry import tracking
 from pipelines.training import engine as dse
+from pipelines.training import ranks
+from pipelines.training.ranks import PROBE_ENV, probe_dir  # noqa: F401 - PROBE_ENV: tests set it
 
 PROBE_TEXTS = 8
-PROBE_ENV = "FINETUNE_PROBE_DIR"
-
-
-def probe_dir(env: Mapping[str, str] = os.environ) -> Path | None:
-    """Where the test-only probe goes, or None (every production run): only tests set ``FINETUNE_PROBE_DIR``.
-
-    The probe is the engine's own logits on the first validation texts after the last step; a test
-    reloads the published adapter and must get the same logits (the ZeRO-3 gather worked)."""
-    value = env.get(PROBE_ENV)
-    return Path(value) if value else None
-
-
-def _quiet() -> None:
-    """Known library noise off (:mod:`pipelines.logs`); DeepSpeed's per-rank INFO/WARNING lines too."""
-    quiet_libraries()
-    for name in ("DeepSpeed", "deepspeed", "torch.distributed"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
 
 
 def sample(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
@@ -113,33 +90,6 @@ def predict_logits(module, rows: list[dict], collator, batch_size: int, rank: in
     return result
 
 
-def frozen_checksum(module) -> float:
-    """Checksum of this rank's share of the frozen (base) weights: it must not move during training."""
-    total = torch.zeros((), dtype=torch.float64)
-    for p in module.parameters():
-        if not p.requires_grad:
-            t = getattr(p, "ds_tensor", None)  # ZeRO-3 keeps only a partition in ds_tensor
-            t = p.data if t is None or t.numel() == 0 else t
-            flat = t.detach().reshape(-1).to(torch.float64)
-            total += (flat * torch.arange(1, flat.numel() + 1, dtype=torch.float64).remainder(97)).sum()
-    return float(total)
-
-
-def save_adapter(engine, directory: Path, tokenizer, labels: list[str], extra: dict, rank: int) -> None:
-    """Collective: gather the fp32 trainable weights; rank 0 writes adapter, head, tokenizer and labels."""
-    state = dse.full_trainable_state(engine)
-    if rank == 0:
-        tmp = directory.with_name(directory.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        engine.module.save_pretrained(str(tmp), state_dict=state)
-        tokenizer.save_pretrained(str(tmp))
-        (tmp / "labels.json").write_text(json.dumps(labels))
-        (tmp / "training.json").write_text(json.dumps(extra, indent=2, default=str))
-        shutil.rmtree(directory, ignore_errors=True)
-        os.replace(tmp, directory)
-    dist.barrier()
-
-
 def write_probe(
     module, rows: list[dict], texts: list[str], collator, directory: Path, rank: int, world: int, device
 ) -> None:
@@ -152,16 +102,8 @@ def write_probe(
 
 
 def train(args: argparse.Namespace) -> None:
-    _quiet()
-    dse.init_distributed()
-    rank, world = dist.get_rank(), dist.get_world_size()
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    accelerator = dse.accelerator_name()
-    if accelerator == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-        device = torch.device("cpu")
-    else:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    me = ranks.start()
+    rank, world, device, accelerator = me.rank, me.world, me.device, me.accelerator
     params = load_params(args.params)
     cfg: FinetuneConfig = params.finetune
     torch.manual_seed(cfg.seed)
@@ -202,7 +144,7 @@ def train(args: argparse.Namespace) -> None:
     ds_config = dse.build_config(cfg, precision=precision, accelerator=accelerator, total_steps=total_steps)
     model = build_model(base_path, labels, cfg)
     engine = dse.initialize(model, ds_config)
-    frozen_before = frozen_checksum(engine.module)
+    frozen_before = ranks.frozen_checksum(engine.module)
 
     state = {"epoch": -1, "best_f1": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
     if args.resume:
@@ -239,7 +181,10 @@ def train(args: argparse.Namespace) -> None:
 
     with contextlib.ExitStack() as stack:
         if rank == 0:  # only rank 0 talks to MLflow: params, per-epoch curves, the DeepSpeed config
-            stack.enter_context(_mlflow_run(args, params, cfg, run_info))
+            logged = {"finetune": cfg.model_dump(), **{k: v for k, v in run_info.items() if k != "ds_config"}}
+            stack.enter_context(
+                ranks.mlflow_run(params.mlflow, args.ckpt_dir, args.resume, "finetune-lora", "finetune", logged)
+            )
         stop = False
         for epoch in range(state["epoch"] + 1, cfg.epochs):
             sampler.set_epoch(epoch)
@@ -275,7 +220,11 @@ def train(args: argparse.Namespace) -> None:
             improved = val_f1 > state["best_f1"]
             if improved:
                 state.update(best_f1=val_f1, best_epoch=epoch + 1, bad_epochs=0)
-                save_adapter(engine, args.ckpt_dir / "best_adapter", tokenizer, labels, {**run_info, **record}, rank)
+                files = {
+                    "labels.json": json.dumps(labels),
+                    "training.json": json.dumps({**run_info, **record}, indent=2, default=str),
+                }
+                ranks.save_adapter(engine, args.ckpt_dir / "best_adapter", tokenizer, files, rank)
             else:
                 state["bad_epochs"] += 1
             dse.save_checkpoint(engine, args.ckpt_dir, tag=f"epoch-{epoch + 1}", client_state=state)
@@ -294,30 +243,11 @@ def train(args: argparse.Namespace) -> None:
     probe_to = probe_dir()
     if probe_to is not None:  # tests only
         write_probe(engine.module, val_rows, val_df["text"].tolist(), collator, probe_to, rank, world, device)
-    unchanged = torch.tensor([float(frozen_checksum(engine.module) == frozen_before)])
-    dist.all_reduce(unchanged, op=dist.ReduceOp.MIN)
-    state["frozen_weights_unchanged"] = bool(unchanged.item() == 1.0)
+    state["frozen_weights_unchanged"] = ranks.frozen_unchanged(engine.module, frozen_before)
     if rank == 0:
         (args.ckpt_dir / "history.json").write_text(json.dumps({**run_info, **state}, indent=2, default=str))
     dist.barrier()
     dist.destroy_process_group()
-
-
-@contextlib.contextmanager
-def _mlflow_run(args: argparse.Namespace, params, cfg: FinetuneConfig, run_info: dict):
-    """The training run in MLflow (continued on ``--resume``); its id is kept beside the checkpoints."""
-    from pipelines.registry import tracking
-
-    tracking.setup(params.mlflow)
-    id_file = args.ckpt_dir / "mlflow_run_id"
-    run_id = id_file.read_text().strip() if args.resume and id_file.is_file() else None
-    logged = (
-        None if run_id else {"finetune": cfg.model_dump(), **{k: v for k, v in run_info.items() if k != "ds_config"}}
-    )
-    with tracking.run("finetune-lora", "finetune", params=logged, run_id=run_id) as active:
-        id_file.write_text(active.info.run_id)
-        tracking.log_artifacts(args.ckpt_dir / "ds_config.json")
-        yield active
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

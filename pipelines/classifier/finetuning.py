@@ -1,17 +1,11 @@
 """Library of the ``finetune`` stage (its CLI is :mod:`pipelines.finetune`).
 
-finetune: LoRA fine-tuning of a transformer classifier, launched through the ``deepspeed`` launcher.
-
-This CLI checks everything that can be checked before any rank starts (base model,
-LoRA targets and the analytic trainable count, world size against the machine,
-the checkpoint on ``--resume``), then runs
-
-    deepspeed --num_gpus <world_size> [--num_nodes N --hostfile H] --master_port P \\
-        --module pipelines.classifier.finetune_worker --params params.yaml
-
-with ``DS_ACCELERATOR=cpu`` when no GPU is visible. A failing rank makes the
-launcher stop the others, and this CLI exits non-zero with the rank's message.
-On success the best epoch's adapter is published to ``models/transformer/``.
+finetune: LoRA fine-tuning of a transformer classifier, launched through the ``deepspeed`` launcher
+(:mod:`pipelines.training.launch`, shared with the generative model) running
+:mod:`pipelines.classifier.finetune_worker` on every rank. The CLI checks everything that can be checked
+before any rank starts (base model, LoRA targets and the analytic trainable count, world size, the
+checkpoint on ``--resume``). On success the best epoch's adapter is published to ``models/transformer/``
+by :func:`evaluate_and_publish`.
 """
 
 from __future__ import annotations
@@ -20,62 +14,8 @@ import json
 import shutil
 from pathlib import Path
 
-from pipelines.config import FinetuneConfig, Params
-from pipelines.errors import ConfigError, PipelineError
-from pipelines.io import atomic_outputs, read_split, tool, write_json
-from pipelines.training import engine as dse
-
-
-def check_world_size(cfg: FinetuneConfig, accelerator: str) -> None:
-    if cfg.hostfile:  # multi-node: each node's capacity is the cluster's business
-        if not Path(cfg.hostfile).is_file():
-            raise ConfigError(f"finetune.hostfile: {cfg.hostfile} does not exist")
-        return
-    have = dse.devices_available(accelerator)
-    if cfg.world_size > have:
-        unit = "GPU(s)" if accelerator == "cuda" else "CPU core(s)"
-        raise ConfigError(
-            f"finetune.world_size is {cfg.world_size} but this machine has {have} {unit}; "
-            f"lower it, or set finetune.hostfile to run on several nodes"
-        )
-
-
-def check_checkpoint(ckpt_dir: Path) -> None:
-    """Refuse a missing or unreadable checkpoint before the ranks start.
-
-    A rank failing mid-load is slower to report."""
-    import torch
-
-    latest = ckpt_dir / "latest"
-    if not latest.is_file():
-        raise PipelineError(f"--resume: no checkpoint in {ckpt_dir} (no 'latest' file); run without --resume first")
-    tag_dir = ckpt_dir / latest.read_text().strip()
-    files = sorted(tag_dir.glob("*.pt")) if tag_dir.is_dir() else []
-    if not files:
-        raise PipelineError(f"--resume: checkpoint {tag_dir} is missing or empty")
-    for f in files:
-        try:
-            torch.load(f, map_location="cpu", weights_only=False)
-        except Exception as err:  # noqa: BLE001 - any failure to read means the file is unusable
-            raise PipelineError(f"--resume: checkpoint file {f} is corrupt ({type(err).__name__}: {err})") from None
-
-
-def launcher_command(cfg: FinetuneConfig, params: Path, data_dir: Path, ckpt_dir: Path, resume: bool) -> list[str]:
-    deepspeed = tool("deepspeed")
-    cmd = [deepspeed, "--num_gpus", str(cfg.world_size), "--master_port", str(cfg.master_port)]
-    if cfg.hostfile:
-        cmd += ["--hostfile", cfg.hostfile, "--num_nodes", str(cfg.num_nodes)]
-    cmd += [
-        "--module",
-        "pipelines.classifier.finetune_worker",
-        "--params",
-        str(params),
-        "--data-dir",
-        str(data_dir),
-        "--ckpt-dir",
-        str(ckpt_dir),
-    ]
-    return cmd + (["--resume"] if resume else [])
+from pipelines.config import Params
+from pipelines.io import atomic_outputs, read_split, write_json
 
 
 def evaluate_and_publish(

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipelines.config import FinetuneConfig
+from pipelines.config import DeepSpeedConfig
 from pipelines.training.precision import bf16_supported
 
 
@@ -26,8 +26,8 @@ def accelerator_name() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def resolve_precision(cfg: FinetuneConfig, accelerator: str) -> str:
-    """``finetune.precision``, with ``auto`` resolved by :func:`pipelines.training.precision.bf16_supported`."""
+def resolve_precision(cfg: DeepSpeedConfig, accelerator: str) -> str:
+    """``<section>.precision``, with ``auto`` resolved by :func:`pipelines.training.precision.bf16_supported`."""
     if cfg.precision != "auto":
         return cfg.precision
     return "bf16" if bf16_supported(accelerator) else "fp32"
@@ -40,8 +40,8 @@ def devices_available(accelerator: str) -> int:
     return os.cpu_count() or 1
 
 
-def build_config(cfg: FinetuneConfig, *, precision: str, accelerator: str, total_steps: int) -> dict[str, Any]:
-    """The DeepSpeed JSON config, generated from ``params.yaml: finetune``."""
+def build_config(cfg: DeepSpeedConfig, *, precision: str, accelerator: str, total_steps: int) -> dict[str, Any]:
+    """The DeepSpeed JSON config, generated from a training section of params (``finetune`` or ``sft``)."""
     warmup = int(cfg.warmup_ratio * total_steps)
     return {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,

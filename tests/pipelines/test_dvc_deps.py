@@ -1,7 +1,7 @@
 """dvc.yaml lists every project module a stage runs, so a change there re-runs the stage.
 
 For each stage, the module its ``cmd`` runs (``python -m pipelines.<stage>``, plus the worker the
-deepspeed launcher starts for ``finetune``) is followed through its imports of project modules
+deepspeed launcher starts, named by the stage module's ``WORKER``) is followed through its imports of project modules
 (top-level and function-level, read with ``ast``; nothing is imported). Every project file reached
 must be a dep of the stage, every code dep must exist, and a code dep the stage never imports is
 stale (it re-runs the stage for nothing).
@@ -97,16 +97,15 @@ def project_files(entry_modules: list[str]) -> set[str]:
 
 
 def entry_modules(stage: str) -> list[str]:
-    """The modules a stage's ``cmd`` runs: ``python -m X``, and for finetune the worker the launcher starts."""
+    """The modules a stage's ``cmd`` runs: ``python -m X``, and the worker the DeepSpeed launcher starts
+    on every rank when the stage launches one (its module-level ``WORKER``)."""
     argv = shlex.split(STAGES[stage]["cmd"])
     assert argv[:2] == ["python", "-m"], f"{stage}: cmd is not `python -m <module>`: {STAGES[stage]['cmd']}"
     modules = [argv[2]]
-    if argv[2] == "pipelines.finetune":
-        from pipelines.classifier.finetuning import launcher_command
-        from pipelines.config import FinetuneConfig
-
-        launcher = launcher_command(FinetuneConfig(), Path("p"), Path("d"), Path("c"), resume=False)
-        modules.append(launcher[launcher.index("--module") + 1])
+    tree = ast.parse(module_file(argv[2]).read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "WORKER" for t in node.targets):
+            modules.append(ast.literal_eval(node.value))
     return modules
 
 

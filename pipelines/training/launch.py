@@ -1,0 +1,75 @@
+"""Starting a DeepSpeed run, for every model family: checks before any rank starts, then the launcher.
+
+    deepspeed --num_gpus <world_size> [--num_nodes N --hostfile H] --master_port P \\
+        --module <worker module> --params params.yaml --data-dir ... --ckpt-dir ... [--resume]
+
+with ``DS_ACCELERATOR=cpu`` when no GPU is visible. A failing rank makes the launcher stop the
+others; :func:`launch` raises :class:`PipelineError` with the exit code (the rank's own message was
+streamed above it). The classifier (``finetune``) and the generative model (``sft``) both start here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pipelines.config import DeepSpeedConfig
+from pipelines.errors import ConfigError, PipelineError
+from pipelines.io import stream_command, tool
+from pipelines.logs import drop_launcher_noise
+from pipelines.training import engine as dse
+
+
+def check_world_size(cfg: DeepSpeedConfig, accelerator: str, section: str = "finetune") -> None:
+    """:class:`ConfigError` when ``<section>.world_size`` exceeds this machine's GPUs (or CPU cores)."""
+    if cfg.hostfile:  # multi-node: each node's capacity is the cluster's business
+        if not Path(cfg.hostfile).is_file():
+            raise ConfigError(f"{section}.hostfile: {cfg.hostfile} does not exist")
+        return
+    have = dse.devices_available(accelerator)
+    if cfg.world_size > have:
+        unit = "GPU(s)" if accelerator == "cuda" else "CPU core(s)"
+        raise ConfigError(
+            f"{section}.world_size is {cfg.world_size} but this machine has {have} {unit}; "
+            f"lower it, or set {section}.hostfile to run on several nodes"
+        )
+
+
+def check_checkpoint(ckpt_dir: Path) -> None:
+    """Refuse a missing or unreadable checkpoint before the ranks start (a failing rank is slower to report)."""
+    import torch
+
+    latest = ckpt_dir / "latest"
+    if not latest.is_file():
+        raise PipelineError(f"--resume: no checkpoint in {ckpt_dir} (no 'latest' file); run without --resume first")
+    tag_dir = ckpt_dir / latest.read_text().strip()
+    files = sorted(tag_dir.glob("*.pt")) if tag_dir.is_dir() else []
+    if not files:
+        raise PipelineError(f"--resume: checkpoint {tag_dir} is missing or empty")
+    for f in files:
+        try:
+            torch.load(f, map_location="cpu", weights_only=False)
+        except Exception as err:  # noqa: BLE001 - any failure to read means the file is unusable
+            raise PipelineError(f"--resume: checkpoint file {f} is corrupt ({type(err).__name__}: {err})") from None
+
+
+def launcher_command(
+    cfg: DeepSpeedConfig, module: str, params: Path, data_dir: Path, ckpt_dir: Path, resume: bool
+) -> list[str]:
+    """The ``deepspeed`` launcher command running ``module`` on every rank."""
+    cmd = [tool("deepspeed"), "--num_gpus", str(cfg.world_size), "--master_port", str(cfg.master_port)]
+    if cfg.hostfile:
+        cmd += ["--hostfile", cfg.hostfile, "--num_nodes", str(cfg.num_nodes)]
+    cmd += ["--module", module, "--params", str(params), "--data-dir", str(data_dir), "--ckpt-dir", str(ckpt_dir)]
+    return cmd + (["--resume"] if resume else [])
+
+
+def launch(cmd: list[str], accelerator: str, banner: str) -> None:
+    """Print ``banner`` and the command, stream the ranks' output; :class:`PipelineError` when the run fails."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the ranks' warning filter comes from pipelines.logs (run_cli)
+    if accelerator == "cpu":
+        env["DS_ACCELERATOR"] = "cpu"
+    print(f"{banner}\n$ {'DS_ACCELERATOR=cpu ' if accelerator == 'cpu' else ''}{' '.join(cmd)}", flush=True)
+    returncode = stream_command(cmd, env=env, keep=drop_launcher_noise)
+    if returncode != 0:
+        raise PipelineError(f"the DeepSpeed run failed (exit {returncode}); see the rank messages above")
