@@ -290,6 +290,7 @@ def main(
 
     import ray
 
+    from pipelines.classifier.pyfunc import load_registered
     from pipelines.config import Params
     from pipelines.io import free_port
     from serving.app import build, run_local, stop_local
@@ -307,7 +308,7 @@ def main(
     import torch
 
     torch.set_num_threads(torch_threads)
-    clf = reg.load("@champion")  # the registered pyfunc, as the replicas load it (same numerics)
+    clf = load_registered(reg, "@champion")  # the registered pyfunc, as the replicas load it (same numerics)
     clf.predict_proba(texts[:32])
     results: dict[str, dict[int, dict]] = {"a offline": {}}
     ceilings: dict[int, dict] = {}

@@ -65,6 +65,7 @@ def registered_values(reg: Any, version: str) -> dict[str, Any]:
 
 def served_model(params: Params) -> tuple[Any, str, str, Any]:
     """``(registry, alias, version, loaded model)`` of the model serving serves (``serve.model_alias``)."""
+    from pipelines.classifier.pyfunc import load_registered
     from pipelines.registry import tracking
 
     alias = params.serve.model_alias
@@ -76,7 +77,7 @@ def served_model(params: Params) -> tuple[Any, str, str, Any]:
         raise DataError(
             f"no '{alias}' version of '{reg.name}' in {reg.uri} (serve.model_alias): {hint} before monitoring"
         )
-    return reg, alias, version, reg.load(version)
+    return reg, alias, version, load_registered(reg, version)
 
 
 def prepare(

@@ -81,6 +81,7 @@ class Sender:
 
     def _in_process(self, df: pd.DataFrame) -> None:
         """What serving would log: the served version (``serve.model_alias``) predicts, feedback follows."""
+        from pipelines.classifier.pyfunc import load_registered
         from pipelines.registry import tracking
         from serving.prediction_log import FEEDBACK, PREDICTIONS, feedback_row, prediction_row, write_part
 
@@ -88,7 +89,7 @@ class Sender:
         version = reg.alias(self.params.serve.model_alias)
         if version is None:
             raise DataError(f"'{reg.name}' has no '{self.params.serve.model_alias}' alias (serve.model_alias)")
-        model = reg.load(version)
+        model = load_registered(reg, version)
         proba, now = model.predict_proba(df["text"].tolist()), datetime.now(timezone.utc)
         preds, fbs = [], []
         for text, label, p in zip(df["text"], df["label"], proba):
@@ -127,6 +128,7 @@ class Sender:
 
 def before_after(params: Params) -> str:
     """Old vs new champion on fresh period-B and period-A tickets."""
+    from pipelines.classifier.pyfunc import load_registered
     from pipelines.metrics import evaluate
     from pipelines.registry import tracking
     from pipelines.registry.gate import HISTORY_TAG
@@ -137,7 +139,7 @@ def before_after(params: Params) -> str:
     lines = [f"  {'model':<22}{'B accuracy':>12}{'B macro-F1':>12}{'A accuracy':>12}{'A macro-F1':>12}"]
     b, a = period(1000, 999, drift=True), period(1000, 998, drift=False)
     for name, v in (("before (v" + first + ")", first), ("after  (v" + str(now) + ")", now)):
-        model = reg.load(v)
+        model = load_registered(reg, v)
         mb, _ = evaluate(model, b["text"].tolist(), b["label"].tolist(), split="B", allow_unseen=True)
         ma, _ = evaluate(model, a["text"].tolist(), a["label"].tolist(), split="A", allow_unseen=True)
         lines.append(

@@ -15,7 +15,8 @@ from pipelines.config import load_params
 from pipelines.errors import run_cli
 from pipelines.io import read_split
 from pipelines.registry.candidates import load_candidate, register_candidate, register_logged, transformer_candidate
-from pipelines.registry.gate import fail_on_refusal, gate_and_report, report_markdown
+from pipelines.registry.classifier_gate import gate_and_report
+from pipelines.registry.gate import fail_on_refusal, report_markdown
 
 
 def main(

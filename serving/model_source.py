@@ -74,7 +74,9 @@ class ChampionSource:
 
     def load(self, version: str) -> ModelHandle:
         """Load exactly ``version`` (not the alias: it may move while we load)."""
-        classifier = self.registry.load(version)
+        from pipelines.classifier.pyfunc import load_registered
+
+        classifier = load_registered(self.registry, version)
         return ModelHandle(self.model_name, str(version), classifier, self.torch_threads)
 
     def describe(self) -> str:

@@ -1,8 +1,8 @@
 """MLflow pyfunc wrapper around :class:`~pipelines.classifier.model_api.TextClassifier`.
 
-One of the two modules importing mlflow.
+One of the modules importing mlflow (with :mod:`pipelines.registry.tracking` and :mod:`pipelines.llm.pyfunc`).
 
-Every registered model, loaded with ``mlflow.pyfunc.load_model("models:/<name>@champion")``,
+Every registered classifier, loaded with ``mlflow.pyfunc.load_model("models:/<name>@champion")``,
 takes a DataFrame with a ``text`` column and returns ``label`` + ``proba_<class>``
 columns (:func:`pipelines.classifier.model_api.output_frame`). Label names are kept in the
 model's metadata (``classes``).
@@ -10,7 +10,8 @@ model's metadata (``classes``).
 Subclass :class:`TextClassifierPyfunc` and implement ``load_classifier(context)``
 for a new model family (the transformer: an adapter directory as an artifact and
 the base model in ``model_config``); pickled scikit-learn classifiers use
-:class:`PickledClassifierPyfunc`.
+:class:`PickledClassifierPyfunc`. :func:`load_registered` loads a registered version or alias back as a
+:class:`~pipelines.classifier.model_api.TextClassifier` (the registry itself knows no model family).
 """
 
 from __future__ import annotations
@@ -124,3 +125,12 @@ class PyfuncTextClassifier:
         if not len(texts):
             return np.zeros((0, len(self.classes)))
         return proba_from_frame(self.model.predict(pd.DataFrame({"text": list(texts)})), self.classes)
+
+
+def load_registered(reg, ref: str) -> PyfuncTextClassifier:
+    """Load ``@alias`` or a version of the registered model ``reg`` (a
+    :class:`~pipelines.registry.tracking.Registry`) as a :class:`TextClassifier`.
+
+    Raises :class:`~pipelines.registry.tracking.RegistryError` when the model, alias or version does not exist."""
+    uri = reg.model_uri(ref)
+    return PyfuncTextClassifier(mlflow.pyfunc.load_model(uri), uri)

@@ -1,71 +1,41 @@
-"""The promotion gate, manual promotion and rollback, with MLflow aliases (never stages).
+"""The promotion gate's machinery, manual promotion and rollback, with MLflow aliases (never stages).
 
-Used by the ``register`` stage (gate after registering) and, through the one dispatch in
-:mod:`pipelines.registry.promotion`, by ``python -m pipelines.promote`` and the ``promote`` flow.
+The same for every model family (:mod:`pipelines.registry.families`): :func:`run_gate` takes how to
+score a registered model and how to decide as parameters. The classifier scores both models on the
+current test split and decides on macro-F1 and per-class F1 (:mod:`pipelines.registry.classifier_gate`);
+the generative model on JSON validity and mean field score (:mod:`pipelines.llm.registration`). Either way
+challenger and champion are compared on the *same* current test rows, never on numbers from another split.
+The first model becomes champion.
 
-The gate compares the challenger with the current champion on the *same* current test
-split, recomputed now by loading both from the registry (never numbers logged on another
-split). It promotes when the challenger's macro-F1 is not worse than the champion's by more
-than ``register.gate_macro_f1_tolerance`` and no class's F1 drops by more than
-``register.gate_class_f1_max_drop``. The first model becomes champion.
+Used by the ``register`` and ``register_llm`` stages (gate after registering) and, through the one
+dispatch in :mod:`pipelines.registry.promotion`, by ``python -m pipelines.promote`` and the ``promote`` flow.
 
 Aliases: ``challenger`` (the newest candidate), ``champion`` (served), ``previous-champion``
 (where ``--rollback`` goes). The registered model's tag ``champion_history`` lists every
 champion in order. Moving the ``champion`` alias is the single commit point: anything that
 fails before it leaves the previous champion in place.
 
-    python -m pipelines.promote                # run the gate on the current challenger
-    python -m pipelines.promote --version 3    # promote version 3 by hand
-    python -m pipelines.promote --rollback     # champion -> previous champion
+    python -m pipelines.promote [--family llm]                # run the gate on the current challenger
+    python -m pipelines.promote [--family llm] --version 3    # promote version 3 by hand
+    python -m pipelines.promote [--family llm] --rollback     # champion -> previous champion
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pandas as pd
-
-from pipelines.config import Params, RegisterConfig
-from pipelines.errors import ConfigError, DataError, GateFailed
+from pipelines.config import Params
+from pipelines.errors import ConfigError, GateFailed
 from pipelines.io import atomic_outputs, write_json
-from pipelines.metrics import evaluate
 from pipelines.registry.aliases import CHALLENGER, CHAMPION, PREVIOUS
+from pipelines.registry.families import Family, gate_settings
 
 HISTORY_TAG = "champion_history"
 
-
-def gate_decision(challenger: dict, champion: dict | None, cfg: RegisterConfig) -> dict:
-    """Pure gate on two metric dicts (from :func:`pipelines.metrics.evaluate` on the same split)."""
-    if champion is None:
-        return {"promote": True, "reasons": ["no champion yet: the first model becomes champion"], "class_f1_drops": {}}
-    reasons, promote = [], True
-    delta = challenger["macro_f1"] - champion["macro_f1"]
-    if delta < -cfg.gate_macro_f1_tolerance:
-        promote = False
-        reasons.append(
-            f"macro-F1 {challenger['macro_f1']:.4f} is {-delta:.4f} below the champion's "
-            f"{champion['macro_f1']:.4f} (tolerance {cfg.gate_macro_f1_tolerance})"
-        )
-    else:
-        reasons.append(
-            f"macro-F1 {challenger['macro_f1']:.4f} vs champion {champion['macro_f1']:.4f} "
-            f"(delta {delta:+.4f}, tolerance {cfg.gate_macro_f1_tolerance})"
-        )
-    drops = {
-        c: round(m["f1"] - challenger["per_class"].get(c, {"f1": 0.0})["f1"], 6)
-        for c, m in champion["per_class"].items()
-        if m["support"] > 0
-    }
-    bad = {c: d for c, d in drops.items() if d > cfg.gate_class_f1_max_drop}
-    if bad:
-        promote = False
-        reasons.append(
-            "class F1 dropped by more than "
-            f"{cfg.gate_class_f1_max_drop}: "
-            + ", ".join(f"{c} -{d:.4f}" for c, d in sorted(bad.items(), key=lambda x: -x[1]))
-        )
-    return {"promote": promote, "reasons": reasons, "macro_f1_delta": round(delta, 6), "class_f1_drops": drops}
+Score = Callable[[str], dict]  # "@challenger" / "@champion" -> that model's metrics on the current test rows
+Decide = Callable[[dict, dict | None], dict]  # (challenger, champion or None) -> {"promote", "reasons", ...}
 
 
 def promote_version(reg, version: str, reason: str) -> str | None:
@@ -106,40 +76,53 @@ def rollback(reg) -> tuple[str, str]:
     return current, target
 
 
-def run_gate(reg, test: pd.DataFrame, cfg: RegisterConfig, *, ece_bins: int = 15, auto_promote: bool = True) -> dict:
-    """Load challenger and champion from the registry, score both on ``test`` now, decide, and act."""
-    if test.empty:
-        raise DataError("the test split is empty: the promotion gate has nothing to compare on")
-    texts, labels = test["text"].astype(str).tolist(), test["label"].astype(str).tolist()
+def run_gate(
+    reg,
+    score: Score,
+    decide: Decide,
+    *,
+    rows: int,
+    brief: Callable[[dict], dict] = dict,
+    family: Family = "classifier",
+    basis: str | None = None,
+    auto_promote: bool = True,
+) -> dict:
+    """Score the challenger (and the champion, when there is another one), decide, record and act.
+
+    ``score(ref)`` gives a model's metrics on the current ``rows`` test rows; ``decide(challenger, champion)``
+    the verdict (``champion`` is None for the first model); ``brief`` the metrics kept in the decision (its
+    numbers are also tagged on the challenger version as ``gate.test_<name>``). ``basis`` says in the report
+    how the two were compared. Returns the decision dict (written by :func:`write_decision`)."""
     chall_v, champ_v = reg.alias(CHALLENGER), reg.alias(CHAMPION)
     if chall_v is None:
         raise ConfigError(f"registered model '{reg.name}' has no '{CHALLENGER}' alias; run the register stage first")
-    chall, _ = evaluate(reg.load(f"@{CHALLENGER}"), texts, labels, split="test", ece_bins=ece_bins)
-    champ = None
-    if champ_v is not None and champ_v != chall_v:
-        champ, _ = evaluate(reg.load(f"@{CHAMPION}"), texts, labels, split="test", ece_bins=ece_bins, allow_unseen=True)
+    chall = score(f"@{CHALLENGER}")
+    champ = score(f"@{CHAMPION}") if champ_v is not None and champ_v != chall_v else None
     decision = (
-        gate_decision(chall, champ, cfg)
+        decide(chall, champ)
         if champ_v != chall_v
-        else {"promote": False, "reasons": ["challenger is already the champion"], "class_f1_drops": {}}
+        else {"promote": False, "reasons": ["challenger is already the champion"]}
     )
     decision.update(
         {
             "model": reg.name,
+            "family": family,
             "challenger_version": chall_v,
             "champion_version_before": champ_v,
-            "test_rows": len(test),
-            "challenger": _brief(chall),
-            "champion": _brief(champ) if champ else None,
+            "test_rows": rows,
+            "basis": basis or default_basis(rows),
+            "challenger": brief(chall),
+            "champion": brief(champ) if champ else None,
             "decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
     )
+    numbers = {k: v for k, v in decision["challenger"].items() if _is_number(v)}
     reg.tag_version(
         chall_v,
         {
             "gate.decision": "promote" if decision["promote"] else "refuse",
             "gate.reasons": " | ".join(decision["reasons"])[:4000],
-            "gate.test_macro_f1": f"{chall['macro_f1']:.6f}",
+            **{f"gate.test_{k}": f"{v:.6f}" for k, v in numbers.items()},
             "gate.compared_with": champ_v or "none",
         },
     )
@@ -151,58 +134,82 @@ def run_gate(reg, test: pd.DataFrame, cfg: RegisterConfig, *, ece_bins: int = 15
     return decision
 
 
-def _brief(m: dict) -> dict:
-    return {
-        "macro_f1": m["macro_f1"],
-        "accuracy": m["accuracy"],
-        "ece": m["ece"],
-        "per_class_f1": {c: v["f1"] for c, v in m["per_class"].items()},
-    }
-
-
 def report_markdown(d: dict) -> str:
-    """The decision as a short markdown report (reports/promotion.md)."""
+    """The decision as a short markdown report (reports/promotion.md, reports/promotion_llm.md).
+
+    A classifier's decision shows its per-class F1; any other family a table of its metrics."""
     verdict = "PROMOTED" if d.get("promoted") else ("PASSED (not auto-promoted)" if d["promote"] else "REFUSED")
     if d["challenger_version"] == d["champion_version_before"]:
         verdict = "UNCHANGED"
+    basis = d.get("basis") or default_basis(d["test_rows"])
     lines = [
         f"# Promotion decision: {verdict}",
         "",
         f"- model: `{d['model']}`; challenger v{d['challenger_version']}; champion before: "
         f"{'v' + d['champion_version_before'] if d['champion_version_before'] else 'none'}; "
         f"champion after: {'v' + str(d['champion_version_after']) if d['champion_version_after'] else 'none'}",
-        f"- compared on the current test split ({d['test_rows']:,} rows), both models loaded from the registry",
+        f"- {basis}",
         f"- decided at {d['decided_at']}",
         "",
         "## Reasons",
         "",
     ]
     lines += [f"- {r}" for r in d["reasons"]]
-    if d.get("champion"):
-        lines += ["", "## Per-class F1 (test)", "", "| class | champion | challenger | drop |", "|---|---|---|---|"]
-        for c, f in d["champion"]["per_class_f1"].items():
-            ch = d["challenger"]["per_class_f1"].get(c, 0.0)
-            lines.append(f"| {c} | {f:.4f} | {ch:.4f} | {f - ch:+.4f} |")
+    chall, champ = d.get("challenger") or {}, d.get("champion")
+    if "per_class_f1" in chall:
+        if champ:
+            lines += ["", "## Per-class F1 (test)", "", "| class | champion | challenger | drop |", "|---|---|---|---|"]
+            for c, f in champ["per_class_f1"].items():
+                ch = chall["per_class_f1"].get(c, 0.0)
+                lines.append(f"| {c} | {f:.4f} | {ch:.4f} | {f - ch:+.4f} |")
+    elif chall:
+        lines += ["", "## Metrics (test)", ""]
+        lines += (
+            ["| metric | champion | challenger | delta |", "|---|---|---|---|"]
+            if champ
+            else ["| metric | challenger |", "|---|---|"]
+        )
+        for k, v in chall.items():
+            if champ:
+                lines.append(f"| {k} | {_num(champ.get(k))} | {_num(v)} | {_delta(v, champ.get(k))} |")
+            else:
+                lines.append(f"| {k} | {_num(v)} |")
     return "\n".join(lines) + "\n"
 
 
+def default_basis(rows: int) -> str:
+    """How both models were compared, unless the family says otherwise."""
+    return f"compared on the current test split ({rows:,} rows), both models loaded from the registry"
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _num(v: object) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else "n/a" if v is None else str(v)
+
+
+def _delta(new: object, old: object) -> str:
+    if _is_number(new) and _is_number(old):
+        return f"{new - old:+.4f}"
+    return ""
+
+
 def write_decision(d: dict, md: Path, js: Path) -> None:
+    """The decision as markdown and JSON, both or neither."""
     with atomic_outputs(md, js) as staged:
         staged[md].write_text(report_markdown(d), encoding="utf-8")
         write_json(d, staged[js])
 
 
-def gate_and_report(reg, test_df: pd.DataFrame, cfg: Params, report: Path, decision_json: Path) -> dict:
-    """Run the gate on the current challenger with ``cfg``'s settings and write the decision (markdown + JSON)."""
-    d = run_gate(reg, test_df, cfg.register_, ece_bins=cfg.evaluate.ece_bins, auto_promote=cfg.register_.auto_promote)
-    write_decision(d, report, decision_json)
-    return d
-
-
 def fail_on_refusal(decision: dict | None, cfg: Params) -> None:
-    """Raise :class:`GateFailed` (exit 3) for a refused challenger when ``register.fail_on_refusal`` says so.
+    """Raise :class:`GateFailed` (exit 3) for a refused challenger when its family's ``fail_on_refusal`` says so
+    (``register`` for the classifier, ``register_llm`` for the generative model: the decision's ``family``).
 
     Called after the decision is written and shown, so a failed run still leaves its reasons behind.
     ``None`` (no gate ran: a manual promotion or a rollback) passes."""
-    if decision is not None and not decision["promote"] and cfg.register_.fail_on_refusal:
+    if decision is None or decision["promote"]:
+        return
+    if gate_settings(cfg, decision.get("family", "classifier")).fail_on_refusal:
         raise GateFailed(f"challenger v{decision['challenger_version']} refused: {'; '.join(decision['reasons'])}")

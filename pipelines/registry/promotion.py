@@ -1,10 +1,12 @@
 """Promote or roll back: the one dispatch behind ``python -m pipelines.promote`` and the ``promote`` flow.
 
 Three actions, exactly one per call: re-run the gate on the current challenger (the default), promote a
-given version by hand, or roll the champion back to the previous champion. Both callers go through
-:func:`run_promotion` and only present its :class:`PromotionResult` their own way (the CLI prints it, the
-flow publishes a Prefect artifact), so a refusal reads the same from either. The gate itself, promotion and
-rollback live in :mod:`pipelines.registry.gate`.
+given version by hand, or roll the champion back to the previous champion; each on one model family's
+registered model (``classifier``, the default, or ``llm``: :mod:`pipelines.registry.families`). Both callers
+go through :func:`run_promotion` and only present its :class:`PromotionResult` their own way (the CLI prints
+it, the flow publishes a Prefect artifact), so a refusal reads the same from either. Promotion and rollback
+live in :mod:`pipelines.registry.gate`; each family's gate in :mod:`pipelines.registry.classifier_gate` and
+:mod:`pipelines.llm.registration`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pipelines.config import Params
 from pipelines.errors import ConfigError
 from pipelines.io import read_split
 from pipelines.registry.aliases import CHAMPION
+from pipelines.registry.families import Family, registered_model
 
 Action = Literal["gate", "version", "rollback"]
 
@@ -31,6 +34,7 @@ class PromotionResult:
     champion_after: str | None
     message: str
     decision: dict | None = None  # the gate's decision (``gate`` only)
+    family: Family = "classifier"
 
     @property
     def refused(self) -> bool:
@@ -45,31 +49,54 @@ def choose_action(version: str | None, rollback: bool) -> Action:
     return "rollback" if rollback else "version" if version is not None else "gate"
 
 
+# where each family's gate reads its test rows and writes its decision, unless the caller says otherwise
+DEFAULT_PATHS: dict[str, dict[str, Path]] = {
+    "classifier": {
+        "test": Path("data/processed/test.parquet"),
+        "report": Path("reports/promotion.md"),
+        "decision_json": Path("reports/promotion.json"),
+    },
+    "llm": {
+        "test": Path("data/sft/test.jsonl"),
+        "report": Path("reports/promotion_llm.md"),
+        "decision_json": Path("reports/promotion_llm.json"),
+        "eval_metrics": Path("metrics/llm_eval.json"),
+    },
+}
+
+
 def run_promotion(
     cfg: Params,
     *,
+    family: Family = "classifier",
     version: str | None = None,
     rollback: bool = False,
-    test: Path = Path("data/processed/test.parquet"),
-    report: Path = Path("reports/promotion.md"),
-    decision_json: Path = Path("reports/promotion.json"),
+    test: Path | None = None,
+    report: Path | None = None,
+    decision_json: Path | None = None,
+    eval_metrics: Path | None = None,
     requested_by: str = "python -m pipelines.promote",
 ) -> PromotionResult:
-    """Run one action on the registered model of ``cfg.mlflow`` and return what changed.
+    """Run one action on ``family``'s registered model and return what changed.
 
-    ``gate`` scores challenger and champion on the ``test`` split now and writes the decision to ``report``
-    and ``decision_json``; ``version`` points the champion at that version (recorded as a manual promotion
-    by ``requested_by``); ``rollback`` moves it back. A missing registered model or an unknown version is
-    a :class:`~pipelines.registry.tracking.RegistryError`; nothing is moved then.
+    ``gate`` scores challenger and champion on the ``test`` rows now and writes the decision to ``report``
+    and ``decision_json`` (the classifier: ``data/processed/test.parquet``, ``reports/promotion.{md,json}``;
+    the LLM: ``data/sft/test.jsonl``, ``reports/promotion_llm.{md,json}``, its challenger's scores from
+    ``eval_metrics``, ``metrics/llm_eval.json``); ``version`` points the champion at that version (recorded as
+    a manual promotion by ``requested_by``); ``rollback`` moves it back. A missing registered model or an
+    unknown version is a :class:`~pipelines.registry.tracking.RegistryError`; nothing is moved then.
     """
     from pipelines.registry import gate, tracking
 
     action = choose_action(version, rollback)
+    name = registered_model(cfg, family)  # also refuses an unknown family
+    paths = DEFAULT_PATHS[family]
     tracking.setup(cfg.mlflow)
-    reg = tracking.Registry(cfg.mlflow)
+    reg = tracking.Registry(cfg.mlflow, name)
     if not reg.exists():
         raise tracking.RegistryError(
-            f"no registered model named '{reg.name}' (registry: {reg.uri}); run the register stage first"
+            f"no registered model named '{reg.name}' (registry: {reg.uri}); "
+            f"run the {'register_llm' if family == 'llm' else 'register'} stage first"
         )
     before, decision = reg.alias(CHAMPION), None
     if action == "rollback":
@@ -79,6 +106,16 @@ def run_promotion(
         old = gate.promote_version(reg, str(version), f"manual: {requested_by}")
         message = f"promoted '{reg.name}' v{version} to {CHAMPION} (was {'v' + old if old else 'none'})"
     else:
-        decision = gate.gate_and_report(reg, read_split(test), cfg, report, decision_json)
+        test, report = test or paths["test"], report or paths["report"]
+        decision_json = decision_json or paths["decision_json"]
+        if family == "llm":
+            from pipelines.llm.registration import gate_and_report as llm_gate_and_report
+
+            eval_metrics = eval_metrics or paths["eval_metrics"]
+            decision = llm_gate_and_report(reg, cfg, test, eval_metrics, report, decision_json)
+        else:
+            from pipelines.registry.classifier_gate import gate_and_report
+
+            decision = gate_and_report(reg, read_split(test), cfg, report, decision_json)
         message = gate.report_markdown(decision)
-    return PromotionResult(action, reg.name, before, reg.alias(CHAMPION), message, decision)
+    return PromotionResult(action, reg.name, before, reg.alias(CHAMPION), message, decision, family)

@@ -1,10 +1,12 @@
 """MLflow tracking and registry, embedded (SQLite + a local artifact root). The one module that talks to MLflow
-(besides the pyfunc wrapper :mod:`pipelines.classifier.pyfunc`).
+(besides the pyfunc wrappers of each model family: :mod:`pipelines.classifier.pyfunc`, :mod:`pipelines.llm.pyfunc`).
 
 Nothing happens at import time: call :func:`setup` (tracking URI from ``params.yaml: mlflow``,
 ``MLFLOW_TRACKING_URI`` overrides; the experiment is created with the configured artifact
 root if missing). Runs carry lineage tags (git commit, DVC md5s of the data from ``dvc.lock``,
-stage). :class:`Registry` wraps the model registry with aliases (never stages).
+stage). :class:`Registry` wraps one registered model with aliases (never stages); it knows no model
+family: it hands out URIs and raw pyfunc models, and each family wraps them (the classifier:
+:func:`pipelines.classifier.pyfunc.load_registered`).
 """
 
 from __future__ import annotations
@@ -75,9 +77,9 @@ def dvc_hashes(lock_path: str | Path = "dvc.lock", paths: tuple[str, ...] = DATA
     return {f"dvc.md5.{p}": found[p] for p in paths if p in found}
 
 
-def lineage_tags(stage: str, lock_path: str | Path = "dvc.lock") -> dict[str, str]:
-    """Tags every run carries: the stage, the git commit and the DVC hashes of the data it read."""
-    return {"stage": stage, **git_commit(), **dvc_hashes(lock_path)}
+def lineage_tags(stage: str, lock_path: str | Path = "dvc.lock", paths: tuple[str, ...] = DATA_OUTS) -> dict[str, str]:
+    """Tags every run carries: the stage, the git commit and the DVC hashes of the data it read (``paths``)."""
+    return {"stage": stage, **git_commit(), **dvc_hashes(lock_path, paths)}
 
 
 def flatten(d: dict, prefix: str = "", sep: str = ".") -> dict[str, Any]:
@@ -143,12 +145,16 @@ def log_artifacts(*paths: str | Path, artifact_path: str | None = None) -> None:
 
 # --------------------------------------------------------------------------- registry
 class Registry:
-    """The registered model ``name``: versions, aliases (``challenger``, ``champion``, ``previous-champion``), tags."""
+    """One registered model: versions, aliases (``challenger``, ``champion``, ``previous-champion``), tags.
 
-    def __init__(self, cfg: MlflowConfig) -> None:
+    ``name`` defaults to ``mlflow.registered_model`` (the classifier); the generative model passes
+    ``register_llm.registered_model``. Each registered model has its own versions and aliases.
+    """
+
+    def __init__(self, cfg: MlflowConfig, name: str | None = None) -> None:
         from mlflow import MlflowClient
 
-        self.name = cfg.registered_model
+        self.name = name or cfg.registered_model
         self.uri = tracking_uri(cfg)
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
 
@@ -210,14 +216,10 @@ class Registry:
         hits = self.client.search_model_versions(f"name = '{self.name}' and tags.`{tag}` = '{value}'")
         return str(max(int(v.version) for v in hits)) if hits else None
 
-    def load(self, ref: str) -> Any:
-        """Load ``@alias`` or a version number as a :class:`~pipelines.classifier.model_api.TextClassifier`.
+    def model_uri(self, ref: str) -> str:
+        """``models:/<name>@<alias>`` for ``@alias``, ``models:/<name>/<version>`` for a version number.
 
-        Raises RegistryError when it cannot."""
-        import mlflow.pyfunc
-
-        from pipelines.classifier.pyfunc import PyfuncTextClassifier
-
+        Raises RegistryError when the model, the alias or the version does not exist."""
         ref = str(ref)
         if not self.exists():
             raise RegistryError(
@@ -226,8 +228,12 @@ class Registry:
         if ref.startswith("@"):
             if self.alias(ref[1:]) is None:
                 raise RegistryError(f"registered model '{self.name}' has no alias '{ref[1:]}'")
-            uri = f"models:/{self.name}{ref}"
-        else:
-            self.version(ref)
-            uri = f"models:/{self.name}/{ref}"
-        return PyfuncTextClassifier(mlflow.pyfunc.load_model(uri), uri)
+            return f"models:/{self.name}{ref}"
+        self.version(ref)
+        return f"models:/{self.name}/{ref}"
+
+    def load_pyfunc(self, ref: str) -> Any:
+        """The raw ``mlflow.pyfunc`` model of ``@alias`` or a version (each family wraps it its own way)."""
+        import mlflow.pyfunc
+
+        return mlflow.pyfunc.load_model(self.model_uri(ref))

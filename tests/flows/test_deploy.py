@@ -88,14 +88,14 @@ def test_deploy_serves_the_champion_and_follows_promotion_and_rollback(project):
     from flows.promote import PromoteOptions, promote
     from pipelines.config import load_params
     from pipelines.registry import tracking
-    from pipelines.registry.gate import run_gate
+    from pipelines.registry.classifier_gate import run_classifier_gate
 
     params = load_params()
     train, test = split(200, 0), split(80, 1)
     reg = tracking.Registry(params.mlflow)
     good = make_pipeline(TfidfVectorizer(), LogisticRegression(C=10)).fit(train.text, train.label)
     v1 = register(params, good, "good", test)
-    run_gate(reg, test, params.register_)
+    run_classifier_gate(reg, test, params.register_)
     assert reg.alias("champion") == v1
 
     first = deploy(DeployOptions(wait_ready_s=240))

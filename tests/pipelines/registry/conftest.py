@@ -19,7 +19,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def registry_cfg(
     store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> Params:
-    """Params pointing at the store, a fresh registered-model name (the test's), a strict gate; cwd in tmp_path."""
+    """Params pointing at the store, fresh registered-model names (the test's: the classifier's, ``llm-`` the
+    generative model's), a strict gate; cwd in tmp_path."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     return parse_params(
@@ -31,5 +32,6 @@ def registry_cfg(
                 "registered_model": request.node.name[:60],
             },
             "register": {"gate_macro_f1_tolerance": 0.0, "gate_class_f1_max_drop": 0.05},
+            "register_llm": {"registered_model": f"llm-{request.node.name[:56]}"},
         }
     )

@@ -1,9 +1,15 @@
-"""The promotion gate as a pure function: worse refused, better accepted, per-class drop rule, first model."""
+"""The promotion gate as pure functions: the classifier's rule (worse refused, better accepted, per-class drop,
+first model), the report of either family, each family's settings."""
 
 from __future__ import annotations
 
-from pipelines.config import RegisterConfig
-from pipelines.registry.gate import gate_decision
+import pytest
+
+from pipelines.config import RegisterConfig, parse_params
+from pipelines.errors import ConfigError, GateFailed
+from pipelines.registry.classifier_gate import gate_decision
+from pipelines.registry.families import gate_settings, registered_model
+from pipelines.registry.gate import fail_on_refusal, report_markdown
 
 
 def m(macro: float, **f1: float) -> dict:
@@ -31,3 +37,50 @@ def test_one_class_dropping_too_much_blocks_a_better_macro_f1() -> None:
     d = gate_decision(m(0.90, a=0.99, b=0.78), m(0.85, a=0.85, b=0.85), CFG)
     assert not d["promote"]
     assert "b -0.0700" in d["reasons"][-1] and d["class_f1_drops"]["b"] == 0.07
+
+
+def decision(family: str, challenger: dict, champion: dict | None, promote: bool = True) -> dict:
+    return {
+        "promote": promote,
+        "promoted": promote,
+        "reasons": ["why"],
+        "model": "m",
+        "family": family,
+        "challenger_version": "2",
+        "champion_version_before": "1" if champion else None,
+        "champion_version_after": "2" if promote else "1",
+        "test_rows": 10,
+        "challenger": challenger,
+        "champion": champion,
+        "decided_at": "now",
+    }
+
+
+def test_the_report_shows_per_class_f1_for_a_classifier_and_a_metric_table_otherwise() -> None:
+    clf = {"macro_f1": 0.9, "accuracy": 0.9, "ece": 0.1, "per_class_f1": {"a": 0.9, "b": 0.8}}
+    md = report_markdown(decision("classifier", clf, {**clf, "per_class_f1": {"a": 0.95, "b": 0.8}}))
+    assert "## Per-class F1 (test)" in md and "| a | 0.9500 | 0.9000 | +0.0500 |" in md
+    assert "both models loaded from the registry" in md
+
+    llm = {"json_valid_rate": 0.9, "mean_field_score": 0.7, "summary_rouge_l": None}
+    md = report_markdown(decision("llm", llm, {**llm, "mean_field_score": 0.75}, promote=False))
+    assert "REFUSED" in md and "## Metrics (test)" in md and "Per-class" not in md
+    assert "| mean_field_score | 0.7500 | 0.7000 | -0.0500 |" in md and "| summary_rouge_l | n/a | n/a |  |" in md
+    first = report_markdown(decision("llm", llm, None))
+    assert "| metric | challenger |" in first and "| json_valid_rate | 0.9000 |" in first
+
+
+def test_a_refusal_fails_by_its_own_familys_setting() -> None:
+    refused = {"promote": False, "challenger_version": "2", "reasons": ["worse"]}
+    strict_llm = parse_params({"register_llm": {"fail_on_refusal": True}})
+    fail_on_refusal({**refused, "family": "classifier"}, strict_llm)  # the classifier's setting is false
+    with pytest.raises(GateFailed, match="challenger v2 refused: worse"):
+        fail_on_refusal({**refused, "family": "llm"}, strict_llm)
+
+
+def test_each_family_has_its_registered_model_and_an_unknown_one_is_refused() -> None:
+    cfg = parse_params({"mlflow": {"registered_model": "router"}, "register_llm": {"registered_model": "triage"}})
+    assert (registered_model(cfg), registered_model(cfg, "llm")) == ("router", "triage")
+    assert gate_settings(cfg, "llm") is cfg.register_llm and gate_settings(cfg) is cfg.register_
+    with pytest.raises(ConfigError, match="unknown model family 'vision'"):
+        registered_model(cfg, "vision")

@@ -56,13 +56,23 @@ def test_version_and_rollback_together_are_refused_before_the_registry_is_touche
         run(cfg, version="1", rollback=True)
 
 
+@pytest.mark.parametrize("family", ["classifier", "llm"])
 @pytest.mark.parametrize("action", [{}, {"version": "1"}, {"rollback": True}])
-def test_no_registered_model_is_refused_for_every_action(cfg, action: dict) -> None:
-    with pytest.raises(
-        tracking.RegistryError, match=re.escape(f"no registered model named '{cfg.mlflow.registered_model}'")
-    ):
-        run(cfg, **action)
+def test_no_registered_model_is_refused_for_every_action(cfg, action: dict, family: str) -> None:
+    name = cfg.mlflow.registered_model if family == "classifier" else cfg.register_llm.registered_model
+    with pytest.raises(tracking.RegistryError, match=re.escape(f"no registered model named '{name}'")):
+        run(cfg, family=family, **action)
     assert not Path("promotion.json").exists()
+
+
+def test_the_llm_family_acts_on_its_own_registered_model(cfg) -> None:
+    """A classifier champion is invisible to ``family="llm"``: its rollback finds no model of that name."""
+    good(cfg)
+    run(cfg)
+    llm = cfg.register_llm.registered_model
+    with pytest.raises(tracking.RegistryError, match=f"no registered model named '{llm}'"):
+        run(cfg, family="llm", rollback=True)
+    assert tracking.Registry(cfg.mlflow).alias(CHAMPION) == "1"
 
 
 def test_an_unknown_version_is_refused_and_the_champion_stays(cfg) -> None:

@@ -17,11 +17,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from pipelines.classifier.model_api import SklearnTextClassifier, predict_labels
+from pipelines.classifier.pyfunc import load_registered
 from pipelines.errors import DataError
 from pipelines.registry import tracking
 from pipelines.registry.aliases import CHALLENGER, CHAMPION, PREVIOUS
 from pipelines.registry.candidates import register_candidate
-from pipelines.registry.gate import promote_version, rollback, run_gate
+from pipelines.registry.classifier_gate import run_classifier_gate
+from pipelines.registry.gate import promote_version, rollback
 
 WORDS = {
     "billing": "invoice charged payment card billing",
@@ -65,7 +67,7 @@ def majority(train: pd.DataFrame, strategy: str = "most_frequent") -> SklearnTex
 
 def register(reg, cfg, clf, path: Path, test: pd.DataFrame) -> str:
     v = register_candidate(reg, cfg, getattr(clf, "name", "x"), save(clf, path), clf, test.text.head(3).tolist())
-    run_gate(reg, test, cfg.register_)
+    run_classifier_gate(reg, test, cfg.register_)
     return v
 
 
@@ -81,7 +83,8 @@ def test_gate_promotion_rollback_and_loading(env, tmp_path: Path) -> None:
     out = loaded.predict(pd.DataFrame({"text": test.text}))
     assert out["label"].tolist() == predict_labels(good, test.text.tolist())
     assert [c for c in out.columns if c.startswith("proba_")] == [f"proba_{c}" for c in good.classes]
-    assert reg.load("@champion").token_lengths(["a text"]) is None  # a bag-of-words model has no tokens to count
+    # a bag-of-words model has no tokens to count
+    assert load_registered(reg, "@champion").token_lengths(["a text"]) is None
 
     v3 = register(reg, cfg, majority(train, "prior"), tmp_path / "prior.joblib", test)
     assert reg.alias(CHALLENGER) == v3 and reg.alias(CHAMPION) == v2  # worse: refused
@@ -137,17 +140,17 @@ def test_failure_between_register_and_alias_keeps_the_old_champion(env, tmp_path
 def test_bad_input_is_a_clear_error(env, tmp_path: Path) -> None:
     cfg, reg, train, test = env
     with pytest.raises(tracking.RegistryError, match=f"no registered model named '{reg.name}'"):
-        reg.load("@champion")
+        load_registered(reg, "@champion")
     register(reg, cfg, majority(train), tmp_path / "maj.joblib", test)
     with pytest.raises(tracking.RegistryError, match="has no alias 'nope'"):
-        reg.load("@nope")
+        load_registered(reg, "@nope")
     with pytest.raises(tracking.RegistryError, match="has no version 99"):
-        reg.load("99")
+        reg.load_pyfunc("99")
     with pytest.raises(DataError, match="empty"):
-        run_gate(reg, test.iloc[:0], cfg.register_)
+        run_classifier_gate(reg, test.iloc[:0], cfg.register_)
     unseen = pd.concat([test, pd.DataFrame({"text": ["new thing"], "label": ["zebra"]})])
     with pytest.raises(DataError, match="never saw"):
-        run_gate(reg, unseen, cfg.register_)
+        run_classifier_gate(reg, unseen, cfg.register_)
 
 
 @pytest.mark.integration
