@@ -18,7 +18,7 @@ import re
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from prefect import flow, get_run_logger, task
@@ -41,10 +41,20 @@ class StageFailed(PipelineError):
         self.stage, self.retryable = stage, retryable
 
 
+BRANCHES = {"classifier": "register", "llm": "register_llm"}  # a branch: its last stage and every stage upstream
+
+
 class TrainingOptions(Options):
     """Parameters of the training flow (the UI form)."""
 
-    stages: list[str] | None = Field(None, description="run only these stages (in DAG order); empty: all of dvc.yaml")
+    branch: Literal["both", "classifier", "llm"] = Field(
+        "both",
+        description="classifier: the stages up to `register`; llm: those up to `register_llm` (the generative "
+        "model); both: the whole of dvc.yaml",
+    )
+    stages: list[str] | None = Field(
+        None, description="run only these stages of the branch (in DAG order); empty: all of them"
+    )
     force: bool = Field(False, description="dvc repro --force: run stages even when their inputs did not change")
     dvc_file: str = Field("dvc.yaml", description="the pipeline definition")
 
@@ -65,8 +75,8 @@ def _resolve(path: str, values: dict) -> str:
     return re.sub(r"\$\{\s*([\w.]+)\s*\}", one, path)
 
 
-def dag_order(dvc_file: str | Path = "dvc.yaml") -> list[str]:
-    """Stage names of ``dvc.yaml`` in dependency order (a stage after every stage whose outs it reads)."""
+def stage_needs(dvc_file: str | Path = "dvc.yaml") -> dict[str, set[str]]:
+    """Each stage of ``dvc.yaml`` → the stages whose outs it reads, in ``dvc.yaml`` order."""
     dvc_file = Path(dvc_file)
     stages = (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("stages", {})
     params_yaml = dvc_file.parent / "params.yaml"
@@ -81,17 +91,37 @@ def dag_order(dvc_file: str | Path = "dvc.yaml") -> list[str]:
     def feeds(dep: str, out: str) -> bool:
         return dep == out or dep.startswith(out.rstrip("/") + "/") or out.startswith(dep.rstrip("/") + "/")
 
-    needs = {
+    return {
         name: {o for o in stages if o != name and any(feeds(d, p) for d in _paths(s.get("deps", [])) for p in outs[o])}
         for name, s in stages.items()
     }
+
+
+def dag_order(dvc_file: str | Path = "dvc.yaml") -> list[str]:
+    """Stage names of ``dvc.yaml`` in dependency order (a stage after every stage whose outs it reads)."""
+    needs = stage_needs(dvc_file)
     order: list[str] = []
-    while len(order) < len(stages):
-        ready = [n for n in stages if n not in order and needs[n] <= set(order)]  # dvc.yaml order among equals
+    while len(order) < len(needs):
+        ready = [n for n in needs if n not in order and needs[n] <= set(order)]  # dvc.yaml order among equals
         if not ready:
-            raise PipelineError(f"{dvc_file}: the stages form a cycle: {sorted(set(stages) - set(order))}")
+            raise PipelineError(f"{dvc_file}: the stages form a cycle: {sorted(set(needs) - set(order))}")
         order.append(ready[0])
     return order
+
+
+def branch_stages(branch: str, dvc_file: str | Path = "dvc.yaml") -> list[str]:
+    """The stages of a branch in DAG order: its last stage (:data:`BRANCHES`) and all it depends on; ``both``: all."""
+    order = dag_order(dvc_file)
+    if branch == "both":
+        return order
+    needs = stage_needs(dvc_file)
+    wanted, todo = set(), [BRANCHES[branch]]
+    while todo:
+        stage = todo.pop()
+        if stage not in wanted:
+            wanted.add(stage)
+            todo.extend(needs.get(stage, ()))
+    return [s for s in order if s in wanted]
 
 
 def retryable(record: dict | None) -> bool:
@@ -164,10 +194,10 @@ def training(options: TrainingOptions = TrainingOptions()) -> dict:
     """Run the DVC stages in DAG order under the DVC lock; report the register stage's gate decision."""
     params = common.params_of(options)
     logger = get_run_logger()
-    order = dag_order(options.dvc_file)
+    order = branch_stages(options.branch, options.dvc_file)
     unknown = sorted(set(options.stages or []) - set(order))
     if unknown:
-        raise PipelineError(f"options.stages: unknown stage(s) {unknown}; dvc.yaml has {order}")
+        raise PipelineError(f"options.stages: stage(s) {unknown} are not in branch {options.branch!r}: {order}")
     stages = [s for s in order if not options.stages or s in options.stages]
     failed: StageFailed | None = None
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -232,3 +232,34 @@ def read_chat_jsonl(path: str | Path) -> list[Conversation]:
     if not conversations:
         raise DataError(f"{path}: no chat records (expected one JSON object per line)")
     return conversations
+
+
+# --------------------------------------------------------------------------- the stages' example files
+def examples_path(out_dir: str | Path, split: str) -> Path:
+    """``<out_dir>/<split>.jsonl``."""
+    return Path(out_dir) / f"{split}.jsonl"
+
+
+def read_examples(path: str | Path) -> list[dict]:
+    """The ``{"id", "messages"}`` records of one split file written by the sft_data stage; a missing or bad file is a
+    :class:`DataError` naming it (and the line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: run the sft_data stage first (dvc repro sft_data)")
+    records = []
+    for lineno, line in enumerate(path.read_bytes().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as err:
+            raise DataError(f"{path}: line {lineno}: invalid JSON ({err})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+            raise DataError(f'{path}: line {lineno}: expected {{"id": <string>, "messages": [...]}}')
+        problem = conversation_problem(record.get("messages"))
+        if problem:
+            raise DataError(f"{path}: line {lineno}: {problem}")
+        records.append({"id": record["id"], "messages": record["messages"]})
+    if not records:
+        raise DataError(f"{path}: no examples; re-run the sft_data stage")
+    return records

@@ -263,3 +263,35 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         n, size = len(self.lengths), self.batch_size
         return (n // size if self.drop_last else math.ceil(n / size)) // self.num_replicas
+
+
+# --------------------------------------------------------------------------- loss
+def answer_window(labels: torch.Tensor) -> int:
+    """How many final positions of a right-padded batch hold every learnt token, plus the one before them.
+
+    The answer is the last turn, so with length-grouped batches it sits near the end of every row;
+    only these positions need the LM head (a 49k-word vocabulary: most of the memory and a quarter of
+    the compute of a 135M model), passed to the model as ``logits_to_keep``.
+    """
+    learnt = labels != IGNORE_INDEX
+    if not bool(learnt.any()):
+        return 1
+    first = int(learnt.float().argmax(dim=1)[learnt.any(dim=1)].min())
+    return min(labels.shape[1] - first + 1, labels.shape[1])
+
+
+def causal_lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(mean next-token cross-entropy over the learnt tokens, how many there were) for one padded batch.
+
+    Only the positions in :func:`answer_window` get logits; the prompt, system and padding tokens are
+    -100 and contribute nothing. The same number as the model's own loss on the full logits.
+    """
+    labels = batch["labels"]
+    keep = answer_window(labels)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+    targets = labels[:, labels.shape[1] - keep + 1 :]
+    n = int((targets != IGNORE_INDEX).sum())
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
+    )
+    return loss, n

@@ -81,16 +81,17 @@ def active_slots(name: str = "dvc-repo") -> int:
 
 
 def test_training_runs_stages_in_dag_order_under_the_lock_and_a_refused_gate_keeps_the_champion(project, monkeypatch):
-    from flows.training import TrainingOptions, dag_order, training
+    from flows.training import TrainingOptions, branch_stages, training
     from pipelines.registry import tracking
-    from pipelines.registry.gate import run_gate, write_decision
+    from pipelines.registry.classifier_gate import run_classifier_gate
+    from pipelines.registry.gate import write_decision
 
     params, test = load_params(), pd.read_parquet("data/processed/test.parquet")
     train = split(200, 0)
     good = make_pipeline(TfidfVectorizer(), LogisticRegression(C=10)).fit(train.text, train.label)
     reg = tracking.Registry(params.mlflow)
     champion = register(params, good, "good", test)
-    run_gate(reg, test, params.register_)
+    run_classifier_gate(reg, test, params.register_)
     assert reg.alias("champion") == champion
     calls: list[tuple[str, int]] = []
     flaky = {"split": 1}
@@ -105,15 +106,17 @@ def test_training_runs_stages_in_dag_order_under_the_lock_and_a_refused_gate_kee
             worse = DummyClassifier(strategy="most_frequent").fit(np.zeros((len(train), 1)), train.label)
             register(params, worse, "majority", test)
             write_decision(
-                run_gate(reg, test, params.register_), Path("reports/promotion.md"), Path("reports/promotion.json")
+                run_classifier_gate(reg, test, params.register_),
+                Path("reports/promotion.md"),
+                Path("reports/promotion.json"),
             )
         return subprocess.CompletedProcess(cmd, 0, f"Running stage '{stage}'", "")
 
     monkeypatch.setattr("flows.training.run_command", fake_dvc)
-    result = training(TrainingOptions())
+    result = training(TrainingOptions(branch="classifier"))
 
     stages = [s for s, _ in calls]
-    order = dag_order("dvc.yaml")
+    order = branch_stages("classifier", "dvc.yaml")
     assert (
         order.index("ingest")
         < order.index("split")
@@ -128,6 +131,20 @@ def test_training_runs_stages_in_dag_order_under_the_lock_and_a_refused_gate_kee
     assert result["promoted"] is False and result["champion_version_after"] == champion
     assert any("below the champion" in r for r in result["reasons"])
     assert reg.alias("champion") == champion
+
+
+def test_a_branch_is_its_last_stage_and_everything_upstream() -> None:
+    from flows.training import branch_stages, dag_order
+
+    everything = dag_order(ROOT / "dvc.yaml")
+    classifier = branch_stages("classifier", ROOT / "dvc.yaml")
+    llm = branch_stages("llm", ROOT / "dvc.yaml")
+    assert classifier[-1] == "register" and not {"sft_data", "sft", "llm_eval", "register_llm"} & set(classifier)
+    assert llm[-1] == "register_llm" and {"generate", "leakage", "sft_data", "sft", "llm_eval"} <= set(llm)
+    # the classical baseline of llm_eval is the classifier champion: the llm branch keeps the classifier upstream
+    assert "register" in llm and llm.index("register") < llm.index("llm_eval")
+    assert branch_stages("both", ROOT / "dvc.yaml") == everything
+    assert [s for s in everything if s in llm] == llm  # DAG order kept
 
 
 def test_a_failed_gate_stage_is_not_retried_and_a_held_lock_fails_clearly(project, monkeypatch):

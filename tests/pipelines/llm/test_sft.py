@@ -14,6 +14,7 @@ from pipelines.llm.sft import (
     IGNORE_INDEX,
     LengthGroupedBatchSampler,
     Unencodable,
+    answer_window,
     assistant_spans,
     collator_for,
     encode_chat,
@@ -21,6 +22,7 @@ from pipelines.llm.sft import (
     length_grouped_batches,
     render_ids,
 )
+from pipelines.llm.sft import causal_lm_loss as sft_loss
 
 
 def labelled(example: dict) -> list[int]:
@@ -102,6 +104,23 @@ def test_masked_prompt_and_padding_contribute_no_loss(tokenizer, tiny_lm, make_c
     noisy = out.logits.clone()
     noisy[row, col] += 50 * torch.randn_like(noisy[row, col])
     assert not torch.allclose(causal_lm_loss(noisy, batch["labels"]), loss, atol=1e-3)
+
+
+def test_training_loss_scores_only_the_answer_window_and_matches_the_full_loss(
+    tokenizer, tiny_lm, make_conversation
+) -> None:
+    long_ticket = "Checkout fails\n" + "The page hangs after I press pay. " * 20
+    examples, _ = encode_dataset(tokenizer, [make_conversation(long_ticket), make_conversation("Hi")], max_length=512)
+    batch = collator_for(tokenizer)(examples)
+    keep = answer_window(batch["labels"])
+    first_answer = min(i for row in batch["labels"] for i, t in enumerate(row.tolist()) if t != IGNORE_INDEX)
+    assert keep == batch["labels"].shape[1] - first_answer + 1 < batch["labels"].shape[1]  # fewer LM-head positions
+    with torch.no_grad():
+        full = tiny_lm(**batch)
+        loss, n = sft_loss(tiny_lm, batch)
+    assert n == sum(len(labelled(e)) for e in examples)
+    assert torch.allclose(loss, full.loss, atol=1e-6)  # the model's own loss over every position
+    assert torch.allclose(loss, causal_lm_loss(full.logits, batch["labels"]), atol=1e-6)
 
 
 # --------------------------------------------------------------------------- length
