@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.config import Params, load_params
 from pipelines.errors import PipelineError
+from pipelines.registry.families import Family, registered_model
 
 
 class Options(BaseModel):
@@ -63,9 +64,11 @@ def dvc_lock(params: Params) -> Iterator[None]:
         ) from None
 
 
-def mlflow_links(params: Params, version: str | None) -> dict[str, str]:
-    """Links into the MLflow UI (``flows.mlflow_ui_url``) for a registered version and the run that logged it."""
-    base, name = params.flows.mlflow_ui_url.rstrip("/"), params.mlflow.registered_model
+def mlflow_links(params: Params, version: str | None, family: Family = "classifier") -> dict[str, str]:
+    """Links into the MLflow UI (``flows.mlflow_ui_url``) for ``family``'s registered model, a version of it
+    and the run that logged that version (the classifier's ``mlflow.registered_model`` or the generative
+    model's ``register_llm.registered_model``)."""
+    base, name = params.flows.mlflow_ui_url.rstrip("/"), registered_model(params, family)
     links = {"registered model": f"{base}/#/models/{name}"}
     if not version:
         return links
@@ -74,8 +77,9 @@ def mlflow_links(params: Params, version: str | None) -> dict[str, str]:
         from pipelines.registry import tracking
 
         tracking.setup(params.mlflow)
-        mv = tracking.Registry(params.mlflow).version(version)
-        run = tracking.Registry(params.mlflow).client.get_run(mv.run_id) if mv.run_id else None
+        reg = tracking.Registry(params.mlflow, name)
+        mv = reg.version(version)
+        run = reg.client.get_run(mv.run_id) if mv.run_id else None
         if run is not None:
             links["run"] = f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
     except Exception as err:  # a link is a convenience: never fail a flow for it

@@ -2,7 +2,8 @@
 
 DVC stays the one implementation (caching, ``dvc.lock``, lineage); this flow only runs the stages
 in the DAG order of ``dvc.yaml`` while holding the ``dvc-repo`` concurrency limit, retries transient
-failures, and publishes what the register stage decided (``reports/promotion.json``).
+failures, and publishes what each gate stage that ran decided: ``register`` (the classifier,
+``reports/promotion.json``) and ``register_llm`` (the generative model, ``reports/promotion_llm.json``).
 
 Which failures are transient: ``dvc repro`` exits 1 whatever the stage's exit code was, so the stage
 says it itself. Its CLI (:func:`pipelines.errors.fail`) writes an error record to the file named by
@@ -29,6 +30,7 @@ from flows import common
 from flows.common import Options
 from pipelines.errors import ERROR_FILE_ENV, ConfigError, GateFailed, PipelineError, read_error_record
 from pipelines.io import run_command, tool
+from pipelines.registry.promotion import DEFAULT_PATHS
 
 NOT_RETRIED = {ConfigError.__name__, GateFailed.__name__}  # the same run fails the same way
 
@@ -156,42 +158,65 @@ def run_stage(stage: str, force: bool = False) -> str:
     return out
 
 
+ARTIFACT_KEYS = {  # family → (decision markdown, metrics table): one artifact history per registered model
+    "classifier": ("gate-decision", "test-metrics"),
+    "llm": ("gate-decision-llm", "test-metrics-llm"),
+}
+OUTCOME = ("challenger_version", "champion_version_before", "champion_version_after", "promoted", "reasons")
+
+
 def gate_report(decision_json: str | Path = "reports/promotion.json") -> dict | None:
+    """The decision a gate stage wrote (:func:`pipelines.registry.gate.write_decision`), None when there is none."""
     path = Path(decision_json)
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+def metrics_table(decision: dict) -> list[dict[str, Any]]:
+    """One row per model in the decision (challenger, champion): every number its brief holds, rounded.
+
+    The columns are whatever the family's gate kept (the classifier: macro_f1, accuracy, ece; the generative
+    model: json_valid_rate, mean_field_score, ...); nested values (per-class F1) stay in the markdown report."""
+    models = [
+        (who, decision.get(who), decision.get(v))
+        for who, v in (("challenger", "challenger_version"), ("champion", "champion_version_before"))
+    ]
+    models = [(who, m, version) for who, m, version in models if m]
+    columns = list(dict.fromkeys(k for _, m, _ in models for k, v in m.items() if _is_number(v) or v is None))
+    return [
+        {"model": f"{who} v{version}", **{k: round(m[k], 4) if _is_number(m.get(k)) else None for k in columns}}
+        for who, m, version in models
+    ]
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def publish_gate(decision: dict, links: dict[str, str]) -> None:
-    """Gate decision (markdown) and the challenger-vs-champion metrics (table) as Prefect artifacts."""
+    """Gate decision (markdown) and the challenger-vs-champion metrics (table) as Prefect artifacts, under the
+    decision's family's keys (:data:`ARTIFACT_KEYS`)."""
     from pipelines.registry.gate import report_markdown
 
+    family = decision.get("family", "classifier")
+    decision_key, table_key = ARTIFACT_KEYS[family]
     create_markdown_artifact(
-        key="gate-decision",
+        key=decision_key,
         markdown=report_markdown(decision) + "\n## Links\n\n" + common.links_markdown(links),
-        description="promotion gate: register stage",
+        description=f"promotion gate: {BRANCHES[family]} stage ({decision.get('model', family)})",
     )
-    rows = []
-    for who in ("challenger", "champion"):
-        m = decision.get(who)
-        if m:
-            version = decision["challenger_version"] if who == "challenger" else decision["champion_version_before"]
-            rows.append(
-                {
-                    "model": f"{who} v{version}",
-                    "macro_f1": round(m["macro_f1"], 4),
-                    "accuracy": round(m["accuracy"], 4),
-                    "ece": round(m["ece"], 4),
-                }
-            )
+    rows = metrics_table(decision)
     if rows:
         create_table_artifact(
-            key="test-metrics", table=rows, description="test split, both models loaded from the registry"
+            key=table_key, table=rows, description=decision.get("basis") or "test rows, both models compared"
         )
 
 
 @flow(name="training", log_prints=True)
 def training(options: TrainingOptions = TrainingOptions()) -> dict:
-    """Run the DVC stages in DAG order under the DVC lock; report the register stage's gate decision."""
+    """Run the DVC stages in DAG order under the DVC lock; report the gate decisions made in this run.
+
+    The classifier's outcome (``register``) is at the top level of the result, the generative model's
+    (``register_llm``) under ``llm``."""
     params = common.params_of(options)
     logger = get_run_logger()
     order = branch_stages(options.branch, options.dvc_file)
@@ -211,29 +236,24 @@ def training(options: TrainingOptions = TrainingOptions()) -> dict:
                 failed = err
                 break
     result: dict[str, Any] = {"stages": stages, "failed_stage": failed.stage if failed else None}
-    decision = gate_report() if "register" in stages else None
-    if decision is not None and str(decision.get("decided_at", "")) < started:
-        logger.warning(
-            "reports/promotion.json is older than this run (the register stage did not decide): not reported"
-        )
-        decision = None
-    if decision is not None:
-        publish_gate(decision, common.mlflow_links(params, decision.get("challenger_version")))
-        result.update(
-            {
-                k: decision.get(k)
-                for k in (
-                    "challenger_version",
-                    "champion_version_before",
-                    "champion_version_after",
-                    "promoted",
-                    "reasons",
-                )
-            }
-        )
+    for family, stage in BRANCHES.items():  # each gate stage that ran: its decision, if it decided in this run
+        decision_json = DEFAULT_PATHS[family]["decision_json"]
+        decision = gate_report(decision_json) if stage in stages else None
+        if decision is not None and str(decision.get("decided_at", "")) < started:
+            logger.warning("%s is older than this run (%s did not decide): not reported", decision_json, stage)
+            decision = None
+        if decision is None:
+            continue
+        publish_gate(decision, common.mlflow_links(params, decision.get("challenger_version"), family))
+        outcome = {k: decision.get(k) for k in OUTCOME}
+        if family == "llm":
+            result["llm"] = outcome
+        else:
+            result.update(outcome)  # the classifier's outcome at the top level (what retrain reads)
         if not decision.get("promoted"):
             logger.warning(
-                "gate: challenger v%s not promoted; champion stays v%s. Why: %s",
+                "gate (%s): challenger v%s not promoted; champion stays v%s. Why: %s",
+                decision.get("model", family),
                 decision.get("challenger_version"),
                 decision.get("champion_version_after"),
                 "; ".join(decision.get("reasons", [])),

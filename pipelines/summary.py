@@ -1,4 +1,8 @@
-"""summary: the few numbers a person wants after ``make run`` (``dvc metrics show`` has them all)."""
+"""summary: the few numbers a person wants after ``make run`` (``dvc metrics show`` has them all).
+
+The classifier's data, models and gate; then, when the generative branch has run, its systems side by side
+(``metrics/llm_eval.json``) and its gate (``reports/promotion_llm.json``). A missing file skips its lines.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,53 @@ def _count(d: dict, key: str) -> str:
     """``1,234`` for a number, ``?`` where the metrics file lacks it (an older or partial run)."""
     v = d.get(key)
     return f"{v:,}" if isinstance(v, (int, float)) else "?"
+
+
+def _score(v: object) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "n/a"
+
+
+def _verdict(decision: dict) -> str:
+    """What the gate did to the challenger, in a few words (as in the promotion report)."""
+    before = decision.get("champion_version_before")
+    if before is not None and decision.get("challenger_version") == before:
+        return "unchanged (already the champion)"
+    if decision.get("promoted", decision.get("promote")):
+        return "promoted to champion"
+    return "passed the gate (not auto-promoted)" if decision.get("promote") else "not promoted"
+
+
+def _gate_line(label: str, decision: dict, report: Path) -> str:
+    champion = decision.get("champion_version_after")
+    shown = f"; champion {'v' + str(champion) if champion else 'none'}" if "champion_version_after" in decision else ""
+    return f"{label}: challenger v{decision.get('challenger_version')} {_verdict(decision)}{shown}; see {report}"
+
+
+LLM_SYSTEMS = ("finetuned", "zero_shot", "few_shot", "classical")  # the order of pipelines.llm_eval
+
+
+def summarise_llm(metrics_dir: Path, reports_dir: Path) -> list[str]:
+    """The generative model's systems on the same test rows, and its gate; no lines for a missing file."""
+    lines: list[str] = []
+    ev = _load(metrics_dir / "llm_eval.json")
+    if ev:
+        lines.append(f"generative model: {_count(ev, 'rows')} test rows ({metrics_dir / 'llm_eval.json'})")
+        lines.append(f"{'system':<18} {'valid JSON':>12} {'field score':>13} {'summary ROUGE-L':>16}")
+        for name in LLM_SYSTEMS:
+            m = ev.get(name)
+            if not isinstance(m, dict):
+                continue
+            if "skipped" in m:
+                lines.append(f"{name:<18} skipped: {m['skipped']}")
+                continue
+            lines.append(
+                f"{name:<18} {_score(m.get('json_valid_rate')):>12} {_score(m.get('mean_field_score')):>13} "
+                f"{_score(m.get('summary_rouge_l')):>16}"
+            )
+    decision = _load(reports_dir / "promotion_llm.json")
+    if decision:
+        lines.append(_gate_line("registry (generative)", decision, reports_dir / "promotion_llm.md"))
+    return lines
 
 
 def summarise(metrics_dir: Path, reports_dir: Path) -> list[str]:
@@ -49,11 +100,8 @@ def summarise(metrics_dir: Path, reports_dir: Path) -> list[str]:
         )
     decision = _load(reports_dir / "promotion.json")
     if decision:
-        verdict = "promoted to champion" if decision.get("promote") else "not promoted"
-        lines.append(
-            f"registry: challenger v{decision.get('challenger_version')} {verdict}; see {reports_dir / 'promotion.md'}"
-        )
-    return lines
+        lines.append(_gate_line("registry", decision, reports_dir / "promotion.md"))
+    return lines + summarise_llm(metrics_dir, reports_dir)
 
 
 def main(

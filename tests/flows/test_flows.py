@@ -238,3 +238,68 @@ def test_serve_all_wires_the_schedule_and_the_drift_trigger(project):
     assert trigger.match.root == {"prefect.resource.id": "model.*"}
     assert trigger.parameters == {"reason": "{{ event.payload.reason }}"}
     assert deps["retrain"]._parameter_openapi_schema.properties.keys() >= {"reason", "options"}
+
+
+def test_training_reports_each_family_gate_that_decided_in_this_run(project, monkeypatch):
+    """register_llm decided now: its outcome under ``llm`` and its own artifacts (LLM metrics, no macro_f1);
+    register ran but left last week's reports/promotion.json: the classifier's keys are not reported."""
+    import json
+    from datetime import datetime, timezone
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.runtime import flow_run
+
+    from flows.training import TrainingOptions, training
+    from pipelines.registry.gate import write_decision
+
+    Path("reports").mkdir()
+    stale = {"promote": True, "promoted": True, "challenger_version": "9", "decided_at": "2000-01-01T00:00:00+00:00"}
+    Path("reports/promotion.json").write_text(json.dumps(stale))
+    scores = {"json_valid_rate": 0.95, "mean_field_score": 0.72, "summary_rouge_l": 0.41}
+    run_ids: list[str] = []
+
+    def fake_dvc(cmd: list[str], cwd: str = ".", **_: object) -> subprocess.CompletedProcess:
+        run_ids.append(str(flow_run.get_id()))
+        if cmd[3] == "register_llm":  # what the stage writes: a refusal of v3 on the LLM's own gate
+            decision = {
+                "promote": False,
+                "promoted": False,
+                "reasons": ["mean field score 0.7200 is 0.0300 below the champion's 0.7500 (tolerance 0.0)"],
+                "model": "ticket-triage",
+                "family": "llm",
+                "challenger_version": "3",
+                "champion_version_before": "2",
+                "champion_version_after": "2",
+                "test_rows": 40,
+                "challenger": scores,
+                "champion": {**scores, "mean_field_score": 0.75},
+                "decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+            write_decision(decision, Path("reports/promotion_llm.md"), Path("reports/promotion_llm.json"))
+        return subprocess.CompletedProcess(cmd, 0, f"Running stage '{cmd[3]}'", "")
+
+    monkeypatch.setattr("flows.training.run_command", fake_dvc)
+    result = training(TrainingOptions(stages=["register", "register_llm"]))
+
+    assert result["stages"] == ["register", "register_llm"] and result["failed_stage"] is None
+    assert result["llm"] == {
+        "challenger_version": "3",
+        "champion_version_before": "2",
+        "champion_version_after": "2",
+        "promoted": False,
+        "reasons": ["mean field score 0.7200 is 0.0300 below the champion's 0.7500 (tolerance 0.0)"],
+    }
+    assert "promoted" not in result and "challenger_version" not in result  # the stale classifier decision
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=run_ids)))
+    by_key = {a.key: a for a in found}
+    assert {"gate-decision-llm", "test-metrics-llm"} <= set(by_key) and "gate-decision" not in by_key
+    report = by_key["gate-decision-llm"].data
+    assert "REFUSED" in report and "#/models/ticket-triage" in report
+    table = by_key["test-metrics-llm"].data
+    rows = json.loads(table) if isinstance(table, str) else table
+    assert rows == [
+        {"model": "challenger v3", **scores},
+        {"model": "champion v2", **scores, "mean_field_score": 0.75},
+    ]

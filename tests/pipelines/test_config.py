@@ -192,3 +192,13 @@ def test_bad_params_stop_a_stage_cli_with_exit_2_and_no_traceback(tmp_path):
     assert "Traceback" not in r.stderr
     assert r.stderr.startswith(f"error: {params}: 1 invalid value(s)")
     assert "split.test_fraction" in r.stderr
+
+
+def test_the_full_data_llm_example_is_params_yaml_with_only_the_llm_training_scaled_up():
+    """examples/params-llm-full.yaml is copied over params.yaml by users: it must load, and differ only where it says."""
+    example = ROOT / "examples" / "params-llm-full.yaml"
+    full, raw_full = load_params(example), yaml.safe_load(example.read_text(encoding="utf-8"))
+    _, raw = shipped()
+    changed = {section for section in raw if raw_full.get(section) != raw[section]}
+    assert changed == {"sft_data", "sft"} and set(raw_full) == set(raw)
+    assert full.sft_data.max_train_samples is None and full.sft.epochs >= 2

@@ -1,8 +1,8 @@
-"""The end-of-run summary reads the stage metrics and the gate decision."""
+"""The end-of-run summary reads the stage metrics and the gate decisions (classifier, and generative when it ran)."""
 
 import json
 
-from pipelines.summary import summarise
+from pipelines.summary import LLM_SYSTEMS, summarise
 
 
 def test_summary_lists_every_model_and_the_gate(tmp_path):
@@ -36,3 +36,65 @@ def test_a_metrics_file_missing_keys_prints_a_question_mark_not_a_crash(tmp_path
     text = "\n".join(summarise(tmp_path, tmp_path))
     assert "1,234 rows read, ? kept" in text
     assert "2 findings, ? blockers" in text and "train ? / val ? / test ?" in text
+
+
+def llm_eval(graded: dict, skipped: str = "no classifier champion") -> dict:
+    """What pipelines.llm_eval writes: every system's scores on the same rows, or why it was skipped."""
+    return {
+        "rows": 1200,
+        "graded": "triage",
+        "finetuned": graded,
+        "zero_shot": {"json_valid_rate": 0.25, "mean_field_score": 0.31, "summary_rouge_l": 0.12, "n": 1200},
+        "few_shot": {"json_valid_rate": 0.5, "mean_field_score": None, "n": 1200},
+        "classical": {"skipped": skipped},
+    }
+
+
+def test_summary_shows_the_generative_systems_side_by_side_and_its_gate(tmp_path):
+    (tmp_path / "llm_eval.json").write_text(
+        json.dumps(llm_eval({"json_valid_rate": 0.985, "mean_field_score": 0.7215, "summary_rouge_l": 0.4433}))
+    )
+    (tmp_path / "promotion_llm.json").write_text(
+        json.dumps(
+            {
+                "family": "llm",
+                "promote": False,
+                "promoted": False,
+                "challenger_version": "3",
+                "champion_version_before": "2",
+                "champion_version_after": "2",
+            }
+        )
+    )
+    lines = summarise(tmp_path, tmp_path)
+    rows = {line.split()[0]: line.split()[1:] for line in lines if line.split() and line.split()[0] in LLM_SYSTEMS}
+    assert rows == {
+        "finetuned": ["0.9850", "0.7215", "0.4433"],
+        "zero_shot": ["0.2500", "0.3100", "0.1200"],
+        "few_shot": ["0.5000", "n/a", "n/a"],  # a score that is missing reads n/a, not a crash
+        "classical": ["skipped:", "no", "classifier", "champion"],
+    }
+    text = "\n".join(lines)
+    assert "1,200 test rows" in text and "valid JSON" in text and "summary ROUGE-L" in text
+    assert "registry (generative): challenger v3 not promoted; champion v2" in text
+    assert str(tmp_path / "promotion_llm.md") in text
+
+
+def test_summary_without_the_generative_branch_has_no_generative_lines(tmp_path):
+    (tmp_path / "promotion.json").write_text(json.dumps({"promote": True, "promoted": True, "challenger_version": "1"}))
+    text = "\n".join(summarise(tmp_path, tmp_path))
+    assert "registry: challenger v1 promoted to champion" in text
+    assert "generative" not in text and "finetuned" not in text
+
+
+def test_summary_shows_the_generative_gate_without_its_metrics_and_the_other_way_round(tmp_path):
+    decision = {"promote": False, "challenger_version": "2", "champion_version_before": "2"}
+    (tmp_path / "promotion_llm.json").write_text(json.dumps({**decision, "champion_version_after": "2"}))
+    text = "\n".join(summarise(tmp_path, tmp_path))
+    assert "registry (generative): challenger v2 unchanged (already the champion); champion v2" in text
+    assert "valid JSON" not in text
+
+    (tmp_path / "promotion_llm.json").unlink()
+    (tmp_path / "llm_eval.json").write_text(json.dumps(llm_eval({"json_valid_rate": 1.0, "mean_field_score": 0.9})))
+    text = "\n".join(summarise(tmp_path, tmp_path))
+    assert "valid JSON" in text and "registry (generative)" not in text
