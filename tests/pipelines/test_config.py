@@ -195,7 +195,7 @@ def test_bad_params_stop_a_stage_cli_with_exit_2_and_no_traceback(tmp_path):
 
 
 def test_the_full_data_llm_example_is_params_yaml_with_only_the_llm_training_scaled_up():
-    """examples/params-llm-full.yaml is copied over params.yaml by users: it must load, and differ only where it says."""
+    """examples/params-llm-full.yaml is copied over params.yaml by users: it loads and differs only where it says."""
     example = ROOT / "examples" / "params-llm-full.yaml"
     full, raw_full = load_params(example), yaml.safe_load(example.read_text(encoding="utf-8"))
     _, raw = shipped()
