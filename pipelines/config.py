@@ -355,8 +355,8 @@ class SftDataConfig(Section):
 class SftConfig(DeepSpeedConfig):
     """LoRA supervised fine-tuning of the causal LM under DeepSpeed ZeRO (pipelines/sft.py)."""
 
-    epochs: int = Field(1, ge=1, le=100)
-    micro_batch_size: int = Field(8, ge=1, description="per rank")
+    epochs: int = Field(2, ge=1, le=100)
+    micro_batch_size: int = Field(4, ge=1, description="per rank")
     learning_rate: float = Field(2e-3, gt=0.0, le=1.0)
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
     master_port: int = Field(29562, ge=1024, le=65535)

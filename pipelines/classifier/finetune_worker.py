@@ -166,7 +166,7 @@ def train(args: argparse.Namespace) -> None:
         "val_rows": len(val_rows),
         "base_model_path": base_path,
         "ds_config": ds_config,
-        "trainable_parameters": sum(p.numel() for p in engine.module.parameters() if p.requires_grad),
+        "trainable_parameters": ranks.trainable_count(engine.module),
     }
     if rank == 0:
         (args.ckpt_dir).mkdir(parents=True, exist_ok=True)

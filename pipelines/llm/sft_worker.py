@@ -127,7 +127,7 @@ def train(args: argparse.Namespace) -> None:
         "base_model": llm.base_model,
         "base_model_path": base_path,
         "ds_config": ds_config,
-        "trainable_parameters": sum(p.numel() for p in engine.module.parameters() if p.requires_grad),
+        "trainable_parameters": ranks.trainable_count(engine.module),
     }
     if me.main:
         args.ckpt_dir.mkdir(parents=True, exist_ok=True)

