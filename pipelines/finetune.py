@@ -5,7 +5,6 @@ A thin CLI; the logic and its description are in :mod:`pipelines.classifier.fine
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +16,7 @@ from pipelines.config import load_params
 from pipelines.errors import run_cli
 from pipelines.io import read_split
 from pipelines.training import engine as dse
-from pipelines.training.launch import check_checkpoint, check_world_size, launch, launcher_command
+from pipelines.training.launch import check_world_size, launch, launcher_command, prepare_checkpoints
 
 WORKER = "pipelines.classifier.finetune_worker"  # what the launcher runs on every rank
 
@@ -51,10 +50,7 @@ def main(
     model = build_model(base, labels, cfg, on_meta=True)  # targets + analytic count, no weights loaded
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     check_world_size(cfg, accelerator, "finetune")
-    if resume:
-        check_checkpoint(ckpt_dir)
-    elif ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)
+    prepare_checkpoints(ckpt_dir, resume)
     cmd = launcher_command(cfg, WORKER, params, data_dir, ckpt_dir, resume)
     launch(
         cmd,

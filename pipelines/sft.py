@@ -23,7 +23,7 @@ from pipelines.io import atomic_outputs, write_json
 from pipelines.llm.base_model import resolve_base_model
 from pipelines.llm.lora import build_lora_model, load_causal_lm
 from pipelines.training import engine as dse
-from pipelines.training.launch import check_checkpoint, check_world_size, launch, launcher_command
+from pipelines.training.launch import check_world_size, launch, launcher_command, prepare_checkpoints
 from pipelines.training.lora import trainable_parameters
 
 WORKER = "pipelines.llm.sft_worker"  # what the launcher runs on every rank
@@ -81,10 +81,7 @@ def main(
     base = resolve_base_model(llm.base_model, llm.cache_dir)  # once, before the ranks start
     n_train = trainable_parameters(build_lora_model(load_causal_lm(base, on_meta=True), llm))  # shapes only
     check_world_size(cfg, accelerator, "sft")
-    if resume:
-        check_checkpoint(ckpt_dir)
-    elif ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)
+    prepare_checkpoints(ckpt_dir, resume)
     cmd = launcher_command(cfg, WORKER, params, data_dir, ckpt_dir, resume)
     launch(
         cmd,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -251,23 +250,13 @@ def train(args: argparse.Namespace) -> None:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
-        description="One rank of the LoRA fine-tuning run (start it with the deepspeed launcher)."
+    return ranks.worker_args(
+        "One rank of the LoRA fine-tuning run (start it with the deepspeed launcher).",
+        "data/processed",
+        "models/transformer_ckpt",
+        argv,
     )
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--data-dir", type=Path, default=Path("data/processed"))
-    ap.add_argument("--ckpt-dir", type=Path, default=Path("models/transformer_ckpt"))
-    ap.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --ckpt-dir")
-    ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by the launcher
-    return ap.parse_args(argv)
 
 
 if __name__ == "__main__":
-    try:
-        train(parse())
-    except Exception as err:  # one clear line per failing rank; the launcher then stops the others
-        rank = os.environ.get("RANK", "?")
-        print(f"error (rank {rank}): {type(err).__name__}: {err}", file=sys.stderr, flush=True)
-        if os.environ.get("FINETUNE_TRACEBACK"):
-            raise
-        sys.exit(1)
+    ranks.run_main(train, parse())

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -206,20 +205,10 @@ def train(args: argparse.Namespace) -> None:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description="One rank of the LoRA SFT run (start it with the deepspeed launcher).")
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--data-dir", type=Path, default=Path("data/sft"))
-    ap.add_argument("--ckpt-dir", type=Path, default=Path("models/llm_ckpt"))
-    ap.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --ckpt-dir")
-    ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by the launcher
-    return ap.parse_args(argv)
+    return ranks.worker_args(
+        "One rank of the LoRA SFT run (start it with the deepspeed launcher).", "data/sft", "models/llm_ckpt", argv
+    )
 
 
 if __name__ == "__main__":
-    try:
-        train(parse())
-    except Exception as err:  # one clear line per failing rank; the launcher then stops the others
-        print(f"error (rank {os.environ.get('RANK', '?')}): {type(err).__name__}: {err}", file=sys.stderr, flush=True)
-        if os.environ.get("FINETUNE_TRACEBACK"):
-            raise
-        sys.exit(1)
+    ranks.run_main(train, parse())

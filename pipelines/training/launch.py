@@ -53,6 +53,16 @@ def check_checkpoint(ckpt_dir: Path) -> None:
             raise PipelineError(f"--resume: checkpoint file {f} is corrupt ({type(err).__name__}: {err})") from None
 
 
+def prepare_checkpoints(ckpt_dir: Path, resume: bool) -> None:
+    """``--resume``: the checkpoint must be readable (:func:`check_checkpoint`); else start from an empty folder."""
+    import shutil
+
+    if resume:
+        check_checkpoint(ckpt_dir)
+    elif ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+
+
 def launcher_command(
     cfg: DeepSpeedConfig, module: str, params: Path, data_dir: Path, ckpt_dir: Path, resume: bool
 ) -> list[str]:

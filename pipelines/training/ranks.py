@@ -130,3 +130,31 @@ def mlflow_run(mlflow_cfg, ckpt_dir: Path, resume: bool, name: str, stage: str, 
         id_file.write_text(active.info.run_id)
         tracking.log_artifacts(ckpt_dir / "ds_config.json")
         yield active
+
+
+def worker_args(description: str, data_dir: str, ckpt_dir: str, argv: list[str] | None = None):
+    """The arguments every rank script takes (the launcher adds ``--local_rank``)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--data-dir", type=Path, default=Path(data_dir))
+    ap.add_argument("--ckpt-dir", type=Path, default=Path(ckpt_dir))
+    ap.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --ckpt-dir")
+    ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by the launcher
+    return ap.parse_args(argv)
+
+
+def run_main(train, args) -> None:
+    """Run a rank's ``train(args)``; a failure is one clear line (the launcher then stops the other ranks).
+
+    ``FINETUNE_TRACEBACK=1`` shows the traceback."""
+    import sys
+
+    try:
+        train(args)
+    except Exception as err:
+        print(f"error (rank {os.environ.get('RANK', '?')}): {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        if os.environ.get("FINETUNE_TRACEBACK"):
+            raise
+        sys.exit(1)

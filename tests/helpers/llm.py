@@ -40,12 +40,11 @@ def smol_tokenizer(dest: Path) -> Path:
     return dest
 
 
-def tiny_base(dest: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
-    """A 2-layer, 32-wide Llama with the tokenizer's vocabulary and special ids, model and tokenizer in ``dest``."""
+def tiny_llama(tok, seed: int = 0):
+    """A 2-layer, 32-wide Llama built from a config with the tokenizer's vocabulary and special ids (no download)."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tok),
@@ -60,7 +59,15 @@ def tiny_base(dest: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
-    LlamaForCausalLM(config).save_pretrained(dest)
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_base(dest: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """:func:`tiny_llama` saved with its tokenizer in ``dest``: a base model folder for the stages."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tiny_llama(tok, seed).save_pretrained(dest)
     tok.save_pretrained(dest)
     return dest
 

@@ -11,11 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 
 from pipelines.config import GENERATOR_LABELS, LlmConfig
 from pipelines.llm.base_model import DEFAULT_BASE_MODEL, packaged_gguf
 from pipelines.llm.chat_data import Conversation, prompt_messages, system_prompt, triage_answer
+from tests.helpers.llm import tiny_llama
 
 
 @pytest.fixture(scope="session")
@@ -37,23 +37,7 @@ def tokenizer(smol_tokenizer_dir: Path):
 
 @pytest.fixture
 def tiny_lm(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(tokenizer)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from pipelines.llm.evaluation import file_sha256, ids_sha256
 from pipelines.registry import promotion, tracking
 from pipelines.registry.aliases import CHALLENGER, CHAMPION, PREVIOUS
 from pipelines.registry.gate import report_markdown
+from tests.helpers import llm as llm_helpers
 
 CACHED_TOKENIZER = Path(__file__).resolve().parents[3] / "models" / "cache" / "smollm2-135m-instruct"
 TICKETS = ["Invoice question\nI was charged twice.", "Parcel late\nOrder 12345 has not arrived.", "Login\nLocked out."]
@@ -40,28 +41,7 @@ def tokenizer_dir(request: pytest.FixtureRequest) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    out = tmp_path_factory.mktemp("tiny-base")
-    LlamaForCausalLM(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return llm_helpers.tiny_base(tmp_path_factory.mktemp("tiny-base"), tokenizer_dir)
 
 
 @pytest.fixture(scope="module")
