@@ -73,7 +73,7 @@ def _suites(cfg: ValidateConfig, df: pd.DataFrame) -> dict[str, list]:
     return {"rows": rows, "class_counts": per_class}
 
 
-def _describe(res: dict) -> tuple[str, str | None, str]:
+def describe(res: dict) -> tuple[str, str | None, str]:
     cfg = res["expectation_config"]
     kwargs = cfg.get("kwargs", {})
     r = res.get("result", {}) or {}
@@ -86,6 +86,32 @@ def _describe(res: dict) -> tuple[str, str | None, str]:
         bounds = {k: kwargs[k] for k in ("min_value", "max_value", "value_set") if kwargs.get(k) is not None}
         observed = f"observed {observed!r}, expected {bounds}"
     return cfg["type"], kwargs.get("column"), str(observed)
+
+
+def expectation_types():
+    """Great Expectations' expectation classes (``gxe.ExpectColumn...``), for a suite built by another module."""
+    import great_expectations.expectations as gxe
+
+    return gxe
+
+
+def run_suite(frame: pd.DataFrame, expectations: list, name: str, index_columns: list[str]) -> dict:
+    """Run one suite on ``frame`` in an ephemeral context; GE's result JSON with every unexpected row's
+    ``index_columns`` (``result_format`` COMPLETE). :func:`describe` words each result."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    batch = context.data_sources.add_pandas(name).add_dataframe_asset(name)
+    suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=name, data=batch.add_batch_definition_whole_dataframe(name), suite=suite)
+    )
+    return definition.run(
+        batch_parameters={"dataframe": frame},
+        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": index_columns},
+    ).to_json_dict()
 
 
 def run_validation(df: pd.DataFrame, cfg: ValidateConfig, docs_dir: Path | None = None) -> ValidationOutcome:
@@ -119,7 +145,7 @@ def run_validation(df: pd.DataFrame, cfg: ValidateConfig, docs_dir: Path | None 
             outcome.raw[name] = vr_json
             outcome.success &= bool(vr_json["success"])
             for res in vr_json["results"]:
-                what, column, observed = _describe(res)
+                what, column, observed = describe(res)
                 outcome.results.append({"batch": name, "expectation": what, "column": column,
                                         "success": bool(res["success"]), "observed": observed})
     return outcome

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -47,9 +46,9 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from pipelines.config import LlmConfig, SftDataConfig
+from pipelines.data import quality
 from pipelines.data.ingestion import scrub_pii
 from pipelines.data.leakage_checks import cross_duplicates, normalise_for_dedup
-from pipelines.data.quality import ValidationOutcome, _describe
 from pipelines.errors import DataError
 from pipelines.io import atomic_outputs, write_json
 from pipelines.llm.chat_data import (  # noqa: F401 - read_examples: the stages' reader lives with the file format
@@ -297,7 +296,7 @@ def example_frame(examples: Mapping[str, pd.DataFrame], tokenizer, max_length: i
 
 
 def _checks(max_length: int) -> list:
-    import great_expectations.expectations as gxe
+    gxe = quality.expectation_types()
 
     def meta(check: str, what: str) -> dict:
         return {"meta": {"check": check, "what": what}}
@@ -356,27 +355,11 @@ def check_examples(frame: pd.DataFrame, max_length: int) -> list[dict]:
     """Run the expectations on :func:`example_frame`'s frame (as :mod:`pipelines.data.quality` runs its suites);
     one :class:`DataError` naming every breached check, else a row per expectation (check, expectation, column,
     success, observed)."""
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    logging.getLogger("great_expectations").setLevel(logging.ERROR)
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-    batch = context.data_sources.add_pandas("sft_data").add_dataframe_asset("examples")
-    suite = context.suites.add(gx.ExpectationSuite(name="sft_examples", expectations=_checks(max_length)))
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(
-            name="sft_examples", data=batch.add_batch_definition_whole_dataframe("examples"), suite=suite
-        )
-    )
-    result = definition.run(
-        batch_parameters={"dataframe": frame},
-        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["id", "record"]},
-    ).to_json_dict()
-    outcome, failures = ValidationOutcome(success=bool(result["success"])), []
+    result = quality.run_suite(frame, _checks(max_length), "sft_examples", ["id", "record"])
+    outcome, failures = quality.ValidationOutcome(success=bool(result["success"])), []
     for res in result["results"]:
         meta = res["expectation_config"]["meta"]
-        expectation, column, observed = _describe(res)  # the validate stage's wording of a result
+        expectation, column, observed = quality.describe(res)  # the validate stage's wording of a result
         if meta["check"] == "examples":  # GE's COMPLETE format leaves this aggregate's observed value out
             observed = f"examples per split: {frame['split'].value_counts().reindex(SPLITS, fill_value=0).to_dict()}"
         outcome.results.append(
