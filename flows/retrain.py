@@ -55,7 +55,8 @@ def retrain(reason: str = "manual", options: RetrainOptions = RetrainOptions()) 
     logger = get_run_logger()
     logger.info("retrain: %s", reason)
     path = take_snapshot(params)
-    trained = training(TrainingOptions(params_file=options.params_file, force=options.force))
+    # the classifier's branch: monitoring judges the classifier; the generative model is not retrained here
+    trained = training(TrainingOptions(branch="classifier", params_file=options.params_file, force=options.force))
     version = trained.get("challenger_version")
     outcome = record_lineage(params, path, str(version), reason) if version else {}
     deployed = None

@@ -43,6 +43,10 @@ SMALL = {
         "persistence": 3,
     },
     "serve": {"watch_interval_s": 5, "log_flush_s": 1.0},
+    # the generative branch, when a copy runs all of dvc.yaml (a Prefect UI run): a smoke-sized one
+    "sft_data": {"max_train_samples": 16, "max_val_samples": 8, "max_test_samples": 8},
+    "sft": {"epochs": 1, "smoke_steps": 2},
+    "llm_eval": {"systems": ["finetuned", "zero_shot"], "max_new_tokens": 24},
     "flows": {"deploy_on_promotion": False},  # the demo's Serve replicas follow the alias themselves
 }
 
@@ -70,8 +74,9 @@ def make_repo(dst: Path, extra: tuple[str, ...] = ()) -> Path:
 
 
 def train_period_a() -> None:
-    """``dvc repro`` in the demo repository (the current directory): period A only, champion registered."""
-    run_command([tool("dvc"), "repro"], check=True)
+    """``dvc repro register`` in the demo repository (the current directory): period A only, classifier champion
+    registered (the drift demo is the classifier's)."""
+    run_command([tool("dvc"), "repro", "register"], check=True)
 
 
 def main(
@@ -87,7 +92,7 @@ def main(
     t0 = time.time()
     repo = make_repo(workdir or Path(tempfile.mkdtemp(prefix="demo-drift-")))
     os.chdir(repo)
-    print(f"[demo] repository copy: {repo}\n[demo] 1/3 train on period A: dvc repro ...", flush=True)
+    print(f"[demo] repository copy: {repo}\n[demo] 1/3 train on period A: dvc repro register ...", flush=True)
     train_period_a()
     params = load_params(Path("params.yaml"))
     sender = traffic.Sender(params, in_process)

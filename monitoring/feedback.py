@@ -56,12 +56,13 @@ def dvc_add(path: Path) -> Path:
 
 
 def reproduce() -> dict[str, Any]:
-    """``dvc repro`` (the register stage runs the gate); return the decision the register stage made now.
+    """``dvc repro register``: the classifier's branch (the model monitoring judges), whose register stage runs
+    the gate; return the decision the register stage made now. The generative branch is not retrained here.
 
     A decision older than this run means DVC did not re-run the pipeline on the new snapshot: an error,
     rather than tagging an earlier version with this snapshot."""
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    pipeline_io.run_command([pipeline_io.tool("dvc"), "repro"], check=True)
+    pipeline_io.run_command([pipeline_io.tool("dvc"), "repro", "register"], check=True)
     decision = read_decision()
     if str(decision.get("decided_at", "")) < started:
         raise PipelineError(
