@@ -35,3 +35,18 @@ def root() -> Path:
 @pytest.fixture
 def shared_datasets() -> Path:
     return SHARED_DATASETS
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_tracking_uri():
+    """Every test leaves ``MLFLOW_TRACKING_URI`` as it found it.
+
+    ``mlflow.set_tracking_uri`` exports the variable, and ``monkeypatch.delenv(..., raising=False)`` of an
+    absent one records nothing to undo: a test's temporary registry then leaked into later tests' servers
+    (a Prefect-served training run registered into another test's registry)."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
