@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from pipelines.config import load_params
-from pipelines.data.ingestion import ingest, read_snapshots, read_source
+from pipelines.data.ingestion import ingest_with_quarantine, read_snapshots, read_source
 from pipelines.errors import run_cli
 from pipelines.io import atomic_outputs, write_json, write_parquet
 
@@ -23,19 +23,31 @@ def main(
         "reports/ingest.json"
     ),
     metrics_out: Annotated[Path, typer.Option(help="row counts (JSON, a DVC metric)")] = Path("metrics/ingest.json"),
+    quarantine_out: Annotated[
+        Path, typer.Option(help="broken records set aside by ingest.bad_rows: quarantine (CSV; header only if none)")
+    ] = Path("data/interim/quarantine.csv"),
 ) -> None:
-    """Read data.path, map columns, strip HTML, scrub PII and write typed Parquet."""
+    """Read data.path (or its split files), map columns, strip HTML, scrub PII and write typed Parquet."""
     p = load_params(params)
-    df, summary = ingest(read_source(p.data), p.data, p.ingest, read_snapshots(p.data))
-    with atomic_outputs(out, summary_out, metrics_out) as staged:
+    raw = read_source(p.data, quarantine=p.ingest.bad_rows == "quarantine")
+    df, summary, quarantined = ingest_with_quarantine(raw, p.data, p.ingest, read_snapshots(p.data))
+    summary["bad_rows"]["file"] = str(quarantine_out)
+    with atomic_outputs(out, summary_out, metrics_out, quarantine_out) as staged:
         write_parquet(df, staged[out])
         write_json(summary, staged[summary_out])
         write_json({k: v for k, v in summary.items() if isinstance(v, int)}, staged[metrics_out])
+        quarantined.to_csv(staged[quarantine_out], index=False)
     print(
         f"ingest: {summary['rows_read']:,} rows read, {summary['rows_written']:,} written to {out} "
         f"({summary['n_classes']} classes, {summary['pii_rows']:,} rows had PII scrubbed, "
         f"{summary['empty_text_dropped']:,} empty texts dropped)"
     )
+    if "split_rows" in summary:
+        print("  given splits: " + ", ".join(f"{k} {v:,}" for k, v in summary["split_rows"].items()))
+    bad = summary["bad_rows"]
+    if bad["quarantined"]:
+        why = ", ".join(f"{k} {v:,}" for k, v in bad["reasons"].items())
+        print(f"  {bad['quarantined']:,} broken rows quarantined to {quarantine_out} ({why})")
     for col, dtype in summary["schema"].items():
         print(f"  {col:<20} {dtype}")
 

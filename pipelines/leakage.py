@@ -5,6 +5,7 @@ A thin CLI; the logic and its description are in :mod:`pipelines.data.leakage_ch
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -23,11 +24,15 @@ def main(
     out_dir: Annotated[Path, typer.Option(help="where the model-ready splits go")] = Path("data/processed"),
     report: Annotated[Path, typer.Option(help="findings (JSON)")] = Path("reports/leakage.json"),
     metrics: Annotated[Path, typer.Option(help="counts (JSON, a DVC metric)")] = Path("metrics/leakage.json"),
+    split_report: Annotated[
+        Path, typer.Option(help="the split stage's report: given splits are audited as given (if absent: not)")
+    ] = Path("reports/split.json"),
 ) -> None:
     """Audit the splits for leakage; write model-ready splits, or fail (exit 3) on a blocker."""
     cfg = load_params(params).leakage
     parts = {k: read_parquet(split_dir / f"{k}.parquet") for k in SPLITS}
-    clean, rep = audit(parts, cfg)
+    given = split_report.is_file() and json.loads(split_report.read_text(encoding="utf-8")).get("strategy") == "given"
+    clean, rep = audit(parts, cfg, given=given)
     targets = [out_dir / f"{k}.parquet" for k in SPLITS]
     with atomic_outputs(report, metrics, *([] if not rep["passed"] else targets)) as staged:
         write_json(rep, staged[report])
@@ -44,7 +49,8 @@ def main(
             "Fix the data, or change the leakage.*_action params if this is intended."
         )
     print(
-        f"leakage: {rep['counts']['findings']} findings, no blockers; dropped columns {rep['dropped_columns']}; "
+        f"leakage: {rep['counts']['findings']} findings, no blockers{' (given splits)' if given else ''}; "
+        f"dropped columns {rep['dropped_columns']}; "
         f"removed {rep['counts']['removed_eval_rows']:,} duplicate rows from val/test -> {out_dir}"
     )
 

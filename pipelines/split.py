@@ -1,4 +1,4 @@
-"""``python -m pipelines.split``: deterministic train / val / test by time, group or stratified random.
+"""``python -m pipelines.split``: train / val / test as the data gives them, or by time, group or stratified random.
 
 A thin CLI; the logic and its description are in :mod:`pipelines.data.splitting`.
 """
@@ -22,7 +22,7 @@ def main(
     out_dir: Annotated[Path, typer.Option(help="directory for train/val/test Parquet")] = Path("data/processed/split"),
     report: Annotated[Path, typer.Option(help="split report (JSON)")] = Path("reports/split.json"),
 ) -> None:
-    """Split the interim data into train / val / test by time, group or stratified random."""
+    """Split the interim data into train / val / test: as given by the data, or by time, group or stratified random."""
     cfg = load_params(params).split
     parts, rep = split_frame(read_parquet(data), cfg)
     with atomic_outputs(out_dir, report) as staged:

@@ -10,11 +10,22 @@ text       string; the mapped text column(s) joined, HTML stripped, PII scrubbed
 label      string
 timestamp  datetime64[ns] (only when mapped)
 group      string (only when mapped), e.g. a customer id
+split      string ``train``/``val``/``test`` (only when the data gives its own splits: ``data.split_paths``,
+           one file per split inside ``data.path``, or a ``data.columns.split`` column whose values
+           ``data.split_values`` name); snapshot rows join ``train``
 ...        every other source column, unchanged (the leakage stage inspects them)
 =========  ==========================================================
 
 PII (e-mail addresses, phone numbers) is replaced by ``<EMAIL>``/``<PHONE>`` here,
 before anything downstream stores the text.
+
+Broken records (``ingest.bad_rows``): a row without a label, a row without any text (the other half of a
+record split across two lines), a date that does not parse, a row without its split, and (CSV/TSV) a line
+with more fields than the header. ``refuse`` (the default) stops the stage naming the rows (the file and the
+record's number in it) or the line; a row without text is dropped as an empty text (``ingest.drop_empty_text``)
+as before. ``quarantine`` moves every such row to a CSV a person can inspect (:func:`ingest_with_quarantine`):
+the reason, the file, the record's number (1: the first record after the header) or the line that did not
+parse, and the row's fields, PII-scrubbed like the text; the summary counts them.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from __future__ import annotations
 import codecs
 import csv
 import re
+import warnings
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -32,7 +44,17 @@ from pipelines.config import ColumnMap, DataConfig, IngestConfig
 from pipelines.data import snapshots
 from pipelines.errors import DataError
 
-CANONICAL = ("id", "text", "label", "timestamp", "group")
+CANONICAL = ("id", "text", "label", "timestamp", "group", "split")
+
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+# Where each raw row came from: added by read_source, used for the quarantine and dropped by ingest.
+SOURCE_FILE, SOURCE_ROW, SOURCE_SPLIT = "_source_file", "_source_row", "_source_split"
+SOURCE_LINE, RAW_LINE = "_source_line", "_raw_line"  # a line the CSV/TSV parser could not split (quarantine only)
+PROVENANCE = (SOURCE_FILE, SOURCE_ROW, SOURCE_SPLIT, SOURCE_LINE, RAW_LINE)
+QUARANTINE_META = ("quarantine_reason", "source_file", "source_row", "source_line", "raw_line")
 
 
 EXTENSIONS = {
@@ -71,25 +93,42 @@ def detect_format(path: Path, fmt: str) -> str:
     return kind
 
 
-def _read_one(path: Path, cfg: DataConfig) -> pd.DataFrame:
+def _read_delimited(path: Path, kind: str, cfg: DataConfig, quarantine: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """CSV/TSV as strings; with ``quarantine`` the lines with more fields than the header are skipped and
+    returned (``SOURCE_LINE``, ``RAW_LINE``) instead of failing the file."""
+    kwargs = dict(
+        sep="\t" if kind == "tsv" else ",",
+        quoting=csv.QUOTE_MINIMAL if cfg.csv_quoting else csv.QUOTE_NONE,
+        encoding=cfg.encoding,
+        dtype=str,
+        keep_default_na=False,
+        na_values=[""],
+    )
+    if not quarantine:
+        return pd.read_csv(path, **kwargs), pd.DataFrame(columns=[SOURCE_LINE, RAW_LINE])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", pd.errors.ParserWarning)
+        df = pd.read_csv(path, on_bad_lines="warn", **kwargs)
+    numbers = sorted(
+        {int(n) for w in caught for n in re.findall(r"Skipping line (\d+):", str(w.message))}
+    )  # the C parser's physical line numbers (1: the header)
+    lines = path.read_bytes().split(b"\n") if numbers else []
+    raw = [lines[n - 1].decode(cfg.encoding, errors="replace").rstrip("\r") for n in numbers]
+    return df, pd.DataFrame({SOURCE_LINE: numbers, RAW_LINE: raw})
+
+
+def _read_one(path: Path, cfg: DataConfig, quarantine: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One file's records, and the lines a quarantine set aside (see :func:`_read_delimited`)."""
     kind = detect_format(path, cfg.format)
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty")
+    no_lines = pd.DataFrame(columns=[SOURCE_LINE, RAW_LINE])
     try:
         if kind == "parquet":
-            return pd.read_parquet(path, engine="pyarrow")
+            return pd.read_parquet(path, engine="pyarrow"), no_lines
         if kind == "jsonl":
-            return pd.read_json(path, lines=True, encoding=cfg.encoding, dtype=False)
-        quoting = csv.QUOTE_MINIMAL if cfg.csv_quoting else csv.QUOTE_NONE
-        return pd.read_csv(
-            path,
-            sep="\t" if kind == "tsv" else ",",
-            quoting=quoting,
-            encoding=cfg.encoding,
-            dtype=str,
-            keep_default_na=False,
-            na_values=[""],
-        )
+            return pd.read_json(path, lines=True, encoding=cfg.encoding, dtype=False), no_lines
+        return _read_delimited(path, kind, cfg, quarantine)
     except UnicodeDecodeError as err:
         raise DataError(
             f"{path}: not valid {cfg.encoding} text (byte {err.start}: {err.reason}); "
@@ -100,32 +139,65 @@ def _read_one(path: Path, cfg: DataConfig) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file has no columns or rows") from None
     except (pd.errors.ParserError, ValueError) as err:
-        raise DataError(f"{path}: cannot be parsed as {kind.upper()} ({str(err).splitlines()[0]})") from None
+        hint = "" if quarantine or kind not in ("csv", "tsv") else "; ingest.bad_rows: quarantine sets such lines aside"
+        raise DataError(f"{path}: cannot be parsed as {kind.upper()} ({str(err).splitlines()[0]}){hint}") from None
 
 
-def read_source(cfg: DataConfig) -> pd.DataFrame:
-    """Read a file, or every supported file of a directory (same columns), into one frame."""
-    path = Path(cfg.path)
+def _files(path: Path, key: str) -> list[Path]:
+    """``path`` itself, or every supported file under it (a directory), sorted."""
+    if not path.exists():
+        raise DataError(f"{key}: {path} does not exist")
+    if not path.is_dir():
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
+    if not files:
+        raise DataError(f"{key}: directory {path} holds no {'/'.join(sorted(EXTENSIONS))} files")
+    return files
+
+
+def source_files(cfg: DataConfig) -> list[tuple[str | None, Path]]:
+    """(split, file) for every file ingest reads: ``data.path``'s, or each split's of ``data.split_paths``."""
+    root = Path(cfg.path)
+    if cfg.split_paths is None:
+        return [(None, f) for f in _files(root, "data.path")]
+    if not root.is_dir():
+        raise DataError(
+            f"data.path: {root} {'is a file' if root.exists() else 'does not exist'}; with data.split_paths it is "
+            "the directory that holds the split files (DVC tracks it as the ingest stage's data)"
+        )
+    given = {k: v for k, v in cfg.split_paths.model_dump().items() if v is not None}
+    return [(name, f) for name, rel in given.items() for f in _files(root / rel, f"data.split_paths.{name}")]
+
+
+def read_source(cfg: DataConfig, quarantine: bool = False) -> pd.DataFrame:
+    """Read a file, a directory of files (same columns) or the split files into one frame.
+
+    Each row carries its provenance (``SOURCE_FILE``, ``SOURCE_ROW``: 1 is the first record after the header;
+    ``SOURCE_SPLIT`` with ``data.split_paths``); ingest drops those columns. With ``quarantine``, CSV/TSV lines
+    with more fields than the header become rows with only ``SOURCE_LINE`` and ``RAW_LINE`` (and provenance).
+    """
     try:
         codecs.lookup(cfg.encoding)
     except LookupError:
         raise DataError(f"data.encoding: unknown encoding {cfg.encoding!r} (e.g. utf-8, latin-1, cp1252)") from None
-    if not path.exists():
-        raise DataError(f"data.path: {path} does not exist")
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
-        if not files:
-            raise DataError(f"data.path: directory {path} holds no {'/'.join(sorted(EXTENSIONS))} files")
-    else:
-        files = [path]
-    frames = [_read_one(f, cfg) for f in files]
-    cols = list(frames[0].columns)
-    for f, fr in zip(files[1:], frames[1:]):
-        if set(fr.columns) != set(cols):
-            raise DataError(f"{f}: columns {sorted(fr.columns)} differ from {files[0]}'s {sorted(cols)}")
-    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    if df.empty:
-        raise DataError(f"{path}: no rows")
+    files = source_files(cfg)
+    frames, unparsed, first = [], [], None
+    for split, f in files:
+        df, lines = _read_one(f, cfg, quarantine)
+        first = list(df.columns) if first is None else first
+        if set(df.columns) != set(first):
+            raise DataError(f"{f}: columns {sorted(df.columns)} differ from {files[0][1]}'s {sorted(first)}")
+        frames.append(df.assign(**{SOURCE_FILE: str(f), SOURCE_ROW: range(1, len(df) + 1), SOURCE_SPLIT: split}))
+        if len(lines):
+            unparsed.append(lines.assign(**{SOURCE_FILE: str(f), SOURCE_SPLIT: split}))
+    if sum(map(len, frames + unparsed)) == 0:
+        raise DataError(f"{cfg.path}: no rows")
+    for split in {s for s, _ in files} - {None}:
+        if not sum(len(fr) for (s, _), fr in zip(files, frames) if s == split):
+            raise DataError(f"data.split_paths.{split}: {Path(cfg.path) / getattr(cfg.split_paths, split)} has no rows")
+    df = pd.concat(frames + unparsed, ignore_index=True) if len(frames) + len(unparsed) > 1 else frames[0]
+    if cfg.split_paths is None:
+        df = df.drop(columns=SOURCE_SPLIT)
     return df
 
 
@@ -170,7 +242,13 @@ def normalise_whitespace(text: str) -> str:
 
 def map_columns(df: pd.DataFrame, columns: ColumnMap) -> pd.DataFrame:
     """Rename the user's columns to the canonical names; other columns are kept as they are."""
-    wanted = {"label": columns.label, "timestamp": columns.timestamp, "group": columns.group, "id": columns.id}
+    wanted = {
+        "label": columns.label,
+        "timestamp": columns.timestamp,
+        "group": columns.group,
+        "id": columns.id,
+        "split": columns.split,
+    }
     needed = [*columns.text, *(c for c in wanted.values() if c)]
     missing = [c for c in needed if c not in df.columns]
     if missing:
@@ -200,22 +278,141 @@ def read_snapshots(data: DataConfig) -> pd.DataFrame | None:
     return snapshots.read_snapshots(data.snapshots_dir)
 
 
+def given_splits(df: pd.DataFrame, raw: pd.DataFrame, data: DataConfig) -> pd.Series | None:
+    """Each row's given split (``train``/``val``/``test``, null where missing), or None when the data gives none.
+
+    ``data.split_paths``: the split whose file the row came from. ``data.columns.split``: the column's value
+    through ``data.split_values``; a value that names no split is a configuration problem, refused."""
+    if data.split_paths is not None:
+        if SOURCE_SPLIT not in raw:
+            raise DataError("data.split_paths is set, but the frame was not read from them (read_source)")
+        return raw[SOURCE_SPLIT].astype("string")
+    if not data.columns.split:
+        return None
+    names = {getattr(data.split_values, k): k for k in SPLIT_NAMES}
+    values = df["split"].astype("string").str.strip().replace("", pd.NA)
+    unknown = sorted(set(values.dropna()) - set(names))
+    if unknown:
+        raise DataError(
+            f"split column {data.columns.split!r} has value(s) {unknown[:5]} that data.split_values does not name "
+            f"({', '.join(f'{k}: {v!r}' for v, k in names.items())}); set data.split_values to the file's values"
+        )
+    return values.map(names, na_action="ignore").astype("string")
+
+
+def _where(raw: pd.DataFrame, mask: pd.Series, n: int = 5) -> str:
+    """'train.csv row 3, train.csv row 9' for the first rows of ``mask`` (in-memory frames: 'row 3')."""
+    rows = raw.loc[mask].head(n)
+    if SOURCE_FILE not in rows:
+        return ", ".join(f"row {i + 1}" for i in rows.index)
+    return ", ".join(f"{Path(f).name} row {int(r)}" for f, r in zip(rows[SOURCE_FILE], rows[SOURCE_ROW]))
+
+
+def broken_rows(df: pd.DataFrame, raw: pd.DataFrame, data: DataConfig, split: pd.Series | None) -> dict[str, pd.Series]:
+    """Masks of the broken records of the mapped frame ``df`` (raw text, before cleaning), by reason."""
+    unparsed = raw[RAW_LINE].notna() if RAW_LINE in raw else pd.Series(False, index=df.index)
+    blank = lambda s: s.astype("string").str.strip().fillna("").eq("")  # noqa: E731
+    masks = {
+        "unparsed_line": unparsed,
+        "missing_label": blank(df["label"]) & ~unparsed,
+        "missing_text": blank(df["text"]) & ~unparsed,
+    }
+    if split is not None:
+        masks["missing_split"] = split.isna() & ~unparsed
+    if "timestamp" in df:
+        ts = pd.to_datetime(df["timestamp"], errors="coerce", utc=True)
+        masks["bad_timestamp"] = ts.isna() & df["timestamp"].notna() & ~unparsed
+    return {k: m.astype(bool) for k, m in masks.items()}
+
+
+def quarantine_frame(raw: pd.DataFrame, masks: dict[str, pd.Series], cfg: IngestConfig) -> pd.DataFrame:
+    """The broken rows as a person reads them: reason(s), file, record number or unparsed line, then the
+    source columns as read (every text cell PII-scrubbed when ``ingest.scrub_pii``)."""
+    bad = pd.concat(masks, axis=1).any(axis=1) if masks else pd.Series(False, index=raw.index)
+    reasons = pd.Series("", index=raw.index)
+    for reason, mask in masks.items():
+        reasons = reasons.where(~mask, reasons.where(reasons.eq(""), reasons + ";") + reason)
+    rows = raw.loc[bad]
+    meta = pd.DataFrame(
+        {
+            "quarantine_reason": reasons.loc[bad].str.lstrip(";"),
+            "source_file": rows.get(SOURCE_FILE),
+            "source_row": rows.get(SOURCE_ROW),
+            "source_line": rows.get(SOURCE_LINE),
+            "raw_line": rows.get(RAW_LINE),
+        },
+        index=rows.index,
+    )
+    for col in ("source_row", "source_line"):
+        meta[col] = pd.to_numeric(meta[col]).astype("Int64")
+    fields = rows.drop(columns=[c for c in PROVENANCE if c in rows])
+    fields.columns = [f"{c}_src" if c in QUARANTINE_META else c for c in fields.columns]
+    out = pd.concat([meta, fields], axis=1)
+    if cfg.scrub_pii:
+        for col in out.columns[out.dtypes.eq(object) | out.dtypes.astype(str).eq("string")]:
+            out[col] = out[col].map(lambda v: scrub_pii(v)[0] if isinstance(v, str) else v)
+    return out.reset_index(drop=True)
+
+
 def ingest(
     raw: pd.DataFrame, data: DataConfig, cfg: IngestConfig, snapshots: pd.DataFrame | None = None
 ) -> tuple[pd.DataFrame, dict]:
-    """Pure stage function: raw frame (+ labelled snapshots) → canonical, cleaned frame and a summary dict."""
-    df = map_columns(raw, data.columns)
+    """Pure stage function: raw frame (+ labelled snapshots) → canonical, cleaned frame and a summary dict.
+
+    With ``ingest.bad_rows: quarantine`` the broken rows are left out and counted in the summary; the stage
+    itself calls :func:`ingest_with_quarantine`, which also returns them."""
+    df, summary, _ = ingest_with_quarantine(raw, data, cfg, snapshots)
+    return df, summary
+
+
+def ingest_with_quarantine(
+    raw: pd.DataFrame, data: DataConfig, cfg: IngestConfig, snapshots: pd.DataFrame | None = None
+) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
+    """:func:`ingest`, plus the broken rows moved aside (an empty frame unless ``ingest.bad_rows: quarantine``)."""
+    df = map_columns(raw.drop(columns=[c for c in PROVENANCE if c in raw]), data.columns)
+    split = given_splits(df, raw, data)
+    if split is not None:
+        df["split"] = split
     summary: dict = {
         "rows_read": int(len(raw)),
-        "source_columns": list(map(str, raw.columns)),
+        "source_columns": [str(c) for c in raw.columns if c not in PROVENANCE],
         "snapshot_rows": 0 if snapshots is None else int(len(snapshots)),
     }
+    masks = broken_rows(df, raw, data, split)
+    if cfg.bad_rows == "refuse":
+        if masks["missing_label"].any():
+            raise DataError(
+                f"label column {data.columns.label!r} has {int(masks['missing_label'].sum())} null or empty value(s) "
+                f"(first: {_where(raw, masks['missing_label'])}); label every row or remove them "
+                "(ingest.bad_rows: quarantine sets such rows aside in a file)"
+            )
+        if "missing_split" in masks and masks["missing_split"].any():
+            raise DataError(
+                f"split column {data.columns.split!r} has {int(masks['missing_split'].sum())} null or empty "
+                f"value(s) (first: {_where(raw, masks['missing_split'])}); "
+                "ingest.bad_rows: quarantine sets such rows aside"
+            )
+        masks = {}  # rows without text are dropped as empty texts below; bad dates are refused below
+    masks = {k: m for k, m in masks.items() if m.any()}
+    quarantined = quarantine_frame(raw, masks, cfg)
+    if masks:
+        df = df[~pd.concat(masks, axis=1).any(axis=1)]
+    summary["bad_rows"] = {
+        "action": cfg.bad_rows,
+        "quarantined": int(len(quarantined)),
+        "reasons": {k: int(m.sum()) for k, m in masks.items()},
+    }
+    summary["quarantined_rows"] = int(len(quarantined))
+    if "id" not in df:  # the row's position in the source: stable whatever is set aside or appended
+        df["id"] = pd.Series([f"row-{i}" for i in df.index], index=df.index, dtype="string")
     if snapshots is not None and len(snapshots):
         snap = snapshots.copy()
         if "timestamp" in snap and "timestamp" not in df:
             snap = snap.drop(columns="timestamp")
         if "timestamp" in snap:  # naive UTC like the normalised primary column; the primary is checked below
             snap["timestamp"] = pd.to_datetime(snap["timestamp"], utc=True).dt.tz_localize(None)
+        if split is not None:  # labelled production rows are new training data; the given val/test stay as given
+            snap["split"] = "train"
         df = pd.concat([df, snap], ignore_index=True)
 
     labels = df["label"]
@@ -263,10 +460,7 @@ def ingest(
         df["timestamp"] = ts.dt.tz_localize(None).astype("datetime64[ns]")
     if "group" in df:
         df["group"] = df["group"].astype("string")
-    if "id" in df:
-        df["id"] = df["id"].astype("string")
-    else:
-        df["id"] = pd.Series([f"row-{i}" for i in df.index], index=df.index, dtype="string")
+    df["id"] = df["id"].astype("string")
     for col in df.columns:
         if df[col].dtype == object:
             df[col] = df[col].astype("string")
@@ -279,4 +473,7 @@ def ingest(
         class_counts={k: int(v) for k, v in df["label"].value_counts().sort_index().items()},
         schema={c: str(t) for c, t in df.dtypes.items()},
     )
-    return df, summary
+    if "split" in df:
+        counts = df["split"].value_counts()
+        summary["split_rows"] = {k: int(counts.get(k, 0)) for k in SPLIT_NAMES}
+    return df, summary, quarantined

@@ -24,6 +24,12 @@ On the splits:
 
 Each finding has a severity: ``blocker`` fails the stage (nothing written),
 ``warning`` is acted on (column dropped, rows removed) or reported as params say.
+
+Splits the data gives (``split.strategy`` given: a benchmark's or a team's frozen test file) get every
+check too. Duplicates across them follow ``leakage.duplicate_action`` like any split (``report`` keeps the
+official test file untouched), and a class missing from train stays a blocker (no model can learn it, and
+evaluation refuses it). (c) and (d) are only reported there: the order and grouping of given splits are
+the data's, not something the split stage chose or re-splitting should silently replace.
 Output: model-ready ``data/processed/{train,val,test}.parquet``, ``reports/leakage.json``
 (one entry per finding) and ``metrics/leakage.json`` (counts, a DVC metric).
 """
@@ -300,9 +306,15 @@ def check_duplicates(parts: dict[str, pd.DataFrame], cfg: LeakageConfig) -> tupl
     return out, drop
 
 
-def check_splits(parts: dict[str, pd.DataFrame], cfg: LeakageConfig) -> list[dict]:
+def check_splits(parts: dict[str, pd.DataFrame], cfg: LeakageConfig, given: bool = False) -> list[dict]:
+    """(c), (d), (e); with ``given`` splits (c) and (d) are warnings whatever their params say."""
     out: list[dict] = []
     train = parts["train"]
+    note = "; the splits are given (split.strategy given), so this is reported, not blocked" if given else ""
+
+    def severity(action: str) -> str:
+        return "blocker" if action == "block" and not given else "warning"
+
     if "group" in train:
         train_groups = set(train["group"].dropna())
         for name in EVAL:
@@ -311,9 +323,9 @@ def check_splits(parts: dict[str, pd.DataFrame], cfg: LeakageConfig) -> list[dic
                 out.append(
                     finding(
                         "group_overlap",
-                        "blocker" if cfg.group_overlap_action == "block" else "warning",
+                        severity(cfg.group_overlap_action),
                         f"{parts[name].loc[shared, 'group'].nunique():,} groups ({int(shared.sum()):,} {name} rows) "
-                        "also appear in train",
+                        f"also appear in train{note}",
                         count=int(shared.sum()),
                         splits=["train", name],
                     )
@@ -326,8 +338,8 @@ def check_splits(parts: dict[str, pd.DataFrame], cfg: LeakageConfig) -> list[dic
                 out.append(
                     finding(
                         "eval_older_than_train",
-                        "blocker" if cfg.time_order_action == "block" else "warning",
-                        f"{int(older.sum()):,} {name} rows are older than the newest train row ({newest})",
+                        severity(cfg.time_order_action),
+                        f"{int(older.sum()):,} {name} rows are older than the newest train row ({newest}){note}",
                         count=int(older.sum()),
                         splits=["train", name],
                     )
@@ -341,7 +353,8 @@ def check_splits(parts: dict[str, pd.DataFrame], cfg: LeakageConfig) -> list[dic
                 finding(
                     "class_unseen_in_train",
                     "blocker",
-                    f"{name} has classes train never saw: {unseen}",
+                    f"{name} has classes train never saw: {unseen}; no model can learn them and evaluation "
+                    f"refuses them: add train rows of {'them' if len(unseen) > 1 else 'it'} or remove those rows",
                     count=int(parts[name]["label"].isin(unseen).sum()),
                     splits=["train", name],
                 )
@@ -360,12 +373,16 @@ def check_splits(parts: dict[str, pd.DataFrame], cfg: LeakageConfig) -> list[dic
     return out
 
 
-def audit(parts: dict[str, pd.DataFrame], cfg: LeakageConfig) -> tuple[dict[str, pd.DataFrame], dict]:
-    """Pure stage function: raw splits → cleaned splits and the leakage report."""
+def audit(
+    parts: dict[str, pd.DataFrame], cfg: LeakageConfig, given: bool = False
+) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Pure stage function: raw splits → cleaned splits and the leakage report.
+
+    ``given``: the splits are the data's own (``split.strategy`` given), see the module docstring."""
     whole = pd.concat(parts.values(), ignore_index=True)
     findings = check_columns(whole, cfg)
     dup_findings, drop = check_duplicates(parts, cfg)
-    findings += dup_findings + check_splits(parts, cfg)
+    findings += dup_findings + check_splits(parts, cfg, given)
     dropped_cols = sorted({c for f in findings if f["action"] == "dropped" for c in f["columns"]} - CORE)
     clean = {k: v.drop(columns=dropped_cols) for k, v in parts.items()}
     for k in EVAL:
@@ -382,10 +399,12 @@ def audit(parts: dict[str, pd.DataFrame], cfg: LeakageConfig) -> tuple[dict[str,
         "near_duplicates": sum(f["count"] for f in findings if f["check"] == "cross_split_near_duplicates"),
         "removed_eval_rows": int(sum(m.sum() for m in drop.values())),
         "group_overlap_rows": sum(f["count"] for f in findings if f["check"] == "group_overlap"),
+        "unseen_class_rows": sum(f["count"] for f in findings if f["check"] == "class_unseen_in_train"),
         **{f"rows_{k}": int(len(v)) for k, v in clean.items()},
     }
     report = {
         "passed": not blockers,
+        "given_splits": given,
         "counts": counts,
         "dropped_columns": dropped_cols,
         "findings": findings,

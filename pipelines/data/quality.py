@@ -11,16 +11,14 @@ a readable summary, so nothing downstream runs.
 """
 
 from __future__ import annotations
+
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
-import pandas as pd
-import typer
-from pipelines.config import ValidateConfig, load_params
-from pipelines.errors import GateFailed, run_cli
-from pipelines.io import atomic_outputs, read_parquet, write_json
 
+import pandas as pd
+
+from pipelines.config import ValidateConfig
 
 logging.getLogger("great_expectations").setLevel(logging.ERROR)
 
@@ -52,8 +50,12 @@ def _suites(cfg: ValidateConfig, df: pd.DataFrame) -> dict[str, list]:
         gxe.ExpectColumnValuesToNotBeNull(column="label"),
         gxe.ExpectColumnValuesToBeInTypeList(column="text", type_list=["str", "string", "StringDtype"]),
         gxe.ExpectColumnValuesToBeInTypeList(column="label", type_list=["str", "string", "StringDtype"]),
-        gxe.ExpectColumnValueLengthsToBeBetween(column="text", min_value=max(cfg.min_text_chars, 1),
-                                                max_value=cfg.max_text_chars, mostly=cfg.text_length_mostly),
+        gxe.ExpectColumnValueLengthsToBeBetween(
+            column="text",
+            min_value=max(cfg.min_text_chars, 1),
+            max_value=cfg.max_text_chars,
+            mostly=cfg.text_length_mostly,
+        ),
         gxe.ExpectColumnValuesToNotMatchRegex(column="text", regex=r"^\s*$"),
         gxe.ExpectColumnProportionOfUniqueValuesToBeBetween(column="text", min_value=1.0 - cfg.max_duplicate_rate),
         gxe.ExpectColumnUniqueValueCountToBeBetween(column="label", min_value=2),
@@ -63,13 +65,18 @@ def _suites(cfg: ValidateConfig, df: pd.DataFrame) -> dict[str, list]:
     if "timestamp" in df:
         rows.append(gxe.ExpectColumnValuesToNotBeNull(column="timestamp"))
         if cfg.timestamp_min or cfg.timestamp_max:
-            rows.append(gxe.ExpectColumnValuesToBeBetween(
-                column="timestamp",
-                min_value=pd.Timestamp(cfg.timestamp_min).to_pydatetime() if cfg.timestamp_min else None,
-                max_value=pd.Timestamp(cfg.timestamp_max).to_pydatetime() if cfg.timestamp_max else None))
+            rows.append(
+                gxe.ExpectColumnValuesToBeBetween(
+                    column="timestamp",
+                    min_value=pd.Timestamp(cfg.timestamp_min).to_pydatetime() if cfg.timestamp_min else None,
+                    max_value=pd.Timestamp(cfg.timestamp_max).to_pydatetime() if cfg.timestamp_max else None,
+                )
+            )
     per_class = [gxe.ExpectColumnValuesToBeBetween(column="count", min_value=cfg.min_class_count)]
     if cfg.expected_labels:  # every expected class is present
-        per_class.append(gxe.ExpectColumnDistinctValuesToContainSet(column="label", value_set=list(cfg.expected_labels)))
+        per_class.append(
+            gxe.ExpectColumnDistinctValuesToContainSet(column="label", value_set=list(cfg.expected_labels))
+        )
     return {"rows": rows, "class_counts": per_class}
 
 
@@ -80,8 +87,10 @@ def describe(res: dict) -> tuple[str, str | None, str]:
     observed = r.get("observed_value")
     if "unexpected_count" in r and r.get("element_count"):
         examples = r.get("partial_unexpected_list", [])[:3]
-        observed = (f"{r['unexpected_count']:,} of {r['element_count']:,} rows unexpected "
-                    f"({r.get('unexpected_percent', 0):.2f}%), e.g. {examples}")
+        observed = (
+            f"{r['unexpected_count']:,} of {r['element_count']:,} rows unexpected "
+            f"({r.get('unexpected_percent', 0):.2f}%), e.g. {examples}"
+        )
     elif observed is not None:
         bounds = {k: kwargs[k] for k in ("min_value", "max_value", "value_set") if kwargs.get(k) is not None}
         observed = f"observed {observed!r}, expected {bounds}"
@@ -117,17 +126,22 @@ def run_suite(frame: pd.DataFrame, expectations: list, name: str, index_columns:
 def run_validation(df: pd.DataFrame, cfg: ValidateConfig, docs_dir: Path | None = None) -> ValidationOutcome:
     """Validate ``df`` (canonical schema); optionally build Data Docs into ``docs_dir``."""
     import great_expectations as gx
-
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     if docs_dir is not None:
-        context.add_data_docs_site("pipeline_docs", {
-            "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())},
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-        })
+        context.add_data_docs_site(
+            "pipeline_docs",
+            {
+                "class_name": "SiteBuilder",
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(docs_dir.resolve()),
+                },
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
     counts = df["label"].astype(str).value_counts().rename_axis("label").reset_index(name="count")
     frames = {"rows": df, "class_counts": counts}
     source = context.data_sources.add_pandas("pipeline")
@@ -135,10 +149,15 @@ def run_validation(df: pd.DataFrame, cfg: ValidateConfig, docs_dir: Path | None 
     for name, expectations in _suites(cfg, df).items():
         batch_def = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
         suite = context.suites.add(gx.ExpectationSuite(name=f"{name}_suite", expectations=expectations))
-        vd = context.validation_definitions.add(gx.ValidationDefinition(name=f"{name}_validation", data=batch_def, suite=suite))
+        vd = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"{name}_validation", data=batch_def, suite=suite)
+        )
         actions = [gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["pipeline_docs"])] if docs_dir else []
-        checkpoint = context.checkpoints.add(gx.Checkpoint(name=f"{name}_checkpoint", validation_definitions=[vd],
-                                                           actions=actions, result_format="SUMMARY"))
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(
+                name=f"{name}_checkpoint", validation_definitions=[vd], actions=actions, result_format="SUMMARY"
+            )
+        )
         result = checkpoint.run(batch_parameters={"dataframe": frames[name]})
         for vr in result.run_results.values():
             vr_json = vr.to_json_dict()
@@ -146,6 +165,13 @@ def run_validation(df: pd.DataFrame, cfg: ValidateConfig, docs_dir: Path | None 
             outcome.success &= bool(vr_json["success"])
             for res in vr_json["results"]:
                 what, column, observed = describe(res)
-                outcome.results.append({"batch": name, "expectation": what, "column": column,
-                                        "success": bool(res["success"]), "observed": observed})
+                outcome.results.append(
+                    {
+                        "batch": name,
+                        "expectation": what,
+                        "column": column,
+                        "success": bool(res["success"]),
+                        "observed": observed,
+                    }
+                )
     return outcome

@@ -2,6 +2,12 @@
 
 split: deterministic train / val / test.
 
+* ``given``: the data's own splits (``data.split_paths`` or ``data.columns.split``; ingest carries them in
+  the ``split`` column), kept exactly as given, rows in the order read. Chosen by ``auto`` whenever the data
+  has them, so a benchmark is scored on its own test file. A data set without a val split gets one from
+  its train rows (``split.val_fraction`` of them, by time, group or stratified as below); test is never
+  touched. The leakage stage still audits given splits (duplicates, classes missing from train) but only
+  reports time order and group overlap, which the split stage did not choose.
 * ``time``: oldest rows train, newest rows test (what production looks like: the model
   always predicts the future). Chosen by ``auto`` when a timestamp is mapped.
 * ``group``: every group (e.g. a customer) lands on exactly one side, stratified by
@@ -9,20 +15,18 @@ split: deterministic train / val / test.
   a group id but no timestamp is mapped.
 * ``stratified``: stratified random split, the fallback when neither exists.
 
-The raw splits go to ``data/processed/split/``; the leakage stage audits them and
-writes the model-ready ``data/processed/{train,val,test}.parquet``.
+An explicit ``time``/``group``/``stratified`` re-splits the union and ignores given splits (the report says
+so). The raw splits go to ``data/processed/split/`` (without the ``split`` column); the leakage stage audits
+them and writes the model-ready ``data/processed/{train,val,test}.parquet``.
 """
 
 from __future__ import annotations
-from pathlib import Path
-from typing import Annotated
-import pandas as pd
-import typer
-from sklearn.model_selection import StratifiedGroupKFold, train_test_split
-from pipelines.config import SplitConfig, load_params
-from pipelines.errors import DataError, run_cli
-from pipelines.io import atomic_outputs, read_parquet, write_json, write_parquet
 
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+from pipelines.config import SplitConfig
+from pipelines.errors import DataError
 
 SPLITS = ("train", "val", "test")
 
@@ -30,15 +34,73 @@ SPLITS = ("train", "val", "test")
 def choose_strategy(df: pd.DataFrame, cfg: SplitConfig) -> tuple[str, str]:
     """Return (strategy, reason)."""
     if cfg.strategy != "auto":
-        needed = {"time": "timestamp", "group": "group"}.get(cfg.strategy)
+        needed = {"given": "split", "time": "timestamp", "group": "group"}.get(cfg.strategy)
+        if needed == "split" and needed not in df:
+            raise DataError(
+                "split.strategy is 'given' but the data gives no splits: set data.split_paths or data.columns.split"
+            )
         if needed and needed not in df:
             raise DataError(f"split.strategy is {cfg.strategy!r} but no {needed} column is mapped in data.columns")
-        return cfg.strategy, f"split.strategy = {cfg.strategy}"
+        reason = f"split.strategy = {cfg.strategy}"
+        if "split" in df and cfg.strategy != "given":
+            reason += " (the data's own splits are ignored: the union is re-split)"
+        return cfg.strategy, reason
+    if "split" in df:
+        return "given", "the data gives its own splits (data.split_paths or data.columns.split): kept as given"
     if "timestamp" in df:
         return "time", "a timestamp column is mapped: newest rows are held out"
     if "group" in df:
         return "group", "a group column is mapped (no timestamp): each group stays on one side"
     return "stratified", "no timestamp and no group column: stratified random split"
+
+
+def _row_groups(df: pd.DataFrame) -> pd.Series:
+    """A row without a group id is its own group (not one shared "missing" group that lands on one side)."""
+    return df["group"].astype(object).where(df["group"].notna(), [f"<row {i}>" for i in range(len(df))])
+
+
+def _group_take(rest: pd.DataFrame, groups: pd.Series, frac: float, name: str, seed: int) -> tuple:
+    """(kept, taken): about ``frac`` of ``rest``'s groups taken whole, stratified by label."""
+    k = max(2, int(round(1 / frac)))
+    n_groups = groups.loc[rest.index].nunique()
+    if n_groups < k:
+        raise DataError(
+            f"split.strategy group: only {n_groups} groups left to split off {name} "
+            f"(needs at least {k}); map more groups, or set split.strategy: stratified"
+        )
+    sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    keep_idx, take_idx = next(sgkf.split(rest, rest["label"], groups=groups.loc[rest.index]))
+    return rest.iloc[keep_idx], rest.iloc[take_idx]
+
+
+def _val_from_train(train: pd.DataFrame, cfg: SplitConfig) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """A val split held out of the given train rows: (train, val, how)."""
+    frac = cfg.val_fraction
+    if "timestamp" in train:
+        ordered = train.sort_values(["timestamp", "id"], kind="stable")
+        n_val = max(1, int(round(len(train) * frac)))
+        return ordered.iloc[:-n_val], ordered.iloc[-n_val:], f"the newest {frac:.0%} of train"
+    if "group" in train:
+        train = train.reset_index(drop=True)
+        kept, val = _group_take(train, _row_groups(train), frac, "val", cfg.seed)
+        return kept, val, f"about {frac:.0%} of train's groups"
+    try:
+        kept, val = train_test_split(train, test_size=frac, random_state=cfg.seed, stratify=train["label"])
+        return kept, val, f"{frac:.0%} of train, stratified"
+    except ValueError:  # a class with a single row, or more classes than val rows
+        kept, val = train_test_split(train, test_size=frac, random_state=cfg.seed)
+        return kept, val, f"{frac:.0%} of train, at random (too few rows per class to stratify)"
+
+
+def _given(df: pd.DataFrame, cfg: SplitConfig, reason: str) -> tuple[dict[str, pd.DataFrame], str]:
+    parts = {k: df[df["split"] == k] for k in SPLITS}
+    for name in ("train", "test"):
+        if parts[name].empty:
+            raise DataError(f"the data gives no {name} rows (its splits: {sorted(df['split'].dropna().unique())})")
+    if parts["val"].empty:
+        parts["train"], parts["val"], how = _val_from_train(parts["train"], cfg)
+        reason += f"; no val given: val is {how} (split.val_fraction)"
+    return parts, reason
 
 
 def split_frame(df: pd.DataFrame, cfg: SplitConfig) -> tuple[dict[str, pd.DataFrame], dict]:
@@ -48,26 +110,22 @@ def split_frame(df: pd.DataFrame, cfg: SplitConfig) -> tuple[dict[str, pd.DataFr
     n = len(df)
     if n < 10:
         raise DataError(f"only {n} rows after ingest: too few to split into train/val/test")
-    if strategy == "time":
+    if strategy == "given":
+        parts, reason = _given(df, cfg, reason)
+    elif strategy == "time":
         ordered = df.sort_values(["timestamp", "id"], kind="stable").reset_index(drop=True)
         n_test, n_val = int(round(n * test_f)), int(round(n * val_f))
-        parts = {"train": ordered.iloc[: n - n_val - n_test], "val": ordered.iloc[n - n_val - n_test: n - n_test],
-                 "test": ordered.iloc[n - n_test:]}
+        parts = {
+            "train": ordered.iloc[: n - n_val - n_test],
+            "val": ordered.iloc[n - n_val - n_test : n - n_test],
+            "test": ordered.iloc[n - n_test :],
+        }
     elif strategy == "group":
         parts = {}
         rest = df = df.reset_index(drop=True)
-        # A row without a group id is its own group (not one shared "missing" group that lands on one side).
-        groups = df["group"].astype(object).where(df["group"].notna(), [f"<row {i}>" for i in range(n)])
+        groups = _row_groups(df)
         for name, frac in (("test", test_f), ("val", val_f / (1 - test_f))):
-            k = max(2, int(round(1 / frac)))
-            n_groups = groups.loc[rest.index].nunique()
-            if n_groups < k:
-                raise DataError(f"split.strategy group: only {n_groups} groups left to split off {name} "
-                                f"(needs at least {k}); map more groups, or set split.strategy: stratified")
-            sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=cfg.seed)
-            keep_idx, take_idx = next(sgkf.split(rest, rest["label"], groups=groups.loc[rest.index]))
-            parts[name] = rest.iloc[take_idx]
-            rest = rest.iloc[keep_idx]
+            rest, parts[name] = _group_take(rest, groups, frac, name, cfg.seed)
         parts["train"] = rest
     else:
         counts = df["label"].value_counts()
@@ -79,14 +137,23 @@ def split_frame(df: pd.DataFrame, cfg: SplitConfig) -> tuple[dict[str, pd.DataFr
         train, val = train_test_split(train_val, test_size=val_f / (1 - test_f), random_state=cfg.seed, stratify=strat2)
         parts = {"train": train, "val": val, "test": test}
 
-    parts = {k: parts[k].reset_index(drop=True) for k in SPLITS}
+    parts = {k: parts[k].drop(columns="split", errors="ignore").reset_index(drop=True) for k in SPLITS}
     for name, part in parts.items():
         if part.empty:
-            raise DataError(f"the {name} split is empty ({n} rows, strategy {strategy}); add data or change split fractions")
+            raise DataError(
+                f"the {name} split is empty ({n} rows, strategy {strategy}); add data or change split fractions"
+            )
     report = {
-        "strategy": strategy, "reason": reason, "rows": {k: int(len(v)) for k, v in parts.items()},
-        "class_counts": {k: {c: int(x) for c, x in v["label"].value_counts().sort_index().items()} for k, v in parts.items()},
+        "strategy": strategy,
+        "reason": reason,
+        "rows": {k: int(len(v)) for k, v in parts.items()},
+        "class_counts": {
+            k: {c: int(x) for c, x in v["label"].value_counts().sort_index().items()} for k, v in parts.items()
+        },
     }
+    if strategy == "given":
+        given = df["split"].value_counts()
+        report["given_rows"] = {k: int(given.get(k, 0)) for k in SPLITS}
     if "timestamp" in df:
         report["time_range"] = {k: [str(v["timestamp"].min()), str(v["timestamp"].max())] for k, v in parts.items()}
     return parts, report
