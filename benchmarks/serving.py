@@ -2,6 +2,7 @@
 
     python -m benchmarks.serving [--seconds 6] [--rounds 3] [--levels 1,8,32,64] [--ingress direct|proxy]
                                  [--data-params my-data.yaml] [--replicas N (with --ingress proxy)]
+                                 [--precisions fp32,bf16]
 
 The model is the LoRA transformer (MiniLM-L6 base) behind the common pyfunc, registered
 as champion in a temporary MLflow registry: an *untrained* adapter by default (the same
@@ -16,6 +17,11 @@ each level bounded by time and split into rounds that alternate the modes.
     batches of 32, no server (the limit)
 (b) serve.batching=none  (c) serve.batching=serve_batch at its best wait (picked at concurrency 32)
 (d) serve.batching=continuous (ours)
+
+(a)-(d) run in the first of ``--precisions`` (``evaluate.precision``, fp32 by default); each further precision
+adds (a) and (d) in it, measured in the same interleaved rounds, and the run prints their throughput and
+latency over the first precision's, and how far the answers move (labels that change, largest probability
+difference) on the offline texts: what switching ``evaluate.precision`` buys and what it changes.
 
 After the table it prints the padding (real / padded tokens) of (d) as served (the replica's
 ``ticketops_batch_tokens_total``) and, offline, of the same in-flight texts batched as they come,
@@ -110,6 +116,12 @@ def register_transformer(root: Path, labels: list[str], example: list[str]):
     reg = Registry(cfg)
     reg.set_alias("champion", reg.register(info.model_uri, tags={}))
     return cfg, reg
+
+
+def agreement(base, other, texts: list[str]) -> dict:
+    """How far ``other``'s answers are from ``base``'s on ``texts``: share of equal labels, largest |dp|."""
+    p, q = base.predict_proba(texts), other.predict_proba(texts)
+    return {"labels_equal": float((p.argmax(1) == q.argmax(1)).mean()), "max_dp": float(np.abs(p - q).max())}
 
 
 def offline(clf, texts: list[str]) -> dict:
@@ -272,6 +284,9 @@ def main(
     data_params: Annotated[
         Path | None, Option(help="a params file whose data: section names the texts (default: the pipeline's data)")
     ] = None,
+    precisions: Annotated[
+        str, Option(help="inference precisions, comma-separated: (a)-(d) in the first, (a) and (d) in each other")
+    ] = "fp32,bf16",
 ) -> None:
     """Run (a)-(d) and print texts/s, p50/p99 and the ratios (d)/(a), (d)/(b), (d)/(c).
 
@@ -282,6 +297,9 @@ def main(
         raise SystemExit(f"--ingress must be direct or proxy, not {ingress!r}")
     if replicas > 1 and ingress == "direct":
         raise SystemExit("--replicas above 1 needs --ingress proxy (direct ingress reaches one replica's port)")
+    precs = [x.strip() for x in precisions.split(",") if x.strip()]
+    if not precs or any(x not in ("auto", "fp32", "bf16") for x in precs) or len(set(precs)) < len(precs):
+        raise SystemExit(f"--precisions takes distinct values of auto, fp32, bf16; got {precisions!r}")
     if ingress == "direct":  # read when Ray's processes import ray.serve: set before ray.init
         os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
         os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")  # quick teardown
@@ -308,8 +326,12 @@ def main(
     import torch
 
     torch.set_num_threads(torch_threads)
-    clf = load_registered(reg, "@champion")  # the registered pyfunc, as the replicas load it (same numerics)
-    clf.predict_proba(texts[:32])
+    # the registered pyfunc in each precision, as the replicas load it (same numerics)
+    clfs = {x: load_registered(reg, "@champion", precision=x) for x in precs}
+    for c_ in clfs.values():
+        c_.predict_proba(texts[:32])
+    clf = clfs[precs[0]]
+    agree = {x: agreement(clf, clfs[x], texts[:offline_texts]) for x in precs[1:]}
     results: dict[str, dict[int, dict]] = {"a offline": {}}
     ceilings: dict[int, dict] = {}
 
@@ -348,6 +370,8 @@ def main(
                 for w in [float(x) for x in waits_ms.split(",")]
             }
         )
+        modes = {m: {**kw, "precision": precs[0]} for m, kw in modes.items()}
+        modes.update({f"p-{x}": {"batching": "continuous", "precision": x} for x in precs[1:]})  # (d) in x
         urls = {
             m: run_local(
                 params,
@@ -367,10 +391,13 @@ def main(
             print(f"(c) @serve.batch wait {m[1:]} ms at concurrency 32: {r['tps']:.1f} texts/s", flush=True)
         best = max(tuned, key=lambda m: tuned[m]["tps"])
         keys = {"b": "b unbatched", best: f"c serve.batch {best[1:]}ms", "d": "d continuous"}
-        for key in keys.values():
+        keys.update({f"p-{x}": f"d continuous {x}" for x in precs[1:]})
+        for key in [*keys.values(), *(f"a offline {x}" for x in precs[1:])]:
             results[key] = {}
         for c in conc:
             results["a offline"][c] = offline(clf, texts[:offline_texts])  # interleaved too
+            for x in precs[1:]:
+                results[f"a offline {x}"][c] = offline(clfs[x], texts[:offline_texts])
             ceilings[c] = grouping_ceiling(
                 clf, texts, c, max_batch_size, params.serve.max_batch_tokens, params.serve.min_row_fill
             )
@@ -383,7 +410,23 @@ def main(
     finally:
         client.shutdown()
         stop_local()
+    print(f"(a)-(d) in {precs[0]}")
     print_table(results, conc, ceilings)
+    print_precisions(results, conc, precs, agree)
+
+
+def print_precisions(results: dict[str, dict[int, dict]], conc: list[int], precs: list[str], agree: dict) -> None:
+    """Each further precision over the first: throughput and p50 of (a) and (d), and how far the answers move."""
+    for x in precs[1:]:
+        a, d = results[f"a offline {x}"], results[f"d continuous {x}"]
+        base_a, base_d = results["a offline"], results["d continuous"]
+        print()
+        print(f"{x} over {precs[0]} (same registered model, same texts, same rounds):")
+        print("(a) offline throughput " + "  ".join(f"c={c}: {_ratio(a[c]['tps'], base_a[c]['tps'])}" for c in conc))
+        print("(d) served throughput  " + "  ".join(f"c={c}: {_ratio(d[c]['tps'], base_d[c]['tps'])}" for c in conc))
+        print("(d) served p50 latency " + "  ".join(f"c={c}: {_ratio(d[c]['p50'], base_d[c]['p50'])}" for c in conc))
+        g = agree[x]
+        print(f"answers: {g['labels_equal']:.2%} of labels equal, largest probability difference {g['max_dp']:.4f}")
 
 
 def print_table(results: dict[str, dict[int, dict]], conc: list[int], ceilings: dict[int, dict]) -> None:

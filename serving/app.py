@@ -7,7 +7,8 @@ Ctrl-C, then shuts down gracefully so the prediction log is flushed.
 
 Each replica builds a :class:`~serving.service.ClassifierService` and the FastAPI app of
 :mod:`serving.api` (the app's lifespan starts the batcher, the champion watcher and the
-log writer, and stops them when Ray Serve shuts the replica down).
+log writer, and stops them when Ray Serve shuts the replica down). The champion is loaded in
+``params.yaml: evaluate.precision``, the precision the gate judged it in.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from typing import Any
 
 from ray import serve
 
+from pipelines.classifier.model_api import PRECISIONS
 from pipelines.config import MlflowConfig, Params, ServeConfig, load_params
+from pipelines.errors import ConfigError
 from pipelines.registry.tracking import tracking_uri
 from serving.batching import ItemResult, QueueFull
 from serving.telemetry import ServiceMetrics
@@ -73,7 +76,7 @@ class ServeBatchRunner:
 class ClassifierDeployment:
     """One replica: loads the champion in the background, serves the FastAPI app of :mod:`serving.api`."""
 
-    def __init__(self, serve_cfg: dict, mlflow_cfg: dict, project_dir: str) -> None:
+    def __init__(self, serve_cfg: dict, mlflow_cfg: dict, project_dir: str, precision: str | None = None) -> None:
         from serving.model_source import ChampionSource
         from serving.service import ClassifierService, make_runner
 
@@ -81,7 +84,7 @@ class ClassifierDeployment:
         cfg, mcfg = ServeConfig(**serve_cfg), MlflowConfig(**mlflow_cfg)
         metrics = ServiceMetrics()
         runner = ServeBatchRunner(cfg, metrics) if cfg.batching == "serve_batch" else make_runner(cfg, metrics)
-        source = ChampionSource(mcfg, cfg.model_alias, cfg.torch_threads)
+        source = ChampionSource(mcfg, cfg.model_alias, cfg.torch_threads, precision)
         self.service = ClassifierService(cfg, source, runner=runner, metrics=metrics)
 
     def __serve_build_asgi_app__(self) -> Any:
@@ -100,17 +103,29 @@ def deployment_options(cfg: ServeConfig) -> dict[str, Any]:
     }
 
 
-def build(args: dict[str, Any] | None = None) -> Any:
-    """Application builder. ``args``: ``params`` (path), ``project_dir``, and any ``serve:`` key to override."""
+def build_settings(args: dict[str, Any] | None = None) -> tuple[ServeConfig, MlflowConfig, Path, str]:
+    """What :func:`build` deploys: the serve config (``args`` overriding ``serve:`` keys), the MLflow config, the
+    project directory and the inference precision (``evaluate.precision``, the one the gate judged the champion
+    in; ``args["precision"]`` overrides it, for measurements such as ``benchmarks/serving.py``)."""
     args = dict(args or {})
     project_dir = Path(args.pop("project_dir", None) or os.getcwd()).resolve()
     params_path = Path(args.pop("params", "params.yaml"))
     params: Params = load_params(params_path if params_path.is_absolute() else project_dir / params_path)
+    precision = args.pop("precision", None) or params.evaluate.precision
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision: must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     cfg = params.serve.model_copy(update=args) if args else params.serve
     cfg = ServeConfig.model_validate(cfg.model_dump())  # re-validate overrides
     mcfg = params.mlflow.model_copy(update={"tracking_uri": tracking_uri(params.mlflow)})
+    return cfg, mcfg, project_dir, precision
+
+
+def build(args: dict[str, Any] | None = None) -> Any:
+    """Application builder. ``args``: ``params`` (path), ``project_dir``, ``precision``, and any ``serve:`` key to
+    override (:func:`build_settings`)."""
+    cfg, mcfg, project_dir, precision = build_settings(args)
     return ClassifierDeployment.options(**deployment_options(cfg)).bind(
-        cfg.model_dump(), mcfg.model_dump(), str(project_dir)
+        cfg.model_dump(), mcfg.model_dump(), str(project_dir), precision
     )
 
 
@@ -176,7 +191,7 @@ def main(params: Path = Path("params.yaml"), port: int | None = None) -> None:
     app = build({"params": str(params.resolve()), "port": p.serve.port})
     print(
         f"starting Ray Serve; serving models:/{p.mlflow.registered_model}@{p.serve.model_alias} "
-        f"from {tracking_uri(p.mlflow)} ...",
+        f"from {tracking_uri(p.mlflow)} in {p.evaluate.precision} (evaluate.precision) ...",
         flush=True,
     )
     try:

@@ -1,6 +1,7 @@
 """Which model to serve: the registry alias (``models:/<name>@champion``) resolved and loaded through the pipeline's
 :class:`~pipelines.registry.tracking.Registry`, seen through the common
-:class:`~pipelines.classifier.model_api.TextClassifier`."""
+:class:`~pipelines.classifier.model_api.TextClassifier`, in ``evaluate.precision`` (the precision the gate judged
+it in), with the abstention rule registered with it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipelines.classifier.abstention import NEVER, AbstentionRule
 from pipelines.classifier.model_api import TextClassifier
 from pipelines.config import MlflowConfig
 from pipelines.registry.tracking import Registry, tracking_uri
@@ -29,6 +31,11 @@ class ModelHandle:
     @property
     def classes(self) -> list[str]:
         return self.classifier.classes
+
+    @property
+    def abstention(self) -> AbstentionRule:
+        """The rule registered with the model (a model without one never abstains)."""
+        return getattr(self.classifier, "abstention", NEVER)
 
     def token_lengths(self, texts: list[str]) -> list[int] | None:
         """Texts' lengths in the model's tokens, truncation applied (None for a model without tokens)."""
@@ -49,8 +56,15 @@ class ModelHandle:
 class ChampionSource:
     """Resolve an alias to a version number, and load a version (both blocking: call them in a thread)."""
 
-    def __init__(self, cfg: MlflowConfig, alias: str = "champion", torch_threads: int | None = None) -> None:
-        self.cfg, self.alias, self.torch_threads = cfg, alias, torch_threads
+    def __init__(
+        self,
+        cfg: MlflowConfig,
+        alias: str = "champion",
+        torch_threads: int | None = None,
+        precision: str | None = None,
+    ) -> None:
+        """``precision``: ``evaluate.precision`` (None: each version in the precision it was registered with)."""
+        self.cfg, self.alias, self.torch_threads, self.precision = cfg, alias, torch_threads, precision
         self.uri = tracking_uri(cfg)
         self._registry: Registry | None = None
 
@@ -76,7 +90,7 @@ class ChampionSource:
         """Load exactly ``version`` (not the alias: it may move while we load)."""
         from pipelines.classifier.pyfunc import load_registered
 
-        classifier = load_registered(self.registry, version)
+        classifier = load_registered(self.registry, version, precision=self.precision)
         return ModelHandle(self.model_name, str(version), classifier, self.torch_threads)
 
     def describe(self) -> str:

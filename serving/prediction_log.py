@@ -43,6 +43,7 @@ PREDICTION_SCHEMA = pa.schema(
         ("text", pa.string()),  # scrubbed text, or null when params forbid storing text
         ("label", pa.string()),  # predicted label
         ("confidence", pa.float64()),  # probability of the predicted label
+        ("abstained", pa.bool_()),  # the model said "none of the above" (label: what it would have given)
         ("probabilities", pa.string()),  # JSON object {class: probability}
         ("latency_ms", pa.float64()),  # request latency as the client saw it
         ("batch_size", pa.int32()),  # size of the model batch this text was computed in
@@ -83,12 +84,14 @@ def prediction_row(
     proba: Sequence[float],
     latency_ms: float,
     batch_size: int,
+    abstained: bool = False,
 ) -> dict[str, Any]:
     """One row of :data:`PREDICTION_SCHEMA`, the only way rows are made (serving, the demo, tests).
 
     ``text`` is hashed; ``stored_text`` is what the log keeps (the scrubbed text, or None when params forbid
     storing it). The label and its confidence are the argmax of ``proba`` over ``classes`` (first on ties,
-    as serving answers), so the log can never disagree with its own probabilities.
+    as serving answers), so the log can never disagree with its own probabilities; ``abstained`` is the
+    served answer's flag (the label stays the one the model would have given).
     """
     proba = np.asarray(proba, dtype=float)
     if proba.shape != (len(classes),):
@@ -104,6 +107,7 @@ def prediction_row(
         "text": None if stored_text is None else str(stored_text),
         "label": str(classes[best]),
         "confidence": float(proba[best]),
+        "abstained": bool(abstained),
         "probabilities": probabilities_json(classes, proba),
         "latency_ms": float(latency_ms),
         "batch_size": int(batch_size),
@@ -147,6 +151,8 @@ def read_log(root: str | Path, kind: str, since: datetime | None = None) -> pd.D
     if not files:
         return schema.empty_table().to_pandas()
     df = pa.concat_tables([pq.read_table(f, schema=schema) for f in files]).to_pandas()
+    if "abstained" in df.columns:  # parts written before abstention existed: nothing was abstained then
+        df["abstained"] = df["abstained"].eq(True)
     if since is not None:
         df = df[df["ts"] >= pd.Timestamp(since)]
     return df.sort_values(["ts", "request_id", "item"], kind="stable").reset_index(drop=True)

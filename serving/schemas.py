@@ -45,8 +45,13 @@ def predict_request_model(max_texts: int, max_chars: int) -> type[PredictRequest
 
 
 class Prediction(BaseModel):
-    label: str
+    label: str = Field(description="the most probable class: the label the model gives, or would give if it abstains")
     confidence: float
+    abstained: bool = Field(
+        False,
+        description="true: none of the above (confidence below the model's threshold tuned on validation, "
+        "or the out-of-scope class); route it by hand",
+    )
     probabilities: dict[str, float]
 
 

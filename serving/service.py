@@ -5,7 +5,9 @@ a runner that batches texts (:mod:`serving.batching`), the buffered prediction l
 (:mod:`serving.log_writer`) and the metrics. A watcher task re-resolves the registry
 alias every ``watch_interval_s``; when it moves, the new version is loaded first and
 then swapped in with one assignment; requests already submitted finish on the handle
-they pinned, and each response names the version that answered.
+they pinned, and each response names the version that answered. Each answer says whether the model
+abstains (its registered :class:`~pipelines.classifier.abstention.AbstentionRule`), with the label it would
+have given; the prediction log records both.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pipelines.classifier.abstention import NEVER
 from pipelines.config import ServeConfig
 from pipelines.data.ingestion import scrub_pii
 from serving.batching import ContinuousBatcher, DirectRunner, ItemResult
@@ -140,9 +143,11 @@ class ClassifierService:
         latency_ms = (time.perf_counter() - start) * 1000
         request_id = uuid.uuid4().hex
         classes = handle.classes
-        preds = [_prediction(classes, r.proba, top_k) for r in results]
+        rule = getattr(handle, "abstention", NEVER)  # a handle without a rule never abstains
+        abstained = rule.abstained(np.vstack([r.proba for r in results]), classes)
+        preds = [_prediction(classes, r.proba, top_k, bool(a)) for r, a in zip(results, abstained)]
         self._remember(request_id, len(texts), handle)
-        self._log_predictions(request_id, handle, texts, results, latency_ms)
+        self._log_predictions(request_id, handle, texts, results, abstained, latency_ms)
         self.metrics.texts.inc(len(texts))
         return PredictResponse(
             predictions=preds, model_name=handle.name, model_version=handle.version, request_id=request_id
@@ -180,6 +185,7 @@ class ClassifierService:
         handle: ModelHandle,
         texts: list[str],
         results: list[ItemResult],
+        abstained: np.ndarray,
         latency_ms: float,
     ) -> None:
         now = datetime.now(timezone.utc)
@@ -194,16 +200,17 @@ class ClassifierService:
                 stored_text=scrub_pii(text)[0] if self.cfg.log_text else None,
                 classes=handle.classes,
                 proba=r.proba,
+                abstained=bool(a),
                 latency_ms=latency_ms,
                 batch_size=r.batch_size,
             )
-            for i, (text, r) in enumerate(zip(texts, results))
+            for i, (text, r, a) in enumerate(zip(texts, results, abstained))
         ]
         self.log.append(PREDICTIONS, rows)
         self.metrics.log_rows.labels(kind=PREDICTIONS).inc(len(rows))
 
 
-def _prediction(classes: list[str], proba: np.ndarray, top_k: int | None) -> Prediction:
+def _prediction(classes: list[str], proba: np.ndarray, top_k: int | None, abstained: bool = False) -> Prediction:
     order = np.argsort(-np.asarray(proba), kind="stable")
     if top_k is not None:
         order = order[:top_k]
@@ -211,5 +218,6 @@ def _prediction(classes: list[str], proba: np.ndarray, top_k: int | None) -> Pre
     return Prediction(
         label=classes[best],
         confidence=float(proba[best]),
+        abstained=abstained,
         probabilities={classes[int(j)]: round(float(proba[int(j)]), 6) for j in order},
     )

@@ -6,11 +6,12 @@ and a frozen MiniLM encoder + logistic regression.
 C is chosen by stratified CV on train only (``GridSearchCV``, macro-F1); the candidate with the
 best *validation* macro-F1 is the one the register stage registers. Every model is scored by the
 one evaluation module (:mod:`pipelines.metrics`) on val and test through the
-:class:`~pipelines.classifier.model_api.TextClassifier` interface.
+:class:`~pipelines.classifier.model_api.TextClassifier` interface, in ``evaluate.precision``, each with its own
+abstention threshold tuned on its validation predictions (:mod:`pipelines.classifier.abstention`).
 
-Outputs: ``models/baselines/<name>.joblib`` + ``selected.json``, ``metrics/baselines.json`` (each
-model, val and test), ``metrics/eval.json`` (the selected model, per class), ``plots/baselines/``
-(confusion CSV + PNG), and an MLflow run per model with lineage tags.
+Outputs: ``models/baselines/<name>.joblib`` + ``selected.json`` (with the selected model's abstention rule,
+which the register stage logs with it), ``metrics/baselines.json`` (each model, val and test),
+``plots/baselines/`` (confusion CSV + PNG), and an MLflow run per model with lineage tags.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_sp
 from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.svm import LinearSVC
 
+from pipelines.classifier.abstention import AbstentionRule
 from pipelines.classifier.encoder import EncoderClassifier, MeanPoolEncoder
-from pipelines.classifier.model_api import SklearnTextClassifier, TextClassifier
-from pipelines.config import BaselinesConfig, EvaluateConfig
+from pipelines.classifier.model_api import SklearnTextClassifier, TextClassifier, resolve_precision
+from pipelines.config import AbstentionConfig, BaselinesConfig, EvaluateConfig
 from pipelines.errors import DataError
-from pipelines.metrics import check_labels, evaluate, headline
+from pipelines.metrics import check_labels, evaluate_splits, headline
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Trained:
     best_params: dict = field(default_factory=dict)
     cv_macro_f1: float | None = None
     fit_seconds: float = 0.0
+    abstention: AbstentionRule = field(default_factory=AbstentionRule)  # tuned on val by evaluate_baselines
 
 
 def tfidf_features(cfg: BaselinesConfig) -> FeatureUnion:
@@ -155,45 +158,53 @@ def train_baselines(train: pd.DataFrame, cfg: BaselinesConfig) -> dict[str, Trai
 
 
 def evaluate_baselines(
-    models: dict[str, Trained], val: pd.DataFrame, test: pd.DataFrame, ecfg: EvaluateConfig
+    models: dict[str, Trained],
+    val: pd.DataFrame,
+    test: pd.DataFrame,
+    ecfg: EvaluateConfig,
+    acfg: AbstentionConfig | None = None,
 ) -> tuple[dict, str, dict]:
-    """Score every model on val and test; pick the best by val macro-F1.
+    """Score every model on val and test in ``ecfg.precision``, each with an abstention rule tuned on its own
+    validation predictions (``acfg``; stored in ``Trained.abstention``); pick the best by val macro-F1.
 
     Returns ``(summary per model, selected name, full results {name: {split: (metrics, preds)}})``.
     """
+    acfg = acfg or AbstentionConfig()
     for split, df in (("val", val), ("test", test)):
         for t in models.values():
-            check_labels(df["label"].astype(str).tolist(), t.classifier.classes, split)
+            check_labels(df["label"].astype(str).tolist(), t.classifier.classes, split, oos_label=acfg.oos_label)
+    splits = {
+        split: (df["text"].astype(str).tolist(), df["label"].astype(str).tolist())
+        for split, df in (("val", val), ("test", test))
+    }
     full: dict[str, dict] = {}
     summary: dict[str, dict] = {}
     for name, t in models.items():
         print(f"baselines: evaluating {name} ...", flush=True)
-        full[name] = {
-            split: evaluate(
-                t.classifier,
-                df["text"].astype(str).tolist(),
-                df["label"].astype(str).tolist(),
-                split=split,
-                ece_bins=ecfg.ece_bins,
-            )
-            for split, df in (("val", val), ("test", test))
-        }
+        if hasattr(t.classifier, "set_precision"):  # a torch model (the frozen encoder): judged as it will be served
+            t.classifier.set_precision(resolve_precision(ecfg.precision))
+        t.abstention, full[name] = evaluate_splits(t.classifier, splits, acfg, ece_bins=ecfg.ece_bins)
         summary[name] = {
             "cv_macro_f1": t.cv_macro_f1,
             "best_params": t.best_params,
             "fit_seconds": round(t.fit_seconds, 2),
+            "abstention": {**t.abstention.to_dict(), "tuned": full[name]["val"][0]["abstention_tuning"]},
             **{split: headline(m) for split, (m, _) in full[name].items()},
         }
     selected = max(summary, key=lambda n: summary[n]["val"]["macro_f1"])
     return summary, selected, full
 
 
-def _track(cfg, summary: dict, selected: str, full: dict, plot_dir: Path, eval_json: Path) -> None:
+def _track(cfg, summary: dict, selected: str, full: dict, plot_dir: Path, metrics_json: Path) -> None:
     """One parent MLflow run for the stage, a nested run per model (params, val/test metrics)."""
     from pipelines.registry import tracking
 
     tracking.setup(cfg.mlflow)
-    params = {"baselines": cfg.baselines.model_dump(), "evaluate": cfg.evaluate.model_dump()}
+    params = {
+        "baselines": cfg.baselines.model_dump(),
+        "evaluate": cfg.evaluate.model_dump(),
+        "abstention": cfg.abstention.model_dump(),
+    }
     with tracking.run("baselines", "baselines", params=params, tags={"selected": selected}):
         for name, s in summary.items():
             with tracking.run(name, "baselines", params={"model": name, **s["best_params"]}, nested=True):
@@ -205,4 +216,4 @@ def _track(cfg, summary: dict, selected: str, full: dict, plot_dir: Path, eval_j
             prefix="selected.",
         )
         tracking.log_artifacts(plot_dir, artifact_path="plots")
-        tracking.log_artifacts(eval_json)
+        tracking.log_artifacts(metrics_json)

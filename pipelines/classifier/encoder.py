@@ -3,8 +3,10 @@
 Used by the ``minilm_logreg`` baseline. CPU-friendly: texts are sorted by length
 so a batch carries little padding (padding is most of the cost on CPU), batches
 are capped at ``max_length`` tokens, and bf16 autocast is used where the CPU has
-native bf16. The torch model is not pickled: :class:`EncoderClassifier` keeps the
-base-model *name* and reloads the weights on first use.
+native bf16 (``baselines.embed_dtype`` for the training embeddings). At evaluation, in the gate and in serving
+the encoder runs in ``evaluate.precision`` (:meth:`EncoderClassifier.set_precision`), like every torch model.
+The torch model is not pickled: :class:`EncoderClassifier` keeps the base-model *name* and reloads the weights
+on first use.
 """
 
 from __future__ import annotations
@@ -89,6 +91,17 @@ class EncoderClassifier:
     def __init__(self, encoder: MeanPoolEncoder, head: object, name: str = "encoder") -> None:
         self.encoder, self.head, self.name = encoder, head, name
         self.classes = [str(c) for c in head.classes_]  # type: ignore[attr-defined]
+
+    @property
+    def precision(self) -> str:
+        """``bf16`` or ``fp32``: what the encoder computes in now."""
+        return "bf16" if self.encoder.uses_bf16() else "fp32"
+
+    def set_precision(self, precision: Literal["fp32", "bf16"]) -> None:
+        """Inference precision (a resolved ``evaluate.precision``): bf16 autocast or plain float32."""
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16 (resolved), got {precision!r}")
+        self.encoder.dtype = "bfloat16" if precision == "bf16" else "float32"
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         if not len(texts):

@@ -6,14 +6,18 @@ probability columns) and ``predict_proba(texts) -> (n, n_classes)``. Evaluation
 serving only talk to this interface.
 
 Output contract of every registered model (pyfunc ``predict``): a DataFrame with
-``label`` (the arg-max class) and one float column per class named
-``proba_<class>`` (see :func:`output_frame`), in the order of ``classes``.
+``label`` (the arg-max class, also when the model abstains), ``abstained`` (the model's
+:class:`~pipelines.classifier.abstention.AbstentionRule` says "none of the above") and one float column
+per class named ``proba_<class>`` (see :func:`output_frame`), in the order of ``classes``.
+
+Inference precision (``params.yaml: evaluate.precision``) is one of :data:`PRECISIONS`; :func:`resolve_precision`
+turns ``auto`` into what this machine computes natively, and a torch model takes the resolved value.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -22,7 +26,21 @@ from pipelines.errors import DataError
 
 TEXT_COLUMN = "text"
 LABEL_COLUMN = "label"
+ABSTAINED_COLUMN = "abstained"
 PROBA_PREFIX = "proba_"
+PRECISIONS = ("auto", "fp32", "bf16")
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+def resolve_precision(precision: str) -> Literal["fp32", "bf16"]:
+    """``auto`` → ``bf16`` where the CPU computes natively in bf16 (avx512_bf16 / AMX), else ``fp32``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        from pipelines.training.precision import bf16_supported
+
+        return "bf16" if bf16_supported("cpu") else "fp32"
+    return precision  # type: ignore[return-value]
 
 
 @runtime_checkable
@@ -42,10 +60,11 @@ def predict_labels(model: TextClassifier, texts: list[str]) -> list[str]:
     return [model.classes[i] for i in np.asarray(proba).argmax(axis=1)]
 
 
-def output_frame(classes: Sequence[str], proba: np.ndarray) -> pd.DataFrame:
-    """The pyfunc output: ``label`` + ``proba_<class>`` per class."""
+def output_frame(classes: Sequence[str], proba: np.ndarray, abstained: Sequence[bool] | None = None) -> pd.DataFrame:
+    """The pyfunc output: ``label``, ``abstained`` (all False when not given) + ``proba_<class>`` per class."""
     proba = np.asarray(proba, dtype=float)
     out = pd.DataFrame({LABEL_COLUMN: [classes[i] for i in proba.argmax(axis=1)] if len(proba) else []})
+    out[ABSTAINED_COLUMN] = np.zeros(len(proba), dtype=bool) if abstained is None else np.asarray(abstained, bool)
     for j, c in enumerate(classes):
         out[f"{PROBA_PREFIX}{c}"] = proba[:, j] if len(proba) else []
     return out

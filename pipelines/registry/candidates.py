@@ -5,8 +5,11 @@ register: log the selected candidate as an MLflow pyfunc, register it as a new v
 
 Order (so the registry is never half-updated): log the model → create the version → tag it →
 alias ``challenger`` → gate → move ``champion`` (the single commit point). A failure anywhere
-before the last step leaves the previous champion serving. A model file already registered
-(same sha256) is not registered again: re-running the stage reuses that version.
+before the last step leaves the previous champion serving. Every model is logged with its abstention rule
+(tuned on validation by the stage that trained it) and the precision it was evaluated in, in the one
+``log_model`` call, so no version exists without them. A model already registered with the same weights
+*and* the same rule and precision (tag ``registration_sha256``) is not registered again: re-running the
+stage reuses that version; a new threshold on the same weights is a new version.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from pathlib import Path
 
 import joblib
 
-from pipelines.classifier.model_api import TextClassifier
+from pipelines.classifier.abstention import AbstentionRule
+from pipelines.classifier.model_api import TextClassifier, resolve_precision
 from pipelines.config import Params
 from pipelines.errors import DataError
 from pipelines.metrics import headline
@@ -34,12 +38,25 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_candidate(candidate_dir: Path) -> tuple[str, Path, TextClassifier]:
-    """``(name, model file, classifier)`` of the candidate named in ``selected.json``."""
+def registration_key(weights_sha256: str, rule: AbstentionRule, precision: str | None) -> str:
+    """What makes a registered version the same model: its weights, its abstention rule and (a torch model's)
+    precision."""
+    resolved = resolve_precision(precision) if precision is not None else None
+    record = {"weights": weights_sha256, "abstention": rule.to_dict(), "precision": resolved}
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def selected_record(candidate_dir: Path) -> dict:
+    """The baselines stage's ``selected.json``: name, file, val macro-F1, abstention rule, precision, metrics."""
     sel_path = candidate_dir / "selected.json"
     if not sel_path.is_file():
         raise DataError(f"no selected candidate: {sel_path} is missing; run `dvc repro baselines` first")
-    sel = json.loads(sel_path.read_text(encoding="utf-8"))
+    return json.loads(sel_path.read_text(encoding="utf-8"))
+
+
+def load_candidate(candidate_dir: Path) -> tuple[str, Path, TextClassifier]:
+    """``(name, model file, classifier)`` of the candidate named in ``selected.json``."""
+    sel = selected_record(candidate_dir)
     path = candidate_dir / sel["file"]
     if not path.is_file():
         raise DataError(f"selected model file {path} is missing")
@@ -54,13 +71,18 @@ def register_candidate(
     clf: TextClassifier,
     example_texts: list[str],
     eval_metrics: dict | None = None,
+    abstention: AbstentionRule | None = None,
 ) -> str:
-    """Log and register ``clf`` (or reuse the version with the same file hash), then alias it ``challenger``."""
+    """Log ``clf`` with its abstention rule and ``evaluate.precision`` and register it (or reuse the version with
+    the same weights, rule and precision), then alias it ``challenger``."""
     from pipelines.classifier.pyfunc import log_classifier
     from pipelines.registry import tracking
 
+    rule = abstention or AbstentionRule()
+    precision = cfg.evaluate.precision if hasattr(clf, "set_precision") else None  # a torch model (the encoder)
     digest = sha256(path)
-    version = reg.find_version("model_sha256", digest)
+    key = registration_key(digest, rule, precision)
+    version = reg.find_version("registration_sha256", key)
     if version is None:
         extra = ENCODER_REQUIREMENTS if hasattr(clf, "encoder") else []
         with tracking.run(
@@ -71,17 +93,23 @@ def register_candidate(
             for split in ("val", "test"):
                 if eval_metrics and split in eval_metrics:
                     tracking.log_metrics(headline(eval_metrics[split]), prefix=f"{split}_")
-            info = log_classifier(clf, example_texts=example_texts, extra_requirements=extra)
+            info = log_classifier(
+                clf, example_texts=example_texts, extra_requirements=extra, abstention=rule, precision=precision
+            )
             tags = {
                 "candidate": name,
                 "model_sha256": digest,
+                "registration_sha256": key,
+                "abstention_threshold": f"{rule.threshold:.6f}",
                 "source_run_id": active.info.run_id,
                 **tracking.lineage_tags("register"),
             }
             version = reg.register(info.model_uri, tags=tags)
-        print(f"register: '{reg.name}' v{version} ({name})")
+        print(f"register: '{reg.name}' v{version} ({name}, abstention threshold {rule.threshold:.4f})")
     else:
-        print(f"register: {path} is already '{reg.name}' v{version}; not registering it again")
+        print(
+            f"register: {path} is already '{reg.name}' v{version} (same rule and precision); not registering it again"
+        )
     reg.set_alias(CHALLENGER, version)
     return version
 
@@ -96,15 +124,20 @@ def transformer_candidate(directory: Path) -> dict | None:
 
 
 def register_logged(reg, cand: dict, weights: Path) -> str:
-    """Register a model already logged by its training run (the transformer); reuse the version for the same weights."""
+    """Register a model already logged by its training run (the transformer, with the abstention rule and precision
+    of ``candidate.json``); reuse the version for the same weights, rule and precision."""
     from pipelines.registry import tracking
 
+    rule = AbstentionRule.from_dict(cand.get("abstention"))
     digest = sha256(weights)
-    version = reg.find_version("model_sha256", digest)
+    key = registration_key(digest, rule, cand.get("precision"))
+    version = reg.find_version("registration_sha256", key)
     if version is None:
         tags = {
             "candidate": cand["name"],
             "model_sha256": digest,
+            "registration_sha256": key,
+            "abstention_threshold": f"{rule.threshold:.6f}",
             "source_run_id": cand["run_id"],
             **tracking.lineage_tags("register"),
         }

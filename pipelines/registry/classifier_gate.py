@@ -1,10 +1,12 @@
 """The classifier's promotion gate: macro-F1 and per-class F1 of challenger and champion on the current test split.
 
-Both models are loaded from the registry (:func:`pipelines.classifier.pyfunc.load_registered`) and scored now
-with :func:`pipelines.metrics.evaluate` on the same rows; the machinery (aliases, tags, the champion move as
-the single commit point) is :func:`pipelines.registry.gate.run_gate`. The challenger is promoted when its
-macro-F1 is not worse than the champion's by more than ``register.gate_macro_f1_tolerance`` and no class's
-F1 drops by more than ``register.gate_class_f1_max_drop``; the first model becomes champion.
+Both models are loaded from the registry (:func:`pipelines.classifier.pyfunc.load_registered`) in
+``evaluate.precision`` (the precision serving loads them in) and scored now with :func:`pipelines.metrics.evaluate`
+on the same rows, each with its registered abstention rule (its in-scope accuracy / out-of-scope recall or
+abstention rate are reported; the decision itself is on the arg-max labels); the machinery (aliases, tags, the
+champion move as the single commit point) is :func:`pipelines.registry.gate.run_gate`. The challenger is
+promoted when its macro-F1 is not worse than the champion's by more than ``register.gate_macro_f1_tolerance``
+and no class's F1 drops by more than ``register.gate_class_f1_max_drop``; the first model becomes champion.
 """
 
 from __future__ import annotations
@@ -52,20 +54,32 @@ def gate_decision(challenger: dict, champion: dict | None, cfg: RegisterConfig) 
     return {"promote": promote, "reasons": reasons, "macro_f1_delta": round(delta, 6), "class_f1_drops": drops}
 
 
+ABSTENTION_KEYS = ("abstention_rate", "in_scope_accuracy", "oos_recall", "answered_accuracy")
+
+
 def brief(m: dict) -> dict:
     """What the decision keeps of a classifier's metrics (the training flow tabulates macro_f1/accuracy/ece)."""
     return {
         "macro_f1": m["macro_f1"],
         "accuracy": m["accuracy"],
         "ece": m["ece"],
+        **{k: m[k] for k in ABSTENTION_KEYS if m.get(k) is not None},
         "per_class_f1": {c: v["f1"] for c, v in m["per_class"].items()},
     }
 
 
 def run_classifier_gate(
-    reg, test: pd.DataFrame, cfg: RegisterConfig, *, ece_bins: int = 15, auto_promote: bool = True
+    reg,
+    test: pd.DataFrame,
+    cfg: RegisterConfig,
+    *,
+    ece_bins: int = 15,
+    auto_promote: bool = True,
+    precision: str | None = None,
+    scores: dict | None = None,
 ) -> dict:
-    """Load challenger and champion from the registry, score both on ``test`` now, decide, and act."""
+    """Load challenger and champion from the registry (in ``precision``; None: as registered), score both on
+    ``test`` now, decide, and act. ``scores``, if given, receives each scored version's full test metrics."""
     from pipelines.classifier.pyfunc import load_registered
     from pipelines.metrics import evaluate
 
@@ -75,8 +89,13 @@ def run_classifier_gate(
 
     def score(ref: str) -> dict:
         unseen = ref == f"@{CHAMPION}"  # the champion may not know a class new in this split; the challenger must
-        model = load_registered(reg, ref)
-        return evaluate(model, texts, labels, split="test", ece_bins=ece_bins, allow_unseen=unseen)[0]
+        model = load_registered(reg, ref, precision=precision)
+        m = evaluate(
+            model, texts, labels, split="test", ece_bins=ece_bins, allow_unseen=unseen, abstention=model.abstention
+        )[0]
+        if scores is not None:
+            scores[str(reg.alias(ref[1:]))] = {**m, "precision": model.precision}
+        return m
 
     return run_gate(
         reg,
@@ -89,10 +108,20 @@ def run_classifier_gate(
     )
 
 
-def gate_and_report(reg, test_df: pd.DataFrame, cfg: Params, report: Path, decision_json: Path) -> dict:
-    """Run the gate on the current challenger with ``cfg``'s settings and write the decision (markdown + JSON)."""
+def gate_and_report(
+    reg, test_df: pd.DataFrame, cfg: Params, report: Path, decision_json: Path, scores: dict | None = None
+) -> dict:
+    """Run the gate on the current challenger with ``cfg``'s settings and write the decision (markdown + JSON).
+
+    ``scores`` (optional) receives ``{version: full test metrics}`` of the models scored."""
     d = run_classifier_gate(
-        reg, test_df, cfg.register_, ece_bins=cfg.evaluate.ece_bins, auto_promote=cfg.register_.auto_promote
+        reg,
+        test_df,
+        cfg.register_,
+        ece_bins=cfg.evaluate.ece_bins,
+        auto_promote=cfg.register_.auto_promote,
+        precision=cfg.evaluate.precision,
+        scores=scores,
     )
     write_decision(d, report, decision_json)
     return d

@@ -157,6 +157,11 @@ def report_markdown(d: dict) -> str:
     lines += [f"- {r}" for r in d["reasons"]]
     chall, champ = d.get("challenger") or {}, d.get("champion")
     if "per_class_f1" in chall:
+        shown = [k for k in ("abstention_rate", "in_scope_accuracy", "oos_recall", "answered_accuracy") if k in chall]
+        if shown:  # reported, not judged: the decision is on the labels given
+            lines += ["", "## Abstention (test, each model with its own threshold)", ""]
+            lines += ["| metric | champion | challenger |", "|---|---|---|"]
+            lines += [f"| {k} | {_num((champ or {}).get(k))} | {_num(chall[k])} |" for k in shown]
         if champ:
             lines += ["", "## Per-class F1 (test)", "", "| class | champion | challenger | drop |", "|---|---|---|---|"]
             for c, f in champ["per_class_f1"].items():

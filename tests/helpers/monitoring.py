@@ -97,6 +97,8 @@ def check_log_rows(kind: str, rows: list[dict]) -> None:
                 assert type(value) is int, (name, type(value))
             elif pa.types.is_floating(t):
                 assert type(value) is float, (name, type(value))
+            elif pa.types.is_boolean(t):
+                assert type(value) is bool, (name, type(value))
             else:
                 assert type(value) is str, (name, type(value))
     pa.Table.from_pylist(rows, schema=schema)  # and pyarrow takes them as they are

@@ -57,9 +57,18 @@ def test_baselines_then_register_twice_registers_once(tmp_path: Path) -> None:
     assert summary["selected"] == "tfidf_logreg" and summary["models"]["tfidf_logreg"]["test"]["macro_f1"] > 0.9
     assert (tmp_path / "plots" / "baselines" / "confusion_test.png").is_file()
 
+    selected = json.loads((tmp_path / "models" / "baselines" / "selected.json").read_text())
+    tuned = summary["models"]["tfidf_logreg"]["abstention"]  # tuned on its own val rows
+    assert selected["abstention"] == {k: tuned[k] for k in ("threshold", "oos_label")}
+
     first = run(tmp_path, "pipelines.register")
     assert first.returncode == 0, first.stderr[-2000:]
     assert json.loads((tmp_path / "reports" / "promotion.json").read_text())["champion_version_after"] == "1"
+    # metrics/eval.json is the champion's, on the test split as the gate scored it
+    ev = json.loads((tmp_path / "metrics" / "eval.json").read_text())
+    assert (ev["version"], ev["role"], ev["model"]) == ("1", "champion", "tfidf_logreg")
+    assert ev["test"]["macro_f1"] == pytest.approx(summary["models"]["tfidf_logreg"]["test"]["macro_f1"])
+    assert {"accuracy", "abstention_rate", "answered_accuracy"} <= set(ev["test"])
     again = run(tmp_path, "pipelines.register")
     assert again.returncode == 0 and "not registering it again" in again.stdout
 

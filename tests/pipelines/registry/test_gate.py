@@ -70,6 +70,15 @@ def test_the_report_shows_per_class_f1_for_a_classifier_and_a_metric_table_other
     assert "| metric | challenger |" in first and "| json_valid_rate | 0.9000 |" in first
 
 
+def test_the_report_shows_each_classifiers_abstention_without_judging_it() -> None:
+    clf = {"macro_f1": 0.9, "accuracy": 0.9, "ece": 0.1, "per_class_f1": {"a": 0.9}}
+    chall = {**clf, "abstention_rate": 0.08, "in_scope_accuracy": 0.95, "oos_recall": 0.6}
+    md = report_markdown(decision("classifier", chall, {**clf, "abstention_rate": 0.02, "oos_recall": 0.3}))
+    assert "## Abstention (test, each model with its own threshold)" in md
+    assert "| oos_recall | 0.3000 | 0.6000 |" in md and "| in_scope_accuracy | n/a | 0.9500 |" in md
+    assert "Abstention" not in report_markdown(decision("classifier", clf, clf))  # a model without a rule
+
+
 def test_a_refusal_fails_by_its_own_familys_setting() -> None:
     refused = {"promote": False, "challenger_version": "2", "reasons": ["worse"]}
     strict_llm = parse_params({"register_llm": {"fail_on_refusal": True}})

@@ -203,3 +203,26 @@ def test_a_logged_model_carries_the_whole_pipelines_package(env, tmp_path: Path)
     code = Path(mlflow.artifacts.download_artifacts(f"models:/{reg.name}/{v}", dst_path=str(tmp_path / "dl"))) / "code"
     assert (code / "pipelines" / "classifier" / "encoder.py").is_file(), sorted(p.name for p in code.iterdir())
     assert (code / "pipelines" / "training" / "precision.py").is_file()
+
+
+def test_the_threshold_is_part_of_a_registered_version(env, tmp_path: Path) -> None:
+    """Same weights with another abstention rule is another version (serving would otherwise keep the old
+    threshold); the same weights and rule reuse theirs. The rule is in the logged model itself."""
+    from pipelines.classifier.abstention import AbstentionRule
+
+    cfg, reg, train, test = env
+    clf, path = good_model(train), save(good_model(train), tmp_path / "good.joblib")
+    texts = test.text.head(3).tolist()
+    strict, lax = AbstentionRule(0.9), AbstentionRule(0.4)
+    v1 = register_candidate(reg, cfg, "lr", path, clf, texts, abstention=strict)
+    assert register_candidate(reg, cfg, "lr", path, clf, texts, abstention=strict) == v1
+    other = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"precision": "bf16"})})
+    assert register_candidate(reg, other, "lr", path, clf, texts, abstention=strict) == v1  # no torch: no precision
+    v2 = register_candidate(reg, cfg, "lr", path, clf, texts, abstention=lax)
+    assert v2 != v1 and reg.alias(CHALLENGER) == v2
+    assert reg.version(v1).tags["model_sha256"] == reg.version(v2).tags["model_sha256"]
+    assert load_registered(reg, v1).abstention == strict and load_registered(reg, v2).abstention == lax
+    out = mlflow.pyfunc.load_model(f"models:/{reg.name}/{v1}").predict(pd.DataFrame({"text": test.text}))
+    proba = clf.predict_proba(test.text.tolist())
+    assert out["abstained"].tolist() == (proba.max(1) < 0.9).tolist()
+    assert out["label"].tolist() == predict_labels(clf, test.text.tolist())  # abstaining keeps the label
