@@ -5,7 +5,8 @@ finetune: LoRA fine-tuning of a transformer classifier, launched through the ``d
 :mod:`pipelines.classifier.finetune_worker` on every rank. The CLI checks everything that can be checked
 before any rank starts (base model, LoRA targets and the analytic trainable count, world size, the
 checkpoint on ``--resume``). On success the best epoch's adapter is published to ``models/transformer/``
-by :func:`evaluate_and_publish`.
+by :func:`evaluate_and_publish`, scored in ``evaluate.precision`` with its abstention threshold tuned on its own
+validation predictions (``abstention``), and logged with both.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def evaluate_and_publish(
     tells the register stage its validation macro-F1 and model URI, so one gate decides across all candidates.
     """
     from pipelines.classifier.transformer import TransformerClassifier, log_transformer
-    from pipelines.metrics import evaluate, headline, write_plots
+    from pipelines.metrics import abstention_line, evaluate_splits, headline, write_plots
     from pipelines.registry import tracking
 
     cfg = p.finetune
@@ -39,16 +40,20 @@ def evaluate_and_publish(
         shutil.copytree(ckpt_dir / "best_adapter", staged[out])
         shutil.copy(ckpt_dir / "history.json", staged[out] / "history.json")
         # One load, from the published folder: what is scored is what is logged and registered.
-        clf = TransformerClassifier(staged[out], base_model=cfg.base_model, max_length=cfg.max_length)
-        scores, preds = {}, {}
-        for split, df in splits.items():
-            scores[split], preds[split] = evaluate(
-                clf,
-                df["text"].astype(str).tolist(),
-                df["label"].astype(str).tolist(),
-                split=split,
-                ece_bins=p.evaluate.ece_bins,
-            )
+        clf = TransformerClassifier(
+            staged[out], base_model=cfg.base_model, max_length=cfg.max_length, precision=p.evaluate.precision
+        )
+        rule, scored = evaluate_splits(
+            clf,
+            {
+                split: (df["text"].astype(str).tolist(), df["label"].astype(str).tolist())
+                for split, df in splits.items()
+            },
+            p.abstention,
+            ece_bins=p.evaluate.ece_bins,
+        )
+        scores = {split: m for split, (m, _) in scored.items()}
+        preds = {split: pr for split, (_, pr) in scored.items()}
         write_plots(
             splits["test"]["label"].astype(str).tolist(),
             preds["test"],
@@ -60,13 +65,19 @@ def evaluate_and_publish(
             for split, m in scores.items():
                 tracking.log_metrics(headline(m), prefix=f"{split}_")
             tracking.log_artifacts(staged[plots_dir], artifact_path="plots")
-            info = log_transformer(clf, example_texts=splits["test"]["text"].astype(str).head(3).tolist())
+            info = log_transformer(
+                clf, example_texts=splits["test"]["text"].astype(str).head(3).tolist(), abstention=rule
+            )
+        collapsed = collapse_reason(splits["val"]["label"].astype(str).tolist(), preds["val"])
         candidate = {
             "name": "lora_transformer",
+            **({"skipped": True, "collapsed": collapsed} if collapsed else {}),
             "val_macro_f1": scores["val"]["macro_f1"],
             "model_uri": info.model_uri,
             "run_id": run_id,
             "trainable_parameters": history.get("trainable_parameters"),
+            "abstention": rule.to_dict(),
+            "precision": clf.precision,
         }
         (staged[out] / "candidate.json").write_text(json.dumps(candidate, indent=2))
         if cfg.merge_adapter:
@@ -81,21 +92,60 @@ def evaluate_and_publish(
             "world_size": history.get("world_size"),
             "zero_stage": history.get("zero_stage"),
             "precision": history.get("precision"),
+            "inference_precision": clf.precision,
+            "abstention": {**rule.to_dict(), "tuned": scores["val"]["abstention_tuning"]},
             "train_rows": history.get("train_rows"),
             "samples_per_s": max((h["samples_per_s"] for h in history.get("history", [])), default=None),
+            **({"collapsed": collapsed} if collapsed else {}),
         }
         write_json(summary, staged[metrics_out])
     print(
-        f"finetune: val macro-F1 {scores['val']['macro_f1']:.4f}, test macro-F1 {scores['test']['macro_f1']:.4f}; "
-        f"adapter published to {out}; MLflow run {run_id}"
+        f"finetune: val macro-F1 {scores['val']['macro_f1']:.4f}, test macro-F1 {scores['test']['macro_f1']:.4f} "
+        f"({clf.precision}); test {abstention_line(scores['test'])}; adapter published to {out}; MLflow run {run_id}"
     )
+    if collapsed:
+        print(f"finetune: NOT a candidate for registration: the model collapsed ({collapsed})")
+    if "note" in scores["val"]["abstention_tuning"]:
+        print(f"finetune: abstention target not met on val: {scores['val']['abstention_tuning']['note']}")
     return summary
 
 
+def collapse_reason(labels: list[str], predicted: list[str]) -> str | None:
+    """Why a model is degenerate, or None: it answers one class for every validation row, or its validation
+    macro-F1 is no better than always answering the most frequent class (a recipe that diverged)."""
+    from collections import Counter
+
+    from sklearn.metrics import f1_score
+
+    if not labels:
+        return None
+    answered = Counter(predicted)
+    if len(answered) == 1 and len(set(labels)) > 1:
+        return f"it predicts {next(iter(answered))!r} for all {len(labels):,} validation rows"
+    majority = Counter(labels).most_common(1)[0][0]
+    floor = f1_score(labels, [majority] * len(labels), average="macro", zero_division=0)
+    f1 = f1_score(labels, predicted, average="macro", zero_division=0)
+    if f1 <= floor + 1e-9:
+        return f"validation macro-F1 {f1:.4f} is no better than always answering {majority!r} ({floor:.4f})"
+    return None
+
+
 def export_merged(clf, directory: Path) -> None:
-    """The adapter folded into the base weights: a plain transformers model for tools that know no peft."""
+    """The adapter folded into the base weights, for tools that know no peft: a transformers sequence classifier
+    (``[CLS]`` pooling), or, for a mean-pooled model, the transformers encoder plus ``classifier.safetensors``
+    (the linear head on the mean of its token vectors) and ``pooling.json``."""
+    from safetensors.torch import save_file
+
+    from pipelines.classifier.lora import MeanPooledClassifier
+
     merged = clf.model.merge_and_unload()
-    merged.save_pretrained(str(directory))
+    if isinstance(merged, MeanPooledClassifier):
+        merged.encoder.save_pretrained(str(directory))
+        head = {k: v.detach().contiguous() for k, v in merged.classifier.state_dict().items()}
+        save_file(head, str(directory / "classifier.safetensors"))
+        (directory / "pooling.json").write_text(json.dumps({"pooling": "mean", "labels": clf.classes}, indent=2))
+    else:
+        merged.save_pretrained(str(directory))
     clf.tokenizer.save_pretrained(str(directory))
 
 

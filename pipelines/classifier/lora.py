@@ -1,5 +1,12 @@
 """A transformer sequence classifier with a LoRA adapter (transformers + peft).
 
+Pooling matches the base model (``finetune.pooling``): a sentence-embedding checkpoint such as MiniLM-L6-v2
+was trained on the **mean** of its token vectors, so :class:`MeanPooledClassifier` puts a linear head on that
+mean; ``cls`` keeps transformers' ``AutoModelForSequenceClassification`` (the ``[CLS]`` pooler), right for
+checkpoints trained that way. ``auto`` reads the sentence-transformers pooling config when the checkpoint has
+one. The saved adapter says which (peft's ``task_type``: ``SEQ_CLS`` for the ``[CLS]`` head), so
+:func:`load_adapter` rebuilds the same model.
+
 :func:`build_model` is the one place that puts the adapter on the base model;
 :func:`expected_trainable_parameters` counts, from the base model's own layer
 shapes, what LoRA *should* train (``r * (in + out)`` per targeted linear layer,
@@ -10,6 +17,7 @@ instead of quietly training the head alone.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -22,8 +30,57 @@ from pipelines.training.lora import check_targets, lora_parameters, wrap_checked
 HEAD_NAMES = ("classifier", "score")  # what peft keeps trainable for SEQ_CLS
 
 
-def _base(path: str, labels: list[str], on_meta: bool) -> nn.Module:
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+class MeanPooledClassifier(nn.Module):
+    """Encoder (``AutoModel``) + a linear head on the attention-masked mean of the last hidden states.
+
+    Same call and output as a transformers sequence classifier (``input_ids``, ``attention_mask``, optional
+    ``labels`` → ``.loss``/``.logits``), so the training loop, DeepSpeed and peft treat both alike."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        if getattr(encoder, "pooler", None) is not None:  # the [CLS] pooler is unused here: no LoRA on it, no compute
+            encoder.pooler = None
+        self.encoder = encoder
+        self.config = encoder.config
+        self.classifier = nn.Linear(encoder.config.hidden_size, encoder.config.num_labels)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):  # noqa: ANN001, ANN201
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        logits = self.classifier(pooled)
+        loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def checkpoint_pooling(path: str) -> str:
+    """``mean`` or ``cls`` from a sentence-transformers checkpoint's ``1_Pooling/config.json`` (local or on the hub);
+    ``cls`` when it has none (a plain transformers checkpoint: its pooler is what it was trained with)."""
+    local = Path(path) / "1_Pooling" / "config.json"
+    if local.is_file():
+        found = local
+    else:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            found = Path(hf_hub_download(path, "1_Pooling/config.json"))
+        except Exception:  # noqa: BLE001 - no such file, offline, or not a hub id: a plain checkpoint
+            return "cls"
+    cfg = json.loads(found.read_text())
+    return "mean" if cfg.get("pooling_mode_mean_tokens") else "cls"
+
+
+def resolve_pooling(cfg: FinetuneConfig, base_path: str) -> str:
+    return checkpoint_pooling(base_path) if cfg.pooling == "auto" else cfg.pooling
+
+
+def _base(path: str, labels: list[str], on_meta: bool, pooling: str = "cls") -> nn.Module:
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
     id2label = dict(enumerate(labels))
     label2id = {v: k for k, v in id2label.items()}
@@ -31,6 +88,11 @@ def _base(path: str, labels: list[str], on_meta: bool) -> nn.Module:
         config = AutoConfig.from_pretrained(path, num_labels=len(labels), id2label=id2label, label2id=label2id)
     except OSError as err:
         raise ConfigError(f"finetune.base_model: cannot load a model config from {path!r} ({err})") from None
+    if pooling == "mean":
+        if on_meta:
+            with torch.device("meta"):
+                return MeanPooledClassifier(AutoModel.from_config(config))
+        return MeanPooledClassifier(AutoModel.from_pretrained(path, config=config))
     if on_meta:  # shapes only, no weights: cheap validation before any rank starts
         with torch.device("meta"):
             return AutoModelForSequenceClassification.from_config(config)
@@ -48,13 +110,16 @@ def build_model(base_path: str, labels: list[str], cfg: FinetuneConfig, on_meta:
     """Base model + LoRA adapter, with the trainable-parameter count checked against the analytic one."""
     from peft import LoraConfig, TaskType
 
-    base = _base(base_path, labels, on_meta)
+    pooling = resolve_pooling(cfg, base_path)
+    base = _base(base_path, labels, on_meta, pooling)
     check_targets(base, cfg.target_modules, "finetune.target_modules", exclude=HEAD_NAMES)
     expected = expected_trainable_parameters(base, cfg)
     if cfg.activation_checkpointing and not on_meta:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        inner = base.encoder if isinstance(base, MeanPooledClassifier) else base
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    head = {"task_type": TaskType.SEQ_CLS} if pooling == "cls" else {"modules_to_save": ["classifier"]}
     lora_cfg = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
+        **head,
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
@@ -65,12 +130,23 @@ def build_model(base_path: str, labels: list[str], cfg: FinetuneConfig, on_meta:
 
 
 def load_adapter(adapter_dir: str | Path, base_path: str, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Base weights + the saved adapter (and head), ready for inference."""
-    import json
-
-    from peft import PeftModel
+    """Base weights + the saved adapter (and head), ready for inference, pooled as it was trained."""
+    from peft import PeftConfig, PeftModel
 
     labels = json.loads((Path(adapter_dir) / "labels.json").read_text())
-    base = _base(base_path, labels, on_meta=False)
+    pooling = "cls" if PeftConfig.from_pretrained(str(adapter_dir)).task_type == "SEQ_CLS" else "mean"
+    base = _base(base_path, labels, on_meta=False, pooling=pooling)
     model = PeftModel.from_pretrained(base, str(adapter_dir))
     return model.to(dtype).eval()
+
+
+def optimizer_groups(model: nn.Module, cfg: FinetuneConfig) -> tuple[list[dict], list[float]] | None:
+    """Two optimizer groups, the adapters at ``learning_rate`` and the new head at ``head_learning_rate``, with
+    their peak rates; ``None`` when no head rate is set (one group)."""
+    if cfg.head_learning_rate is None:
+        return None
+    head, adapters = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (head if any(h in name.split(".") for h in HEAD_NAMES) else adapters).append(p)
+    return [{"params": adapters}, {"params": head}], [cfg.learning_rate, cfg.head_learning_rate]

@@ -40,9 +40,22 @@ def devices_available(accelerator: str) -> int:
     return os.cpu_count() or 1
 
 
-def build_config(cfg: DeepSpeedConfig, *, precision: str, accelerator: str, total_steps: int) -> dict[str, Any]:
-    """The DeepSpeed JSON config, generated from a training section of params (``finetune`` or ``sft``)."""
+def build_config(
+    cfg: DeepSpeedConfig,
+    *,
+    precision: str,
+    accelerator: str,
+    total_steps: int,
+    group_lrs: list[float] | None = None,
+) -> dict[str, Any]:
+    """The DeepSpeed JSON config, generated from a training section of params (``finetune`` or ``sft``).
+
+    ``group_lrs``: one peak learning rate per parameter group given to :func:`initialize` (e.g. a new
+    classification head faster than the adapters); the schedule warms up and decays each group to its own peak.
+    """
     warmup = int(cfg.warmup_ratio * total_steps)
+    peak: float | list[float] = list(group_lrs) if group_lrs else cfg.learning_rate
+    floor: float | list[float] = [0.01 * lr for lr in group_lrs] if group_lrs else 0.01 * cfg.learning_rate
     return {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
         "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
@@ -63,8 +76,8 @@ def build_config(cfg: DeepSpeedConfig, *, precision: str, accelerator: str, tota
             # DeepSpeed steps the scheduler after the optimizer, so step 1 runs at warmup_min_lr:
             # start warm-up at 1% of the peak rather than 0, or a one-step run trains nothing.
             "params": {
-                "warmup_min_lr": 0.01 * cfg.learning_rate,
-                "warmup_max_lr": cfg.learning_rate,
+                "warmup_min_lr": floor,
+                "warmup_max_lr": peak,
                 "warmup_num_steps": max(warmup, 1),
                 "total_num_steps": max(total_steps, warmup + 1),
             },
@@ -76,11 +89,14 @@ def build_config(cfg: DeepSpeedConfig, *, precision: str, accelerator: str, tota
     }
 
 
-def initialize(model: nn.Module, ds_config: dict[str, Any]):
-    """Wrap ``model`` in a DeepSpeed engine (optimizer and scheduler from the config)."""
+def initialize(model: nn.Module, ds_config: dict[str, Any], param_groups: list[dict] | None = None):
+    """Wrap ``model`` in a DeepSpeed engine (optimizer and scheduler from the config).
+
+    ``param_groups``: torch optimizer groups (``{"params": [...]}``), in the order of ``build_config``'s
+    ``group_lrs``; default one group of every trainable parameter."""
     import deepspeed
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = param_groups if param_groups is not None else [p for p in model.parameters() if p.requires_grad]
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
     return engine
 

@@ -32,7 +32,7 @@ def test_trainable_count_matches_the_analytic_formula():
 
 
 def test_all_linear_targets_count():
-    cfg = FinetuneConfig(target_modules=["query", "key", "value", "dense"], lora_r=4)
+    cfg = FinetuneConfig(target_modules=["query", "key", "value", "dense"], lora_r=4, pooling="cls")
     model = build_model(resolve_base_model("minilm"), LABELS, cfg, on_meta=True)
     per_layer = 3 * (384 + 384) + (384 + 384) + (384 + 1536) + (1536 + 384)  # q,k,v, attn out, ffn in, ffn out
     expected = 4 * (6 * per_layer + (384 + 384)) + 384 * 10 + 10  # + pooler.dense

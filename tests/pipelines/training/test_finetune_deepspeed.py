@@ -57,6 +57,7 @@ def run(
         yaml.safe_dump(
             {
                 "finetune": {"max_length": 64, "micro_batch_size": 8, **finetune},
+                "evaluate": {"precision": "fp32"},  # the published model is compared with the engine's fp32 logits
                 "mlflow": {"tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "artifact_root": str(tmp / "mlartifacts")},
             }
         )
@@ -121,15 +122,21 @@ def test_one_step_zero3_two_ranks_saves_a_whole_adapter(tmp_path, tiny_data):
     with torch.no_grad():
         logits = model(**tok(probe["texts"], truncation=True, max_length=64, padding=True, return_tensors="pt")).logits
     torch.testing.assert_close(logits, probe["logits"], atol=1e-4, rtol=1e-4)
-    # merge_adapter: a plain transformers model (no peft) with the adapter folded in gives the same logits.
-    from transformers import AutoModelForSequenceClassification
+    # merge_adapter: the plain transformers encoder with the adapter folded in + the mean-pooled linear head
+    # (MiniLM is a mean-pooling checkpoint) gives the same logits.
+    from safetensors.torch import load_file as load_tensors
+    from transformers import AutoModel
 
-    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out" / "merged").eval()
+    merged = AutoModel.from_pretrained(tmp_path / "out" / "merged").eval()
     assert not any("lora_" in n for n, _ in merged.named_parameters())
+    assert json.loads((tmp_path / "out" / "merged" / "pooling.json").read_text())["pooling"] == "mean"
+    head = load_tensors(tmp_path / "out" / "merged" / "classifier.safetensors")
+    enc = tok(probe["texts"], truncation=True, max_length=64, padding=True, return_tensors="pt")
     with torch.no_grad():
-        merged_logits = merged(
-            **tok(probe["texts"], truncation=True, max_length=64, padding=True, return_tensors="pt")
-        ).logits
+        hidden = merged(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        pooled = (hidden * mask).sum(1) / mask.sum(1)
+        merged_logits = pooled @ head["weight"].T + head["bias"]
     torch.testing.assert_close(merged_logits, probe["logits"], atol=1e-4, rtol=1e-4)
     # Evaluated by the shared metrics module and logged, by rank 0's run, as the common pyfunc.
     metrics = json.loads((tmp_path / "metrics.json").read_text())
