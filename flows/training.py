@@ -3,7 +3,9 @@
 DVC stays the one implementation (caching, ``dvc.lock``, lineage); this flow only runs the stages
 in the DAG order of ``dvc.yaml`` while holding the ``dvc-repo`` concurrency limit, retries transient
 failures, and publishes what each gate stage that ran decided: ``register`` (the classifier,
-``reports/promotion.json``) and ``register_llm`` (the generative model, ``reports/promotion_llm.json``).
+``reports/promotion.json``) and ``register_llm`` (the generative model, ``reports/promotion_llm.json``). With
+``llm.enabled: false`` the generative stages write 'skipped' records (:mod:`pipelines.llm.skipping`): the
+flow reports ``{"skipped": <reason>}`` under ``llm`` and publishes no registry links for that family.
 
 Which failures are transient: ``dvc repro`` exits 1 whatever the stage's exit code was, so the stage
 says it itself. Its CLI (:func:`pipelines.errors.fail`) writes an error record to the file named by
@@ -30,6 +32,7 @@ from flows import common
 from flows.common import Options
 from pipelines.errors import ERROR_FILE_ENV, ConfigError, GateFailed, PipelineError, read_error_record
 from pipelines.io import run_command, tool
+from pipelines.llm.skipping import is_skipped
 from pipelines.registry.promotion import DEFAULT_PATHS
 
 NOT_RETRIED = {ConfigError.__name__, GateFailed.__name__}  # the same run fails the same way
@@ -194,11 +197,20 @@ def _is_number(v: object) -> bool:
 
 def publish_gate(decision: dict, links: dict[str, str]) -> None:
     """Gate decision (markdown) and the challenger-vs-champion metrics (table) as Prefect artifacts, under the
-    decision's family's keys (:data:`ARTIFACT_KEYS`)."""
+    decision's family's keys (:data:`ARTIFACT_KEYS`); a skipped record (the branch is switched off) is one
+    markdown note, with no links and no table."""
     from pipelines.registry.gate import report_markdown
 
     family = decision.get("family", "classifier")
     decision_key, table_key = ARTIFACT_KEYS[family]
+    if is_skipped(decision):
+        create_markdown_artifact(
+            key=decision_key,
+            markdown=f"# Promotion gate: skipped\n\n`{BRANCHES[family]}` registered and gated nothing: "
+            f"{decision.get('reason', 'skipped')}.\n",
+            description=f"promotion gate: {BRANCHES[family]} stage skipped",
+        )
+        return
     create_markdown_artifact(
         key=decision_key,
         markdown=report_markdown(decision) + "\n## Links\n\n" + common.links_markdown(links),
@@ -216,7 +228,7 @@ def training(options: TrainingOptions = TrainingOptions()) -> dict:
     """Run the DVC stages in DAG order under the DVC lock; report the gate decisions made in this run.
 
     The classifier's outcome (``register``) is at the top level of the result, the generative model's
-    (``register_llm``) under ``llm``."""
+    (``register_llm``) under ``llm`` (``{"skipped": <reason>}`` when ``llm.enabled`` is false)."""
     params = common.params_of(options)
     logger = get_run_logger()
     order = branch_stages(options.branch, options.dvc_file)
@@ -239,6 +251,14 @@ def training(options: TrainingOptions = TrainingOptions()) -> dict:
     for family, stage in BRANCHES.items():  # each gate stage that ran: its decision, if it decided in this run
         decision_json = DEFAULT_PATHS[family]["decision_json"]
         decision = gate_report(decision_json) if stage in stages else None
+        if is_skipped(decision):
+            if params.llm.enabled:  # left by a run with the branch off: this run did not decide
+                logger.warning("%s is a skipped record but llm.enabled is true: not reported", decision_json)
+                continue
+            publish_gate(decision, {})  # no registry links: nothing was registered
+            result[family] = {"skipped": decision.get("reason", "skipped")}
+            logger.info("%s: skipped (%s)", stage, result[family]["skipped"])
+            continue
         if decision is not None and str(decision.get("decided_at", "")) < started:
             logger.warning("%s is older than this run (%s did not decide): not reported", decision_json, stage)
             decision = None

@@ -8,7 +8,7 @@ model alone on the same prompt (``zero_shot``); the base model with ``few_shot_e
 turns before the ticket (``few_shot``); the classifier champion's category plus rules (``classical``). A
 system that cannot run is recorded as ``{"skipped": "<reason>"}``. The metrics also carry the sha256 of
 the adapter file and of the ordered test ids, so the registration gate can prove it gates this adapter
-on these rows.
+on these rows. With ``llm.enabled: false`` every output is a 'skipped' record (:mod:`pipelines.llm.skipping`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from pipelines.llm.evaluation import (
     worst_examples,
 )
 from pipelines.llm.evaluation_report import SYSTEMS, render_report, write_confusion_csv, write_field_plot
+from pipelines.llm.skipping import skip_if_disabled
 
 ADAPTER_FILE = "adapter_model.safetensors"
 
@@ -78,12 +79,14 @@ def main(
     plots: Annotated[Path, typer.Option(help="fields.png, category_confusion.csv")] = Path("plots/llm_eval"),
 ) -> None:
     """Generate and score every system in llm_eval.systems on the test examples; write metrics, report, plots."""
+    cfg = load_params(params)
+    if skip_if_disabled(cfg.llm, "llm_eval", metrics, report, plots / "fields.png", plots / "category_confusion.csv"):
+        return
     import torch
 
     from pipelines.llm.base_model import resolve_base_model
     from pipelines.llm.generation import load_generator
 
-    cfg = load_params(params)
     ev = cfg.llm_eval
     t0 = time.perf_counter()
     torch.set_num_threads(ev.torch_threads)

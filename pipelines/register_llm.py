@@ -1,7 +1,8 @@
 """``python -m pipelines.register_llm``: register the fine-tuned triage adapter as ``challenger`` of its own
 registered model (``register_llm.registered_model``) and run its promotion gate.
 
-A thin CLI; the logic and its description are in :mod:`pipelines.llm.registration`.
+A thin CLI; the logic and its description are in :mod:`pipelines.llm.registration`. With ``llm.enabled: false``
+the decision files are 'skipped' records and the registry is not touched (:mod:`pipelines.llm.skipping`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pipelines.llm.registration import (
     served_system_prompt,
     test_examples,
 )
+from pipelines.llm.skipping import skip_if_disabled
 from pipelines.registry.gate import fail_on_refusal, report_markdown
 
 
@@ -35,11 +37,13 @@ def main(
     decision: Annotated[Path, typer.Option(help="JSON decision")] = Path("reports/promotion_llm.json"),
 ) -> None:
     """Register the adapter as challenger (once per adapter file) and gate it against the champion."""
+    cfg = load_params(params)
+    if skip_if_disabled(cfg.llm, "register_llm", report, decision, family="llm"):
+        return
     import torch
 
     from pipelines.registry import tracking
 
-    cfg = load_params(params)
     test = data_dir / "test.jsonl"
     examples, ids_sha = test_examples(test)  # cheap checks first: nothing is registered for a stale evaluation
     scores = challenger_scores(eval_metrics, adapter_sha256(adapter), ids_sha)

@@ -5,7 +5,8 @@ Everything that can be checked is checked before any rank starts: the base model
 the analytic trainable count on a shapes-only copy of the model, the world size against the machine,
 the checkpoint on ``--resume``. Then the shared launcher (:mod:`pipelines.training.launch`) runs
 :mod:`pipelines.llm.sft_worker` on every rank. On success the best epoch's adapter (with the tokenizer
-and ``sft.json``) is published to ``models/llm/`` and its training figures to ``metrics/sft.json``.
+and ``sft.json``) is published to ``models/llm/`` and its training figures to ``metrics/sft.json``. With
+``llm.enabled: false`` nothing of this runs: both are 'skipped' records (:mod:`pipelines.llm.skipping`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pipelines.errors import PipelineError, run_cli
 from pipelines.io import atomic_outputs, write_json
 from pipelines.llm.base_model import resolve_base_model
 from pipelines.llm.lora import build_lora_model, load_causal_lm
+from pipelines.llm.skipping import skip_if_disabled
 from pipelines.training import engine as dse
 from pipelines.training.launch import check_world_size, launch, launcher_command, prepare_checkpoints
 from pipelines.training.lora import trainable_parameters
@@ -73,6 +75,8 @@ def main(
 ) -> None:
     """Fine-tune the instruct LM with LoRA on the chat examples (world size, ZeRO stage, precision from params)."""
     p = load_params(params)
+    if skip_if_disabled(p.llm, "sft", out, metrics_out, model="lora_sft"):
+        return
     cfg, llm = p.sft, p.llm
     for split in ("train", "val"):
         if not (data_dir / f"{split}.jsonl").is_file():

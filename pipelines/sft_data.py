@@ -1,6 +1,7 @@
 """``python -m pipelines.sft_data``: the generative model's chat examples, checked, with contamination handled.
 
-A thin CLI; the logic and its description are in :mod:`pipelines.llm.examples`.
+A thin CLI; the logic and its description are in :mod:`pipelines.llm.examples`. With ``llm.enabled: false`` it
+writes 'skipped' records instead (:mod:`pipelines.llm.skipping`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pipelines.io import read_split
 from pipelines.llm.base_model import resolve_base_model
 from pipelines.llm.chat_data import read_chat_jsonl
 from pipelines.llm.examples import EVAL, SPLITS, build_sft_data, write_outputs
+from pipelines.llm.skipping import skip_if_disabled
 
 
 def load_tokenizer(llm: LlmConfig):
@@ -34,6 +36,8 @@ def main(
 ) -> None:
     """Build chat examples from the classifier's splits (or sft_data.path), check them, write JSONL per split."""
     p = load_params(params)
+    if skip_if_disabled(p.llm, "sft_data", out, report, metrics):
+        return
     cfg = p.sft_data
     if cfg.path:
         source = {"conversations": read_chat_jsonl(cfg.path)}

@@ -1,7 +1,8 @@
 """summary: the few numbers a person wants after ``make run`` (``dvc metrics show`` has them all).
 
 The classifier's data, models and gate; then, when the generative branch has run, its systems side by side
-(``metrics/llm_eval.json``) and its gate (``reports/promotion_llm.json``). A missing file skips its lines.
+(``metrics/llm_eval.json``) and its gate (``reports/promotion_llm.json``); one line when it was skipped
+(``llm.enabled: false``). A missing file skips its lines.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Annotated
 import typer
 
 from pipelines.errors import run_cli
+from pipelines.llm.skipping import is_skipped
 
 
 def _load(path: Path) -> dict:
@@ -49,9 +51,13 @@ LLM_SYSTEMS = ("finetuned", "zero_shot", "few_shot", "classical")  # the order o
 
 
 def summarise_llm(metrics_dir: Path, reports_dir: Path) -> list[str]:
-    """The generative model's systems on the same test rows, and its gate; no lines for a missing file."""
+    """The generative model's systems on the same test rows, and its gate; no lines for a missing file, one line
+    when the branch was skipped."""
     lines: list[str] = []
-    ev = _load(metrics_dir / "llm_eval.json")
+    ev, decision = _load(metrics_dir / "llm_eval.json"), _load(reports_dir / "promotion_llm.json")
+    if is_skipped(ev) or is_skipped(decision):
+        why = (ev if is_skipped(ev) else decision).get("reason", "skipped")
+        return [f"generative model: skipped ({why}; set llm.enabled: true to train it)"]
     if ev:
         lines.append(f"generative model: {_count(ev, 'rows')} test rows ({metrics_dir / 'llm_eval.json'})")
         lines.append(f"{'system':<18} {'valid JSON':>12} {'field score':>13} {'summary ROUGE-L':>16}")
@@ -66,7 +72,6 @@ def summarise_llm(metrics_dir: Path, reports_dir: Path) -> list[str]:
                 f"{name:<18} {_score(m.get('json_valid_rate')):>12} {_score(m.get('mean_field_score')):>13} "
                 f"{_score(m.get('summary_rouge_l')):>16}"
             )
-    decision = _load(reports_dir / "promotion_llm.json")
     if decision:
         lines.append(_gate_line("registry (generative)", decision, reports_dir / "promotion_llm.md"))
     return lines

@@ -9,6 +9,8 @@
   that keeps the answer, the padding collator and length-grouped batches.
 - :mod:`~pipelines.llm.lora`: the peft LoRA model on the causal LM, its trainable count checked against
   the analytic one.
+- :mod:`~pipelines.llm.skipping`: the branch's off switch (``llm.enabled: false``): every stage writes its
+  outputs as 'skipped' records, loads no model and exits 0.
 
 The stages (SFT data, DeepSpeed training through :mod:`pipelines.training`, evaluation, registration) build
 on these; nothing here does I/O at import time.

@@ -6,7 +6,8 @@
   (:func:`~pipelines.llm.chat_data.triage_conversations`), so a ticket sits in the same split for both models;
   the id is the ticket id. ``{categories}`` in the system prompt is the sorted label set of the train split:
   what the classifier trains on, and no category the model never sees answered (``validate.expected_labels``
-  may be null, or name a class the data lacks).
+  may be null, or name a class the data lacks). Data without the triage ground truth (your own classification
+  data) is refused, naming ``llm.enabled: false`` (:mod:`pipelines.llm.skipping`) and ``sft_data.path``.
 - *Bring your own* (``sft_data.path``): a chat JSONL (:func:`~pipelines.llm.chat_data.read_chat_jsonl`, one
   clear error for the first bad record), PII scrubbed in every turn (``scrub_pii``), split at random (seeded)
   by ``val_fraction`` / ``test_fraction`` with every copy of a prompt on one side; the id is a hash of the
@@ -104,8 +105,9 @@ def builtin_pools(parts: Mapping[str, pd.DataFrame], template: str) -> tuple[dic
             conversations = triage_conversations(df, system)
         except DataError as err:
             raise DataError(
-                f"the {name} split: {err}. Built-in examples need the triage ground truth; "
-                "set sft_data.path to your own chat JSONL for other data"
+                f"the {name} split: {err}. Built-in examples need the triage ground truth of the built-in "
+                "tickets; on other data set llm.enabled: false in params.yaml (skips the generative branch: "
+                "sft_data, sft, llm_eval, register_llm) or sft_data.path to your own chat JSONL"
             ) from None
         pools[name] = _pool(df["id"].astype(str).tolist(), conversations, df["label"].astype(str).tolist())
     return pools, categories

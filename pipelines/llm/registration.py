@@ -28,6 +28,8 @@ import pandas as pd
 
 from pipelines.config import Params, RegisterLlmConfig
 from pipelines.errors import ConfigError, DataError
+from pipelines.llm.skipping import REASON as SKIPPED_REASON
+from pipelines.llm.skipping import is_skipped, load_record
 from pipelines.registry.aliases import CHALLENGER
 
 ADAPTER_FILE = "adapter_model.safetensors"  # what llm_eval hashes (adapter_sha256)
@@ -44,6 +46,16 @@ RERUN = "re-run the evaluation: `dvc repro llm_eval` (or `python -m pipelines.ll
 
 class StaleEvaluation(DataError):
     """``metrics/llm_eval.json`` scores another adapter or other test rows than the ones being gated."""
+
+
+def refuse_skipped(eval_metrics: str | Path) -> None:
+    """A :class:`~pipelines.errors.ConfigError` when ``eval_metrics`` is a skipped record (``llm.enabled: false``):
+    the branch did not run, so there is no challenger to gate (promote or roll back a version by hand still works)."""
+    if is_skipped(load_record(eval_metrics)):
+        raise ConfigError(
+            f"{eval_metrics} is a 'skipped' record ({SKIPPED_REASON}): the generative branch did not run, so there "
+            "is no challenger to gate; set llm.enabled: true in params.yaml and run `dvc repro register_llm`"
+        )
 
 
 # --------------------------------------------------------------------------- what is being gated
@@ -71,6 +83,7 @@ def challenger_scores(eval_metrics: str | Path, adapter_sha: str, test_ids_sha: 
     path = Path(eval_metrics)
     if not path.is_file():
         raise StaleEvaluation(f"{path} does not exist: the challenger has no scores; {RERUN}")
+    refuse_skipped(path)
     data = json.loads(path.read_text(encoding="utf-8"))
     entry = data.get("finetuned")
     if not isinstance(entry, dict) or "skipped" in entry:
@@ -175,6 +188,7 @@ def gate_and_report(reg, cfg: Params, test: Path, eval_metrics: Path, report: Pa
     ``test`` ids) and write the decision (markdown + JSON, together)."""
     from pipelines.registry.gate import write_decision
 
+    refuse_skipped(eval_metrics)  # before reading data/sft, which a skipped branch leaves without examples
     examples, ids_sha = test_examples(test)
     chall_v = reg.alias(CHALLENGER)
     if chall_v is None:

@@ -303,3 +303,48 @@ def test_training_reports_each_family_gate_that_decided_in_this_run(project, mon
         {"model": "challenger v3", **scores},
         {"model": "champion v2", **scores, "mean_field_score": 0.75},
     ]
+
+
+def test_training_reports_a_skipped_generative_branch_without_registry_links(project, monkeypatch):
+    """llm.enabled false: register_llm wrote a skipped record; the result says so under ``llm``, one markdown
+    artifact says why, no metrics table, no MLflow links for the llm family. Flipped on again, a skipped record
+    left on disk is not reported as this run's."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.runtime import flow_run
+
+    from flows.training import TrainingOptions, training
+    from pipelines.llm.skipping import write_skipped
+
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    Path("params.yaml").write_text(yaml.safe_dump({**raw, "llm": {"enabled": False}}))
+    run_ids: list[str] = []
+    linked: list[str] = []
+
+    def fake_dvc(cmd: list[str], cwd: str = ".", **_: object) -> subprocess.CompletedProcess:
+        run_ids.append(str(flow_run.get_id()))
+        if cmd[3] == "register_llm":  # what the stage writes with the branch off
+            write_skipped("register_llm", Path("reports/promotion_llm.md"), Path("reports/promotion_llm.json"),
+                          family="llm")  # fmt: skip
+        return subprocess.CompletedProcess(cmd, 0, f"Running stage '{cmd[3]}'", "")
+
+    def links(params, version, family="classifier"):
+        linked.append(family)
+        return {}
+
+    monkeypatch.setattr("flows.training.run_command", fake_dvc)
+    monkeypatch.setattr("flows.common.mlflow_links", links)
+    result = training(TrainingOptions(stages=["register_llm"]))
+
+    assert result == {"stages": ["register_llm"], "failed_stage": None, "llm": {"skipped": "llm.enabled is false"}}
+    assert linked == []
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=run_ids)))
+    by_key = {a.key: a for a in found}
+    assert "gate-decision-llm" in by_key and "test-metrics-llm" not in by_key
+    assert "skipped" in by_key["gate-decision-llm"].data and "llm.enabled is false" in by_key["gate-decision-llm"].data
+
+    Path("params.yaml").write_text(yaml.safe_dump({**raw, "llm": {"enabled": True}}))
+    monkeypatch.setattr("flows.training.run_command", lambda cmd, *a, **k: subprocess.CompletedProcess(cmd, 0, "", ""))
+    result = training(TrainingOptions(stages=["register_llm"]))
+    assert "llm" not in result and linked == []

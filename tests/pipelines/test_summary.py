@@ -98,3 +98,18 @@ def test_summary_shows_the_generative_gate_without_its_metrics_and_the_other_way
     (tmp_path / "llm_eval.json").write_text(json.dumps(llm_eval({"json_valid_rate": 1.0, "mean_field_score": 0.9})))
     text = "\n".join(summarise(tmp_path, tmp_path))
     assert "valid JSON" in text and "registry (generative)" not in text
+
+
+def test_a_skipped_generative_branch_is_one_line_not_a_table(tmp_path, monkeypatch):
+    """llm.enabled false: llm_eval and register_llm wrote skipped records (pipelines.llm.skipping)."""
+    from pipelines.llm.skipping import write_skipped
+
+    monkeypatch.chdir(tmp_path)  # atomic_outputs stages in the working directory
+    (tmp_path / "promotion.json").write_text(json.dumps({"promote": True, "promoted": True, "challenger_version": "1"}))
+    write_skipped("llm_eval", tmp_path / "llm_eval.json")
+    write_skipped("register_llm", tmp_path / "promotion_llm.json", family="llm")
+    lines = summarise(tmp_path, tmp_path)
+    assert lines[-1] == "generative model: skipped (llm.enabled is false; set llm.enabled: true to train it)"
+    assert not any(line.startswith(("generative", "registry (generative)")) for line in lines[:-1])
+    assert any(line.startswith("registry: challenger v1 promoted to champion") for line in lines)
+    assert not any(line.split() and line.split()[0] in (*LLM_SYSTEMS, "system") for line in lines)
