@@ -10,6 +10,10 @@ stopping, a DeepSpeed checkpoint per epoch and ``--resume``. The adapter of the
 best epoch is saved by rank 0 from fp32 master weights gathered across ranks, so
 it is whole under ZeRO-3 too.
 
+The loop itself (:func:`build_session`, :func:`run_epochs`) is shared with the hyperparameter search: a Ray Tune
+trial (:mod:`pipelines.classifier.tuning`) runs it as one in-process rank through the same DeepSpeed engine, so
+the recipe it scores is the one this stage trains.
+
 Environment: ``FINETUNE_TRACEBACK=1`` shows a failing rank's traceback; ``FINETUNE_PROBE_DIR`` (tests
 only, see :func:`probe_dir`) also writes the engine's logits on a few validation texts there.
 """
@@ -21,7 +25,10 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,7 +38,7 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import train_test_split
 
 from pipelines.classifier.base_model import resolve_base_model
-from pipelines.classifier.lora import build_model
+from pipelines.classifier.lora import build_model, optimizer_groups, resolve_pooling
 from pipelines.config import FinetuneConfig, load_params
 from pipelines.io import read_split
 from pipelines.registry import tracking
@@ -100,19 +107,48 @@ def write_probe(
         torch.save({**probe, "dtype": str(next(module.parameters()).dtype)}, directory / "probe.pt")
 
 
-def train(args: argparse.Namespace) -> None:
-    me = ranks.start()
-    rank, world, device, accelerator = me.rank, me.world, me.device, me.accelerator
-    params = load_params(args.params)
-    cfg: FinetuneConfig = params.finetune
-    torch.manual_seed(cfg.seed)
-    base_path = resolve_base_model(cfg.base_model)
+@dataclass
+class Session:
+    """One rank's fine-tuning run, ready to train: the data as the loop reads it and the DeepSpeed engine.
 
+    Built by :func:`build_session` and trained by :func:`run_epochs`, both for the DeepSpeed stage (every rank of
+    the launcher's run) and for a hyperparameter-search trial (:mod:`pipelines.classifier.tuning`: one in-process
+    rank), so a trial trains exactly as the stage does."""
+
+    cfg: FinetuneConfig
+    me: ranks.Rank
+    labels: list[str]
+    tokenizer: Any
+    collator: Any
+    train_rows: list[dict]
+    val_rows: list[dict]
+    val_texts: list[str]
+    val_y: np.ndarray
+    sampler: Any
+    loader: Any
+    steps_per_epoch: int
+    engine: Any
+    run_info: dict = field(default_factory=dict)
+
+
+def load_splits(data_dir: Path, cfg: FinetuneConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The train and validation rows a run uses: stratified samples capped by ``max_train/eval_samples``."""
+    train_df = sample(read_split(data_dir, "train"), cfg.max_train_samples, cfg.seed)
+    val_df = sample(read_split(data_dir, "val"), cfg.max_eval_samples, cfg.seed)
+    return train_df, val_df
+
+
+def build_session(
+    cfg: FinetuneConfig, me: ranks.Rank, train_df: pd.DataFrame, val_df: pd.DataFrame, base_path: str
+) -> Session:
+    """Tokenise, batch (length-grouped or shuffled, sharded by rank), build the LoRA model and its DeepSpeed engine.
+
+    ``me``: this rank (:func:`pipelines.training.ranks.start` has initialised the process group)."""
     from transformers import AutoTokenizer, DataCollatorWithPadding
     from transformers.trainer_pt_utils import DistributedLengthGroupedSampler
 
-    train_df = sample(read_split(args.data_dir, "train"), cfg.max_train_samples, cfg.seed)
-    val_df = sample(read_split(args.data_dir, "val"), cfg.max_eval_samples, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    rank, world = me.rank, me.world
     labels = sorted(train_df["label"].astype(str).unique())
     label_id = {c: i for i, c in enumerate(labels)}
     tokenizer = AutoTokenizer.from_pretrained(base_path)
@@ -139,13 +175,114 @@ def train(args: argparse.Namespace) -> None:
     steps_per_epoch = max(1, len(loader) // cfg.gradient_accumulation_steps)
     total_steps = cfg.smoke_steps or steps_per_epoch * cfg.epochs
 
-    precision = dse.resolve_precision(cfg, accelerator)
-    ds_config = dse.build_config(cfg, precision=precision, accelerator=accelerator, total_steps=total_steps)
+    precision = dse.resolve_precision(cfg, me.accelerator)
     model = build_model(base_path, labels, cfg)
-    engine = dse.initialize(model, ds_config)
+    groups = optimizer_groups(model, cfg)  # the new head may learn faster than the adapters
+    ds_config = dse.build_config(
+        cfg, precision=precision, accelerator=me.accelerator, total_steps=total_steps, group_lrs=groups and groups[1]
+    )
+    engine = dse.initialize(model, ds_config, groups and groups[0])
+    run_info = {
+        "world_size": world,
+        "precision": precision,
+        "accelerator": me.accelerator,
+        "zero_stage": cfg.zero_stage,
+        "train_rows": len(train_rows),
+        "val_rows": len(val_rows),
+        "base_model_path": base_path,
+        "pooling": resolve_pooling(cfg, base_path),
+        "ds_config": ds_config,
+        "trainable_parameters": ranks.trainable_count(engine.module),
+    }
+    return Session(
+        cfg, me, labels, tokenizer, collator, train_rows, val_rows, val_df["text"].tolist(), val_y,
+        sampler, loader, steps_per_epoch, engine, run_info,
+    )  # fmt: skip
+
+
+def new_state() -> dict:
+    """What :func:`run_epochs` keeps between epochs (and a DeepSpeed checkpoint keeps for ``--resume``)."""
+    return {"epoch": -1, "best_f1": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
+
+
+def run_epochs(s: Session, state: dict, on_epoch: Callable[[dict, bool], None], *, progress: bool = True) -> dict:
+    """Train from the epoch after ``state["epoch"]`` to ``cfg.epochs``: one pass over the train rows, then
+    validation macro-F1 (all ranks together); early stopping after ``early_stopping_patience`` epochs without a
+    gain, or at ``smoke_steps`` optimizer steps. Collective: every rank calls it.
+
+    After each epoch ``state`` is updated (history, best epoch) and ``on_epoch(record, improved)`` is called on
+    every rank: the stage saves the adapter and a checkpoint there, a search trial reports to Ray Tune.
+    ``progress``: rank 0's bar and one line per epoch. Returns ``state``."""
+    from tqdm.auto import tqdm
+
+    cfg, engine, device, world = s.cfg, s.engine, s.me.device, s.me.world
+    talk = progress and s.me.main
+    stop = False
+    for epoch in range(state["epoch"] + 1, cfg.epochs):
+        s.sampler.set_epoch(epoch)
+        engine.train()
+        t0, seen, losses = time.perf_counter(), 0, []
+        bar = tqdm(s.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not talk, unit="batch", file=sys.stdout)
+        for batch in bar:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss = engine(**batch).loss
+            engine.backward(loss)
+            engine.step()
+            seen += len(batch["labels"]) * world
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            if cfg.smoke_steps and engine.global_steps >= cfg.smoke_steps:
+                stop = True
+                break
+        train_s = time.perf_counter() - t0
+        logits = predict_logits(
+            engine.module, s.val_rows, s.collator, cfg.micro_batch_size * 2, s.me.rank, world, device
+        )
+        val_f1 = float(
+            f1_score(s.val_y, logits.argmax(1), labels=list(range(len(s.labels))), average="macro", zero_division=0)
+        )
+        record = {
+            "epoch": epoch + 1,
+            "step": int(engine.global_steps),
+            "train_loss": float(np.mean(losses)),
+            "val_macro_f1": val_f1,
+            "samples_per_s": seen / train_s,
+            "epoch_seconds": train_s,
+        }
+        state["history"].append(record)
+        state["epoch"] = epoch
+        improved = val_f1 > state["best_f1"]
+        if improved:
+            state.update(best_f1=val_f1, best_epoch=epoch + 1, bad_epochs=0)
+        else:
+            state["bad_epochs"] += 1
+        on_epoch(record, improved)
+        if talk:
+            print(
+                f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, val macro-F1 {val_f1:.4f}"
+                f"{' (best)' if improved else ''}, {record['samples_per_s']:.1f} samples/s",
+                flush=True,
+            )
+        if stop or state["bad_epochs"] > cfg.early_stopping_patience:
+            if talk and not stop:
+                print(f"early stopping: no val macro-F1 gain for {state['bad_epochs']} epoch(s)", flush=True)
+            break
+    return state
+
+
+def train(args: argparse.Namespace) -> None:
+    """The DeepSpeed stage's rank: train, keep the best epoch's adapter, a checkpoint per epoch, MLflow on rank 0."""
+    me = ranks.start()
+    rank = me.rank
+    params = load_params(args.params)
+    cfg: FinetuneConfig = params.finetune
+    base_path = resolve_base_model(cfg.base_model)
+    train_df, val_df = load_splits(args.data_dir, cfg)
+    s = build_session(cfg, me, train_df, val_df, base_path)
+    engine, run_info = s.engine, s.run_info
     frozen_before = ranks.frozen_checksum(engine.module)
 
-    state = {"epoch": -1, "best_f1": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
+    state = new_state()
     if args.resume:
         restored = dse.load_checkpoint(engine, args.ckpt_dir)  # also holds DeepSpeed's own metadata keys
         state.update({k: restored[k] for k in state if k in restored})
@@ -156,27 +293,26 @@ def train(args: argparse.Namespace) -> None:
                 f"continuing with epoch {state['epoch'] + 2}",
                 flush=True,
             )
-    run_info = {
-        "world_size": world,
-        "precision": precision,
-        "accelerator": accelerator,
-        "zero_stage": cfg.zero_stage,
-        "train_rows": len(train_rows),
-        "val_rows": len(val_rows),
-        "base_model_path": base_path,
-        "ds_config": ds_config,
-        "trainable_parameters": ranks.trainable_count(engine.module),
-    }
     if rank == 0:
         (args.ckpt_dir).mkdir(parents=True, exist_ok=True)
-        (args.ckpt_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
+        (args.ckpt_dir / "ds_config.json").write_text(json.dumps(run_info["ds_config"], indent=2))
         print(
-            f"finetune: {len(train_rows):,} train / {len(val_rows):,} val rows, {world} rank(s) on {accelerator}, "
-            f"ZeRO-{cfg.zero_stage}, {precision}, {steps_per_epoch} steps/epoch",
+            f"finetune: {len(s.train_rows):,} train / {len(s.val_rows):,} val rows, {me.world} rank(s) on "
+            f"{me.accelerator}, ZeRO-{cfg.zero_stage}, {run_info['precision']}, {s.steps_per_epoch} steps/epoch",
             flush=True,
         )
 
-    from tqdm.auto import tqdm
+    def on_epoch(record: dict, improved: bool) -> None:
+        """Collective: the best adapter (gathered), a DeepSpeed checkpoint; rank 0 logs the epoch to MLflow."""
+        if improved:
+            files = {
+                "labels.json": json.dumps(s.labels),
+                "training.json": json.dumps({**run_info, **record}, indent=2, default=str),
+            }
+            ranks.save_adapter(engine, args.ckpt_dir / "best_adapter", s.tokenizer, files, rank)
+        dse.save_checkpoint(engine, args.ckpt_dir, tag=f"epoch-{record['epoch']}", client_state=state)
+        if rank == 0:
+            tracking.log_metrics({k: v for k, v in record.items() if k not in ("epoch", "step")}, step=record["epoch"])
 
     with contextlib.ExitStack() as stack:
         if rank == 0:  # only rank 0 talks to MLflow: params, per-epoch curves, the DeepSpeed config
@@ -184,64 +320,11 @@ def train(args: argparse.Namespace) -> None:
             stack.enter_context(
                 ranks.mlflow_run(params.mlflow, args.ckpt_dir, args.resume, "finetune-lora", "finetune", logged)
             )
-        stop = False
-        for epoch in range(state["epoch"] + 1, cfg.epochs):
-            sampler.set_epoch(epoch)
-            engine.train()
-            t0, seen, losses = time.perf_counter(), 0, []
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, unit="batch", file=sys.stdout)
-            for batch in bar:
-                batch = {k: v.to(device) for k, v in batch.items()}
-                loss = engine(**batch).loss
-                engine.backward(loss)
-                engine.step()
-                seen += len(batch["labels"]) * world
-                losses.append(float(loss.detach()))
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-                if cfg.smoke_steps and engine.global_steps >= cfg.smoke_steps:
-                    stop = True
-                    break
-            train_s = time.perf_counter() - t0
-            logits = predict_logits(engine.module, val_rows, collator, cfg.micro_batch_size * 2, rank, world, device)
-            val_f1 = float(
-                f1_score(val_y, logits.argmax(1), labels=list(range(len(labels))), average="macro", zero_division=0)
-            )
-            record = {
-                "epoch": epoch + 1,
-                "step": int(engine.global_steps),
-                "train_loss": float(np.mean(losses)),
-                "val_macro_f1": val_f1,
-                "samples_per_s": seen / train_s,
-                "epoch_seconds": train_s,
-            }
-            state["history"].append(record)
-            state["epoch"] = epoch
-            improved = val_f1 > state["best_f1"]
-            if improved:
-                state.update(best_f1=val_f1, best_epoch=epoch + 1, bad_epochs=0)
-                files = {
-                    "labels.json": json.dumps(labels),
-                    "training.json": json.dumps({**run_info, **record}, indent=2, default=str),
-                }
-                ranks.save_adapter(engine, args.ckpt_dir / "best_adapter", tokenizer, files, rank)
-            else:
-                state["bad_epochs"] += 1
-            dse.save_checkpoint(engine, args.ckpt_dir, tag=f"epoch-{epoch + 1}", client_state=state)
-            if rank == 0:
-                tracking.log_metrics({k: v for k, v in record.items() if k not in ("epoch", "step")}, step=epoch + 1)
-                print(
-                    f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, val macro-F1 {val_f1:.4f}"
-                    f"{' (best)' if improved else ''}, {record['samples_per_s']:.1f} samples/s",
-                    flush=True,
-                )
-            if stop or state["bad_epochs"] > cfg.early_stopping_patience:
-                if rank == 0 and not stop:
-                    print(f"early stopping: no val macro-F1 gain for {state['bad_epochs']} epoch(s)", flush=True)
-                break
+        run_epochs(s, state, on_epoch)
 
     probe_to = probe_dir()
     if probe_to is not None:  # tests only
-        write_probe(engine.module, val_rows, val_df["text"].tolist(), collator, probe_to, rank, world, device)
+        write_probe(engine.module, s.val_rows, s.val_texts, s.collator, probe_to, rank, me.world, me.device)
     state["frozen_weights_unchanged"] = ranks.frozen_unchanged(engine.module, frozen_before)
     if rank == 0:
         (args.ckpt_dir / "history.json").write_text(json.dumps({**run_info, **state}, indent=2, default=str))
