@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: help install lock lint run test test-fast repro clean mlflow serve demo-drift demo-drift-prefect ui prefect-server
+.PHONY: help install lock lint run test test-fast repro examples clean mlflow serve demo-drift demo-drift-prefect ui prefect-server tune
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -70,6 +70,17 @@ run: $(STAMP) ## the main job, end to end on the embedded default data
 	@echo "Next:    make mlflow (runs, curves, registry)   make serve (the champion on :8000)   make ui (Prefect)"
 
 repro: run
+
+examples: $(STAMP) ## copy params.yaml's changes into examples/*.yaml (all but each example's own sections)
+	$(BIN)/python examples/sync.py
+
+# Not part of `make run`: Ray Tune over params' tune.search_space, each trial the finetune stage's own training
+# loop (one in-process DeepSpeed rank). The splits first (a no-op when current); RAY_ADDRESS or tune.ray_address
+# runs the same search on a Ray cluster. TUNE_ARGS=--apply writes the best configuration into params.yaml.
+TUNE_ARGS ?=
+tune: $(STAMP) ## hyperparameter search for finetune (Ray Tune + ASHA; params tune:) -> models/tune/best.json
+	dvc repro leakage
+	$(BIN)/python -m pipelines.tune --params params.yaml $(TUNE_ARGS)
 
 lint: $(STAMP) ## ruff: lint and formatting check (configured in pyproject.toml)
 	$(BIN)/ruff check .

