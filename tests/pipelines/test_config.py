@@ -214,8 +214,8 @@ DATA_EXAMPLES: dict[str, dict[str, set[str] | str]] = {
         "validate": {"expected_labels"},
         "split": {"strategy"},
         "leakage": {"duplicate_action", "target_columns"},
-        "abstention": {"oos_label"},
-        "finetune": {"max_train_samples", "max_eval_samples", "epochs"},  # all 15,100 rows, 3 epochs
+        "abstention": {"oos_label", "max_in_scope_rate"},
+        "finetune": {"max_train_samples", "max_eval_samples", "epochs"},  # all 15,100 rows, up to 5 epochs
         "llm": {"enabled"},  # no triage answers in the data: the generative branch is off
     },
     "sms_spam.params.yaml": {
