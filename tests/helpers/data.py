@@ -83,3 +83,19 @@ def run_stage(stage: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
         text=True,
         timeout=300,
     )
+
+
+def write_ticket_splits(directory: Path, n_rows: int = 400, seed: int = 3) -> Path:
+    """Generated tickets as model-ready train/val/test Parquet (60/20/20 by row order) in ``directory``:
+    the tiny data the training stages' tests run on."""
+    from pipelines.config import GenerateConfig
+    from pipelines.data.generator import generate_tickets
+
+    df = generate_tickets(GenerateConfig(n_rows=n_rows, n_customers=max(10, n_rows // 4), seed=seed))
+    df = pd.DataFrame({"id": df["ticket_id"], "text": df["subject"] + "\n" + df["body"], "label": df["category"]})
+    df = df[df["text"].str.strip() != ""]
+    a, b = int(0.6 * n_rows), int(0.8 * n_rows)
+    df.iloc[:a].to_parquet(directory / "train.parquet")
+    df.iloc[a:b].to_parquet(directory / "val.parquet")
+    df.iloc[b:].to_parquet(directory / "test.parquet")
+    return directory

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from pipelines.config import MlflowConfig, ServeConfig
+from tests.helpers import temporary_registry
 
 TRAIN = [
     ("I was charged twice for my subscription this month", "billing"),
@@ -53,18 +53,10 @@ def tiny_registry(tmp_path_factory: pytest.TempPathFactory) -> TinyRegistry:
     import mlflow
 
     from pipelines.classifier.pyfunc import log_classifier
-    from pipelines.registry.tracking import Registry, setup
+    from pipelines.registry.tracking import Registry
 
     root = tmp_path_factory.mktemp("mlflow")
-    cfg = MlflowConfig(
-        tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
-        artifact_root=str(root / "artifacts"),
-        experiment="serving-tests",
-        registered_model="tiny-router",
-    )
-    old = os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
-        setup(cfg)
+    with temporary_registry(root, "serving-tests", "tiny-router") as cfg:
         reg = Registry(cfg)
         versions, models = [], {}
         for c in (1.0, 100.0):
@@ -75,9 +67,6 @@ def tiny_registry(tmp_path_factory: pytest.TempPathFactory) -> TinyRegistry:
             versions.append(v)
             models[v] = clf
         reg.set_alias("champion", versions[0])
-    finally:
-        if old is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = old
     texts = ["double charge on my card", "password reset is broken", "the app crashed", "hello there"]
     return TinyRegistry(cfg, cfg.tracking_uri, versions, models, texts)
 

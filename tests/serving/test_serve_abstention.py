@@ -7,7 +7,6 @@ probabilities are the priors (about 0.5 each), far below any in-scope text's con
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from pipelines.classifier.abstention import AbstentionRule
 from pipelines.config import AbstentionConfig, MlflowConfig
+from tests.helpers import temporary_registry
 
 BILLING = ["charged twice for my invoice", "refund the double charge on my card", "my invoice amount is wrong"]
 SHIPPING = ["my parcel has not arrived", "the delivery is late, where is my package", "track my parcel delivery"]
@@ -43,30 +43,19 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> Registered:
     from pipelines.classifier.abstention import tune
     from pipelines.classifier.model_api import SklearnTextClassifier
     from pipelines.classifier.pyfunc import log_classifier
-    from pipelines.registry.tracking import Registry, setup
+    from pipelines.registry.tracking import Registry
 
     texts, labels = BILLING * 3 + SHIPPING * 3, ["billing"] * 9 + ["shipping"] * 9
     clf = SklearnTextClassifier(make_pipeline(TfidfVectorizer(), LogisticRegression(C=20.0)).fit(texts, labels))
     val_texts, val_labels = zip(*VAL)
     rule, _ = tune(val_labels, clf.predict_proba(list(val_texts)), clf.classes, AbstentionConfig(max_in_scope_rate=0))
     root = tmp_path_factory.mktemp("abstain")
-    cfg = MlflowConfig(
-        tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
-        artifact_root=str(root / "artifacts"),
-        experiment="abstain",
-        registered_model="abstaining-router",
-    )
-    old = os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
-        setup(cfg)
+    with temporary_registry(root, "abstain", "abstaining-router") as cfg:
         with mlflow.start_run():
             info = log_classifier(clf, example_texts=list(val_texts), abstention=rule)
         reg = Registry(cfg)
         version = reg.register(info.model_uri, tags={})
         reg.set_alias("champion", version)
-    finally:
-        if old is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = old
     return Registered(cfg, version, rule, clf)
 
 

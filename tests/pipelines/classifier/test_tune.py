@@ -14,25 +14,18 @@ import pytest
 import yaml
 
 from pipelines.classifier.tuning import check, current_point, max_epochs, trial_finetune
-from pipelines.config import GenerateConfig, parse_params
-from pipelines.data.generator import generate_tickets
+from pipelines.config import parse_params
 from pipelines.errors import ConfigError
 from pipelines.tune import params_snippet, set_finetune_values
 from tests.helpers import ROOT
+from tests.helpers.data import write_ticket_splits
 
 SPACE = {"learning_rate": {"loguniform": [0.002, 0.01]}, "head_learning_rate": {"loguniform": [0.005, 0.02]}}
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("data")
-    df = generate_tickets(GenerateConfig(n_rows=400, n_customers=100, seed=3))
-    df = pd.DataFrame({"id": df["ticket_id"], "text": df["subject"] + "\n" + df["body"], "label": df["category"]})
-    df = df[df["text"].str.strip() != ""]
-    df.iloc[:240].to_parquet(d / "train.parquet")
-    df.iloc[240:320].to_parquet(d / "val.parquet")
-    df.iloc[320:].to_parquet(d / "test.parquet")
-    return d
+    return write_ticket_splits(tmp_path_factory.mktemp("data"))
 
 
 @pytest.mark.integration

@@ -22,23 +22,15 @@ from safetensors.torch import load_file
 from pipelines.classifier.base_model import resolve_base_model
 from pipelines.classifier.finetune_worker import PROBE_ENV
 from pipelines.classifier.lora import load_adapter
-from pipelines.config import GenerateConfig
-from pipelines.data.generator import generate_tickets
 from tests.helpers import ROOT
+from tests.helpers.data import write_ticket_splits
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("data")
-    df = generate_tickets(GenerateConfig(n_rows=400, n_customers=100, seed=3))
-    df = pd.DataFrame({"id": df["ticket_id"], "text": df["subject"] + "\n" + df["body"], "label": df["category"]})
-    df = df[df["text"].str.strip() != ""]
-    df.iloc[:240].to_parquet(d / "train.parquet")
-    df.iloc[240:320].to_parquet(d / "val.parquet")
-    df.iloc[320:].to_parquet(d / "test.parquet")
-    return d
+    return write_ticket_splits(tmp_path_factory.mktemp("data"))
 
 
 def run(
