@@ -124,7 +124,8 @@ def test_mean_pooled_lora_learns_a_small_separable_task():
 
 def test_head_learning_rate_makes_two_groups_with_their_own_schedule():
     base = resolve_base_model("minilm")
-    assert optimizer_groups(build_model(base, LABELS, FinetuneConfig(), on_meta=True), FinetuneConfig()) is None
+    one = FinetuneConfig(head_learning_rate=None)  # no head rate: one group, the stage's single learning rate
+    assert optimizer_groups(build_model(base, LABELS, one, on_meta=True), one) is None
     cfg = FinetuneConfig(learning_rate=1e-3, head_learning_rate=2e-2)
     model = build_model(base, LABELS, cfg, on_meta=True)
     groups, lrs = optimizer_groups(model, cfg)
