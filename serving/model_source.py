@@ -71,8 +71,9 @@ class ChampionSource:
     @property
     def registry(self) -> Registry:
         if self._registry is None:
-            # mlflow.pyfunc.load_model("models:/...") reads the process-wide URI: make it the configured one
-            os.environ["MLFLOW_TRACKING_URI"] = self.uri
+            # mlflow.pyfunc.load_model("models:/...") reads the process-wide URIs: make both the configured one
+            # (a stale MLFLOW_REGISTRY_URI in the environment would otherwise look the model up elsewhere)
+            os.environ["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_REGISTRY_URI"] = self.uri
             self._registry = Registry(self.cfg)
         return self._registry
 

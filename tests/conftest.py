@@ -39,14 +39,17 @@ def shared_datasets() -> Path:
 
 @pytest.fixture(autouse=True)
 def _no_leaked_tracking_uri():
-    """Every test leaves ``MLFLOW_TRACKING_URI`` as it found it.
+    """Every test leaves ``MLFLOW_TRACKING_URI`` and ``MLFLOW_REGISTRY_URI`` as it found them.
 
-    ``mlflow.set_tracking_uri`` exports the variable, and ``monkeypatch.delenv(..., raising=False)`` of an
-    absent one records nothing to undo: a test's temporary registry then leaked into later tests' servers
-    (a Prefect-served training run registered into another test's registry)."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
+    ``mlflow.set_tracking_uri`` and ``mlflow.set_registry_uri`` export the variables, and
+    ``monkeypatch.delenv(..., raising=False)`` of an absent one records nothing to undo: a test's temporary
+    registry then leaked into later tests' servers (a Prefect-served training run registered into another
+    test's registry; Ray Serve replicas looked their champion up in another test's registry)."""
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    before = {name: os.environ.get(name) for name in names}
     yield
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

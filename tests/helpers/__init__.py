@@ -21,10 +21,12 @@ def temporary_registry(root: Path, experiment: str, registered_model: str):
         experiment=experiment,
         registered_model=registered_model,
     )
-    old = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")  # mlflow exports both in setup()
+    old = {name: os.environ.pop(name, None) for name in names}
     try:
         setup(cfg)
         yield cfg
     finally:
-        if old is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = old
+        for name, value in old.items():
+            if value is not None:
+                os.environ[name] = value
