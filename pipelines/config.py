@@ -310,7 +310,7 @@ class EvaluateConfig(Section):
 
 
 class AbstentionConfig(Section):
-    """Out-of-scope abstention ("none of the above"), tuned on validation (pipelines/classifier/abstention.py)."""
+    """Out-of-scope abstention ("none of the above"), tuned on validation (pipelines/abstention.py)."""
 
     enabled: bool = Field(True, description="false: no confidence threshold (predicting oos_label still abstains)")
     oos_label: str | None = Field(

@@ -7,7 +7,7 @@ the confusion matrix. :func:`write_plots` writes the DVC plots (a per-row
 ``actual,predicted`` CSV for DVC's confusion template, and a PNG).
 
 Accuracy and F1 score the arg-max label (the label the model would give, abstaining or not). With an
-abstention rule (:mod:`pipelines.classifier.abstention`) a split also gets ``abstention_rate`` and
+abstention rule (:mod:`pipelines.abstention`) a split also gets ``abstention_rate`` and
 ``in_scope_rate``; where it has out-of-scope rows, ``in_scope_accuracy`` (an abstention counts as wrong) and
 ``oos_recall`` (out-of-scope rows abstained), as the CLINC150 paper reports them; where it has none,
 ``answered_accuracy`` (accuracy over the rows not abstained). :func:`evaluate_splits` tunes the rule on the
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from pipelines.classifier.abstention import AbstentionRule, rates, tune
+from pipelines.abstention import AbstentionRule, rates, tune
 from pipelines.config import AbstentionConfig
 from pipelines.errors import DataError
 

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipelines.classifier.abstention import AbstentionRule
+from pipelines.abstention import AbstentionRule
 from pipelines.config import load_params
 from pipelines.errors import run_cli
 from pipelines.io import atomic_outputs, read_split, write_json

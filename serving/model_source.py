@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipelines.classifier.abstention import NEVER, AbstentionRule
+from pipelines.abstention import NEVER, AbstentionRule
 from pipelines.classifier.model_api import TextClassifier
 from pipelines.config import MlflowConfig
 from pipelines.registry.tracking import Registry, tracking_uri

@@ -6,7 +6,7 @@ a runner that batches texts (:mod:`serving.batching`), the buffered prediction l
 alias every ``watch_interval_s``; when it moves, the new version is loaded first and
 then swapped in with one assignment; requests already submitted finish on the handle
 they pinned, and each response names the version that answered. Each answer says whether the model
-abstains (its registered :class:`~pipelines.classifier.abstention.AbstentionRule`), with the label it would
+abstains (its registered :class:`~pipelines.abstention.AbstentionRule`), with the label it would
 have given; the prediction log records both.
 """
 
@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipelines.classifier.abstention import NEVER
+from pipelines.abstention import NEVER
 from pipelines.config import ServeConfig
 from pipelines.data.ingestion import scrub_pii
 from serving.batching import ContinuousBatcher, DirectRunner, ItemResult

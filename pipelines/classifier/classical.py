@@ -7,7 +7,7 @@ C is chosen by stratified CV on train only (``GridSearchCV``, macro-F1); the can
 best *validation* macro-F1 is the one the register stage registers. Every model is scored by the
 one evaluation module (:mod:`pipelines.metrics`) on val and test through the
 :class:`~pipelines.classifier.model_api.TextClassifier` interface, in ``evaluate.precision``, each with its own
-abstention threshold tuned on its validation predictions (:mod:`pipelines.classifier.abstention`).
+abstention threshold tuned on its validation predictions (:mod:`pipelines.abstention`).
 
 Outputs: ``models/baselines/<name>.joblib`` + ``selected.json`` (with the selected model's abstention rule,
 which the register stage logs with it), ``metrics/baselines.json`` (each model, val and test),
@@ -31,7 +31,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_sp
 from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.svm import LinearSVC
 
-from pipelines.classifier.abstention import AbstentionRule
+from pipelines.abstention import AbstentionRule
 from pipelines.classifier.encoder import EncoderClassifier, MeanPoolEncoder
 from pipelines.classifier.model_api import SklearnTextClassifier, TextClassifier, resolve_precision
 from pipelines.config import AbstentionConfig, BaselinesConfig, EvaluateConfig

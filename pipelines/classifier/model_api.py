@@ -7,7 +7,7 @@ serving only talk to this interface.
 
 Output contract of every registered model (pyfunc ``predict``): a DataFrame with
 ``label`` (the arg-max class, also when the model abstains), ``abstained`` (the model's
-:class:`~pipelines.classifier.abstention.AbstentionRule` says "none of the above") and one float column
+:class:`~pipelines.abstention.AbstentionRule` says "none of the above") and one float column
 per class named ``proba_<class>`` (see :func:`output_frame`), in the order of ``classes``.
 
 Inference precision (``params.yaml: evaluate.precision``) is one of :data:`PRECISIONS`; :func:`resolve_precision`

@@ -6,7 +6,7 @@ Every registered classifier, loaded with ``mlflow.pyfunc.load_model("models:/<na
 takes a DataFrame with a ``text`` column and returns ``label``, ``abstained`` + ``proba_<class>``
 columns (:func:`pipelines.classifier.model_api.output_frame`). Label names are kept in the
 model's metadata (``classes``); the abstention rule tuned on validation
-(:class:`~pipelines.classifier.abstention.AbstentionRule`) and the inference precision the model was evaluated in
+(:class:`~pipelines.abstention.AbstentionRule`) and the inference precision the model was evaluated in
 are in its ``model_config`` (``abstention``, ``precision``), the rule also in the metadata. A version is
 therefore never registered without its threshold: both are written by the one ``log_model`` call.
 
@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from mlflow.models import infer_signature
 
-from pipelines.classifier.abstention import AbstentionRule
+from pipelines.abstention import AbstentionRule
 from pipelines.classifier.model_api import (
     TextClassifier,
     output_frame,

@@ -107,7 +107,7 @@ class TransformerPyfunc(TextClassifierPyfunc):
 
 def log_transformer(clf: TransformerClassifier, example_texts: list[str], abstention=None):  # noqa: ANN001
     """Log the fine-tuned model as the common pyfunc in the active MLflow run, with its abstention rule
-    (an :class:`~pipelines.classifier.abstention.AbstentionRule`) and the precision it was evaluated in."""
+    (an :class:`~pipelines.abstention.AbstentionRule`) and the precision it was evaluated in."""
     from pipelines.classifier.pyfunc import log_classifier
 
     return log_classifier(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import joblib
 
-from pipelines.classifier.abstention import AbstentionRule
+from pipelines.abstention import AbstentionRule
 from pipelines.classifier.model_api import TextClassifier, resolve_precision
 from pipelines.config import Params
 from pipelines.errors import DataError

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from pipelines.classifier.abstention import AbstentionRule
+from pipelines.abstention import AbstentionRule
 from pipelines.config import AbstentionConfig, MlflowConfig
 from tests.helpers import temporary_registry
 
@@ -40,7 +40,7 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> Registered:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    from pipelines.classifier.abstention import tune
+    from pipelines.abstention import tune
     from pipelines.classifier.model_api import SklearnTextClassifier
     from pipelines.classifier.pyfunc import log_classifier
     from pipelines.registry.tracking import Registry

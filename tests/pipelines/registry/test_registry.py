@@ -208,7 +208,7 @@ def test_a_logged_model_carries_the_whole_pipelines_package(env, tmp_path: Path)
 def test_the_threshold_is_part_of_a_registered_version(env, tmp_path: Path) -> None:
     """Same weights with another abstention rule is another version (serving would otherwise keep the old
     threshold); the same weights and rule reuse theirs. The rule is in the logged model itself."""
-    from pipelines.classifier.abstention import AbstentionRule
+    from pipelines.abstention import AbstentionRule
 
     cfg, reg, train, test = env
     clf, path = good_model(train), save(good_model(train), tmp_path / "good.joblib")

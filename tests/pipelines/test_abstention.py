@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.classifier.abstention import AbstentionRule, rates, tune
+from pipelines.abstention import AbstentionRule, rates, tune
 from pipelines.config import AbstentionConfig, parse_params
 from pipelines.errors import ConfigError, DataError
 from pipelines.metrics import evaluate, evaluate_splits, headline
