@@ -252,9 +252,23 @@ def write_plots(labels: Sequence[str], preds: Sequence[str], csv_path: Path, png
         ax.set_title(title)
         fig.tight_layout()
     else:
-        fig, ax = plt.subplots(figsize=(4, 1.2))
-        ax.axis("off")
-        ax.text(0.5, 0.5, title or "no predictions", ha="center", va="center")
+        message_png(png_path, title or "no predictions")
+        return
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+
+
+def message_png(png_path: Path, text: str) -> None:
+    """A small PNG holding one line of text: the plot a stage declares when it has nothing to draw."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center")
     png_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png_path, dpi=110)
     plt.close(fig)

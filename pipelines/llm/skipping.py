@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pipelines.config import LlmConfig
 from pipelines.io import atomic_outputs, write_json
+from pipelines.metrics import message_png
 
 REASON = "llm.enabled is false"
 MARKER = "skipped.json"  # what a skipped directory output (data/sft, models/llm) holds
@@ -44,19 +45,6 @@ def _note(stage: str) -> str:
     )
 
 
-def _placeholder_png(stage: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.0, 1.2))
-    ax.axis("off")
-    ax.text(0.5, 0.5, f"{stage}: skipped ({REASON})", ha="center", va="center")
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
 def write_skipped(stage: str, *outputs: Path, **extra: object) -> None:
     """Publish every output of ``stage`` as a skipped record, all together (nothing on failure).
 
@@ -77,7 +65,7 @@ def write_skipped(stage: str, *outputs: Path, **extra: object) -> None:
             elif suffix == ".csv":
                 path.write_text(CONFUSION_COLUMNS + "\n", encoding="utf-8")
             elif suffix == ".png":
-                _placeholder_png(stage, path)
+                message_png(path, f"{stage}: skipped ({REASON})")
             else:
                 raise ValueError(f"{stage}: no skipped form for the output {target} (suffix {suffix})")
 
