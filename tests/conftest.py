@@ -8,6 +8,7 @@ Ray Serve, a Prefect server, stage CLIs) declares ``pytestmark = pytest.mark.int
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,9 +48,20 @@ def _no_leaked_tracking_uri():
     test's registry; Ray Serve replicas looked their champion up in another test's registry)."""
     names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
     before = {name: os.environ.get(name) for name in names}
+    # mlflow also keeps both in module globals, which win over the variables for the rest of the process
+    globals_before = [getattr(sys.modules.get(module), "_" + attr, None) for module, attr in _MLFLOW_URI_GLOBALS]
     yield
     for name, value in before.items():
         if value is None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+    for (module, attr), value in zip(_MLFLOW_URI_GLOBALS, globals_before, strict=True):
+        if module in sys.modules:
+            setattr(sys.modules[module], "_" + attr, value)
+
+
+_MLFLOW_URI_GLOBALS = (
+    ("mlflow.tracking._tracking_service.utils", "tracking_uri"),
+    ("mlflow.tracking._model_registry.utils", "registry_uri"),
+)
