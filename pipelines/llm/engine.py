@@ -1,0 +1,627 @@
+"""The generation engine: iteration-level continuous batching over a Hugging Face causal LM's KV cache.
+
+Why our own: on this 2-core CPU transformers' paged continuous batching (``generate_batch``) delivers fewer
+tokens/s than a plain padded ``generate()`` batch (docs: LIBRARIES.md), while a padded batch wastes most of its
+work on rows that already finished. This scheduler keeps the padded batch's fast dense kernels and drops the
+waste: every :meth:`LLMEngine.step` decodes one token for every running sequence, a finished or aborted
+sequence leaves the batch at once, and waiting ones join at the next step.
+
+How (CPU-friendly, no custom kernels):
+
+- **One batched** ``DynamicCache``: row ``i`` holds running sequence ``i``; rows are right-aligned (left
+  padding), with an explicit ``attention_mask`` (padding columns are masked to exactly zero weight) and
+  per-row ``position_ids`` (each sequence keeps the positions it would have alone).
+- **Prefill** of a newly admitted sequence runs alone, unpadded (the same computation as ``generate()``
+  on that prompt); its cache is then left-padded and concatenated to the batch. Admission per step is bounded
+  by ``max_prefill_tokens`` (the first waiting sequence is always admitted, so a long prompt cannot starve),
+  so running sequences stall for at most about that many prompt tokens between two decode steps.
+- **Removal**: rows of finished sequences are dropped with ``index_select`` and leading all-padding columns
+  are trimmed, so the cache never grows past the longest running sequence.
+- **Admission control**: at most ``max_num_seqs`` running; each admitted sequence *reserves*
+  ``prompt + max_tokens`` tokens of the ``kv_cache_tokens`` budget (it can never outgrow that), so memory is
+  bounded: the padded tensor holds at most ``max_num_seqs`` rows of at most ``max_model_len`` columns.
+  More than ``max_waiting`` queued requests → :class:`QueueFull` with a ``retry_after_s`` estimate.
+- **Sampling** per row: greedy (``temperature == 0``), or temperature + top-p with a per-request
+  ``torch.Generator`` (same seed → same output); stop strings, EOS and the chat template's end-of-turn
+  token end a sequence; ``json_schema`` constrains decoding (:mod:`pipelines.llm.structured`).
+
+:class:`LLMEngine` is synchronous and single-threaded; :class:`AsyncLLMEngine` runs its step loop in a thread
+of its own so an asyncio server keeps streaming while the model computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()  # the text is cut before the first stop string; finish_reason "stop"
+    seed: int | None = None  # per-request torch.Generator for sampling
+    json_schema: dict | None = None  # constrained decoding; {"type": "object"} for response_format json_object
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty strings")
+
+
+@dataclass
+class TokenEvent:
+    request_id: str
+    token_ids: list[int]  # tokens added in this step
+    text: str  # the text delta (stop strings and special tokens never emitted)
+    finished: bool
+    finish_reason: str | None  # "stop" | "length" | "abort"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class QueueFull(Exception):
+    """The waiting queue is full; try again after ``retry_after_s`` seconds (HTTP 429 + Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RequestTooLong(ValueError):
+    """prompt tokens + max_tokens exceed the model's context (``max_model_len``) or the KV budget (HTTP 400)."""
+
+
+class EngineError(RuntimeError):
+    """The model failed during a step; every request in flight was ended with it."""
+
+
+class _TextStream:
+    """Incremental detokenisation with stop strings: text deltas that never contain (part of) a stop string.
+
+    Decodes a small window of tokens (from the last clean boundary) per token, so multi-byte characters
+    split over tokens come out whole. The last ``len(longest stop) - 1`` characters are held back until
+    the sequence ends, so a stop string arriving over several steps is never partly emitted.
+    """
+
+    def __init__(self, tokenizer, stop: tuple[str, ...]) -> None:
+        self.tok, self.stop = tokenizer, stop
+        self.ids: list[int] = []
+        self.prefix = self.read = 0
+        self.text, self.sent = "", 0
+        self.hold = max((len(s) for s in stop), default=1) - 1
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+    def add(self, token_id: int) -> bool:
+        """Append a token; True when a stop string appeared (the text is cut before it)."""
+        self.ids.append(token_id)
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.text += after[len(before) :]
+            self.prefix, self.read = self.read, len(self.ids)
+        hits = [i for i in (self.text.find(s, self.sent) for s in self.stop) if i >= 0]
+        if hits:
+            self.text = self.text[: min(hits)]
+            return True
+        return False
+
+    def delta(self, final: bool) -> str:
+        end = len(self.text) if final else max(self.sent, len(self.text) - self.hold)
+        out, self.sent = self.text[self.sent : end], end
+        return out
+
+
+@dataclass(eq=False)
+class _Sequence:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    stream: _TextStream
+    generator: torch.Generator | None
+    matcher: object | None  # pipelines.llm.structured.JsonMatcher
+    output_ids: list[int] = field(default_factory=list)
+    reserved: int = 0
+
+    @property
+    def next_position(self) -> int:  # the position of the last sampled token, fed at the next decode
+        return len(self.prompt_ids) + len(self.output_ids) - 1
+
+
+def stop_token_ids(model, tokenizer) -> set[int]:
+    """EOS ids of the generation config and tokenizer, plus the chat template's end-of-turn tokens."""
+    ids: set[int] = set()
+    for value in (getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer.eos_token_id):
+        ids.update([value] if isinstance(value, int) else (value or []))
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
+    return ids
+
+
+def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - t.shape[dim]
+    if missing == 0:
+        return t
+    pad = [0, 0] * (t.dim() - 1 - (dim % t.dim())) + [missing, 0]
+    return F.pad(t, pad)
+
+
+def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+    """One token from a row of float logits with temperature and nucleus (top-p) sampling."""
+    probs = torch.softmax(logits / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        keep = sorted_probs.cumsum(-1) - sorted_probs < params.top_p  # the smallest prefix reaching top_p
+        sorted_probs = sorted_probs * keep
+        return int(order[torch.multinomial(sorted_probs, 1, generator=generator)])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class LLMEngine:
+    """The synchronous scheduler (see the module docstring); every method is called from one thread."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        max_num_seqs: int = 16,
+        max_prefill_tokens: int = 1024,
+        max_waiting: int = 64,
+        max_model_len: int | None = None,
+        kv_cache_tokens: int | None = None,
+        eos_token_ids: set[int] | None = None,
+    ) -> None:
+        from transformers import DynamicCache
+
+        config = model.config.get_text_config(decoder=True)
+        if getattr(config, "sliding_window", None) or getattr(config, "use_sliding_window", False):
+            raise NotImplementedError("LLMEngine supports full-attention models only (no sliding-window layers)")
+        if min(max_num_seqs, max_prefill_tokens, max_waiting) < 1:  # every request waits at least until a step
+            raise ValueError("max_num_seqs, max_prefill_tokens and max_waiting must be >= 1")
+        context = getattr(config, "max_position_embeddings", None)
+        self.model, self.tokenizer = model, tokenizer
+        self.device = next(model.parameters()).device
+        self.vocab_size = int(config.vocab_size)
+        self.max_num_seqs, self.max_prefill_tokens, self.max_waiting = max_num_seqs, max_prefill_tokens, max_waiting
+        self.max_model_len = min(x for x in (max_model_len, context) if x) if (max_model_len or context) else 2048
+        self.kv_cache_tokens = kv_cache_tokens or max_num_seqs * self.max_model_len
+        self.eos_token_ids = frozenset(eos_token_ids if eos_token_ids is not None else stop_token_ids(model, tokenizer))
+        self._new_cache = lambda: DynamicCache(config=model.config)
+        self._structured = None  # StructuredDecoder, built at the first json_schema request
+        self.waiting: deque[_Sequence] = deque()
+        self.running: list[_Sequence] = []
+        self._cache = None  # DynamicCache, one row per running sequence (right-aligned)
+        self._mask: torch.Tensor | None = None  # [rows, columns] 1 = a real token
+        self._live: dict[str, _Sequence] = {}
+        self._aborts: set[str] = set()
+        self._idle_fns: deque[tuple[Callable[[], object], Future]] = deque()
+        self._reserved = 0
+        self.counters = {"steps": 0, "prompt_tokens": 0, "generated_tokens": 0, "finished": 0, "aborted": 0}
+        self._step_s = 0.0  # moving average of a step's seconds (for retry_after)
+
+    # ------------------------------------------------------------------ requests
+    def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
+        """Queue a request. :class:`RequestTooLong`, :class:`QueueFull`, :class:`ValueError` (bad input or schema)."""
+        if request_id in self._live:
+            raise ValueError(f"request id {request_id!r} is already in flight")
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        if any(not 0 <= t < self.vocab_size for t in prompt_ids):
+            raise ValueError(f"prompt token ids must be in [0, {self.vocab_size})")
+        need = len(prompt_ids) + params.max_tokens
+        limit = min(self.max_model_len, self.kv_cache_tokens)
+        if need > limit:
+            raise RequestTooLong(
+                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) = {need} tokens exceeds "
+                f"the model's context of {limit} tokens"
+            )
+        if len(self.waiting) >= self.max_waiting:
+            raise QueueFull(f"{len(self.waiting)} requests are waiting (the limit)", self.retry_after_s())
+        matcher = self._structured_decoder().compile(params.json_schema) if params.json_schema is not None else None
+        generator = None
+        if params.temperature > 0:
+            generator = torch.Generator()
+            if params.seed is not None:
+                generator.manual_seed(params.seed)
+            else:
+                generator.seed()
+        seq = _Sequence(
+            request_id, list(prompt_ids), params, _TextStream(self.tokenizer, params.stop), generator, matcher
+        )
+        self.waiting.append(seq)
+        self._live[request_id] = seq
+
+    def abort(self, request_id: str) -> None:
+        """End a request at the next step (finish_reason "abort"); unknown or finished ids are ignored."""
+        if request_id in self._live:
+            self._aborts.add(request_id)
+
+    def abort_all(self) -> list[TokenEvent]:
+        """End every request now (engine shutdown): their "abort" events."""
+        for request_id in self._live:
+            self._aborts.add(request_id)
+        events: dict[str, TokenEvent] = {}
+        self._apply_aborts(events)
+        return list(events.values())
+
+    def run_when_idle(self, fn: Callable[[], object]) -> Future:
+        """Run ``fn`` in the engine thread once no sequence is running; admission pauses until then.
+
+        Requests in flight finish on the model they started with (adapter hot-swap). The returned future
+        holds ``fn``'s result or exception.
+        """
+        done: Future = Future()
+        self._idle_fns.append((fn, done))
+        if not self.running:
+            self._run_idle_fns()
+        return done
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running or self._idle_fns or self._aborts)
+
+    def retry_after_s(self) -> float:
+        """An estimate of when a waiting slot frees: the running sequences' mean remaining steps."""
+        if not self.running:
+            return 1.0
+        left = sum(s.params.max_tokens - len(s.output_ids) for s in self.running) / len(self.running)
+        return float(min(60.0, max(0.5, left * max(self._step_s, 0.01))))
+
+    def stats(self) -> dict:
+        """Counts for metrics. ``kv_tokens_used``: tokens reserved by admitted sequences (what admission checks
+        against ``kv_tokens_capacity``); ``kv_tokens_cached``: real tokens in the cache now; ``kv_tensor_tokens``:
+        rows × columns of the padded cache tensor."""
+        rows, cols = (0, 0) if self._mask is None else tuple(self._mask.shape)
+        return {
+            "running": len(self.running),
+            "waiting": len(self.waiting),
+            "kv_tokens_used": self._reserved,
+            "kv_tokens_capacity": self.kv_cache_tokens,
+            "kv_tokens_cached": int(self._mask.sum()) if self._mask is not None else 0,
+            "kv_tensor_tokens": rows * cols,
+            "paused": bool(self._idle_fns),
+            **self.counters,
+        }
+
+    # ------------------------------------------------------------------ the iteration
+    def step(self) -> list[TokenEvent]:
+        """Abort what was asked, admit + prefill waiting sequences within the budgets, then one decode step."""
+        t0 = time.perf_counter()
+        events: dict[str, TokenEvent] = {}
+        self._apply_aborts(events)
+        if self._idle_fns and not self.running:
+            self._run_idle_fns()
+        try:
+            with torch.inference_mode():
+                if not self._idle_fns:
+                    self._admit(events)
+                if self.running:
+                    self._decode(events)
+        except Exception as e:
+            self._fail_all()
+            raise EngineError(f"generation step failed: {e!r}") from e
+        self.counters["steps"] += 1
+        self._step_s = (
+            0.8 * self._step_s + 0.2 * (time.perf_counter() - t0) if self._step_s else time.perf_counter() - t0
+        )
+        return list(events.values())
+
+    def _admit(self, events: dict[str, TokenEvent]) -> None:
+        budget, joined = self.max_prefill_tokens, []
+        while self.waiting and len(self.running) + len(joined) < self.max_num_seqs:
+            seq = self.waiting[0]
+            need = len(seq.prompt_ids) + seq.params.max_tokens
+            over_budget = budget < self.max_prefill_tokens and len(seq.prompt_ids) > budget  # the first always joins
+            if self._reserved + need > self.kv_cache_tokens or over_budget:
+                break
+            self.waiting.popleft()
+            seq.reserved, budget = need, budget - len(seq.prompt_ids)
+            self._reserved += need
+            cache = self._prefill(seq, events)
+            if cache is not None:
+                joined.append((seq, cache))
+        if joined:
+            self._join(joined)
+
+    def _prefill(self, seq: _Sequence, events: dict[str, TokenEvent]):
+        """The prompt alone, unpadded (as ``generate()`` computes it); its cache, or None if it already ended."""
+        cache = self._new_cache()
+        ids = torch.tensor([seq.prompt_ids], device=self.device)
+        out = self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+        self.counters["prompt_tokens"] += len(seq.prompt_ids)
+        token = self._choose(out.logits[:, -1, :].float(), [seq])[0]
+        return None if self._advance(seq, token, events) else cache
+
+    def _join(self, joined: list) -> None:
+        """Left-pad the batch cache and the new sequences' caches to one width and stack them as new rows."""
+        width = max([0 if self._mask is None else self._mask.shape[1]] + [len(s.prompt_ids) for s, _ in joined])
+        masks = [] if self._mask is None else [_left_pad(self._mask, width, 1)]
+        masks += [
+            _left_pad(torch.ones(1, len(s.prompt_ids), dtype=torch.long, device=self.device), width, 1)
+            for s, _ in joined
+        ]
+        caches = ([] if self._cache is None else [self._cache]) + [c for _, c in joined]
+        for i, layer in enumerate(caches[0].layers):
+            layer.keys = torch.cat([_left_pad(c.layers[i].keys, width, 2) for c in caches])
+            layer.values = torch.cat([_left_pad(c.layers[i].values, width, 2) for c in caches])
+        self._cache, self._mask = caches[0], torch.cat(masks)
+        self.running.extend(s for s, _ in joined)
+
+    def _decode(self, events: dict[str, TokenEvent]) -> None:
+        rows = len(self.running)
+        tokens = torch.tensor([[s.output_ids[-1]] for s in self.running], device=self.device)
+        positions = torch.tensor([[s.next_position] for s in self.running], device=self.device)
+        self._mask = torch.cat([self._mask, torch.ones(rows, 1, dtype=torch.long, device=self.device)], dim=1)
+        out = self.model(
+            input_ids=tokens, attention_mask=self._mask, position_ids=positions, cache=self._cache, use_cache=True
+        )
+        chosen = self._choose(out.logits[:, -1, :].float(), self.running)
+        done = [i for i, (s, t) in enumerate(zip(self.running, chosen)) if self._advance(s, t, events)]
+        self._drop_rows(done)
+
+    def _choose(self, logits: torch.Tensor, seqs: list[_Sequence]) -> list[int]:
+        """The next token of each row: the schema mask first, then greedy or seeded sampling."""
+        constrained = [(i, s.matcher) for i, s in enumerate(seqs) if s.matcher is not None]
+        if constrained:
+            self._structured_decoder().mask_logits(logits, constrained)
+        tokens = logits.argmax(dim=-1).tolist()
+        for i, s in enumerate(seqs):
+            if s.params.temperature > 0:
+                tokens[i] = _sample(logits[i], s.params, s.generator)
+        return tokens
+
+    def _advance(self, seq: _Sequence, token: int, events: dict[str, TokenEvent]) -> bool:
+        """Append ``token`` to ``seq`` and record its event; True when the sequence has finished."""
+        seq.output_ids.append(token)
+        self.counters["generated_tokens"] += 1
+        reason = None
+        if seq.matcher is not None and not seq.matcher.consume(token):
+            reason = "stop"  # cannot happen with the mask applied; never continue past a grammar error
+            log.warning("request %s: token %d rejected by its schema: %s", seq.request_id, token, seq.matcher.error)
+        elif token in self.eos_token_ids or seq.stream.add(token) or (seq.matcher is not None and seq.matcher.done):
+            reason = "stop"
+        elif len(seq.output_ids) >= seq.params.max_tokens:
+            reason = "length"
+        self._emit(events, seq, [token], seq.stream.delta(final=reason is not None), reason)
+        return reason is not None
+
+    def _emit(self, events: dict[str, TokenEvent], seq: _Sequence, ids: list[int], text: str, reason) -> None:
+        old = events.get(seq.request_id)
+        events[seq.request_id] = TokenEvent(
+            seq.request_id,
+            (old.token_ids if old else []) + ids,
+            (old.text if old else "") + text,
+            reason is not None,
+            reason,
+            len(seq.prompt_ids),
+            len(seq.output_ids),
+        )
+        if reason is not None:
+            self._release(seq, aborted=reason == "abort")
+
+    def _release(self, seq: _Sequence, aborted: bool) -> None:
+        self._live.pop(seq.request_id, None)
+        self._aborts.discard(seq.request_id)
+        self._reserved -= seq.reserved
+        seq.reserved = 0
+        self.counters["aborted" if aborted else "finished"] += 1
+
+    def _drop_rows(self, rows: list[int]) -> None:
+        """Remove finished rows from the batch and trim the leading columns that are padding in every row."""
+        if not rows:
+            return
+        gone = set(rows)
+        keep = [i for i in range(len(self.running)) if i not in gone]
+        self.running = [self.running[i] for i in keep]
+        if not keep:
+            self._cache = self._mask = None
+            return
+        index = torch.tensor(keep, device=self.device)
+        mask = self._mask.index_select(0, index)
+        start = int(mask.any(dim=0).long().argmax())  # the first column some row still uses
+        self._mask = mask[:, start:]
+        for layer in self._cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, start:]
+            layer.values = layer.values.index_select(0, index)[:, :, start:]
+
+    def _apply_aborts(self, events: dict[str, TokenEvent]) -> None:
+        if not self._aborts:
+            return
+        for seq in [s for s in self.waiting if s.request_id in self._aborts]:
+            self.waiting.remove(seq)
+            self._emit(events, seq, [], "", "abort")
+        rows = [i for i, s in enumerate(self.running) if s.request_id in self._aborts]
+        for i in rows:
+            self._emit(events, self.running[i], [], "", "abort")
+        self._drop_rows(rows)
+        self._aborts.clear()
+
+    def _fail_all(self) -> None:
+        for seq in list(self.waiting) + self.running:
+            if seq.request_id in self._live:  # not already finished in the failed step
+                self._release(seq, aborted=True)
+        self.waiting.clear()
+        self.running, self._cache, self._mask = [], None, None
+
+    def _run_idle_fns(self) -> None:
+        while self._idle_fns:
+            fn, done = self._idle_fns.popleft()
+            try:
+                done.set_result(fn())
+            except Exception as e:  # handed to whoever waits on the future
+                done.set_exception(e)
+
+    def _structured_decoder(self):
+        if self._structured is None:
+            from pipelines.llm.structured import StructuredDecoder
+
+            self._structured = StructuredDecoder(self.tokenizer, sorted(self.eos_token_ids))
+        return self._structured
+
+
+def engine_from_generator(gen, **kwargs) -> LLMEngine:
+    """An :class:`LLMEngine` over what :func:`pipelines.llm.generation.load_generator` returns (its model and
+    tokenizer, already on its device and precision); ``kwargs`` go to :class:`LLMEngine`."""
+    return LLMEngine(gen.model, gen.tokenizer, **kwargs)
+
+
+class AsyncLLMEngine:
+    """The step loop of an :class:`LLMEngine` in a thread of its own; the asyncio side only awaits events.
+
+    Requests, aborts and idle functions reach the engine thread through a queue and are applied between
+    steps (so :meth:`generate` learns of :class:`QueueFull` / :class:`RequestTooLong` within one step);
+    events come back with ``loop.call_soon_threadsafe``. The event loop never runs the model.
+    """
+
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self._stats = engine.stats()
+
+    async def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._running = True
+        self._thread = threading.Thread(target=self._loop, name="llm-engine", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Stop the loop; requests still in flight end with an "abort" event."""
+        if self._thread is None:
+            return
+        self._running = False
+        self._commands.put(("wake",))
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+        for request_id in list(self._streams):
+            self._deliver(TokenEvent(request_id, [], "", True, "abort", 0, 0))
+
+    async def generate(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[TokenEvent]:
+        """The request's events until the finished one. Raises QueueFull / RequestTooLong / ValueError before the
+        first event; closing the iterator early (a client that disconnects) aborts the request and frees its slot."""
+        if self._thread is None:
+            raise RuntimeError("AsyncLLMEngine.start() was not awaited")
+        loop = asyncio.get_running_loop()
+        added: asyncio.Future = loop.create_future()
+        events: asyncio.Queue = asyncio.Queue()
+        self._commands.put(("add", request_id, prompt_ids, params, loop, events, added))
+        finished = False
+        try:
+            await added
+            while not finished:
+                item = await events.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            if not finished:
+                self._commands.put(("abort", request_id))
+
+    def stats(self) -> dict:
+        """The engine's counters as of its last step (safe to read from any thread)."""
+        return dict(self._stats)
+
+    async def run_when_idle(self, fn: Callable[[], object]) -> object:
+        """Run ``fn`` in the engine thread once the running sequences have finished (admission paused meanwhile)."""
+        done: Future = Future()
+        self._commands.put(("idle", fn, done))
+        return await asyncio.wrap_future(done)
+
+    # ------------------------------------------------------------------ the engine thread
+    def _loop(self) -> None:
+        while self._running:
+            try:  # sleep on the queue while there is nothing to compute
+                command = self._commands.get_nowait() if self.engine.has_unfinished() else self._commands.get()
+            except queue.Empty:
+                command = None
+            while command is not None:
+                self._apply(command)
+                try:
+                    command = self._commands.get_nowait()
+                except queue.Empty:
+                    command = None
+            if not self._running or not self.engine.has_unfinished():
+                self._stats = self.engine.stats()
+                continue
+            try:
+                events = self.engine.step()
+            except EngineError as e:
+                log.exception("LLM engine step failed; ending the requests in flight")
+                for request_id in list(self._streams):
+                    self._deliver(e, request_id)
+                events = []
+            for event in events:
+                self._deliver(event)
+            self._stats = self.engine.stats()
+        for event in self.engine.abort_all():
+            self._deliver(event)
+
+    def _apply(self, command: tuple) -> None:
+        kind = command[0]
+        if kind == "add":
+            _, request_id, prompt_ids, params, loop, events, added = command
+            try:
+                self.engine.add_request(request_id, prompt_ids, params)
+            except Exception as e:  # QueueFull, RequestTooLong, ValueError: raised in the caller
+                loop.call_soon_threadsafe(_settle, added, e)
+                return
+            self._streams[request_id] = (loop, events)
+            loop.call_soon_threadsafe(_settle, added, None)
+        elif kind == "abort":
+            self.engine.abort(command[1])
+        elif kind == "idle":
+            _, fn, done = command
+            inner = self.engine.run_when_idle(fn)
+            inner.add_done_callback(lambda f: _copy_future(f, done))
+
+    def _deliver(self, item: TokenEvent | BaseException, request_id: str | None = None) -> None:
+        request_id = request_id or item.request_id
+        finished = isinstance(item, BaseException) or item.finished
+        target = self._streams.pop(request_id, None) if finished else self._streams.get(request_id)
+        if target is not None:
+            loop, events = target
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, item)
+            except RuntimeError:  # the caller's loop is closed: nobody is listening
+                pass
+
+
+def _settle(future: asyncio.Future, error: BaseException | None) -> None:
+    if future.done():  # the caller was cancelled meanwhile
+        return
+    future.set_exception(error) if error is not None else future.set_result(None)
+
+
+def _copy_future(source: Future, target: Future) -> None:
+    if source.exception() is not None:
+        target.set_exception(source.exception())
+    else:
+        target.set_result(source.result())

@@ -1,0 +1,281 @@
+"""The continuous-batching engine on a tiny random Llama (2 layers, 32 wide) with the real SmolLM2 chat tokenizer.
+
+The core contract: every request's greedy output under concurrency (arrivals at different steps, different
+lengths and max_tokens, aborts and queueing in between) is token-identical to ``model.generate()`` on its
+prompt alone. Then the scheduler's bookkeeping: budgets, queue limits, aborts, stop conditions, seeded
+sampling, pausing for a hot swap, and the asyncio wrapper (streams, disconnects, errors before the first event).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from pipelines.llm.engine import (
+    AsyncLLMEngine,
+    LLMEngine,
+    QueueFull,
+    RequestTooLong,
+    SamplingParams,
+    _TextStream,
+)
+
+PROMPTS = [
+    "Hello there, how are you?",
+    "A much longer prompt about invoices, refunds and a bug in the mobile app that crashes on start",
+    "Hi",
+    "What is the capital of France? Tell me more about it please.",
+    "x y z",
+    "Ticket: my order 12345 never arrived and nobody answers my emails",
+    "Password reset link expired",
+]
+MAX_TOKENS = [20, 35, 7, 50, 12, 30, 25]
+
+
+def chat_ids(tok, text: str) -> list[int]:
+    rendered = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+    return tok(rendered, add_special_tokens=False)["input_ids"]
+
+
+def reference(model, tok, ids: list[int], max_tokens: int, eos) -> list[int]:
+    """``model.generate()`` on the prompt alone, greedy, cut after the first end token."""
+    with torch.inference_mode():
+        x = torch.tensor([ids])
+        y = model.generate(
+            x,
+            attention_mask=torch.ones_like(x),
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            eos_token_id=sorted(eos),
+            pad_token_id=tok.pad_token_id,
+        )
+    return y[0, len(ids) :].tolist()
+
+
+def drive(engine: LLMEngine, arrivals: dict[int, list[tuple[str, list[int], SamplingParams]]], aborts=None):
+    """Step until done, adding requests at their step and aborting others; every event per request."""
+    aborts = aborts or {}
+    events: dict[str, list] = {}
+    step = 0
+    while step <= max(arrivals) or engine.has_unfinished():
+        for rid, ids, params in arrivals.get(step, []):
+            engine.add_request(rid, ids, params)
+        for rid in aborts.get(step, []):
+            engine.abort(rid)
+        for ev in engine.step():
+            events.setdefault(ev.request_id, []).append(ev)
+        step += 1
+        assert step < 1000
+    return events
+
+
+def tokens(evs) -> list[int]:
+    return [t for e in evs for t in e.token_ids]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, id="bf16")])
+def test_greedy_outputs_match_generate_alone_under_concurrency(tokenizer, seed, dtype):
+    from tests.helpers.llm import tiny_llama
+
+    model = tiny_llama(tokenizer, seed=seed).to(dtype)
+    engine = LLMEngine(model, tokenizer, max_num_seqs=4, max_prefill_tokens=80)
+    ids = [chat_ids(tokenizer, p) for p in PROMPTS]
+    refs = [reference(model, tokenizer, i, m, engine.eos_token_ids) for i, m in zip(ids, MAX_TOKENS)]
+    arrivals: dict[int, list] = {0: [], 2: [], 3: [], 9: [], 15: []}
+    when = [0, 0, 2, 3, 3, 9, 15]
+    for k, step in enumerate(when):
+        arrivals[step].append((f"r{k}", ids[k], SamplingParams(max_tokens=MAX_TOKENS[k])))
+    # extra requests aborted while waiting, while running, and one right after its prefill
+    for rid, step in (("gone-waiting", 3), ("gone-running", 0), ("gone-early", 9)):
+        arrivals[step].append((rid, ids[1], SamplingParams(max_tokens=40)))
+    events = drive(engine, arrivals, aborts={4: ["gone-waiting", "gone-running"], 10: ["gone-early"]})
+
+    mismatched = [k for k in range(len(PROMPTS)) if tokens(events[f"r{k}"]) != refs[k]]
+    if dtype == torch.bfloat16 and mismatched:
+        pytest.xfail(f"bf16: {len(mismatched)}/{len(PROMPTS)} answers differ from generate() alone (rounding)")
+    assert mismatched == []
+    for rid in ("gone-waiting", "gone-running", "gone-early"):
+        assert events[rid][-1].finish_reason == "abort" and events[rid][-1].finished
+    for k in range(len(PROMPTS)):
+        last = events[f"r{k}"][-1]
+        assert last.finished and last.completion_tokens == len(refs[k])
+        assert last.finish_reason == ("length" if len(refs[k]) == MAX_TOKENS[k] else "stop")
+        assert all(not e.finished for e in events[f"r{k}"][:-1])
+    stats = engine.stats()
+    assert stats["running"] == stats["waiting"] == stats["kv_tokens_used"] == stats["kv_tensor_tokens"] == 0
+
+
+def test_text_deltas_join_to_the_decoded_answer(tokenizer, tiny_lm):
+    engine = LLMEngine(tiny_lm, tokenizer)
+    events = drive(engine, {0: [("a", chat_ids(tokenizer, PROMPTS[3]), SamplingParams(max_tokens=40))]})["a"]
+    assert "".join(e.text for e in events) == tokenizer.decode(tokens(events), skip_special_tokens=True)
+    assert events[-1].prompt_tokens == len(chat_ids(tokenizer, PROMPTS[3]))
+
+
+def test_stop_string_cuts_the_text_before_it_and_is_never_emitted(tokenizer, tiny_lm):
+    ids = chat_ids(tokenizer, PROMPTS[1])
+    full = drive(LLMEngine(tiny_lm, tokenizer), {0: [("a", ids, SamplingParams(max_tokens=40))]})["a"]
+    text = "".join(e.text for e in full)
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    assert len(stop) == 3
+    events = drive(LLMEngine(tiny_lm, tokenizer), {0: [("a", ids, SamplingParams(max_tokens=40, stop=(stop,)))]})["a"]
+    assert "".join(e.text for e in events) == text[: text.find(stop)]
+    assert events[-1].finish_reason == "stop" and len(tokens(events)) <= len(tokens(full))
+
+
+def test_text_stream_holds_back_a_stop_string_split_over_tokens(tokenizer):
+    stream = _TextStream(tokenizer, ("END",))
+    out = []
+    for piece in ["Hello", " wor", "ld E", "N", "D more"]:
+        hit = False
+        for t in tokenizer(piece, add_special_tokens=False)["input_ids"]:
+            hit = hit or stream.add(t)
+        out.append(stream.delta(final=hit))
+        if hit:
+            break
+    assert "".join(out) == "Hello world "
+    assert all("E" not in o for o in out[:-1])
+
+
+def test_an_eos_token_ends_the_sequence_with_stop(tokenizer, tiny_lm):
+    ids = chat_ids(tokenizer, PROMPTS[0])
+    ref = reference(tiny_lm, tokenizer, ids, 10, {tokenizer.eos_token_id})
+    engine = LLMEngine(tiny_lm, tokenizer, eos_token_ids={ref[3]})
+    events = drive(engine, {0: [("a", ids, SamplingParams(max_tokens=10))]})["a"]
+    assert tokens(events) == ref[: ref.index(ref[3]) + 1]
+    assert events[-1].finish_reason == "stop"
+
+
+def test_seeded_sampling_repeats_and_seeds_differ(tokenizer, tiny_lm):
+    ids = chat_ids(tokenizer, PROMPTS[2])
+
+    def sample(seed, rid="a", other=False):
+        arrivals = {0: [(rid, ids, SamplingParams(max_tokens=15, temperature=1.0, top_p=0.9, seed=seed))]}
+        if other:  # the same request sampled next to another one
+            arrivals[0].append(("x", chat_ids(tokenizer, PROMPTS[1]), SamplingParams(max_tokens=30, temperature=0.7)))
+        return tokens(drive(LLMEngine(tiny_lm, tokenizer), arrivals)[rid])
+
+    assert sample(7) == sample(7)
+    assert sample(7) != sample(8)
+    assert sample(7, other=True) == sample(7)
+
+
+def test_admission_respects_max_num_seqs_and_the_kv_budget(tokenizer, tiny_lm):
+    ids = chat_ids(tokenizer, PROMPTS[0])
+    engine = LLMEngine(tiny_lm, tokenizer, max_num_seqs=2)
+    for k in range(4):
+        engine.add_request(str(k), ids, SamplingParams(max_tokens=5))
+    engine.step()
+    assert (engine.stats()["running"], engine.stats()["waiting"]) == (2, 2)
+
+    need = len(ids) + 5
+    engine = LLMEngine(tiny_lm, tokenizer, max_num_seqs=8, kv_cache_tokens=2 * need + 1)
+    for k in range(4):
+        engine.add_request(str(k), ids, SamplingParams(max_tokens=5))
+    engine.step()
+    stats = engine.stats()
+    assert (stats["running"], stats["waiting"], stats["kv_tokens_used"]) == (2, 2, 2 * need)
+    while engine.has_unfinished():
+        engine.step()
+    assert engine.stats()["finished"] == 4 and engine.stats()["kv_tokens_used"] == 0
+
+
+def test_prefill_budget_spreads_admissions_over_steps(tokenizer, tiny_lm):
+    ids = chat_ids(tokenizer, PROMPTS[1])
+    engine = LLMEngine(tiny_lm, tokenizer, max_prefill_tokens=len(ids) + 1)
+    for k in range(3):
+        engine.add_request(str(k), ids, SamplingParams(max_tokens=5))
+    engine.step()
+    assert engine.stats()["running"] == 1  # the first one always joins, then the budget is spent
+    engine.step()
+    assert engine.stats()["running"] == 2
+
+
+def test_full_queue_and_too_long_requests_are_refused(tokenizer, tiny_lm):
+    ids = chat_ids(tokenizer, PROMPTS[0])
+    engine = LLMEngine(tiny_lm, tokenizer, max_waiting=1, max_model_len=len(ids) + 10)
+    engine.add_request("a", ids, SamplingParams(max_tokens=10))
+    with pytest.raises(QueueFull) as full:
+        engine.add_request("b", ids, SamplingParams(max_tokens=10))
+    assert full.value.retry_after_s > 0
+    with pytest.raises(RequestTooLong, match="exceeds the model's context"):
+        engine.add_request("c", ids, SamplingParams(max_tokens=11))
+    with pytest.raises(ValueError, match="already in flight"):
+        engine.add_request("a", ids, SamplingParams(max_tokens=1))
+    with pytest.raises(ValueError, match="empty"):
+        engine.add_request("d", [], SamplingParams(max_tokens=1))
+    with pytest.raises(ValueError, match="max_tokens"):
+        SamplingParams(max_tokens=0)
+
+
+def test_finished_rows_leave_and_the_cache_shrinks(tokenizer, tiny_lm):
+    short, long = chat_ids(tokenizer, PROMPTS[2]), chat_ids(tokenizer, PROMPTS[1])
+    engine = LLMEngine(tiny_lm, tokenizer, eos_token_ids=set())
+    engine.add_request("long", long, SamplingParams(max_tokens=3))
+    engine.add_request("short", short, SamplingParams(max_tokens=30))
+    widths = []
+    while engine.has_unfinished():
+        engine.step()
+        widths.append((engine.stats()["running"], engine._mask.shape[1] if engine._mask is not None else 0))
+    assert widths[0] == (2, len(long) + 1)
+    assert widths[2] == (1, len(short) + 3)  # the long prompt's row left and its padding columns were trimmed
+    assert widths[-1] == (0, 0)
+
+
+def test_run_when_idle_waits_for_running_sequences_and_pauses_admission(tokenizer, tiny_lm):
+    ids = chat_ids(tokenizer, PROMPTS[0])
+    engine = LLMEngine(tiny_lm, tokenizer)
+    engine.add_request("old", ids, SamplingParams(max_tokens=4))
+    log = [e.request_id for e in engine.step()]
+    done = engine.run_when_idle(lambda: log.append(f"swap with {engine.stats()['running']} running") or "swapped")
+    engine.add_request("new", ids, SamplingParams(max_tokens=4))
+    assert not done.done()
+    while engine.has_unfinished():
+        log += [e.request_id for e in engine.step()]
+    assert done.result() == "swapped"
+    swap = log.index("swap with 0 running")
+    assert set(log[:swap]) == {"old"} and set(log[swap + 1 :]) == {"new"}
+
+
+def test_async_engine_streams_aborts_on_disconnect_and_refuses_before_the_first_event(tokenizer, tiny_lm):
+    ids = chat_ids(tokenizer, PROMPTS[3])
+    engine = LLMEngine(tiny_lm, tokenizer, max_waiting=2, max_model_len=len(ids) + 60)
+    ref = reference(tiny_lm, tokenizer, ids, 30, engine.eos_token_ids)
+
+    async def main():
+        aio = AsyncLLMEngine(engine)
+        await aio.start()
+
+        async def collect(rid):
+            return [e async for e in aio.generate(rid, ids, SamplingParams(max_tokens=30))]
+
+        async def leave_early():
+            stream = aio.generate("leaver", ids, SamplingParams(max_tokens=60))
+            async for _ in stream:
+                break
+            await stream.aclose()
+
+        full, _ = await asyncio.gather(collect("stayer"), leave_early())
+        with pytest.raises(RequestTooLong):
+            await _first(aio.generate("too-long", ids, SamplingParams(max_tokens=61)))
+        swapped = await aio.run_when_idle(lambda: "ok")
+        for _ in range(100):
+            if aio.stats()["running"] == 0 and aio.stats()["waiting"] == 0:
+                break
+            await asyncio.sleep(0.01)
+        stats = aio.stats()
+        await aio.stop()
+        return full, swapped, stats
+
+    full, swapped, stats = asyncio.run(main())
+    assert tokens(full) == ref and full[-1].finished
+    assert swapped == "ok"
+    assert stats["running"] == 0 and stats["kv_tokens_used"] == 0 and stats["aborted"] == 1
+
+
+async def _first(stream):
+    async for e in stream:
+        return e
