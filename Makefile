@@ -106,7 +106,7 @@ mlflow: $(STAMP) ## MLflow UI on http://127.0.0.1:5000 over the pipeline's SQLit
 	  --default-artifact-root "$$root" --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
 # Ray Serve on 127.0.0.1 (serve.host/serve.port in params.yaml); blocks until Ctrl-C, which flushes the prediction log.
-serve: $(STAMP) ## serve the registry champion on http://127.0.0.1:8000 (POST /predict, /feedback; /docs)
+serve: $(STAMP) ## serve both champions on http://127.0.0.1:8000 (POST /predict, /feedback; /v1 OpenAI-compatible; /docs)
 	$(BIN)/python -m serving.app --params params.yaml
 
 # The drift story end to end in a temporary copy of the repository (your workspace is untouched):

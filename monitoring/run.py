@@ -7,7 +7,8 @@
 confirmed breach (with ``monitor.retrain_on_breach``) its summary carries ``retrain_reason``. Acting on
 it is the caller's: :func:`run_pass` (this CLI and the drift demo) retrains inline through
 :mod:`monitoring.feedback`; the Prefect ``monitor`` flow emits an event that starts the ``retrain`` flow.
-Writes ``reports/monitoring/<utc>/`` (HTML reports + ``summary.json``: each metric, its threshold,
+The CLI then runs the generative model's pass (:mod:`monitoring.generative`, ``generative.json`` in the same
+folder). Writes ``reports/monitoring/<utc>/`` (HTML reports + ``summary.json``: each metric, its threshold,
 breach true/false), logs them to MLflow (run ``monitor``), and keeps the breach count in
 ``reports/monitoring/state.json``.
 """
@@ -181,9 +182,17 @@ def main(
     params: Annotated[Path, typer.Option(help="params.yaml")] = Path("params.yaml"),
     retrain: Annotated[bool, typer.Option(help="on a confirmed breach, snapshot feedback and run dvc repro")] = True,
 ) -> None:
-    """Run one monitoring pass on the prediction log against the served model's training reference."""
-    summary, _ = run_pass(load_params(params), retrain_inline=retrain)
+    """Run one monitoring pass on the prediction log against the served model's training reference, then the
+    generative model's pass (:mod:`monitoring.generative`; skipped with a reason when the LM is not served)."""
+    from monitoring.generative import format_generative, monitor_generative
+
+    cfg = load_params(params)
+    summary, _ = run_pass(cfg, retrain_inline=retrain)
     print(format_summary(summary))
+    gen = monitor_generative(cfg, now=datetime.fromisoformat(summary["at"]), log_mlflow=True)
+    print(format_generative(gen))
+    if gen.get("retrain_reason"):
+        print("  (this CLI retrains the classifier only; the monitor flow emits the generative model's drift event)")
 
 
 def format_summary(s: dict) -> str:

@@ -94,6 +94,15 @@ def unknown_feedback(preds: pd.DataFrame, feedback: pd.DataFrame) -> int:
     return int((~pd.MultiIndex.from_frame(feedback[KEY]).isin(known)).sum())
 
 
+def cut(rows: pd.DataFrame, cfg: MonitorConfig, size: int, now: datetime) -> pd.DataFrame:
+    """The current window of ``rows`` (one model version, oldest first): the last ``size`` rows (``last_n``, a
+    fixed size so statistics compare) or, in ``time`` mode, those of the last ``monitor.window_hours``. Both
+    models' passes cut their windows here."""
+    if cfg.window_mode == "time":
+        return rows[rows["ts"] >= pd.Timestamp(now - timedelta(hours=cfg.window_hours))]
+    return rows.tail(size)
+
+
 def current_window(
     preds: pd.DataFrame,
     labelled: pd.DataFrame,
@@ -116,10 +125,7 @@ def current_window(
     counts["other_version_rows"] = int(sum(others.values()))
     if others:
         notes.append(f"log has rows of other model versions {others}; only the served v{version}'s rows are judged")
-    if cfg.window_mode == "time":
-        rows = mine[mine["ts"] >= pd.Timestamp(now - timedelta(hours=cfg.window_hours))]
-    else:
-        rows = mine.tail(cfg.window_size)
+    rows = cut(mine, cfg, cfg.window_size, now)
     rows = rows.rename(columns={"label": "prediction"})
     fb = labelled[KEY + ["true_label"]] if len(labelled) else pd.DataFrame(columns=[*KEY, "true_label"])
     rows = rows.merge(fb, on=KEY, how="left").reset_index(drop=True)

@@ -664,6 +664,82 @@ class ServeConfig(Section):
         return self
 
 
+class ServeLlmConfig(Section):
+    """The generative champion behind ``/v1`` (OpenAI-compatible) in the same Ray Serve application as the
+    classifier (serving/llm/). Served when ``llm.enabled`` and ``enabled`` are both true; the API key, the
+    prediction log root and its flushing are ``serve:``'s."""
+
+    enabled: bool = Field(True, description="false: the classifier only; /v1 answers 503")
+    model_alias: str = Field(
+        "champion", min_length=1, description="registry alias served (models:/<register_llm.registered_model>@<alias>)"
+    )
+    replica_cpus: float = Field(1.0, gt=0.0, description="Ray CPUs reserved for the LM replica")
+    max_ongoing_requests: int = Field(
+        96, ge=1, description="requests the LM replica holds (running + waiting); keep >= max_num_seqs + max_waiting"
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 where the CPU has native bf16 (what llm_eval scored), else fp32"
+    )
+    torch_threads: int = Field(2, ge=1, le=256, description="torch threads of the engine's model thread")
+    max_num_seqs: int = Field(16, ge=1, le=1024, description="sequences decoded together (one token each per step)")
+    max_prefill_tokens: int = Field(1024, ge=16, description="prompt tokens prefilled between two decode steps")
+    max_waiting: int = Field(64, ge=1, description="requests queued for a slot; beyond it 429 + Retry-After")
+    max_model_len: int | None = Field(
+        None, ge=16, description="prompt + answer tokens per sequence (null: the model's max_position_embeddings)"
+    )
+    kv_cache_tokens: int | None = Field(
+        None, ge=16, description="KV-cache budget in tokens over all sequences (null: max_num_seqs x max_model_len)"
+    )
+    default_max_tokens: int = Field(256, ge=1, description="answer cap when a request gives no max_tokens")
+    max_prompt_chars: int = Field(20_000, ge=1, description="characters of a prompt (all messages together)")
+    max_stop_sequences: int = Field(4, ge=0, le=64, description="stop strings per request (OpenAI allows 4)")
+    default_response_format: Literal["text", "triage"] = Field(
+        "text", description="a request without response_format: free text, or constrained to the triage JSON schema"
+    )
+    retry_after_s: int = Field(1, ge=1, description="Retry-After header on 429 and 503")
+    watch_interval_s: float = Field(30.0, ge=0.0, description="re-resolve the alias every N s (0: never)")
+    log_text: bool = Field(True, description="store the PII-scrubbed prompt and answer (false: hashes only)")
+
+    @model_validator(mode="after")
+    def _slots_fit(self) -> ServeLlmConfig:
+        if self.max_ongoing_requests < self.max_num_seqs:
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) is below max_num_seqs ({self.max_num_seqs}): "
+                "Ray Serve would never hand the replica enough requests to fill a decode step"
+            )
+        if (
+            self.max_model_len is not None
+            and self.kv_cache_tokens is not None
+            and (self.kv_cache_tokens < self.max_model_len)
+        ):
+            raise ValueError(
+                f"kv_cache_tokens ({self.kv_cache_tokens}) is below max_model_len ({self.max_model_len}): "
+                "one full-length sequence could never fit"
+            )
+        return self
+
+
+class GenerativeMonitorConfig(Section):
+    """Monitoring of the generative model's records (``generations/`` in the log; monitoring/generative.py).
+
+    Drift tests, window mode, persistence and retrain_on_breach are ``monitor:``'s own keys."""
+
+    enabled: bool = Field(True, description="false: the pass skips the generative log")
+    window_size: int = Field(200, ge=20, description="answers in a last_n window (fixed, so statistics compare)")
+    min_window_rows: int = Field(50, ge=10, description="fewer answers: the window is skipped with a reason")
+    min_feedback_rows: int = Field(30, ge=1, description="fewer corrected answers: no field-accuracy verdict")
+    reference: str | None = Field(
+        "data/sft/train.jsonl",
+        description="prompt-drift reference: the SFT training prompts (sft_data stage); missing or null: the "
+        "served version's first window in the log",
+    )
+    reference_size: int = Field(1000, ge=50, description="seeded sample of reference prompts (the rest: vocabulary)")
+    min_json_valid_rate: float = Field(0.95, ge=0.0, le=1.0, description="of the answers that asked for JSON")
+    max_length_cut_share: float = Field(0.05, ge=0.0, le=1.0, description="share of answers cut by max_tokens")
+    min_category_accuracy: float = Field(0.7, ge=0.0, le=1.0, description="on answers with corrected fields")
+    min_mean_field_score: float = Field(0.7, ge=0.0, le=1.0, description="as llm_eval's, on corrected answers")
+
+
 class MonitorConfig(Section):
     """Drift and performance monitoring on the prediction log (monitoring/). Owned by monitoring/."""
 
@@ -689,6 +765,7 @@ class MonitorConfig(Section):
     persistence: int = Field(3, ge=1, le=100, description="consecutive breaching windows before a breach is confirmed")
     retrain_on_breach: bool = Field(True, description="false: only report confirmed breaches")
     seed: int = 42
+    generative: GenerativeMonitorConfig = GenerativeMonitorConfig()
 
 
 class FlowsConfig(Section):
@@ -732,6 +809,7 @@ class Params(Section):
     sft: SftConfig = SftConfig()
     llm_eval: LlmEvalConfig = LlmEvalConfig()
     register_llm: RegisterLlmConfig = RegisterLlmConfig()
+    serve_llm: ServeLlmConfig = ServeLlmConfig()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -9,6 +9,18 @@ Each replica builds a :class:`~serving.service.ClassifierService` and the FastAP
 :mod:`serving.api` (the app's lifespan starts the batcher, the champion watcher and the
 log writer, and stops them when Ray Serve shuts the replica down). The champion is loaded in
 ``params.yaml: evaluate.precision``, the precision the gate judged it in.
+
+**The generative model** (``/v1``, OpenAI-compatible; :mod:`serving.llm`) is a second deployment of the same
+application, ``llm`` (:class:`LLMDeployment`), reached from the classifier's ingress through a
+``DeploymentHandle`` with ``stream=True``. Why two deployments rather than both models in one ingress: the LM
+replica holds one continuous-batching engine whose model runs in its own thread; it must be exactly one per
+replica with its own CPUs, concurrency limit (``serve_llm.max_ongoing_requests``, running + waiting) and
+replica count, independent of the classifier's autoscaling (a second classifier replica must not load a second
+LM). Streaming handles (Ray Serve 2.60) carry each token event to the ingress, and cancel the call when the
+ingress's response is cancelled: a client that goes away aborts its generation in the engine. With
+``llm.enabled`` or ``serve_llm.enabled`` false the ``llm`` deployment is not built and ``/v1`` answers 503; with
+no generative champion registered it keeps looking for one (``/v1`` 503 with the reason meanwhile), and the
+classifier serves either way.
 """
 
 from __future__ import annotations
@@ -23,7 +35,7 @@ from typing import Any
 from ray import serve
 
 from pipelines.classifier.model_api import PRECISIONS
-from pipelines.config import MlflowConfig, Params, ServeConfig, load_params
+from pipelines.config import MlflowConfig, Params, ServeConfig, ServeLlmConfig, load_params
 from pipelines.errors import ConfigError
 from pipelines.registry.tracking import tracking_uri
 from serving.batching import ItemResult, QueueFull
@@ -76,7 +88,15 @@ class ServeBatchRunner:
 class ClassifierDeployment:
     """One replica: loads the champion in the background, serves the FastAPI app of :mod:`serving.api`."""
 
-    def __init__(self, serve_cfg: dict, mlflow_cfg: dict, project_dir: str, precision: str | None = None) -> None:
+    def __init__(
+        self,
+        serve_cfg: dict,
+        mlflow_cfg: dict,
+        project_dir: str,
+        precision: str | None = None,
+        llm: Any = None,
+        llm_off_reason: str = "",
+    ) -> None:
         from serving.model_source import ChampionSource
         from serving.service import ClassifierService, make_runner
 
@@ -86,11 +106,83 @@ class ClassifierDeployment:
         runner = ServeBatchRunner(cfg, metrics) if cfg.batching == "serve_batch" else make_runner(cfg, metrics)
         source = ChampionSource(mcfg, cfg.model_alias, cfg.torch_threads, precision)
         self.service = ClassifierService(cfg, source, runner=runner, metrics=metrics)
+        self.llm, self.llm_off_reason = llm, llm_off_reason
 
     def __serve_build_asgi_app__(self) -> Any:
-        from serving.api import build_app
+        from serving.api import API_KEY_ENV, build_app
+        from serving.llm.openai_api import UnavailableBackend, attach
 
-        return build_app(self.service)
+        app = build_app(self.service)
+        backend = HandleBackend(self.llm) if self.llm is not None else UnavailableBackend(self.llm_off_reason)
+        api_key = os.environ.get(API_KEY_ENV) or self.service.cfg.api_key
+        return attach(app, backend, api_key, self.service.metrics, self.service.metrics.render)
+
+
+class HandleBackend:
+    """The ``/v1`` backend under Ray Serve: the :class:`LLMDeployment` through its handle (streaming)."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.streaming = handle.options(stream=True)
+
+    async def stream(self, call: dict) -> Any:
+        gen = self.streaming.generate.remote(call)
+        done = False
+        try:
+            async for event in gen:
+                yield event
+            done = True
+        finally:
+            if not done:
+                gen.cancel()  # the client went away: Ray cancels the replica's generator, which aborts the request
+
+    async def models(self) -> dict:
+        return await self.handle.models.remote()
+
+    async def feedback(self, body: dict) -> dict:
+        return await self.handle.feedback.remote(body)
+
+    async def metrics(self) -> bytes:
+        return await self.handle.metrics.remote()
+
+
+@serve.deployment(name="llm", health_check_period_s=10, graceful_shutdown_timeout_s=30)
+class LLMDeployment:
+    """One LM replica: the generative champion in the continuous-batching engine (:mod:`serving.llm.service`)."""
+
+    async def __init__(
+        self,
+        llm_cfg: dict,
+        serve_cfg: dict,
+        mlflow_cfg: dict,
+        registered_model: str,
+        system_template: str,
+        project_dir: str,
+    ) -> None:
+        from serving.llm.service import LLMService
+        from serving.llm.source import LMSource
+
+        os.chdir(project_dir)
+        cfg, scfg = ServeLlmConfig(**llm_cfg), ServeConfig(**serve_cfg)
+        source = LMSource(MlflowConfig(**mlflow_cfg), registered_model, cfg.model_alias)
+        self.service = LLMService(cfg, scfg, source, system_template=system_template)
+        await self.service.start()  # the champion loads in the background; /v1 answers 503 until it is in
+
+    async def generate(self, call: dict) -> Any:
+        async for event in self.service.generate(call):
+            yield event
+
+    async def models(self) -> dict:
+        return self.service.models()
+
+    async def feedback(self, body: dict) -> dict:
+        return self.service.feedback(body)
+
+    async def metrics(self) -> bytes:
+        return self.service.metrics.render()
+
+    async def __del__(self) -> None:
+        await self.service.stop()  # graceful: admitted requests finish, the generation log is flushed
 
 
 def deployment_options(cfg: ServeConfig) -> dict[str, Any]:
@@ -120,12 +212,42 @@ def build_settings(args: dict[str, Any] | None = None) -> tuple[ServeConfig, Mlf
     return cfg, mcfg, project_dir, precision
 
 
+def llm_settings(args: dict[str, Any] | None = None) -> tuple[ServeLlmConfig, Params | None, str]:
+    """``serve_llm`` (``args["serve_llm"]``, a mapping, overriding its keys), the params, and why the LM is off
+    ("" when it is served)."""
+    args = dict(args or {})
+    project_dir = Path(args.get("project_dir") or os.getcwd()).resolve()
+    params_path = Path(args.get("params", "params.yaml"))
+    params = load_params(params_path if params_path.is_absolute() else project_dir / params_path)
+    cfg = ServeLlmConfig.model_validate({**params.serve_llm.model_dump(), **(args.get("serve_llm") or {})})
+    if not params.llm.enabled:
+        return cfg, params, "the generative model is disabled (params.yaml llm.enabled: false)"
+    if not cfg.enabled:
+        return cfg, params, "the generative model is not served (params.yaml serve_llm.enabled: false)"
+    return cfg, params, ""
+
+
 def build(args: dict[str, Any] | None = None) -> Any:
-    """Application builder. ``args``: ``params`` (path), ``project_dir``, ``precision``, and any ``serve:`` key to
-    override (:func:`build_settings`)."""
+    """Application builder. ``args``: ``params`` (path), ``project_dir``, ``precision``, ``serve_llm`` (a mapping
+    of ``serve_llm:`` keys to override), and any ``serve:`` key to override (:func:`build_settings`)."""
+    args = dict(args or {})
+    llm_args = {k: args[k] for k in ("params", "project_dir", "serve_llm") if k in args}
+    args.pop("serve_llm", None)
     cfg, mcfg, project_dir, precision = build_settings(args)
+    lcfg, params, off = llm_settings(llm_args)
+    llm = None
+    if not off:
+        llm = LLMDeployment.options(
+            num_replicas=1,
+            max_ongoing_requests=lcfg.max_ongoing_requests,
+            max_queued_requests=4 * lcfg.max_ongoing_requests,
+            ray_actor_options={"num_cpus": lcfg.replica_cpus},
+        ).bind(
+            lcfg.model_dump(), cfg.model_dump(), mcfg.model_dump(), params.register_llm.registered_model,
+            params.llm.system_prompt, str(project_dir),
+        )  # fmt: skip
     return ClassifierDeployment.options(**deployment_options(cfg)).bind(
-        cfg.model_dump(), mcfg.model_dump(), str(project_dir), precision
+        cfg.model_dump(), mcfg.model_dump(), str(project_dir), precision, llm, off
     )
 
 
@@ -192,6 +314,13 @@ def main(params: Path = Path("params.yaml"), port: int | None = None) -> None:
     print(
         f"starting Ray Serve; serving models:/{p.mlflow.registered_model}@{p.serve.model_alias} "
         f"from {tracking_uri(p.mlflow)} in {p.evaluate.precision} (evaluate.precision) ...",
+        flush=True,
+    )
+    _, _, llm_off = llm_settings({"params": str(params.resolve())})
+    print(
+        f"  and /v1: {llm_off}"
+        if llm_off
+        else f"  and on /v1 models:/{p.register_llm.registered_model}@{p.serve_llm.model_alias} (OpenAI-compatible)",
         flush=True,
     )
     try:
