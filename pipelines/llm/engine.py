@@ -57,6 +57,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()  # the text is cut before the first stop string; finish_reason "stop"
     seed: int | None = None  # per-request torch.Generator for sampling
     json_schema: dict | None = None  # constrained decoding; {"type": "object"} for response_format json_object
+    stop_after_json: bool = False  # unconstrained, but finish ("stop") once the text holds a complete JSON object
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -158,6 +159,13 @@ def stop_token_ids(model, tokenizer) -> set[int]:
     vocab = tokenizer.get_vocab()
     ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
     return ids
+
+
+def _holds_json(text: str) -> bool:
+    """The text holds a complete JSON object (the grader's own parser: a stop never cuts an object short)."""
+    from pipelines.llm.chat_data import first_json_object
+
+    return text.rstrip().endswith("}") and first_json_object(text) is not None
 
 
 def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
@@ -401,6 +409,8 @@ class LLMEngine:
             reason = "stop"  # cannot happen with the mask applied; never continue past a grammar error
             log.warning("request %s: token %d rejected by its schema: %s", seq.request_id, token, seq.matcher.error)
         elif token in self.eos_token_ids or seq.stream.add(token) or (seq.matcher is not None and seq.matcher.done):
+            reason = "stop"
+        elif seq.params.stop_after_json and _holds_json(seq.stream.text):
             reason = "stop"
         elif len(seq.output_ids) >= seq.params.max_tokens:
             reason = "length"

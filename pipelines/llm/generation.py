@@ -7,8 +7,9 @@ template (generation prompt added), sorts the prompts by length so a batch pads 
 them and decodes greedily, then returns the answers in the input order with the tokens generated
 and the seconds spent (tokens/s in the report).
 
-This is plain ``model.generate()``: every batch runs until its longest answer ends. The serving
-engine (iteration-level batching, issue 16) replaces it when it exists.
+Answers come from the serving engine (:class:`pipelines.llm.engine.LLMEngine`, iteration-level continuous
+batching): every prompt is queued up front and a finished answer frees its row at once, so a short answer
+never waits for the longest one of its batch, and the evaluation measures the scheduler that serves.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.llm.chat_data import Conversation, first_json_object
+from pipelines.llm.chat_data import Conversation
 from pipelines.training.precision import bf16_supported
 
 
@@ -40,23 +41,6 @@ class Generator:
     model: torch.nn.Module
     tokenizer: object
     bf16: bool  # the weights are bf16 (cast once at load)
-
-
-class StopAfterJson:
-    """A ``StoppingCriteria``: a row is done once its answer holds a complete JSON object.
-
-    The triage answer is one object; a base model asked zero-shot writes it and then keeps talking
-    until ``max_new_tokens``. Checked on the decoded answer with the same parser that grades it
-    (:func:`pipelines.llm.chat_data.first_json_object`), so a stop never cuts an object short.
-    """
-
-    def __init__(self, tokenizer, prompt_width: int) -> None:
-        self.tokenizer, self.prompt_width = tokenizer, prompt_width
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        answers = self.tokenizer.batch_decode(input_ids[:, self.prompt_width :], skip_special_tokens=True)
-        done = [("}" in a and first_json_object(a) is not None) for a in answers]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 def load_generator(base_path: str, adapter: str | Path | None = None, precision: str = "auto") -> Generator:
@@ -89,7 +73,6 @@ def prompt_texts(tokenizer, conversations: Sequence[Conversation]) -> list[str]:
     return [tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True) for c in conversations]
 
 
-@torch.no_grad()
 def generate(
     gen: Generator,
     conversations: Sequence[Conversation],
@@ -100,41 +83,31 @@ def generate(
 ) -> Generated:
     """Greedy answers to ``conversations`` (each ends before the assistant turn), in input order.
 
-    ``stop_after_json``: a row also ends once it holds a complete JSON object (:class:`StopAfterJson`).
+    ``batch_size`` is the engine's ``max_num_seqs`` (rows decoded together); ``stop_after_json``: an answer also
+    ends once it holds a complete JSON object (a base model asked zero-shot writes the object, then talks on).
+    ``new_tokens`` counts every generated token, the end of turn included.
     """
     from tqdm.auto import tqdm
-    from transformers import StoppingCriteriaList
 
-    tok, model = gen.tokenizer, gen.model
-    prompts = prompt_texts(tok, conversations)
-    lengths = [len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]]
-    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    from pipelines.llm.engine import SamplingParams, engine_from_generator
+
+    tok = gen.tokenizer
+    prompts = [ids for ids in tok(prompt_texts(tok, conversations), add_special_tokens=False)["input_ids"]]
+    engine = engine_from_generator(gen, max_num_seqs=batch_size, max_waiting=max(1, len(prompts)))
+    params = SamplingParams(max_tokens=max_new_tokens, stop_after_json=stop_after_json)
+    # longest first: the rows that decide the cache width start together and leave it narrow behind them
+    for i in sorted(range(len(prompts)), key=lambda i: -len(prompts[i])):
+        engine.add_request(str(i), prompts[i], params)
     texts: list[str] = [""] * len(prompts)
-    device = next(model.parameters()).device
-    stop = tok.eos_token_id
-    pad = tok.pad_token_id
     new_tokens, t0 = 0, time.perf_counter()
     bar = tqdm(total=len(prompts), desc=desc, unit="answer", disable=desc is None)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        width = enc["input_ids"].shape[1]
-        criteria = StoppingCriteriaList([StopAfterJson(tok, width)] if stop_after_json else [])
-        out = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=stop,
-            pad_token_id=pad,
-            stopping_criteria=criteria,
-        )
-        answers = out[:, width:]
-        for i, row in zip(idx, answers):
-            ids = row.tolist()
-            ids = ids[: ids.index(stop) + 1] if stop in ids else ids  # what follows the end of turn is padding
-            new_tokens += len(ids)
-            texts[i] = tok.decode(ids, skip_special_tokens=True)
-        bar.update(len(idx))
-        bar.set_postfix(tok_s=f"{new_tokens / (time.perf_counter() - t0):.0f}")
+    while engine.has_unfinished():
+        for event in engine.step():
+            i = int(event.request_id)
+            texts[i] += event.text
+            if event.finished:
+                new_tokens += event.completion_tokens
+                bar.update(1)
+                bar.set_postfix(tok_s=f"{new_tokens / (time.perf_counter() - t0):.0f}")
     bar.close()
     return Generated(texts, new_tokens, time.perf_counter() - t0)

@@ -19,7 +19,9 @@ from pipelines.llm.engine import (
     QueueFull,
     RequestTooLong,
     SamplingParams,
+    _holds_json,
     _TextStream,
+    stop_token_ids,
 )
 
 PROMPTS = [
@@ -279,3 +281,24 @@ def test_async_engine_streams_aborts_on_disconnect_and_refuses_before_the_first_
 async def _first(stream):
     async for e in stream:
         return e
+
+
+def test_evaluation_generate_runs_on_the_engine_and_matches_generate_alone(tokenizer, tiny_lm):
+    """``pipelines.llm.generation.generate`` (what llm_eval and the pyfunc call) answers through the engine,
+    in input order, each answer the text of ``model.generate()`` on its prompt alone (fp32, greedy)."""
+    from pipelines.llm.generation import Generator, generate
+
+    gen = Generator(tiny_lm, tokenizer, bf16=False)
+    eos = stop_token_ids(tiny_lm, tokenizer)
+    conversations = [[{"role": "user", "content": p}] for p in PROMPTS]
+    out = generate(gen, conversations, max_new_tokens=12, batch_size=3)
+    expected = [reference(tiny_lm, tokenizer, chat_ids(tokenizer, p), 12, eos) for p in PROMPTS]
+    assert out.texts == [tokenizer.decode(ids, skip_special_tokens=True) for ids in expected]
+    assert out.new_tokens == sum(len(ids) for ids in expected)
+
+
+def test_stop_after_json_needs_a_complete_object():
+    assert _holds_json('Sure: {"category": "billing", "priority": "low"}\n')
+    assert not _holds_json('{"category": "billing", "note": "}"')  # a brace inside a string closes nothing
+    assert not _holds_json('{"category": "billing"')
+    assert not _holds_json("no json here }")
