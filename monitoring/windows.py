@@ -77,13 +77,23 @@ def build_reference(
     size = min(cfg.reference_size, len(train) // 2)
     if size < 1:
         raise DataError(f"the train split has {len(train)} row(s): too few for a reference")
-    sample = train.groupby("label").sample(frac=size / len(train), random_state=cfg.seed)
-    rest = train.drop(index=sample.index)
+    sample, rest = _stratified_sample(train, size, cfg.seed)
     val = val[["text", "label"]].astype({"text": str, "label": str}).reset_index(drop=True)
     val["prediction"] = predict_labels(model, val["text"].tolist())
     return Reference(
         sample.reset_index(drop=True), rest["text"].tolist(), val, [str(c) for c in model.classes], str(version)
     )
+
+
+def _stratified_sample(train: pd.DataFrame, size: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Exactly ``size`` rows, the class mix kept (scikit-learn's stratified split; a plain seeded draw when a
+    class has a single row or there are more classes than ``size``), and the rest."""
+    from sklearn.model_selection import train_test_split
+
+    try:
+        return train_test_split(train, train_size=size, stratify=train["label"], random_state=seed)
+    except ValueError:
+        return train_test_split(train, train_size=size, random_state=seed)
 
 
 def unknown_feedback(preds: pd.DataFrame, feedback: pd.DataFrame) -> int:

@@ -4,7 +4,15 @@ Seeded generator of realistic support tickets: the embedded default data set.
 
 Ten categories whose vocabulary overlaps on purpose (billing/refund,
 access/security, bug/performance, ...), so a bag-of-words model is good but not
-perfect. The generator also plants the defects the data gates must catch:
+perfect. Customers write in their own words, as in real tickets: besides the fixed
+PHRASES templates (whose key words each customer says their own way, :data:`SYNONYMS`),
+many sentences only name what is wrong ("there is an issue with the reimbursement") in a
+category-neutral frame, from a long tail of :data:`CONCEPTS`; a few are talked about all
+year, the others come and go over the months (a new courier, a scam going round), so a
+later ticket often uses words that were rare or absent in earlier ones. Customers also
+differ in register (chatty, non-native, terse) and some make typos. A bag of n-grams
+learns the templates and the frequent words; a pretrained encoder also knows the rare
+ones. The generator also plants the defects the data gates must catch:
 
 * exact duplicates (a ticket resubmitted) and near duplicates (a follow-up with small edits);
 * empty or whitespace-only bodies, HTML fragments, e-mail addresses and phone numbers;
@@ -38,6 +46,8 @@ exempts all four as targets of another model (``leakage.target_columns``).
 
 from __future__ import annotations
 
+import bisect
+import random
 import re
 from dataclasses import dataclass
 
@@ -345,6 +355,422 @@ GREETINGS = ["Hi", "Hello", "Hi team", "Dear support", "Good morning", "Hey"]
 
 # The parts of the product a ticket names ("the dashboard crashes"): not the product itself.
 SURFACES = ["dashboard", "mobile app", "reports module", "web app", "admin console", "desktop app"]
+
+# --------------------------------------------------------------------------- how real customers write
+# Real tickets name the same problem in their own words. Four layers vary the language of the topic
+# sentences and subjects (never the triage cues, product names or order numbers planted beside them):
+#
+# * CONCEPTS: many tickets say only *what* is wrong ("there is an issue with the reimbursement") through a
+#   category-neutral frame (FRAMES) and one of a long, Zipf-weighted tail of things a customer can name, so
+#   much of a held-out ticket's evidence is a word seen a few times in training, or never;
+# * SYNONYMS: the key words of the PHRASES templates in each customer's own vocabulary (a customer keeps
+#   one preferred variant for a key word, others vary);
+# * REGISTERS: plain, informal/chatty, non-native and terse customers;
+# * typos: a share of customers misspell words (common misspellings and keyboard slips).
+
+# Things a customer names, per category, most common first (drawn Zipf-like: a long tail of rare ones).
+# fmt: off
+CONCEPTS: dict[str, list[str]] = {
+    "billing": [
+        "my invoice", "the latest bill", "a double charge", "the monthly fee", "my credit card statement",
+        "an overcharge", "the price increase", "the billing address on file", "the VAT on my invoice",
+        "a surcharge nobody mentioned", "the direct debit", "the payment method on file",
+        "an extra line item on my bill", "the proration after my upgrade", "the bank transfer I made",
+        "my billing cycle", "the sales tax", "the amount you debited", "the pricing of my plan", "an unexpected fee",
+        "the duplicate payment", "the invoice total", "the annual billing", "the card payment that bounced",
+        "an unpaid balance", "the receipt for my purchase", "the overdue payment notice", "a currency conversion fee",
+        "the cost of the extra seats", "the amount on my statement", "a late payment penalty",
+        "the tax exemption certificate", "the instalment plan", "the charge after my trial", "the wire payment",
+        "my outstanding balance", "the paperwork for our accountant", "the company billing details",
+        "the payment reminder emails", "the quote versus what we paid", "the upgrade fee",
+        "the authorisation hold on my card", "a pending transaction", "the price shown at checkout",
+        "the invoicing portal", "the remittance details", "the billing contact for our company",
+        "the discount code that was not applied", "the per-seat pricing", "the fee for paying by card",
+        "the charge from last Tuesday", "the amount taken twice from my debit card", "the bill for seats we removed",
+        "the price on the renewal email", "the fee for the add-on", "the invoice PDF", "the credit card surcharge",
+        "the reverse charge VAT", "the billing history page", "a payment I did not authorise for the plan",
+        "the rate we were quoted", "the cost breakdown", "the monthly statement", "the unpaid invoice reminder",
+        "the company tax ID on the invoice", "the dollars vs euros on my bill", "the overage charges",
+        "the usage-based pricing", "the prorated amount", "the billing period dates", "the payment schedule",
+        "the finance department's questions about the invoice", "a duplicate invoice number",
+        "the bill sent to the wrong person", "the transaction fee", "the currency on my invoice",
+        "the expensive renewal", "the cost per user", "the annual invoice", "the charge labelled as miscellaneous",
+        "the PayPal payment", "the invoice that has no company name", "the price tier", "the billing email address",
+        "the payment confirmation", "the amount due", "the invoice numbering", "the bank charges", "the GST",
+        "the price jump", "the invoice in the wrong language", "the minimum spend", "the billing frequency",
+    ],
+    "refund": [
+        "my refund", "getting my money back", "the reimbursement", "the refund status", "a partial refund",
+        "the money you owe me", "a chargeback", "the return of my payment", "the credit note you promised",
+        "being reimbursed", "compensation for the outage", "the repayment to my card", "the refund amount",
+        "a refund to my old card", "the refund for my returned item", "the refund for the unused months",
+        "the restocking fee taken from my refund", "store credit instead of cash", "the refund confirmation email",
+        "the money that has not come back", "a pro-rata refund", "reimbursing the delivery cost",
+        "the goodwill gesture you mentioned", "the reversal of the payment", "the funds you said you would return",
+        "recovering my money", "the money-back guarantee", "the returned payment to my bank",
+        "the credit back to my account", "the cashback", "the refund deadline", "a refund for a faulty item",
+        "getting reimbursed for the double payment", "the refund case I opened", "my claim for the money",
+        "the refund that bounced back", "the payout for my return", "the reimbursement form",
+        "the refund to a closed bank account", "being paid back", "the refund receipt",
+        "the money back for the accessory", "a refund of the annual fee",
+        "the voucher you offered instead of a refund", "the rebate", "the refund you approved",
+        "my money for the cancelled order", "the reimbursement for the broken unit", "the refund to my PayPal",
+        "the money-back request", "the refund that is taking weeks", "the refund to my bank",
+        "getting the deposit back", "the refund after the return was received", "the refund of the delivery fee",
+        "a refund for the outage days", "the refund reference", "the refund method", "the partial reimbursement",
+        "compensation for the wasted month", "a refund for the duplicate charge", "the reimbursement of the fees",
+        "the refund window", "the refund policy", "my refund eligibility", "the money you still have to send",
+        "the repayment of the overpayment", "the returned funds", "the refund I was told was processed",
+        "the credit card reversal", "a refund for the wrong size", "the reimbursement timeline",
+        "the refund you denied", "getting compensated", "the refund for the upgrade I never used",
+        "the money back for the gift", "the refund split across two cards", "reimbursement for the late delivery",
+        "the rebate form", "the refund that arrived short", "the refund in my wallet",
+    ],
+    "account_access": [
+        "logging in", "my password", "signing in", "the two factor code", "the authenticator app",
+        "the password reset link", "my username", "the login screen", "being locked out", "account recovery",
+        "the one-time passcode", "the magic link email", "my credentials", "the SSO redirect",
+        "getting into my account", "the verification text", "the captcha on the sign-in page",
+        "the security questions", "my recovery email", "the remember me option", "the session that keeps expiring",
+        "the invite to join my team workspace", "the account activation email", "the backup codes",
+        "the fingerprint login", "the face unlock", "my login on the new laptop", "the email change on my profile",
+        "the access code", "my locked profile", "the sign-up confirmation", "the limit on login attempts",
+        "switching between my two accounts", "the OTP", "the auth token that expires", "the login link",
+        "the reset email landing in spam", "the passkey", "the account that says it is disabled",
+        "my old email address on the login", "the sign-in with Google button", "the admin who removed my access",
+        "the dormant account", "the identity check", "the login page rejecting me",
+        "the authenticator after my phone reset", "the reset code", "my login email", "the sign in loop",
+        "getting back into my profile", "the SMS code that never comes", "my expired password", "the account lockout",
+        "signing in on my tablet", "the new device verification", "the login on the mobile app", "the password rules",
+        "my forgotten username", "the sign-in page that reloads", "the access to our shared workspace",
+        "logging in with my work email", "the login error code", "the account that shows as inactive",
+        "the password that is not accepted", "the reset email that expired", "the identity verification step",
+        "re-enabling my account", "the login session timeout", "the two step verification", "the security key",
+        "the login with Microsoft", "the login with Apple", "the verification email link", "my profile access",
+        "the account unlock request", "my old phone number on the account", "the recovery code",
+        "the email confirmation loop", "the forgotten password flow",
+    ],
+    "bug_report": [
+        "the export button", "a glitch on the {p}", "the error popup", "a crash when saving",
+        "corrupted data in the table", "the broken layout", "a stack trace", "the white screen",
+        "missing rows in the report", "the save function", "a regression since the update", "the dropdown menu",
+        "the sorting", "a null value error", "the print preview", "the undo button", "the date picker",
+        "wrong totals in the summary row", "duplicate entries appearing", "the file upload throwing an exception",
+        "an endless redirect on the {p}", "attachments that will not open", "a blank page after clicking save",
+        "text overlapping in the sidebar", "search returning wrong results", "graphs drawn incorrectly",
+        "notifications showing twice", "the form validation", "numbers rounding wrong", "the pagination",
+        "copy and paste not working", "images not rendering", "the scroll bar jumping around",
+        "the checkbox that unticks itself", "emoji breaking the editor", "the autosave losing my work",
+        "a crash report every time I open a file", "the import wizard failing halfway", "broken links in the menu",
+        "the calendar showing the wrong week", "the spellchecker underlining everything", "the misaligned columns",
+        "the comments that vanish", "a 404 page on the {p}", "the settings that do not stick", "the broken export",
+        "the save button", "the error message on upload", "the crash on startup", "the glitchy editor",
+        "the wrong dates in the list", "the table that will not load rows", "the filter that ignores my input",
+        "the missing icons", "the broken search bar", "the form that submits twice", "the duplicate notifications",
+        "a crash when I rotate my phone", "the layout on small screens", "the fields that reset", "the chart legend",
+        "the CSV import", "the corrupted download", "the link that goes nowhere", "a frozen modal window",
+        "the wrong currency symbol in reports", "the invisible text in dark theme",
+        "the drag and drop that drops nothing", "the tooltip stuck on screen", "the preview that never loads",
+        "the page that errors out", "the rich text formatting", "the sort order", "the broken thumbnails",
+        "an exception in the logs", "the error code 0x80", "the totals that do not add up", "the timestamp bug",
+        "the login button hidden behind a banner", "the glitch after the update", "the app closing by itself",
+        "the mobile keyboard covering the field", "the unreadable font", "the broken print output",
+    ],
+    "performance": [
+        "the loading times", "the lag", "how sluggish everything is", "the latency", "page load speed", "the timeouts",
+        "the spinning wheel", "the response time", "delays when opening files", "the slowness since Monday",
+        "CPU usage", "memory usage", "battery drain on my phone", "the choppy scrolling", "the long wait for reports",
+        "the speed of search", "the API throughput", "requests hanging for ages", "the performance of the {p}",
+        "the stuttering", "the delay before anything happens", "the bulk import speed", "the app being unresponsive",
+        "the bandwidth it eats", "the overall speed", "the slow startup", "the backlog of queued jobs",
+        "the rendering speed", "the lag when typing", "the page that takes a minute to open", "the load on our server",
+        "upload speeds", "the high ping", "the jittery video", "the fan spinning up whenever the {p} is open",
+        "the slow first load every morning", "the sluggish charts", "the gateway timeouts at peak hours",
+        "the delay between clicking and seeing anything", "the heavy RAM footprint", "the slow export of big files",
+        "the long wait on every save", "the slowdown after the last release", "the bottleneck in the query engine",
+        "the sluggish {p}", "the lag on the {p}", "the slow reports", "the load time of the home page",
+        "the wait times", "the slow sync of my files", "the freezing", "the latency spikes", "the performance drop",
+        "the slow queries", "the slow API calls", "the long load on big projects", "the slow login", "the slow search",
+        "the lag on mobile", "the bad performance on older laptops", "the delay on dashboards",
+        "the long processing times", "the unresponsive buttons", "the slow response in the evening", "the heavy pages",
+        "the time it takes to open anything", "the hourglass", "the loading bar", "the slow autocomplete",
+        "the slow refresh", "the long wait after login", "the lag spikes", "the slow page transitions",
+        "the batch jobs that take all night", "the slow preview", "the performance in Firefox",
+        "the time to first byte", "the slow downloads", "the UI lag", "the delays in notifications",
+    ],
+    "shipping": [
+        "my parcel", "the delivery", "the tracking link", "the courier", "the shipment", "the package",
+        "the dispatch date", "the postage", "the delivery slot", "the consignment", "the carrier",
+        "the shipping label", "the customs fees", "the delivery address", "a late delivery", "the lost package",
+        "the parcel locker", "the estimated arrival date", "the signature on delivery", "the pickup point",
+        "the express shipping", "the international delivery", "the freight charges", "the delivery driver",
+        "the box that came crushed", "the wrong item in the box", "the missing item from my shipment",
+        "the return to sender notice", "the warehouse", "the delivery note", "the neighbour who took my parcel",
+        "the postman", "the tracking that has not updated", "the out for delivery status",
+        "the replacement unit in transit", "the delivery window", "the courier who never rang the bell",
+        "the depot holding my parcel", "the import duties", "the half-delivered shipment", "the packaging",
+        "the redelivery", "the van that never came", "the dispatch confirmation", "my delivery",
+        "the parcel that never came", "the package I am waiting for", "the courier tracking", "the late parcel",
+        "the shipment that is stuck", "the delivery to my office", "the parcel left at the wrong door",
+        "the missing delivery", "the package marked delivered", "the DHL tracking", "the UPS driver",
+        "the FedEx shipment", "the Royal Mail delivery", "the DPD parcel", "the USPS tracking",
+        "the delivery date that keeps moving", "the shipping time", "the dispatch delay",
+        "the items still in the warehouse", "the order that has not shipped", "the delivery address typo",
+        "the parcel at the post office", "the damaged box", "the tracking page", "the undelivered item",
+        "the shipping confirmation", "the courier's missed delivery card", "the parcel in customs",
+        "the package on my porch that is not mine", "the lost shipment", "the second half of my delivery",
+        "the delivery instructions", "the postal service", "the overnight shipping", "the shipment to Canada",
+    ],
+    "cancellation": [
+        "cancelling my subscription", "closing my account", "the auto-renewal", "ending my plan",
+        "terminating the contract", "unsubscribing", "the notice period", "leaving your service", "my membership",
+        "the cancellation fee", "the termination letter", "the cooling-off period", "discontinuing the service",
+        "the end date of my plan", "downgrading to the free tier", "winding down our workspace",
+        "opting out of the next renewal", "the cancel button", "deleting my account for good", "the exit survey",
+        "pausing my subscription", "switching to another provider", "the minimum term of the contract",
+        "the confirmation that I cancelled", "the trial I want to stop", "closing the team account",
+        "the seats we no longer need", "the contract renewal date", "getting out of the annual plan",
+        "ending the service at month end", "the retention offer", "stopping the recurring payment",
+        "the unsubscribe link that does nothing", "closing our company account", "the rollover into another year",
+        "the notice you need before we leave", "quitting the service", "not continuing after this month",
+        "the early termination terms", "the plan I want gone", "the standing order for the subscription",
+        "cancelling the plan", "cancelling before the renewal", "closing the account today",
+        "the cancellation request", "ending the contract early", "the renewal I do not want",
+        "getting out of the contract", "the subscription I am cancelling", "stopping the membership",
+        "the cancellation confirmation email", "cancelling the add-on", "ending the free trial",
+        "terminating our agreement", "the account closure", "leaving at the end of the term",
+        "stopping all future payments", "the cancel option in settings", "the cancel link", "the plan cancellation",
+        "the membership renewal", "the termination date", "ending service for our team",
+        "cancelling for my mother's account", "not renewing next year", "the final month of the plan",
+        "removing my card and leaving", "the notice to terminate", "the cancel flow", "closing my profile for good",
+        "the auto renew setting", "the subscription end", "the downgrade and cancellation", "the contract exit",
+    ],
+    "feature_request": [
+        "a dark mode", "an offline mode", "bulk editing", "keyboard shortcuts", "a calendar view", "custom fields",
+        "more themes", "a kanban board", "recurring tasks", "an undo history", "PDF export", "a Gantt chart",
+        "a public API", "better filtering", "a home screen widget", "reusable templates", "more languages",
+        "guest access to reports", "scheduled exports", "custom branding", "tags on tasks", "a markdown editor",
+        "voice input", "larger file uploads", "a read-only role", "granular notification settings", "nested folders",
+        "drag and drop reordering", "a split-screen view", "emoji reactions", "time tracking",
+        "a print-friendly layout", "a command palette", "saved searches", "right-to-left language support",
+        "colour coding", "a high-contrast option", "a timeline view", "sub-tasks", "a pinned favourites bar",
+        "custom report columns", "a weekly digest email", "multiple currencies", "an archive button",
+        "inline image previews", "an automatic backup schedule", "an export to Excel", "a way to duplicate projects",
+        "a batch delete option", "an API webhook for new tasks", "a better mobile layout", "dark theme support",
+        "a bulk import tool", "a dashboard for managers", "custom user roles", "multi-select in lists",
+        "a search within attachments", "a favourites list", "automatic reminders", "a way to merge records",
+        "a shared inbox", "an activity feed", "more chart types", "a Linux version", "a tablet layout",
+        "two-factor for guests", "offline sync", "a version history", "a better onboarding tour",
+        "custom notification sounds", "a compact view", "an option to hide columns", "a daily summary", "an iPad app",
+        "a public roadmap", "in-app chat", "a spell checker", "a way to lock records", "conditional formatting",
+        "a landscape mode", "support for SVG files", "recurring invoices",
+    ],
+    "security": [
+        "a suspicious email", "a phishing attempt", "an unknown login", "my hacked account", "a data breach",
+        "a strange device in my sessions", "an unauthorised password change", "a vulnerability",
+        "the encryption of my data", "active sessions I do not recognise", "a login from abroad", "a fake website",
+        "malware in an attachment", "a compromised API token", "an impersonation scam", "a brute force attempt",
+        "strange activity in the audit log", "identity theft", "someone accessing my files", "a leaked password",
+        "my personal data request under GDPR", "an SMS scam", "a spoofed email using your logo",
+        "a ransomware warning", "the SOC 2 report", "a security patch", "a stolen laptop that is still signed in",
+        "an unexpected admin added to our team", "a cross-site scripting hole", "exposed personal data",
+        "an unrecognised sign-in alert", "the penetration test findings", "a credential stuffing attack",
+        "the privacy of my documents", "a scam call from someone claiming to be your staff",
+        "a shared link leaking files", "the data processing agreement", "a keylogger warning from my antivirus",
+        "the breach notification", "a possible account takeover", "an intrusion attempt",
+        "the fraudulent messages sent from my account", "someone using my account", "a login I did not make",
+        "the phishing email", "strange logins", "my data being exposed", "the security of my account",
+        "a breach notice", "a suspicious text message", "a fake support call", "an unknown admin",
+        "my files being shared without permission", "a password leak", "a suspicious link", "fraud on my account",
+        "unknown devices", "the security alert email", "the encryption standard",
+        "two factor being turned off by someone", "a hacker in our workspace", "an unauthorised API key",
+        "strange emails sent in my name", "the session from an unknown IP", "a malicious file", "the security review",
+        "a scam pretending to be you", "my account being hijacked", "spyware", "a virus warning",
+        "an account takeover attempt", "the vulnerability report", "the bug bounty", "a privacy concern", "an exploit",
+    ],
+    "integrations": [
+        "the Slack integration", "the Salesforce sync", "the webhook", "the Zapier connection", "the API key",
+        "the Google Calendar sync", "the Shopify connector", "the Microsoft Teams app", "the OAuth flow",
+        "the Jira integration", "the HubSpot connector", "the Dropbox link", "the Outlook plugin", "the REST endpoint",
+        "the Trello power-up", "the GitHub app", "the Zendesk bridge", "the QuickBooks sync",
+        "the Mailchimp connection", "the Asana integration", "the Airtable sync", "the iCal feed",
+        "the third-party connector", "the Stripe webhook", "the Intercom plugin", "the SFTP feed",
+        "the Power BI connector", "the Gmail add-on", "the Xero link", "the Twilio connector", "the Pipedrive sync",
+        "the ServiceNow bridge", "the Segment pipeline", "the webhook signatures", "the Zoom integration",
+        "the Confluence macro", "the WordPress plugin", "the Box connector", "the Okta provisioning",
+        "the SharePoint sync", "the Discord bot", "the Freshdesk app", "the Make scenario", "the BigQuery export",
+        "the Teams notifications", "the Slack app", "the Salesforce connector", "the Zapier zap",
+        "the webhook endpoint", "the API token for the sync", "the Google Drive connector", "the Shopify app",
+        "the Teams connector", "the Jira sync", "the calendar integration", "the CRM sync", "the HubSpot sync",
+        "the Outlook sync", "the GitHub integration", "the Zendesk integration", "the Xero sync",
+        "the QuickBooks connector", "the Mailchimp sync", "the Dropbox integration", "the Trello sync",
+        "the import from Asana", "the export to Google Sheets", "the Excel add-in", "the API integration",
+        "the Make integration", "the Notion sync", "the third-party app connection", "the webhook retries",
+        "the sync with our ERP", "the SAP connector", "the Snowflake export", "the Azure AD sync",
+        "the Gusto integration", "the Stripe connector", "the Typeform integration", "the Calendly link",
+    ],
+}
+# fmt: on
+
+
+# Category-neutral frames (sentence, issue) a concept is written in. Problems: every category but feature
+# requests, which have their own frames; neutral ones: every category.
+FRAMES_NEUTRAL = [
+    ("quick question about {c}", "a question about {c}"),
+    ("I am writing about {c}", "{c}"),
+    ("can you explain {c}", "an explanation of {c}"),
+    ("not sure who handles {c}", "who handles {c}"),
+    ("following my last email about {c}", "a follow-up about {c}"),
+    ("any update on {c}", "an update on {c}"),
+    ("I would like to ask about {c}", "a question regarding {c}"),
+]
+FRAMES_PROBLEM = [
+    ("I have a problem with {c}", "a problem with {c}"),
+    ("something is wrong with {c}", "something wrong with {c}"),
+    ("there is an issue with {c}", "an issue with {c}"),
+    ("can someone look into {c}", "a request to look into {c}"),
+    ("I need help with {c}", "help with {c}"),
+    ("I am having trouble with {c}", "trouble with {c}"),
+    ("what is going on with {c}", "what is going on with {c}"),
+    ("still no luck with {c}", "ongoing trouble with {c}"),
+    ("I am not happy about {c}", "dissatisfaction with {c}"),
+    ("please check {c} for me", "a request to check {c}"),
+    ("I do not get {c}", "confusion about {c}"),
+    ("{c} is a mess", "{c} being a mess"),
+    ("{c} has been a pain all week", "{c} being a pain all week"),
+    ("I keep running into trouble with {c}", "recurring trouble with {c}"),
+    ("there is a problem on my end with {c}", "a problem with {c}"),
+    ("{c} again", "{c} once more"),
+]
+FRAMES_REQUEST = [
+    ("it'd be great to have {c}", "a request for {c}"),
+    ("any chance of getting {c}", "a request for {c}"),
+    ("is {c} on the roadmap", "whether {c} is planned"),
+    ("our team keeps asking for {c}", "a team request for {c}"),
+    ("I really miss {c}", "a request for {c}"),
+    ("please think about adding {c}", "a suggestion to add {c}"),
+    ("do you plan to offer {c}", "plans for {c}"),
+    ("we'd pay extra for {c}", "a request for {c}"),
+    ("one thing I'd love is {c}", "a wish for {c}"),
+    ("have you considered {c}", "a suggestion of {c}"),
+]
+
+
+# Key words of the PHRASES and SUBJECTS templates and the ways customers say them (the template's word first).
+SYNONYMS: dict[str, list[str]] = {
+    "charged": ["charged", "billed", "debited", "invoiced", "overcharged"],
+    "invoice": ["invoice", "bill", "statement", "receipt"],
+    "payment": ["payment", "transaction", "debit"],
+    "subscription": ["subscription", "membership", "plan", "sub"],
+    "fee": ["fee", "charge", "cost", "surcharge"],
+    "refund": ["refund", "reimbursement", "repayment", "refund payment"],
+    "money back": ["money back", "cash back", "money returned", "funds back"],
+    "log in": ["log in", "sign in", "login", "get in", "log on"],
+    "password": ["password", "passcode", "pw", "passphrase"],
+    "locked": ["locked", "blocked", "frozen", "suspended", "disabled"],
+    "crashes": ["crashes", "quits", "dies", "force closes", "blows up", "bombs out"],
+    "error": ["error", "fault", "failure"],
+    "broken": ["broken", "messed up", "garbled", "wrong"],
+    "does nothing": ["does nothing", "is dead", "does not respond", "is unresponsive"],
+    "slow": ["slow", "sluggish", "laggy", "crawling", "glacial", "snail-paced"],
+    "forever": ["forever", "ages", "an eternity", "way too long"],
+    "ages": ["ages", "forever", "an eternity", "way too long"],
+    "timing out": ["timing out", "hanging", "stalling", "dropping out"],
+    "freezes": ["freezes", "hangs", "locks up", "stalls"],
+    "package": ["package", "parcel", "shipment", "box", "delivery"],
+    "parcel": ["parcel", "package", "shipment", "consignment"],
+    "arrived": ["arrived", "turned up", "shown up", "been delivered", "come"],
+    "courier": ["courier", "delivery guy", "driver", "postman", "carrier"],
+    "delivered": ["delivered", "dropped off", "handed over"],
+    "tracking number": ["tracking number", "tracking code", "tracking link", "tracking ref"],
+    "damaged": ["damaged", "crushed", "dented", "smashed", "torn open"],
+    "cancel": ["cancel", "terminate", "end", "stop", "discontinue", "kill"],
+    "renewal": ["renewal", "auto-renew", "rebilling", "auto-renewal"],
+    "hacked": ["hacked", "compromised", "breached", "taken over", "broken into"],
+    "suspicious": ["suspicious", "dodgy", "fishy", "shady", "weird looking"],
+    "another country": ["another country", "abroad", "overseas", "a foreign country"],
+    "sync": ["sync", "synchronise", "synch", "mirror"],
+    "integration": ["integration", "connector", "plugin", "link", "bridge"],
+    "stopped": ["stopped", "quit", "ceased"],
+    "would be great": [
+        "would be great",
+        "would be awesome",
+        "would be nice",
+        "would really help",
+        "would be a game changer",
+    ],
+    "please add": ["please add", "please build", "could you add", "pls add", "I'd love"],
+    "suggest": ["suggest", "propose", "recommend"],
+    "Refund request": ["Refund request", "Reimbursement request", "Request for my money"],
+    "Can't log in": ["Can't log in", "Cannot sign in", "Can't get in", "Login not working"],
+    "Very slow": ["Very slow", "So slow", "Super laggy", "Sluggish"],
+    "Where is my order": ["Where is my order", "Where's my stuff", "Order not here yet", "Still waiting for my order"],
+    "Cancel subscription": ["Cancel subscription", "End my membership", "Stop my plan", "Terminate subscription"],
+    "Feature request": ["Feature request", "Feature idea", "Wishlist", "Enhancement request"],
+    "Security concern": ["Security concern", "Security worry", "Possible breach", "Safety concern"],
+    "Integration broken": ["Integration broken", "Connector broken", "Plugin not working", "Sync broken"],
+    "Billing problem": ["Billing problem", "Billing issue", "Payment problem", "Issue with my bill"],
+    "Bug": ["Bug", "Glitch", "Defect", "Bug found"],
+}
+
+
+# Customer registers: substitutions (matched case-insensitively on word boundaries), tried on each occurrence.
+REGISTERS: dict[str, dict[str, list[str]]] = {
+    "informal": {
+        "I am": ["I'm", "im", "i'm"],
+        "cannot": ["can't", "cant", "can not"],
+        "do not": ["don't", "dont"],
+        "does not": ["doesn't", "doesnt"],
+        "did not": ["didn't", "didnt"],
+        "is not": ["isn't", "isnt"],
+        "please": ["pls", "plz", "please"],
+        "you": ["u", "you", "ya"],
+        "thanks": ["thx", "ty", "thanks"],
+        "because": ["cuz", "bc"],
+        "want to": ["wanna"],
+        "going to": ["gonna"],
+        "very": ["super", "really", "so"],
+        "extremely": ["insanely", "crazy", "super"],
+        "I would like": ["I'd like", "i want", "gimme"],
+        "account": ["acct", "account"],
+        "my": ["my", "ma"],
+    },
+    "nonnative": {
+        "I cannot": ["I am not able to", "I not able to", "I am unable to"],
+        "cannot": ["is not able to", "not able to"],
+        "please": ["kindly", "please kindly", "pls"],
+        "I would like": ["I want to request", "kindly I want", "I request"],
+        "does not work": ["is not working"],
+        "does not": ["is not"],
+        "do not": ["not"],
+        "the": ["the", ""],
+        "yet": ["till now", "until now"],
+        "still": ["till now still"],
+    },
+    "terse": {
+        "I am": [""],
+        "the": [""],
+        "please": [""],
+        "I think": [""],
+        "my": [""],
+    },
+}
+INFORMAL_TAGS = ["ugh", "ok so", "tbh", "honestly", "fyi", "btw", "seriously", "lol", "hey so", "sigh"]
+
+
+# Common misspellings (besides random keyboard slips).
+# fmt: off
+MISSPELLINGS = {
+    "receive": "recieve", "received": "recieved", "address": "adress", "account": "acount", "password": "pasword",
+    "refund": "refund", "subscription": "subcription", "invoice": "invoce", "delivered": "deliverd",
+    "suspicious": "suspicous", "integration": "intergration", "separate": "seperate", "definitely": "definately",
+    "dashboard": "dashbaord", "cancel": "cancle", "cancelled": "canceled", "until": "untill", "already": "allready",
+    "because": "becuase", "access": "acess", "payment": "paymnet", "which": "wich", "their": "thier",
+    "business": "buisness", "calendar": "calender", "immediately": "immediatly", "tomorrow": "tommorow",
+    "weird": "wierd", "occurred": "occured", "believe": "beleive",
+}
+# fmt: on
+
 
 DRIFT_PHRASES: dict[str, list[str]] = {
     "billing": [
@@ -682,6 +1108,9 @@ class _Customer:
     company: str
     tier: str
     preferred: str | None
+    register: str = "plain"  # plain | informal | nonnative | terse (REGISTERS)
+    typo_rate: float = 0.0  # share of the longer words this customer misspells
+    dialect: int = 0  # picks the customer's preferred variant of each key word (SYNONYMS)
 
 
 def _pick(rng: np.random.Generator, seq):
@@ -711,6 +1140,153 @@ def _cap(s: str) -> str:
     return s[0].upper() + s[1:]
 
 
+# --------------------------------------------------------------------------- the customer's own words
+REGISTER_MIX = {"plain": 0.5, "informal": 0.22, "nonnative": 0.16, "terse": 0.12}
+TYPO_RATES = (0.0, 0.03, 0.08)  # most customers spell well, some do not
+TYPO_RATE_P = (0.6, 0.3, 0.1)
+EVERGREEN = 30  # the first concepts of each category are talked about all year; the rest come and go
+TREND_PERIODS_PER_MONTH = 2  # how long a concept stays in vogue: half a month
+TREND_SHARE = 0.35  # share of concept draws from the month's trending ones
+CONCEPT_RATE = 0.55  # share of topic sentences that name a concept in a neutral frame instead of a PHRASES template
+PREFERRED_VARIANT = 0.5  # how often a customer uses their own variant of a key word
+OWN_MAIN = 0.93  # the main topic sentence is of the ticket's own category (else a sibling's: ambiguous tickets)
+OWN_SUBJECT = 0.5  # a subject of the category (else a generic one)
+
+
+def wording() -> list[str]:
+    """Every text of the wording layer (concepts, frames, synonyms, register substitutions, typos): none may
+    hold a priority cue, a product name or the drift period's new words (the tests check)."""
+    return [
+        *(c for v in CONCEPTS.values() for c in v),
+        *(f for frames in (FRAMES_NEUTRAL, FRAMES_PROBLEM, FRAMES_REQUEST) for pair in frames for f in pair),
+        *(w for k, v in SYNONYMS.items() for w in (k, *v)),
+        *(w for subs in REGISTERS.values() for v in subs.values() for w in v),
+        *INFORMAL_TAGS,
+        *MISSPELLINGS.values(),
+    ]
+
+
+def _zipf(n: int, s: float) -> list[float]:
+    """Cumulative Zipf-like weights of ``n`` ranked variants (exponent ``s``)."""
+    w = np.cumsum(1.0 / np.arange(2, n + 2) ** s)
+    return list(w / w[-1])
+
+
+def _draw(r: random.Random, cum: list[float]) -> int:
+    return min(bisect.bisect_right(cum, r.random()), len(cum) - 1)
+
+
+_CONCEPT_CUM = {cat: _zipf(EVERGREEN, 0.7) for cat, v in CONCEPTS.items()}
+_FRAMES = {cat: FRAMES_NEUTRAL + (FRAMES_REQUEST if cat == "feature_request" else FRAMES_PROBLEM) for cat in CONCEPTS}
+_SYN_KEYS = {k.lower(): i for i, k in enumerate(SYNONYMS)}
+_SYN_VARIANTS = {k.lower(): v for k, v in SYNONYMS.items()}
+_SYN_CUM = {k.lower(): _zipf(len(v), 1.0) for k, v in SYNONYMS.items()}
+
+
+def _alternation(keys) -> re.Pattern:
+    """One pass over a text for many keys (longest first, word boundaries, any casing)."""
+    alts = "|".join(re.escape(k) for k in sorted(keys, key=len, reverse=True))
+    return re.compile(r"(?<![\w{])(?:" + alts + r")(?![\w}])", re.IGNORECASE)
+
+
+_SYN_RE = _alternation(SYNONYMS)
+_REGISTER_RE = {name: _alternation(subs) for name, subs in REGISTERS.items()}
+_REGISTER_SUBS = {name: {k.lower(): v for k, v in subs.items()} for name, subs in REGISTERS.items()}
+_MISSPELL_RE = _alternation(MISSPELLINGS)
+_WORD_RE = re.compile(r"(?<![{\w'-])[a-z]{5,}(?![\w}'-])")
+_KEYBOARD = "qwertyuiopasdfghjklzxcvbnm"
+_NEVER_IN_BASE = ("copilot", "prompt", "hallucinat", "credits", "assistant")  # the drift period's new words
+
+
+def _synonyms(r: random.Random, text: str, cust: _Customer) -> str:
+    """The template's key words in this customer's vocabulary (their own variant or a Zipf draw)."""
+
+    def sub(m: re.Match) -> str:
+        key = m.group(0).lower()
+        variants = _SYN_VARIANTS[key]
+        if r.random() < PREFERRED_VARIANT:
+            out = variants[(cust.dialect * 2654435761 + _SYN_KEYS[key] * 40503) % 2**31 % len(variants)]
+        else:
+            out = variants[_draw(r, _SYN_CUM[key])]
+        return out if m.group(0)[0].islower() or not out else out[0].upper() + out[1:]
+
+    return _SYN_RE.sub(sub, text)
+
+
+def _slip(r: random.Random, w: str) -> str:
+    """One keyboard slip: a swapped, dropped, doubled or mistyped letter."""
+    i, kind = r.randrange(1, len(w) - 1), r.randrange(4)
+    if kind == 0:
+        return w[:i] + w[i + 1] + w[i] + w[i + 2 :]
+    if kind == 1:
+        return w[:i] + w[i + 1 :]
+    if kind == 2:
+        return w[:i] + w[i] + w[i:]
+    return w[:i] + r.choice(_KEYBOARD) + w[i + 1 :]
+
+
+def _style(r: random.Random, text: str, cust: _Customer) -> str:
+    """A template in the customer's register, with their typos (slots such as {o} are left alone)."""
+    if cust.register != "plain":
+        subs = _REGISTER_SUBS[cust.register]
+        text = _REGISTER_RE[cust.register].sub(
+            lambda m: r.choice(subs[m.group(0).lower()]) if r.random() < 0.6 else m.group(0), text
+        )
+        text = re.sub(r"  +", " ", text).strip()
+        if cust.register == "informal":
+            if r.random() < 0.5:
+                text = text.lower()
+            if r.random() < 0.2:
+                text = f"{r.choice(INFORMAL_TAGS)} {text}"
+    if cust.typo_rate:
+        rate = cust.typo_rate
+        text = _MISSPELL_RE.sub(
+            lambda m: MISSPELLINGS[m.group(0).lower()] if r.random() < 3 * rate else m.group(0), text
+        )
+
+        def slip(m: re.Match) -> str:
+            if r.random() >= rate:
+                return m.group(0)
+            out = _slip(r, m.group(0))
+            return m.group(0) if any(w in out for w in _NEVER_IN_BASE) else out
+
+        text = _WORD_RE.sub(slip, text)
+    return text or "help"
+
+
+class _Words(random.Random):
+    """The wording layer's random draws (fast scalar draws), and which concepts are in vogue this month."""
+
+    trending: dict[str, list[int]] = {}
+
+
+def _trends(rng: np.random.Generator, n: int) -> list[dict[str, list[int]]]:
+    """For each of ``n`` periods, the concepts of each category that customers talk about then (new features,
+    a new courier, a scam going round): a window over a seeded shuffle of the long tail, so a later
+    period's vogue words were rare before it."""
+    out: list[dict[str, list[int]]] = [{} for _ in range(n)]
+    for cat, concepts in CONCEPTS.items():
+        tail = EVERGREEN + rng.permutation(len(concepts) - EVERGREEN)
+        width = max(1, len(tail) // n)
+        for m in range(n):
+            out[m][cat] = [int(i) for i in tail[m * width : (m + 1) * width]]
+    return out
+
+
+def _concept(r: _Words, cat: str) -> tuple[str, str]:
+    """A concept of the category in a neutral frame: (sentence template, issue template). Evergreen
+    concepts are drawn Zipf-like; a share of the draws is this month's trending ones."""
+    trending = r.trending.get(cat)
+    if trending and r.random() < TREND_SHARE:
+        concept = CONCEPTS[cat][r.choice(trending)]
+    else:
+        concept = CONCEPTS[cat][_draw(r, _CONCEPT_CUM[cat])]
+    frame, issue = r.choice(_FRAMES[cat])
+    about = re.sub(r"\bmy\b", "their", concept)
+    about = re.sub(r"\bI\b", "they", re.sub(r"\bme\b", "them", about))
+    return frame.format(c=concept), issue.format(c=about)
+
+
 @dataclass
 class _Ticket:
     """One ticket being written: its sentences and subject, the truth, and where each cue went."""
@@ -729,37 +1305,52 @@ class _Ticket:
         self.sentences.insert(int(rng.integers(0, len(self.sentences) + 1)), sentence)
 
 
-def _content(rng: np.random.Generator, cat: str, cust: _Customer, drift: bool) -> _Ticket:
-    """The ticket's topic sentences, filler and subject (the first topic sentence is its main issue), and
-    whether it has an order number (drawn when a sentence first refers to the order, else at the end)."""
+def _topic(r: _Words, cat: str, cust: _Customer) -> tuple[str, str]:
+    """One topic sentence of a category in the customer's words: (sentence template, issue template)."""
+    if r.random() < CONCEPT_RATE:
+        text, issue = _concept(r, cat)
+    else:
+        k = r.randrange(len(PHRASES[cat]))
+        text, issue = _synonyms(r, PHRASES[cat][k], cust), ISSUES[cat][k]
+    return _style(r, text, cust), issue
+
+
+def _content(rng: np.random.Generator, r: _Words, cat: str, cust: _Customer, drift: bool) -> _Ticket:
+    """The ticket's topic sentences, filler and subject (the first topic sentence is its main issue, nearly
+    always of the ticket's own category), and whether it has an order number (drawn when a sentence first
+    refers to the order, else at the end)."""
     n_content = int(rng.integers(1, 4)) + (1 if drift else 0)
     sentences, issue, order_mentioned = [], "", False
     candidate, has_order = str(int(rng.integers(100_000, 1_000_000))), None
-    for _ in range(n_content):
+    for j in range(n_content):
         u = rng.random()
         if drift and u < 0.55:
-            pools = (DRIFT_PHRASES[cat], DRIFT_ISSUES[cat])
-        elif u < (0.78 if not drift else 0.8):
-            pools = (PHRASES[cat], ISSUES[cat])
+            k = int(rng.integers(len(DRIFT_PHRASES[cat])))
+            text, issue_t = DRIFT_PHRASES[cat][k], DRIFT_ISSUES[cat][k]
+        elif u < (0.8 if drift else OWN_MAIN if j == 0 else 0.78):
+            text, issue_t = _topic(r, cat, cust)
         else:
-            sib = _pick(rng, SIBLINGS[cat])
-            pools = (PHRASES[sib], ISSUES[sib])
-        k = int(rng.integers(len(pools[0])))
+            text, issue_t = _topic(r, _pick(rng, SIBLINGS[cat]), cust)
         vals = _values(rng, cust.tier)
-        if "{o}" in pools[0][k]:
+        if "{o}" in text:
             has_order = rng.random() < ORDER_RATE_QUOTED if has_order is None else has_order
             vals["o"] = _order_text(rng, candidate if has_order else None)
             order_mentioned |= has_order
-        sentences.append(pools[0][k].format(**vals))
-        issue = issue or pools[1][k].format(**vals)
+        sentences.append(text.format(**vals))
+        issue = issue or issue_t.format(**vals)
     n_filler = int(rng.integers(0, 3)) + (int(rng.integers(2, 5)) if drift else 0)
     pool = DRIFT_FILLER + FILLER if drift else FILLER
     for _ in range(n_filler):
-        sentences.insert(int(rng.integers(0, len(sentences) + 1)), _pick(rng, pool).format(tier=cust.tier))
-    subj_pool = SUBJECTS[cat] if rng.random() < 0.6 else GENERIC_SUBJECTS
+        filler = _pick(rng, pool)
+        filler = filler if filler in DRIFT_FILLER else _style(r, filler, cust)
+        sentences.insert(int(rng.integers(0, len(sentences) + 1)), filler.format(tier=cust.tier))
+    subj_pool = SUBJECTS[cat] if rng.random() < OWN_SUBJECT else GENERIC_SUBJECTS
     if drift and rng.random() < 0.3:
         subj_pool = DRIFT_SUBJECTS
-    subject = str(_pick(rng, subj_pool)).format(p=_pick(rng, SURFACES))
+    subject = str(_pick(rng, subj_pool))
+    if subj_pool is not DRIFT_SUBJECTS:
+        subject = _style(r, _synonyms(r, subject, cust), cust)
+    subject = subject.format(p=_pick(rng, SURFACES))
     has_order = rng.random() < ORDER_RATE if has_order is None else has_order
     return _Ticket(sentences, subject, issue, candidate if has_order else None, order_mentioned)
 
@@ -824,9 +1415,9 @@ def _summary(rng: np.random.Generator, t: _Ticket, order_id: str | None, tier: s
     return _cap(_pick(rng, SUMMARY_FRAMES).format(issue=t.issue, rest=rest, tier=tier))
 
 
-def _ticket(rng: np.random.Generator, cat: str, cust: _Customer, drift: bool) -> dict:
+def _ticket(rng: np.random.Generator, r: _Words, cat: str, cust: _Customer, drift: bool) -> dict:
     """Subject, body and triage truth of one ticket (before PII, HTML and the planted defects)."""
-    t = _content(rng, cat, cust, drift)
+    t = _content(rng, r, cat, cust, drift)
     _plant_product(rng, t, cust, drift)
     _plant_priority(rng, t, cat)
     _plant_order(rng, t)
@@ -900,23 +1491,30 @@ def generate_tickets(cfg: GenerateConfig, drift: bool = False) -> pd.DataFrame:
             company=str(_pick(rng, COMPANIES)),
             tier=str(rng.choice(["free", "pro", "enterprise"], p=[0.5, 0.35, 0.15])),
             preferred=str(rng.choice(CATEGORIES, p=mix)) if rng.random() < 0.4 else None,
+            register=str(rng.choice(list(REGISTER_MIX), p=list(REGISTER_MIX.values()))),
+            typo_rate=float(rng.choice(TYPO_RATES, p=TYPO_RATE_P)),
+            dialect=int(rng.integers(2**30)),
         )
         for i in range(cfg.n_customers)
     ]
     # Zipf-like activity: a few customers file many tickets (repeat customers).
     weights = 1.0 / np.arange(1, cfg.n_customers + 1) ** 0.8
+    words_rng = _Words(int(rng.integers(2**62)))
+    n_trends = TREND_PERIODS_PER_MONTH * cfg.months
+    trends = _trends(rng, n_trends)
     cust_idx = rng.choice(cfg.n_customers, size=cfg.n_rows, p=weights / weights.sum())
 
     rows = []
     for i in range(cfg.n_rows):
         cust = customers[cust_idx[i]]
         cat = cust.preferred if cust.preferred and rng.random() < 0.5 else str(rng.choice(CATEGORIES, p=mix))
-        ticket = _ticket(rng, cat, cust, drift)
+        created = start + pd.Timedelta(seconds=int(rng.integers(0, span_s)))
+        words_rng.trending = trends[min(int(n_trends * (created - start).total_seconds() / span_s), n_trends - 1)]
+        ticket = _ticket(rng, words_rng, cat, cust, drift)
         if rng.random() < cfg.pii_rate:
             ticket["body"] = _pii(rng, ticket["body"], cust)
         if rng.random() < cfg.html_rate:
             ticket["body"] = _html(rng, ticket["body"])
-        created = start + pd.Timedelta(seconds=int(rng.integers(0, span_s)))
         label = cat if rng.random() >= cfg.label_noise else str(_pick(rng, [c for c in CATEGORIES if c != cat]))
         rows.append(
             {

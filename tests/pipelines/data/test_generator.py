@@ -134,6 +134,40 @@ def test_label_noise_is_small(base_tickets):
     assert all(n.startswith(RESOLUTIONS[c]) for n, c in zip(none["resolution_note"], none["category"]))
 
 
+def test_wording_vocabulary_is_long_tailed_and_clean():
+    from pipelines.data import generator as gen
+
+    assert all(len(v) >= 60 and len(set(v)) == len(v) for v in gen.CONCEPTS.values())
+    words = " ".join(gen.wording()).lower()
+    # the drift period's new vocabulary stays out of the base period, and no order-like number is written
+    assert not [w for w in ("copilot", "prompt", "hallucinat", "credits", "assistant") if w in words]
+    assert not re.search(r"\d{5,}", words)
+
+
+def test_customers_write_in_their_own_words(base_tickets):
+    low = _text(base_tickets).str.lower()
+    # registers: chatty, non-native and terse customers; typos; synonyms of the templates' key words
+    informal = r"\bdont\b|\bcant\b|\bdoesnt\b|\bdidnt\b|\bim\b|\bthx\b|\btbh\b"
+    for marker in (r"\bpls\b", r"\bkindly\b", informal, r"\brecieve|\bacount\b|\bpasword\b"):
+        assert low.str.contains(marker, regex=True).mean() > 0.005, marker
+    for variants in (["charged", "billed", "debited"], ["parcel", "package", "consignment"], ["sluggish", "laggy"]):
+        assert all(low.str.contains(rf"\b{v}\b", regex=True).sum() >= 20 for v in variants), variants
+
+
+def test_held_out_tickets_use_words_rare_in_earlier_ones(base_tickets):
+    # topics come and go (a new courier, a scam going round): a later month's concepts were rare before it,
+    # so a model of the earlier tickets meets words it saw once or never (a pretrained encoder knows them)
+    from pipelines.data import generator as gen
+
+    concept_words = {w for v in gen.CONCEPTS.values() for c in v for w in re.findall(r"[a-z]{4,}", c.lower())}
+    df = base_tickets.sort_values("created_at", kind="stable")
+    cut = int(0.8 * len(df))
+    tokens = _text(df).str.lower().str.findall(r"[a-z]{4,}").map(lambda ws: set(ws) & concept_words)
+    seen = pd.Series([w for ws in tokens.iloc[:cut] for w in ws]).value_counts()
+    rare = tokens.iloc[cut:].map(lambda ws: any(seen.get(w, 0) <= 1 for w in ws))
+    assert 0.05 < rare.mean() < 0.5, rare.mean()
+
+
 def _fit(df: pd.DataFrame):
     vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
     model = LogisticRegression(max_iter=1000).fit(vec.fit_transform(_text(df)), df["category"])

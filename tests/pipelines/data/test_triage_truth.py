@@ -81,6 +81,7 @@ def test_cues_of_one_level_never_contain_another_levels_cue_or_other_text():
         *gen.ORDER_FORMS,
         *(a for v in gen.PRODUCT_ALIASES.values() for a in v),
         *gen.NO_ORDER,
+        *gen.wording(),
     ]
     for lvl in levels:
         assert not [(m, t) for m in _markers(lvl) for t in other if m in t.lower()], lvl
@@ -104,6 +105,7 @@ def test_aliases_name_one_product_each_and_no_other_text_names_a_product():
         *gen.SURFACES,
         *gen.ORDER_MENTIONS,
         *(c for lvl in gen.PRIORITY_CUES.values() for c in lvl["body"] + lvl["subject"]),
+        *gen.wording(),
     ]
     assert not [t for t in other if gen.products_named(t)]
 
