@@ -21,7 +21,7 @@ import typer
 from prefect.events import DeploymentEventTrigger
 
 from flows.deploy import deploy
-from flows.monitor import DRIFT_EVENT, monitor
+from flows.monitor import DRIFT_EVENT, monitor, resource_id
 from flows.promote import promote
 from flows.retrain import retrain
 from flows.training import training
@@ -33,14 +33,16 @@ FLOWS = {"training": training, "promote": promote, "deploy": deploy, "monitor": 
 NAMES = tuple(FLOWS)
 
 
-def drift_trigger() -> DeploymentEventTrigger:
-    """Run ``retrain`` on ``model.drift.detected`` for any registered model.
+def drift_trigger(registered_model: str) -> DeploymentEventTrigger:
+    """Run ``retrain`` on ``model.drift.detected`` for the classifier (``model.<registered_model>``).
 
-    The event's reason becomes its parameter."""
+    ``retrain`` rebuilds the classifier from labelled production rows; the generative model's breach is emitted
+    under its own resource (visible in the Prefect UI, an automation can act on it) but does not start it: its
+    corrected triage fields are not yet turned into SFT examples. The event's reason becomes the parameter."""
     return DeploymentEventTrigger(
         name="retrain on confirmed drift",
         expect={DRIFT_EVENT},
-        match={"prefect.resource.id": "model.*"},
+        match={"prefect.resource.id": resource_id(registered_model)},
         parameters={"reason": "{{ event.payload.reason }}"},
     )
 
@@ -56,7 +58,7 @@ def settings(params: Params) -> dict[str, dict[str, Any]]:
             "description": "one monitoring pass; emits model.drift.detected on a confirmed breach",
         },
         "retrain": {
-            "triggers": [drift_trigger()],
+            "triggers": [drift_trigger(params.mlflow.registered_model)],
             "description": "snapshot feedback, training, deploy on promotion (triggered by drift)",
         },
     }

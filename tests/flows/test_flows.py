@@ -235,7 +235,9 @@ def test_serve_all_wires_the_schedule_and_the_drift_trigger(project):
     assert deps["monitor"].schedules[0].schedule.interval.total_seconds() == params.flows.monitor_interval_minutes * 60
     (trigger,) = deps["retrain"].triggers
     assert trigger.expect == {"model.drift.detected"}
-    assert trigger.match.root == {"prefect.resource.id": "model.*"}
+    # the classifier's breach only: a generative breach (model.<register_llm.registered_model>) must not retrain it
+    assert trigger.match.root == {"prefect.resource.id": f"model.{params.mlflow.registered_model}"}
+    assert params.register_llm.registered_model != params.mlflow.registered_model
     assert trigger.parameters == {"reason": "{{ event.payload.reason }}"}
     assert deps["retrain"]._parameter_openapi_schema.properties.keys() >= {"reason", "options"}
 
