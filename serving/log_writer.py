@@ -43,12 +43,12 @@ def _decode(line: str) -> tuple[str, dict]:
 class _Segment:
     """One write-ahead file, locked while its writer lives."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, kinds: tuple[str, ...] = (PREDICTIONS, FEEDBACK)) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
         self.fh: IO[str] = open(self.path, "a", encoding="utf-8")
         fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self.rows: dict[str, list[dict]] = {PREDICTIONS: [], FEEDBACK: []}
+        self.rows: dict[str, list[dict]] = {kind: [] for kind in kinds}
 
     def append(self, kind: str, rows: list[dict]) -> None:
         self.fh.write("".join(_encode(kind, r) + "\n" for r in rows))
@@ -68,32 +68,45 @@ class _Segment:
 
 def recover(root: str | Path) -> int:
     """Write the rows of orphaned write-ahead segments (their writer died) as part files; return the row count."""
-    directory = Path(root) / WAL_DIR
-    n = 0
-    for path in sorted(directory.glob("*.jsonl")):
-        with open(path, "r+", encoding="utf-8") as fh:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a live writer owns it
-            rows: dict[str, list[dict]] = {PREDICTIONS: [], FEEDBACK: []}
-            for line in fh:
-                try:
-                    kind, row = _decode(line)
-                except (ValueError, KeyError):
-                    continue  # a torn last line from a crash mid-write
-                rows[kind].append(row)
-            for kind, kind_rows in rows.items():
-                write_part(root, kind, kind_rows)
-                n += len(kind_rows)
-        path.unlink(missing_ok=True)
-    if n:
-        log.warning("prediction log: recovered %d rows from write-ahead files under %s", n, directory)
-    return n
+    return LogWriter.recover(root)
 
 
 class LogWriter:
-    """Append rows now, get Parquet parts in batches; ``close()`` writes everything that is left."""
+    """Append rows now, get Parquet parts in batches; ``close()`` writes everything that is left.
+
+    A subclass logs other kinds under its own write-ahead folder (so two writers never recover each other's
+    rows) by setting ``WAL_DIR``, ``KINDS``, ``NAME`` and ``write_part``."""
+
+    WAL_DIR = WAL_DIR
+    KINDS: tuple[str, ...] = (PREDICTIONS, FEEDBACK)
+    NAME = "prediction log"
+    write_part = staticmethod(write_part)
+
+    @classmethod
+    def recover(cls, root: str | Path) -> int:
+        """Orphaned write-ahead segments under ``root`` (their writer died) as part files; the row count."""
+        directory = Path(root) / cls.WAL_DIR
+        n = 0
+        for path in sorted(directory.glob("*.jsonl")):
+            with open(path, "r+", encoding="utf-8") as fh:
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live writer owns it
+                rows: dict[str, list[dict]] = {kind: [] for kind in cls.KINDS}
+                for line in fh:
+                    try:
+                        kind, row = _decode(line)
+                        rows[kind].append(row)
+                    except (ValueError, KeyError):
+                        continue  # a torn last line from a crash mid-write
+                for kind, kind_rows in rows.items():
+                    cls.write_part(root, kind, kind_rows)
+                    n += len(kind_rows)
+            path.unlink(missing_ok=True)
+        if n:
+            log.warning("%s: recovered %d rows from write-ahead files under %s", cls.NAME, n, directory)
+        return n
 
     def __init__(self, root: str | Path, flush_rows: int = 256, flush_s: float = 5.0) -> None:
         self.root, self.flush_rows, self.flush_s = Path(root), flush_rows, flush_s
@@ -104,9 +117,12 @@ class LogWriter:
 
     async def start(self) -> None:
         self._lock = asyncio.Lock()
-        await asyncio.to_thread(recover, self.root)
-        self._segment = _Segment(self.root / WAL_DIR)
-        self._task = asyncio.create_task(self._timer(), name="prediction-log-flush")
+        await asyncio.to_thread(self.recover, self.root)
+        self._segment = self._new_segment()
+        self._task = asyncio.create_task(self._timer(), name=self.NAME.replace(" ", "-") + "-flush")
+
+    def _new_segment(self) -> _Segment:
+        return _Segment(self.root / self.WAL_DIR, self.KINDS)
 
     def append(self, kind: str, rows: list[dict]) -> None:
         """Record rows (durable in the write-ahead file on return); a flush is scheduled when the buffer is full."""
@@ -122,13 +138,13 @@ class LogWriter:
             old = self._segment
             if old is None or old.count() == 0:
                 return
-            self._segment = _Segment(self.root / WAL_DIR)
+            self._segment = self._new_segment()
             await asyncio.to_thread(self._write, old)
 
     def _write(self, seg: _Segment) -> None:
         seg.seal()
         for kind, rows in seg.rows.items():
-            write_part(self.root, kind, rows)
+            self.write_part(self.root, kind, rows)
             self.rows_written += len(rows)
         seg.remove()
 
@@ -138,7 +154,7 @@ class LogWriter:
             try:
                 await self.flush()
             except Exception:  # noqa: BLE001 - rows stay in the write-ahead file; retried next tick
-                log.exception("prediction log flush failed; rows kept in the write-ahead file")
+                log.exception("%s flush failed; rows kept in the write-ahead file", self.NAME)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -13,8 +13,6 @@ classifier's writer, which knows only its own kinds, never recovers a generative
 
 from __future__ import annotations
 
-import asyncio
-import fcntl
 import json
 import logging
 import os
@@ -27,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from serving.log_writer import LogWriter, _decode, _Segment
+from serving.log_writer import LogWriter
 from serving.prediction_log import text_hash
 
 log = logging.getLogger(__name__)
@@ -165,57 +163,16 @@ def read_generations(root: str | Path, kind: str = GENERATIONS) -> pd.DataFrame:
     return df.sort_values(["ts", "request_id"], kind="stable").reset_index(drop=True)
 
 
-def _segment(root: Path) -> _Segment:
-    seg = _Segment(root / WAL_DIR)
-    seg.rows = {kind: [] for kind in SCHEMAS}
-    return seg
+class GenerationLogWriter(LogWriter):
+    """:class:`~serving.log_writer.LogWriter` for :data:`GENERATIONS` and :data:`GENERATION_FEEDBACK`, under its
+    own write-ahead folder."""
+
+    WAL_DIR = WAL_DIR
+    KINDS = tuple(SCHEMAS)
+    NAME = "generation log"
+    write_part = staticmethod(write_part)
 
 
 def recover(root: str | Path) -> int:
     """Rows of write-ahead segments whose writer died, written as part files (a live writer's are skipped)."""
-    n = 0
-    for path in sorted((Path(root) / WAL_DIR).glob("*.jsonl")):
-        with open(path, "r+", encoding="utf-8") as fh:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue
-            rows: dict[str, list[dict]] = {kind: [] for kind in SCHEMAS}
-            for line in fh:
-                try:
-                    kind, row = _decode(line)
-                    rows[kind].append(row)
-                except (ValueError, KeyError):
-                    continue  # a torn last line
-            for kind, kind_rows in rows.items():
-                write_part(root, kind, kind_rows)
-                n += len(kind_rows)
-        path.unlink(missing_ok=True)
-    if n:
-        log.warning("generation log: recovered %d rows from write-ahead files under %s", n, root)
-    return n
-
-
-class GenerationLogWriter(LogWriter):
-    """:class:`~serving.log_writer.LogWriter` for :data:`GENERATIONS` and :data:`GENERATION_FEEDBACK`."""
-
-    async def start(self) -> None:
-        self._lock = asyncio.Lock()
-        await asyncio.to_thread(recover, self.root)
-        self._segment = _segment(self.root)
-        self._task = asyncio.create_task(self._timer(), name="generation-log-flush")
-
-    async def flush(self) -> None:
-        async with self._lock:  # type: ignore[union-attr]
-            old = self._segment
-            if old is None or old.count() == 0:
-                return
-            self._segment = _segment(self.root)
-            await asyncio.to_thread(self._write, old)
-
-    def _write(self, seg: _Segment) -> None:
-        seg.seal()
-        for kind, rows in seg.rows.items():
-            write_part(self.root, kind, rows)
-            self.rows_written += len(rows)
-        seg.remove()
+    return GenerationLogWriter.recover(root)
