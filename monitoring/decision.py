@@ -35,6 +35,16 @@ def check(name: str, value: float | None, threshold: float, breach: bool | None,
     }
 
 
+def check_lines(checks: list[dict[str, Any]], width: int) -> list[str]:
+    """One printed line per :func:`check`: metric, value, threshold, BREACH / ok / n/a, detail."""
+    lines = []
+    for c in checks:
+        flag = {True: "BREACH", False: "ok", None: "n/a"}[c["breach"]]
+        val = "-" if c["value"] is None else f"{c['value']:.4f}"
+        lines.append(f"  {c['metric']:<{width}} {val:>8}  threshold {c['threshold']:<6} {flag:<6} {c['detail']}")
+    return lines
+
+
 def performance(true: pd.Series, pred: pd.Series, classes: Sequence[str]) -> dict[str, Any]:
     """Accuracy, macro-F1 and per-class F1 (with support) of labelled rows, scored by
     :func:`pipelines.metrics.score` over the model's ``classes``: the function and label set that produced the

@@ -390,10 +390,7 @@ def format_generative(s: dict) -> str:
     lines += [f"  note: {n}" for n in s["notes"]]
     if s.get("skipped"):
         return "\n".join([*lines, f"  SKIPPED: {s['skipped']}"])
-    for c in s["checks"]:
-        flag = {True: "BREACH", False: "ok", None: "n/a"}[c["breach"]]
-        val = "-" if c["value"] is None else f"{c['value']:.4f}"
-        lines.append(f"  {c['metric']:<20} {val:>8}  threshold {c['threshold']:<6} {flag:<6} {c['detail']}")
+    lines += dec.check_lines(s["checks"], 20)
     lines.append(f"  {s['persistence']}; summary: {s['reports_dir']}/{SUMMARY_FILE}")
     if s.get("retrain_reason"):
         lines.append(f"  retraining recommended: {s['retrain_reason']}")

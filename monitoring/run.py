@@ -200,10 +200,7 @@ def format_summary(s: dict) -> str:
     lines += [f"  note: {n}" for n in s["notes"]]
     if s.get("skipped"):
         return "\n".join([*lines, f"  SKIPPED: {s['skipped']}"])
-    for c in s["checks"]:
-        flag = {True: "BREACH", False: "ok", None: "n/a"}[c["breach"]]
-        val = "-" if c["value"] is None else f"{c['value']:.4f}"
-        lines.append(f"  {c['metric']:<17} {val:>8}  threshold {c['threshold']:<6} {flag:<6} {c['detail']}")
+    lines += dec.check_lines(s["checks"], 17)
     lines.append(f"  {s['persistence']}; reports: {s['reports_dir']}")
     if "retrain" in s:
         lines.append(f"  retrain: {s['retrain']}")
