@@ -63,11 +63,32 @@ def prepare_checkpoints(ckpt_dir: Path, resume: bool) -> None:
         shutil.rmtree(ckpt_dir)
 
 
+def free_port(preferred: int) -> int:
+    """``preferred`` when nothing listens on it here, else a free port the OS picks (and a line saying so)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            pass
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    print(f"master_port {preferred} is in use on this machine (another training run?): using {port}", flush=True)
+    return port
+
+
 def launcher_command(
     cfg: DeepSpeedConfig, module: str, params: Path, data_dir: Path, ckpt_dir: Path, resume: bool
 ) -> list[str]:
-    """The ``deepspeed`` launcher command running ``module`` on every rank."""
-    cmd = [tool("deepspeed"), "--num_gpus", str(cfg.world_size), "--master_port", str(cfg.master_port)]
+    """The ``deepspeed`` launcher command running ``module`` on every rank.
+
+    On one node a busy ``master_port`` (another training run on this machine) is replaced by a free one; with a
+    hostfile every node must agree on the port, so it is used as configured."""
+    port = cfg.master_port if cfg.hostfile else free_port(cfg.master_port)
+    cmd = [tool("deepspeed"), "--num_gpus", str(cfg.world_size), "--master_port", str(port)]
     if cfg.hostfile:
         cmd += ["--hostfile", cfg.hostfile, "--num_nodes", str(cfg.num_nodes)]
     cmd += ["--module", module, "--params", str(params), "--data-dir", str(data_dir), "--ckpt-dir", str(ckpt_dir)]
