@@ -28,6 +28,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from pipelines.abstention import AbstentionRule, rates, tune
 from pipelines.config import AbstentionConfig
 from pipelines.errors import DataError
+from pipelines.plots import message_png
 
 if TYPE_CHECKING:  # shared by every model family: the classifier interface is only a type here
     from pipelines.classifier.model_api import TextClassifier
@@ -254,21 +255,6 @@ def write_plots(labels: Sequence[str], preds: Sequence[str], csv_path: Path, png
     else:
         message_png(png_path, title or "no predictions")
         return
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path, dpi=110)
-    plt.close(fig)
-
-
-def message_png(png_path: Path, text: str) -> None:
-    """A small PNG holding one line of text: the plot a stage declares when it has nothing to draw."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 1.2))
-    ax.axis("off")
-    ax.text(0.5, 0.5, text, ha="center", va="center")
     png_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png_path, dpi=110)
     plt.close(fig)

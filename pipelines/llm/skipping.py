@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipelines.config import LlmConfig
 from pipelines.io import atomic_outputs, write_json
-from pipelines.metrics import message_png
+from pipelines.plots import message_png
 
 REASON = "llm.enabled is false"
 MARKER = "skipped.json"  # what a skipped directory output (data/sft, models/llm) holds
