@@ -17,6 +17,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
@@ -68,6 +69,22 @@ def make_runner(cfg: ServeConfig, metrics: ServiceMetrics) -> Runner:
     if cfg.batching == "none":
         return DirectRunner(max_queue=cfg.max_queue, on_batch=metrics.observe_batch)
     raise ValueError(f"serve.batching={cfg.batching!r} needs a runner from serving.app")
+
+
+async def watch_champion(service: Any, loaded: Callable[[], bool], what: str) -> None:
+    """Re-resolve ``service``'s alias every ``service.cfg.watch_interval_s`` seconds (``service.refresh()``); a failed
+    load keeps the old model and is retried next tick (``service.last_error`` says why). With the interval 0 it
+    only retries (every 5 s) until a model is ``loaded()``."""
+    while True:
+        try:
+            await service.refresh()
+        except Exception as err:  # noqa: BLE001 - keep serving the old model; retry next tick
+            service.last_error = f"loading {service.source.describe()} failed: {type(err).__name__}: {err}"
+            log.exception("%s refresh failed", what)
+        interval = service.cfg.watch_interval_s
+        if interval <= 0 and loaded():
+            return
+        await asyncio.sleep(interval if interval > 0 else 5.0)
 
 
 class ClassifierService:
@@ -122,16 +139,7 @@ class ClassifierService:
         return True
 
     async def _watch(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except Exception as err:  # noqa: BLE001 - keep serving the old model; retry next tick
-                self.last_error = f"loading {self.source.describe()} failed: {err}"
-                log.exception("champion refresh failed")
-            interval = self.cfg.watch_interval_s
-            if interval <= 0 and self.model is not None:
-                return
-            await asyncio.sleep(interval if interval > 0 else 5.0)
+        await watch_champion(self, lambda: self.model is not None, "champion")
 
     # ------------------------------------------------------------------ requests
     async def predict(self, texts: list[str], top_k: int | None = None) -> PredictResponse:

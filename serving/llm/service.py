@@ -45,6 +45,7 @@ from serving.llm.records import (
 )
 from serving.llm.source import LMSource, LMVersion
 from serving.schemas import readable_errors
+from serving.service import watch_champion
 
 log = logging.getLogger(__name__)
 RECENT_REQUESTS = 100_000
@@ -204,16 +205,7 @@ class LLMService:
         await self.log.close()
 
     async def _watch(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except Exception as err:  # noqa: BLE001 - keep serving the old version; retry next tick
-                self.last_error = f"loading {self.source.describe()} failed: {type(err).__name__}: {err}"
-                log.exception("LM champion refresh failed")
-            interval = self.cfg.watch_interval_s
-            if interval <= 0 and self.served is not None:
-                return
-            await asyncio.sleep(interval if interval > 0 else 5.0)
+        await watch_champion(self, lambda: self.served is not None, "LM champion")
 
     async def refresh(self) -> bool:
         """Re-resolve the alias; switch to a new version (adapter in place, or a full load). True if it changed."""
