@@ -39,6 +39,7 @@ from pipelines.config import MlflowConfig, Params, ServeConfig, ServeLlmConfig, 
 from pipelines.errors import ConfigError
 from pipelines.registry.tracking import tracking_uri
 from serving.batching import ItemResult, QueueFull
+from serving.llm.openai_api import LocalBackend
 from serving.telemetry import ServiceMetrics
 
 APP_NAME = "ticketops"
@@ -147,8 +148,11 @@ class HandleBackend:
 
 
 @serve.deployment(name="llm", health_check_period_s=10, graceful_shutdown_timeout_s=30)
-class LLMDeployment:
-    """One LM replica: the generative champion in the continuous-batching engine (:mod:`serving.llm.service`)."""
+class LLMDeployment(LocalBackend):
+    """One LM replica: the generative champion in the continuous-batching engine (:mod:`serving.llm.service`).
+
+    ``models``, ``feedback`` and ``metrics`` are :class:`~serving.llm.openai_api.LocalBackend`'s; ``generate`` is
+    the async generator the ingress's streaming handle calls."""
 
     async def __init__(
         self,
@@ -171,15 +175,6 @@ class LLMDeployment:
     async def generate(self, call: dict) -> Any:
         async for event in self.service.generate(call):
             yield event
-
-    async def models(self) -> dict:
-        return self.service.models()
-
-    async def feedback(self, body: dict) -> dict:
-        return self.service.feedback(body)
-
-    async def metrics(self) -> bytes:
-        return self.service.metrics.render()
 
     async def __del__(self) -> None:
         await self.service.stop()  # graceful: admitted requests finish, the generation log is flushed
