@@ -17,6 +17,7 @@ from pipelines.classifier.base_model import resolve_base_model
 from pipelines.classifier.lora import build_model
 from pipelines.classifier.model_api import resolve_precision
 from pipelines.config import FinetuneConfig, parse_params
+from tests.helpers import mlflow_uris_restored
 
 LABELS = ["billing", "shipping", "access"]
 TEXTS = ["I was charged twice", "where is my parcel", "reset link broken", "refund please", "login fails", "late box"]
@@ -63,18 +64,18 @@ def published(tmp_path_factory: pytest.TempPathFactory):
             "abstention": {"max_in_scope_rate": 0.2},
         }
     )
-    old_env, old_cwd = os.environ.pop("MLFLOW_TRACKING_URI", None), Path.cwd()
+    old_cwd = Path.cwd()
     os.chdir(root)
     try:
-        tracking.setup(p.mlflow)
-        with mlflow.start_run() as run:
-            (ckpt / "mlflow_run_id").write_text(run.info.run_id)
-        out, metrics = root / "out", root / "metrics.json"
-        summary = evaluate_and_publish(p, ckpt, data, out, metrics, root / "plots")
+        with mlflow_uris_restored():
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+            tracking.setup(p.mlflow)
+            with mlflow.start_run() as run:
+                (ckpt / "mlflow_run_id").write_text(run.info.run_id)
+            out, metrics = root / "out", root / "metrics.json"
+            summary = evaluate_and_publish(p, ckpt, data, out, metrics, root / "plots")
     finally:
         os.chdir(old_cwd)
-        if old_env is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = old_env
     return p, out, summary
 
 

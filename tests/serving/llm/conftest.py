@@ -18,6 +18,7 @@ from pipelines.llm.chat_data import system_prompt
 from pipelines.llm.engine import QueueFull, TokenEvent
 from serving.llm.service import LLMService, ModelLoader, Served
 from serving.llm.source import LMVersion
+from tests.helpers import mlflow_uris_restored
 
 CATEGORIES = ["billing", "refund", "bug_report"]
 SYSTEM = system_prompt(LlmConfig().system_prompt, CATEGORIES)
@@ -161,19 +162,14 @@ def make_adapter(base: Path, out: Path, seed: int) -> Path:
 
 @contextlib.contextmanager
 def mlflow_store(cfg: MlflowConfig):
-    """``cfg``'s store as the process-wide MLflow target inside the block (env restored after)."""
+    """``cfg``'s store as the process-wide MLflow target inside the block (restored after)."""
     from pipelines.registry.tracking import setup
 
-    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    old = {n: os.environ.pop(n, None) for n in names}
-    try:
+    with mlflow_uris_restored():
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+            os.environ.pop(name, None)
         setup(cfg)
         yield
-    finally:
-        for n, v in old.items():
-            os.environ.pop(n, None)
-            if v is not None:
-                os.environ[n] = v
 
 
 def register_tiny_lm(cfg: MlflowConfig, work: Path, tok_dir: Path, name: str = "tiny-triage") -> TinyLM:
