@@ -222,6 +222,11 @@ class LeakageConfig(Section):
     )
     leaky_column_action: Literal["drop", "block", "report"] = "drop"
     near_duplicate_threshold: float = Field(0.9, gt=0.0, le=1.0, description="cosine similarity of char n-gram TF-IDF")
+    minhash_num_perm: int = Field(128, ge=16, le=1024, description="MinHash signature length (near-duplicate search)")
+    minhash_bands: int = Field(
+        16, ge=1, description="LSH bands: more bands propose more candidates (higher recall, more cosine checks)"
+    )
+    minhash_shingle: int = Field(5, ge=2, le=16, description="character n-gram length hashed into the signature")
     duplicate_action: Literal["remove", "block", "report"] = "remove"
     group_overlap_action: Literal["block", "report"] = "report"
     time_order_action: Literal["block", "report"] = "block"
@@ -243,6 +248,14 @@ class LeakageConfig(Section):
         both = sorted(set(self.target_columns) & set(self.post_outcome_columns))
         if both:
             raise ValueError(f"{both} cannot be both target_columns (kept) and post_outcome_columns (dropped)")
+        return self
+
+    @model_validator(mode="after")
+    def _bands_divide_the_signature(self) -> LeakageConfig:
+        if self.minhash_num_perm % self.minhash_bands:
+            raise ValueError(
+                f"minhash_num_perm ({self.minhash_num_perm}) must be a multiple of minhash_bands ({self.minhash_bands})"
+            )
         return self
 
 

@@ -17,7 +17,8 @@ by (a) or (f) nor dropped; the report lists their single-column scores under ``t
 On the splits:
 
 (b) exact and near-duplicate texts shared across train/val/test (near: cosine
-    similarity of character n-gram TF-IDF), removed from the evaluation splits;
+    similarity of character n-gram TF-IDF, candidates from MinHash LSH: :mod:`pipelines.data.near_duplicates`),
+    removed from the evaluation splits;
 (c) the same group (customer) on both sides of a split;
 (d) evaluation rows older than the newest training row;
 (e) class balance per split, and classes in evaluation that training never saw.
@@ -47,12 +48,12 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
-from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder
 from sklearn.tree import DecisionTreeClassifier
 
 from pipelines.config import LeakageConfig
+from pipelines.data.near_duplicates import LshSettings, near_duplicates
 
 CORE = {"id", "text", "label", "timestamp", "group"}
 
@@ -266,27 +267,27 @@ def normalise_for_dedup(texts: pd.Series) -> pd.Series:
     return texts.astype(str).str.lower().map(lambda t: re.sub(r"[\W_]+", " ", t).strip())
 
 
-def cross_duplicates(reference: pd.Series, other: pd.Series, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean masks over ``other``: exact duplicates (after normalisation) and near duplicates of ``reference``."""
+def cross_duplicates(
+    reference: pd.Series, other: pd.Series, threshold: float, lsh: LshSettings | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks over ``other``: exact duplicates (after normalisation) and near duplicates of ``reference``
+    (cosine >= ``threshold``, found in near-linear time: :mod:`pipelines.data.near_duplicates`)."""
     ref_n, oth_n = normalise_for_dedup(reference), normalise_for_dedup(other)
     exact = oth_n.isin(set(ref_n)).to_numpy()
     near = np.zeros(len(other), dtype=bool)
     todo = np.flatnonzero(~exact)
     if len(todo) and len(reference):
-        vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), min_df=1, sublinear_tf=True, dtype=np.float32)
-        ref_x = vec.fit_transform(ref_n)
-        nn = NearestNeighbors(n_neighbors=1, metric="cosine", algorithm="brute").fit(ref_x)
-        dist, _ = nn.kneighbors(vec.transform(oth_n.iloc[todo]))
-        near[todo] = (1.0 - dist[:, 0]) >= threshold
+        near[todo] = near_duplicates(ref_n, oth_n.iloc[todo], threshold, lsh or LshSettings())
     return exact, near
 
 
 def check_duplicates(parts: dict[str, pd.DataFrame], cfg: LeakageConfig) -> tuple[list[dict], dict[str, np.ndarray]]:
     """(b): returns findings and, per evaluation split, a mask of rows to drop."""
     out, drop = [], {k: np.zeros(len(parts[k]), dtype=bool) for k in EVAL}
+    lsh = LshSettings(cfg.minhash_num_perm, cfg.minhash_bands, cfg.minhash_shingle, cfg.seed)
     pairs = [("train", "val"), ("train", "test"), ("val", "test")]
     for ref, oth in pairs:
-        exact, near = cross_duplicates(parts[ref]["text"], parts[oth]["text"], cfg.near_duplicate_threshold)
+        exact, near = cross_duplicates(parts[ref]["text"], parts[oth]["text"], cfg.near_duplicate_threshold, lsh)
         for kind, mask in (("exact", exact), ("near", near)):
             if mask.any():
                 sev = "blocker" if cfg.duplicate_action == "block" else "warning"

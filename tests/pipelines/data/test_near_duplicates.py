@@ -1,0 +1,88 @@
+"""Near duplicates by MinHash LSH + exact cosine agree with the exhaustive search they replaced."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+
+from pipelines.config import GenerateConfig, LeakageConfig
+from pipelines.data.generator import generate_tickets
+from pipelines.data.leakage_checks import cross_duplicates, normalise_for_dedup
+from pipelines.data.near_duplicates import LshSettings, _Tfidf, near_duplicates
+from tests.helpers.oracles import nearest_cosine
+
+THRESHOLD = 0.9
+
+
+@pytest.fixture(scope="module")
+def tickets() -> tuple[pd.Series, pd.Series]:
+    """Built-in tickets (their planted exact and near duplicates included), 70% reference, 30% other."""
+    df = generate_tickets(GenerateConfig(n_rows=4000, seed=3))
+    text = normalise_for_dedup(df["subject"].astype(str) + " " + df["body"].astype(str))
+    order = np.random.default_rng(0).permutation(len(text))
+    k = int(0.7 * len(text))
+    return text.iloc[order[:k]].reset_index(drop=True), text.iloc[order[k:]].reset_index(drop=True)
+
+
+def test_lsh_finds_what_the_exhaustive_search_finds_on_the_built_in_tickets(tickets) -> None:
+    ref, other = tickets
+    other = other[~other.isin(set(ref))].reset_index(drop=True)  # exact duplicates are found by equality
+    best = nearest_cosine(ref, other)
+    truth = best >= THRESHOLD
+    clear = best >= THRESHOLD + 0.03
+    assert clear.sum() >= 10, "the generator should plant near duplicates across the split"
+    found = near_duplicates(ref, other, THRESHOLD, LshSettings())
+    assert not (found & ~(best >= THRESHOLD - 1e-4)).any(), "everything reported is a near duplicate"
+    assert found[clear].all(), f"missed at a clear margin: {other[clear & ~found].tolist()[:3]}"
+    assert found[truth].mean() >= 0.95
+
+
+def test_planted_edits_are_found_and_unrelated_texts_are_not() -> None:
+    ref = pd.Series(
+        [
+            "my invoice for march shows a double charge of 49 euros on the premium plan please refund it",
+            "the mobile app crashes every time i open the settings page after the last update on android",
+            "i cannot log in since yesterday the password reset mail never arrives in my inbox at all",
+        ]
+        * 1
+    )
+    other = pd.Series(
+        [
+            "my invoice for march shows a double charge of 49 euros on the premium plan please refund",  # cut
+            "the mobile app crashes every time i open the settings page after the latest update on android",
+            "where is my parcel the tracking page has not moved for a week and support does not answer",
+            "i cannot log in since yesterday",  # a fragment: similar words, not a copy
+        ]
+    )
+    found = near_duplicates(ref, other, THRESHOLD, LshSettings())
+    oracle = nearest_cosine(ref, other) >= THRESHOLD
+    assert found.tolist() == oracle.tolist() == [True, True, False, False]
+
+
+def test_hashed_tfidf_cosine_equals_sklearns_up_to_hash_collisions(tickets) -> None:
+    ref, other = tickets
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True)
+    r, o = vec.fit_transform(ref), vec.transform(other[:50])
+    mine = _Tfidf(ref)
+    hr, ho = mine.rows(ref), mine.rows(other[:50])
+    want = (o @ r[:200].T).toarray()
+    got = (ho @ hr[:200].T).toarray()
+    np.testing.assert_allclose(got, want, atol=0.005)
+    assert np.abs(got - want).mean() < 1e-4
+
+
+def test_cross_duplicates_separates_exact_from_near() -> None:
+    ref = pd.Series(["Refund my order 1234 please, it arrived broken and the box was open"] * 2)
+    other = pd.Series(["refund my order 1234 please it arrived broken and the box was open!", "hello", "x"])
+    other[2] = "Refund my order 1234 please, it arrived broken and the box was opened"
+    exact, near = cross_duplicates(ref, other, THRESHOLD)
+    assert exact.tolist() == [True, False, False] and near.tolist() == [False, False, True]
+
+
+def test_bands_must_divide_the_signature() -> None:
+    with pytest.raises(ValidationError, match="minhash_num_perm .*multiple of minhash_bands"):
+        LeakageConfig(minhash_num_perm=128, minhash_bands=10)
