@@ -285,9 +285,20 @@ def check_duplicates(parts: dict[str, pd.DataFrame], cfg: LeakageConfig) -> tupl
     """(b): returns findings and, per evaluation split, a mask of rows to drop."""
     out, drop = [], {k: np.zeros(len(parts[k]), dtype=bool) for k in EVAL}
     lsh = LshSettings(cfg.minhash_num_perm, cfg.minhash_bands, cfg.minhash_shingle, cfg.seed)
-    pairs = [("train", "val"), ("train", "test"), ("val", "test")]
-    for ref, oth in pairs:
-        exact, near = cross_duplicates(parts[ref]["text"], parts[oth]["text"], cfg.near_duplicate_threshold, lsh)
+    # train is indexed once for both evaluation splits (its n-gram statistics are the costly part)
+    n_val = len(parts["val"])
+    exact, near = cross_duplicates(
+        parts["train"]["text"], pd.concat([parts["val"]["text"], parts["test"]["text"]], ignore_index=True),
+        cfg.near_duplicate_threshold, lsh,
+    )  # fmt: skip
+    found = {
+        ("train", "val"): (exact[:n_val], near[:n_val]),
+        ("train", "test"): (exact[n_val:], near[n_val:]),
+        ("val", "test"): cross_duplicates(
+            parts["val"]["text"], parts["test"]["text"], cfg.near_duplicate_threshold, lsh
+        ),
+    }
+    for (ref, oth), (exact, near) in found.items():
         for kind, mask in (("exact", exact), ("near", near)):
             if mask.any():
                 sev = "blocker" if cfg.duplicate_action == "block" else "warning"
