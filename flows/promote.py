@@ -4,7 +4,9 @@ The dispatch is the library's (:func:`pipelines.registry.promotion.run_promotion
 ``python -m pipelines.promote``); this flow only validates its parameters and publishes the result
 as a Prefect artifact with links into MLflow. ``family`` picks the registered model: the classifier
 (``mlflow.registered_model``) or the generative triage model (``register_llm.registered_model``);
-the other family's aliases are never touched.
+the other family's aliases are never touched. What a move guarantees (compare-and-swap under the one registry
+lock, a rollback marking the version it leaves, an unloadable version never promoted) is the library's too
+(:mod:`pipelines.registry.gate`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,12 @@ class PromoteOptions(Options):
         description="which registered model: classifier (the register stage's) or llm (the register_llm stage's)",
     )
     version: str | None = Field(None, pattern=r"^\d+$", description="promote this registered version to champion")
-    rollback: bool = Field(False, description="move champion back to the previous champion")
+    rollback: bool = Field(
+        False, description="move champion back to the previous champion (never re-promoted by the gate)"
+    )
+    reason: str | None = Field(
+        None, max_length=2000, description="why (recorded on the version promoted by hand or rolled back)"
+    )
     test_split: str | None = Field(
         None,
         description="the rows the gate compares on (empty: the family's own, "
@@ -63,6 +70,7 @@ def promote(options: PromoteOptions = PromoteOptions()) -> dict[str, Any]:
         rollback=options.rollback,
         test=Path(options.test_split) if options.test_split else None,
         requested_by="Prefect flow promote",
+        reason=options.reason,
     )
     before, after = result.champion_before, result.champion_after
     get_run_logger().info(result.message)

@@ -267,6 +267,15 @@ class MlflowConfig(Section):
     artifact_root: str = "mlartifacts"
     experiment: str = "ticket-routing"
     registered_model: str = "ticket-router"
+    registry_lock_timeout_s: float = Field(
+        60.0, gt=0.0, le=86_400.0, description="how long an alias move waits for the registry lock before failing"
+    )
+    registry_lock_file: str | None = Field(
+        None,
+        min_length=1,
+        description="the registry lock file (null: next to a sqlite:/// store, else .mlflow-registry.lock in the "
+        "working directory); a local file lock: it serialises alias moves on this machine only",
+    )
 
 
 BaselineName = Literal["majority", "tfidf_logreg", "tfidf_svm", "minilm_logreg"]

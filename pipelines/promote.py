@@ -2,7 +2,7 @@
 
     python -m pipelines.promote                          # run the classifier's gate on its current challenger
     python -m pipelines.promote --version 3              # promote version 3 by hand
-    python -m pipelines.promote --rollback               # champion -> previous champion
+    python -m pipelines.promote --rollback --reason "..." # champion -> previous champion; never re-promoted
     python -m pipelines.promote --family llm --rollback  # the same on the generative model's registered model
 
 A thin CLI: it prints what :func:`pipelines.registry.promotion.run_promotion` (the dispatch it shares with
@@ -30,6 +30,9 @@ def main(
     ] = "classifier",
     version: Annotated[Optional[str], typer.Option(help="promote this version to champion by hand")] = None,
     rollback_: Annotated[bool, typer.Option("--rollback", help="move champion back to the previous champion")] = False,
+    reason: Annotated[
+        Optional[str], typer.Option(help="why (recorded on the version promoted by hand or rolled back)")
+    ] = None,
     params: Annotated[Path, typer.Option(help="params.yaml")] = Path("params.yaml"),
     test: Annotated[
         Optional[Path],
@@ -58,7 +61,8 @@ def main(
         report=report,
         decision_json=decision_json,
         eval_metrics=eval_metrics,
-        requested_by="python -m pipelines.promote --version",
+        requested_by="python -m pipelines.promote" + (" --rollback" if rollback_ else " --version" if version else ""),
+        reason=reason,
     )
     print(result.message)
     fail_on_refusal(result.decision, cfg)

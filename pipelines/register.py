@@ -84,7 +84,7 @@ def champion_metrics(reg, decision: dict, scores: dict[str, dict]) -> dict:
     champion yet, as when ``auto_promote`` is false for the first model, the challenger, marked so)."""
     champion = decision.get("champion_version_after")
     version = champion if champion in scores else decision["challenger_version"]
-    metrics = dict(scores[version])
+    metrics = dict(scores.get(version, {}))  # a rolled-back challenger is not scored
     tags = reg.version(version).tags
     return {
         "registered_model": reg.name,

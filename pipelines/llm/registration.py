@@ -142,9 +142,10 @@ def brief(scores: dict) -> dict:
 def score_registered(reg, ref: str, examples: Sequence[dict], max_new_tokens: int, batch_size: int) -> dict:
     """Load ``ref`` from the registry and score its greedy answers to the examples' prompts now."""
     from pipelines.llm.evaluation import prompts_and_references, score_answers
+    from pipelines.registry.gate import load_checked
 
     prompts, references = prompts_and_references(examples)
-    model = reg.load_pyfunc(ref)
+    model = load_checked(reg, ref, "champion", reg.load_pyfunc)  # unloadable: ModelLoadFailed naming the version
     answers = model.predict(
         pd.DataFrame({"messages": [[{"role": m["role"], "content": m["content"]} for m in p] for p in prompts]}),
         params={"max_new_tokens": int(max_new_tokens), "batch_size": int(batch_size)},
@@ -153,16 +154,26 @@ def score_registered(reg, ref: str, examples: Sequence[dict], max_new_tokens: in
 
 
 def run_llm_gate(
-    reg, cfg: Params, examples: Sequence[dict], ids_sha: str, finetuned: dict, *, adapter_sha: str = ""
+    reg,
+    cfg: Params,
+    examples: Sequence[dict],
+    ids_sha: str,
+    finetuned: dict,
+    *,
+    adapter_sha: str = "",
+    challenger: str | None = None,
 ) -> dict:
-    """The gate on the current challenger: its ``finetuned`` scores vs the champion scored now on ``examples``."""
-    from pipelines.registry.gate import run_gate
+    """The gate on the current challenger (``challenger``: the version already resolved): its ``finetuned``
+    scores vs the champion scored now on ``examples``. The challenger is loaded once as serving would load it
+    (one that cannot be loaded stops the gate, :class:`~pipelines.registry.gate.ModelLoadFailed`)."""
+    from pipelines.registry.gate import load_checked, run_gate
 
-    def score(ref: str) -> dict:
-        if ref == f"@{CHALLENGER}":
+    def score(version: str, role: str) -> dict:
+        if role == CHALLENGER:
+            load_checked(reg, version, role, reg.load_pyfunc)  # loadable, then dropped; its scores are llm_eval's
             return finetuned
-        print(f"register_llm: scoring the champion on {len(examples)} test rows (generation)")
-        return score_registered(reg, ref, examples, cfg.llm_eval.max_new_tokens, cfg.llm_eval.batch_size)
+        print(f"register_llm: scoring the champion v{version} on {len(examples)} test rows (generation)")
+        return score_registered(reg, version, examples, cfg.llm_eval.max_new_tokens, cfg.llm_eval.batch_size)
 
     basis = (
         f"compared on the current test rows ({len(examples):,}, ids sha256 {ids_sha[:12]}): the challenger's "
@@ -177,6 +188,7 @@ def run_llm_gate(
         family="llm",
         basis=basis,
         auto_promote=cfg.register_llm.auto_promote,
+        challenger=challenger,
     )
     d.update({"adapter_sha256": adapter_sha, "test_ids_sha256": ids_sha})
     reg.tag_version(d["challenger_version"], {"gate.test_ids_sha256": ids_sha})
@@ -195,7 +207,7 @@ def gate_and_report(reg, cfg: Params, test: Path, eval_metrics: Path, report: Pa
         raise ConfigError(f"registered model '{reg.name}' has no '{CHALLENGER}' alias; run register_llm first")
     adapter_sha = reg.version(chall_v).tags.get(ADAPTER_TAG, "")
     finetuned = challenger_scores(eval_metrics, adapter_sha, ids_sha)
-    d = run_llm_gate(reg, cfg, examples, ids_sha, finetuned, adapter_sha=adapter_sha)
+    d = run_llm_gate(reg, cfg, examples, ids_sha, finetuned, adapter_sha=adapter_sha, challenger=chall_v)
     write_decision(d, report, decision_json)
     return d
 

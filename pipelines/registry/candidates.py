@@ -51,13 +51,34 @@ def selected_record(candidate_dir: Path) -> dict:
     sel_path = candidate_dir / "selected.json"
     if not sel_path.is_file():
         raise DataError(f"no selected candidate: {sel_path} is missing; run `dvc repro baselines` first")
-    return json.loads(sel_path.read_text(encoding="utf-8"))
+    try:
+        sel = json.loads(sel_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{sel_path} is not valid JSON ({err}); run `dvc repro baselines` again") from None
+    bad = [k for k in ("name", "file") if not isinstance(sel, dict) or not isinstance(sel.get(k), str) or not sel[k]]
+    if bad:
+        raise DataError(f"{sel_path} has no {' or '.join(repr(k) for k in bad)} text; run `dvc repro baselines` again")
+    return sel
+
+
+def candidate_file(candidate_dir: Path, file: str) -> Path:
+    """``candidate_dir / file``, refused unless it stays inside ``candidate_dir`` (symlinks resolved): the file is
+    unpickled, so ``selected.json`` must not be able to point anywhere else (``../``, an absolute path)."""
+    folder = candidate_dir.resolve()
+    path = (candidate_dir / file).resolve()
+    if Path(file).is_absolute() or not path.is_relative_to(folder) or path == folder:
+        raise DataError(
+            f"{candidate_dir / 'selected.json'} names model file {file!r}, which is not inside {candidate_dir}: "
+            "refused (only the baselines stage's own files there are loaded)"
+        )
+    return candidate_dir / file
 
 
 def load_candidate(candidate_dir: Path) -> tuple[str, Path, TextClassifier]:
-    """``(name, model file, classifier)`` of the candidate named in ``selected.json``."""
+    """``(name, model file, classifier)`` of the candidate named in ``selected.json`` (a file inside
+    ``candidate_dir``, :func:`candidate_file`)."""
     sel = selected_record(candidate_dir)
-    path = candidate_dir / sel["file"]
+    path = candidate_file(candidate_dir, sel["file"])
     if not path.is_file():
         raise DataError(f"selected model file {path} is missing")
     return sel["name"], path, joblib.load(path)

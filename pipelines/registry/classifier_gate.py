@@ -1,12 +1,13 @@
 """The classifier's promotion gate: macro-F1 and per-class F1 of challenger and champion on the current test split.
 
-Both models are loaded from the registry (:func:`pipelines.classifier.pyfunc.load_registered`) in
-``evaluate.precision`` (the precision serving loads them in) and scored now with :func:`pipelines.metrics.evaluate`
-on the same rows, each with its registered abstention rule (its in-scope accuracy / out-of-scope recall or
-abstention rate are reported; the decision itself is on the arg-max labels); the machinery (aliases, tags, the
-champion move as the single commit point) is :func:`pipelines.registry.gate.run_gate`. The challenger is
-promoted when its macro-F1 is not worse than the champion's by more than ``register.gate_macro_f1_tolerance``
-and no class's F1 drops by more than ``register.gate_class_f1_max_drop``; the first model becomes champion.
+Both models are loaded from the registry by version number (:func:`pipelines.classifier.pyfunc.load_registered`) in
+``evaluate.precision`` (the precision serving loads them in; one that cannot be loaded stops the gate) and scored
+now with :func:`pipelines.metrics.evaluate` on the same rows, each with its registered abstention rule (its
+in-scope accuracy / out-of-scope recall or abstention rate are reported; the decision itself is on the arg-max
+labels); the machinery (aliases, tags, the champion move as the single commit point) is
+:func:`pipelines.registry.gate.run_gate`. The challenger is promoted when its macro-F1 is not worse than the
+champion's by more than ``register.gate_macro_f1_tolerance`` and no class's F1 drops by more than
+``register.gate_class_f1_max_drop``; the first model becomes champion.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pandas as pd
 from pipelines.config import Params, RegisterConfig
 from pipelines.errors import DataError
 from pipelines.registry.aliases import CHAMPION
-from pipelines.registry.gate import run_gate, write_decision
+from pipelines.registry.gate import load_checked, run_gate, write_decision
 
 
 def gate_decision(challenger: dict, champion: dict | None, cfg: RegisterConfig) -> dict:
@@ -87,14 +88,14 @@ def run_classifier_gate(
         raise DataError("the test split is empty: the promotion gate has nothing to compare on")
     texts, labels = test["text"].astype(str).tolist(), test["label"].astype(str).tolist()
 
-    def score(ref: str) -> dict:
-        unseen = ref == f"@{CHAMPION}"  # the champion may not know a class new in this split; the challenger must
-        model = load_registered(reg, ref, precision=precision)
+    def score(version: str, role: str) -> dict:
+        unseen = role == CHAMPION  # the champion may not know a class new in this split; the challenger must
+        model = load_checked(reg, version, role, lambda v: load_registered(reg, v, precision=precision))
         m = evaluate(
             model, texts, labels, split="test", ece_bins=ece_bins, allow_unseen=unseen, abstention=model.abstention
         )[0]
         if scores is not None:
-            scores[str(reg.alias(ref[1:]))] = {**m, "precision": model.precision}
+            scores[version] = {**m, "precision": model.precision}
         return m
 
     return run_gate(

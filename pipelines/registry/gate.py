@@ -15,6 +15,20 @@ Aliases: ``challenger`` (the newest candidate), ``champion`` (served), ``previou
 champion in order. Moving the ``champion`` alias is the single commit point: anything that
 fails before it leaves the previous champion in place.
 
+What is guaranteed, for both families:
+
+- the gate resolves the aliases once and from then on loads and scores version *numbers*
+  (``models:/<name>/<version>``), so what it compared is what it promotes;
+- every alias move holds the registry lock (:mod:`pipelines.registry.lock`), and a move that depends on the
+  current state (the gate's promotion, a manual promotion, a rollback) is a compare-and-swap: when
+  ``challenger`` or ``champion`` moved meanwhile, :class:`~pipelines.registry.tracking.RegistryConflict` and
+  nothing moves (of two racing promotions exactly one wins);
+- a rollback marks the version it leaves (``rolled_back=true`` with time, reason, target) before moving, and
+  takes ``challenger`` off it; the gate refuses a marked challenger forever (a person may still promote it by
+  hand, which clears the mark);
+- a challenger (or the champion it is compared with, or a version promoted by hand) that cannot be loaded as
+  serving loads it fails the run loudly (:class:`ModelLoadFailed`, exit 3, naming the version); nothing moves.
+
     python -m pipelines.promote [--family llm]                # run the gate on the current challenger
     python -m pipelines.promote [--family llm] --version 3    # promote version 3 by hand
     python -m pipelines.promote [--family llm] --rollback     # champion -> previous champion
@@ -25,22 +39,69 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, TypeVar
 
 from pipelines.config import Params
 from pipelines.errors import ConfigError, GateFailed
 from pipelines.io import atomic_outputs, write_json
 from pipelines.registry.aliases import CHALLENGER, CHAMPION, PREVIOUS
 from pipelines.registry.families import Family, gate_settings
+from pipelines.registry.tracking import RegistryConflict
 
 HISTORY_TAG = "champion_history"
+ROLLED_BACK = "rolled_back"  # version tag "true": a rollback moved the champion off this version
+ROLLBACK_TAGS = (ROLLED_BACK, "rolled_back_at", "rolled_back_reason", "rolled_back_to")
 
-Score = Callable[[str], dict]  # "@challenger" / "@champion" -> that model's metrics on the current test rows
+Score = Callable[[str, str], dict]  # (version, role: CHALLENGER or CHAMPION) -> its metrics on the current test rows
 Decide = Callable[[dict, dict | None], dict]  # (challenger, champion or None) -> {"promote", "reasons", ...}
+T = TypeVar("T")
+_ANY: Any = object()  # "no expectation" (None is a real one: no champion yet)
 
 
-def promote_version(reg, version: str, reason: str) -> str | None:
-    """Point ``champion`` at ``version``; return the old champion. The alias move is the commit point."""
-    reg.version(version)  # raises if it does not exist
+class ModelLoadFailed(GateFailed):
+    """A version the gate (or a manual promotion) would make champion, or the champion it compares with, cannot be
+    loaded as serving would load it: nothing is moved, the run fails (exit 3) naming the version."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _v(version: str | None) -> str:
+    return f"v{version}" if version is not None else "none"
+
+
+def load_checked(reg, version: str, role: str, load: Callable[[str], T]) -> T:
+    """``load(version)`` (a version *number*, never an alias that could move meanwhile), or
+    :class:`ModelLoadFailed` naming the registered model, the version and its role."""
+    try:
+        return load(str(version))
+    except Exception as err:
+        detail = f"{type(err).__name__}: {err}"
+        raise ModelLoadFailed(
+            f"registered model '{reg.name}' v{version} ({role}) cannot be loaded: {detail[:600]}; no alias was moved"
+        ) from err
+
+
+def rollback_mark(reg, version: str) -> dict[str, str] | None:
+    """The rollback tags of ``version`` when a rollback marked it (``rolled_back=true``), else None."""
+    tags = reg.version(version).tags
+    return {k: tags.get(k, "") for k in ROLLBACK_TAGS} if tags.get(ROLLED_BACK) == "true" else None
+
+
+def expect_alias(reg, alias: str, expected: str | None, doing: str) -> None:
+    """Compare: refuse with :class:`RegistryConflict` unless ``alias`` still points at ``expected`` (hold the
+    registry lock from this check to the move)."""
+    now = reg.alias(alias)
+    if now != expected:
+        raise RegistryConflict(
+            f"registered model '{reg.name}': '{alias}' moved from {_v(expected)} to {_v(now)} while {doing}; "
+            "nothing was moved (another register, promote or rollback won): run it again on the new state"
+        )
+
+
+def _move_champion(reg, version: str, reason: str) -> str | None:
+    """Point ``champion`` at ``version`` (the caller holds the registry lock); return the old champion."""
     old = reg.alias(CHAMPION)
     if old == str(version):
         return old
@@ -49,30 +110,66 @@ def promote_version(reg, version: str, reason: str) -> str | None:
     reg.set_alias(CHAMPION, version)  # commit point
     history = [v for v in reg.model_tag(HISTORY_TAG).split(",") if v]
     reg.set_model_tag(HISTORY_TAG, ",".join([*history, str(version)]))
-    reg.tag_version(
-        version,
-        {"promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "promotion_reason": reason[:4000]},
-    )
+    reg.tag_version(version, {"promoted_at": _now(), "promotion_reason": reason[:4000]})
+    if rollback_mark(reg, version):  # only a person promotes a rolled-back version (the gate refuses it)
+        reg.untag_version(version, *ROLLBACK_TAGS)
+        reg.tag_version(version, {"rollback_cleared_by": reason[:4000]})
     return old
 
 
-def rollback(reg) -> tuple[str, str]:
-    """Move ``champion`` back to the previous champion; return ``(from, to)``."""
-    current = reg.alias(CHAMPION)
-    history = [v for v in reg.model_tag(HISTORY_TAG).split(",") if v]
-    while history and history[-1] != current:  # champion moved outside this tool: trust the alias
-        history.pop()
-    target = history[-2] if len(history) >= 2 else reg.alias(PREVIOUS)
-    if current is None or target is None or target == current:
-        raise ConfigError(f"nothing to roll back to: registered model '{reg.name}' has no previous champion")
-    reg.set_alias(CHAMPION, target)  # commit point
-    history = history[:-1] if len(history) >= 2 else [target]
-    reg.set_model_tag(HISTORY_TAG, ",".join(history))
-    if len(history) >= 2:
-        reg.set_alias(PREVIOUS, history[-2])
-    else:
-        reg.delete_alias(PREVIOUS)
-    reg.tag_version(current, {"rolled_back_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+def promote_version(
+    reg,
+    version: str,
+    reason: str,
+    *,
+    expected_champion: str | None = _ANY,
+    verify: Callable[[str], Any] | None = None,
+) -> str | None:
+    """Point ``champion`` at ``version``; return the old champion. The alias move is the commit point.
+
+    ``verify(version)`` (optional) loads the version first: one that cannot be loaded is
+    :class:`ModelLoadFailed` and nothing moves. ``expected_champion`` makes the move a compare-and-swap: when
+    the champion is no longer that version, :class:`RegistryConflict` and nothing moves."""
+    reg.version(version)  # raises if it does not exist
+    if verify is not None:
+        load_checked(reg, str(version), "to be promoted", verify)
+    with reg.lock():
+        if expected_champion is not _ANY:
+            expect_alias(reg, CHAMPION, expected_champion, f"promoting v{version}")
+        return _move_champion(reg, str(version), reason)
+
+
+def rollback(reg, reason: str = "", *, expected_champion: str | None = _ANY) -> tuple[str, str]:
+    """Move ``champion`` back to the previous champion; return ``(from, to)``.
+
+    Under the registry lock: the version rolled back from is marked first (tags ``rolled_back=true``,
+    ``rolled_back_at``, ``rolled_back_reason``, ``rolled_back_to``; the gate never promotes it again), then the
+    champion moves (the commit point), then ``challenger`` is taken off it (deleted) when it pointed there.
+    ``expected_champion``: as in :func:`promote_version`."""
+    with reg.lock():
+        current = reg.alias(CHAMPION)
+        if expected_champion is not _ANY:
+            expect_alias(reg, CHAMPION, expected_champion, "rolling back")
+        history = [v for v in reg.model_tag(HISTORY_TAG).split(",") if v]
+        while history and history[-1] != current:  # champion moved outside this tool: trust the alias
+            history.pop()
+        target = history[-2] if len(history) >= 2 else reg.alias(PREVIOUS)
+        if current is None or target is None or target == current:
+            raise ConfigError(f"nothing to roll back to: registered model '{reg.name}' has no previous champion")
+        reg.tag_version(
+            current,
+            {ROLLED_BACK: "true", "rolled_back_at": _now(), "rolled_back_reason": (reason or "rollback")[:4000],
+             "rolled_back_to": target},
+        )  # fmt: skip
+        reg.set_alias(CHAMPION, target)  # commit point
+        history = history[:-1] if len(history) >= 2 else [target]
+        reg.set_model_tag(HISTORY_TAG, ",".join(history))
+        if len(history) >= 2:
+            reg.set_alias(PREVIOUS, history[-2])
+        else:
+            reg.delete_alias(PREVIOUS)
+        if reg.alias(CHALLENGER) == current:
+            reg.delete_alias(CHALLENGER)
     return current, target
 
 
@@ -86,23 +183,42 @@ def run_gate(
     family: Family = "classifier",
     basis: str | None = None,
     auto_promote: bool = True,
+    challenger: str | None = None,
 ) -> dict:
     """Score the challenger (and the champion, when there is another one), decide, record and act.
 
-    ``score(ref)`` gives a model's metrics on the current ``rows`` test rows; ``decide(challenger, champion)``
-    the verdict (``champion`` is None for the first model); ``brief`` the metrics kept in the decision (its
-    numbers are also tagged on the challenger version as ``gate.test_<name>``). ``basis`` says in the report
-    how the two were compared. Returns the decision dict (written by :func:`write_decision`)."""
-    chall_v, champ_v = reg.alias(CHALLENGER), reg.alias(CHAMPION)
+    The aliases are resolved once, here (``challenger``: already resolved by the caller); from then on the gate
+    works on version *numbers*: ``score(version, role)`` gives that version's metrics on the current ``rows``
+    test rows (a family loads it with :func:`load_checked`: a version that cannot be loaded stops the gate,
+    :class:`ModelLoadFailed`); ``decide(challenger, champion)`` the verdict (``champion`` is None for the first
+    model); ``brief`` the metrics kept in the decision (its numbers are also tagged on the challenger version as
+    ``gate.test_<name>``). ``basis`` says in the report how the two were compared.
+
+    A challenger a rollback marked is refused without being scored. The promotion is a compare-and-swap under
+    the registry lock: only when ``challenger`` and ``champion`` still point where they pointed when resolved
+    (and the challenger was not rolled back meanwhile), else :class:`RegistryConflict` and nothing moves.
+    Returns the decision dict (written by :func:`write_decision`)."""
+    chall_v = str(challenger) if challenger is not None else reg.alias(CHALLENGER)
+    champ_v = reg.alias(CHAMPION)
     if chall_v is None:
         raise ConfigError(f"registered model '{reg.name}' has no '{CHALLENGER}' alias; run the register stage first")
-    chall = score(f"@{CHALLENGER}")
-    champ = score(f"@{CHAMPION}") if champ_v is not None and champ_v != chall_v else None
-    decision = (
-        decide(chall, champ)
-        if champ_v != chall_v
-        else {"promote": False, "reasons": ["challenger is already the champion"]}
-    )
+    mark = rollback_mark(reg, chall_v)
+    chall = None if mark else score(chall_v, CHALLENGER)
+    champ = score(champ_v, CHAMPION) if champ_v is not None and champ_v != chall_v else None
+    if mark:
+        decision = {
+            "promote": False,
+            "rolled_back": True,
+            "reasons": [
+                f"v{chall_v} was rolled back ({mark['rolled_back_at']}: {mark['rolled_back_reason']}): the gate never "
+                f"promotes a rolled-back version again (a person can: python -m pipelines.promote --family {family} "
+                f"--version {chall_v})"
+            ],
+        }
+    elif champ_v == chall_v:
+        decision = {"promote": False, "reasons": ["challenger is already the champion"]}
+    else:
+        decision = decide(chall, champ)
     decision.update(
         {
             "model": reg.name,
@@ -111,12 +227,12 @@ def run_gate(
             "champion_version_before": champ_v,
             "test_rows": rows,
             "basis": basis or default_basis(rows),
-            "challenger": brief(chall),
+            "challenger": brief(chall) if chall is not None else None,
             "champion": brief(champ) if champ else None,
-            "decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "decided_at": _now(),
         }
     )
-    numbers = {k: v for k, v in decision["challenger"].items() if _is_number(v)}
+    numbers = {k: v for k, v in (decision["challenger"] or {}).items() if _is_number(v)}
     reg.tag_version(
         chall_v,
         {
@@ -128,9 +244,15 @@ def run_gate(
     )
     decision["promoted"] = False
     if decision["promote"] and auto_promote:
-        promote_version(reg, chall_v, "gate: " + "; ".join(decision["reasons"]))
+        doing = f"the gate compared challenger v{chall_v} with champion {_v(champ_v)}"
+        with reg.lock():  # compare-and-swap: both aliases as resolved, the challenger still not rolled back
+            expect_alias(reg, CHALLENGER, chall_v, doing)
+            expect_alias(reg, CHAMPION, champ_v, doing)
+            if rollback_mark(reg, chall_v):
+                raise RegistryConflict(f"registered model '{reg.name}': v{chall_v} was rolled back while {doing}")
+            _move_champion(reg, chall_v, "gate: " + "; ".join(decision["reasons"]))
         decision["promoted"] = True
-    decision["champion_version_after"] = reg.alias(CHAMPION)
+    decision["champion_version_after"] = chall_v if decision["promoted"] else champ_v
     return decision
 
 

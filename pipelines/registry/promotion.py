@@ -11,9 +11,10 @@ live in :mod:`pipelines.registry.gate`; each family's gate in :mod:`pipelines.re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pipelines.config import Params
 from pipelines.errors import ConfigError
@@ -76,6 +77,7 @@ def run_promotion(
     decision_json: Path | None = None,
     eval_metrics: Path | None = None,
     requested_by: str = "python -m pipelines.promote",
+    reason: str | None = None,
 ) -> PromotionResult:
     """Run one action on ``family``'s registered model and return what changed.
 
@@ -83,8 +85,11 @@ def run_promotion(
     and ``decision_json`` (the classifier: ``data/processed/test.parquet``, ``reports/promotion.{md,json}``;
     the LLM: ``data/sft/test.jsonl``, ``reports/promotion_llm.{md,json}``, its challenger's scores from
     ``eval_metrics``, ``metrics/llm_eval.json``); ``version`` points the champion at that version (recorded as
-    a manual promotion by ``requested_by``); ``rollback`` moves it back. A missing registered model or an
-    unknown version is a :class:`~pipelines.registry.tracking.RegistryError`; nothing is moved then.
+    a manual promotion by ``requested_by``, with ``reason``) once it loaded as serving loads it; ``rollback``
+    moves it back and marks the version it leaves (``reason`` recorded on it) so the gate never re-promotes it.
+    A missing registered model or an unknown version is a :class:`~pipelines.registry.tracking.RegistryError`,
+    a champion that moved since it was read here a :class:`~pipelines.registry.tracking.RegistryConflict`, a
+    version that cannot be loaded :class:`~pipelines.registry.gate.ModelLoadFailed`; nothing is moved then.
     """
     from pipelines.registry import gate, tracking
 
@@ -99,11 +104,12 @@ def run_promotion(
             f"run the {'register_llm' if family == 'llm' else 'register'} stage first"
         )
     before, decision = reg.alias(CHAMPION), None
+    why = f"manual: {requested_by}" + (f": {reason}" if reason else "")
     if action == "rollback":
-        old, new = gate.rollback(reg)
+        old, new = gate.rollback(reg, why, expected_champion=before)
         message = f"rolled back '{reg.name}': {CHAMPION} v{old} -> v{new}"
     elif action == "version":
-        old = gate.promote_version(reg, str(version), f"manual: {requested_by}")
+        old = gate.promote_version(reg, str(version), why, expected_champion=before, verify=loader(reg, cfg, family))
         message = f"promoted '{reg.name}' v{version} to {CHAMPION} (was {'v' + old if old else 'none'})"
     else:
         test, report = test or paths["test"], report or paths["report"]
@@ -118,4 +124,14 @@ def run_promotion(
 
             decision = gate_and_report(reg, read_split(test), cfg, report, decision_json)
         message = gate.report_markdown(decision)
-    return PromotionResult(action, reg.name, before, reg.alias(CHAMPION), message, decision, family)
+    after = decision["champion_version_after"] if decision else new if action == "rollback" else str(version)
+    return PromotionResult(action, reg.name, before, after, message, decision, family)
+
+
+def loader(reg, cfg: Params, family: Family) -> Callable[[str], Any]:
+    """How ``family``'s serving loads a version: the classifier in ``evaluate.precision``, the LLM as its pyfunc."""
+    if family == "llm":
+        return reg.load_pyfunc
+    from pipelines.classifier.pyfunc import load_registered
+
+    return lambda version: load_registered(reg, version, precision=cfg.evaluate.precision)

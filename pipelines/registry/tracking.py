@@ -30,6 +30,10 @@ class RegistryError(PipelineError):
     """A registered model, version or alias that does not exist, or a registry operation that cannot be done."""
 
 
+class RegistryConflict(RegistryError):
+    """An alias moved between being read and being moved (compare-and-swap refused): nothing was moved."""
+
+
 def tracking_uri(cfg: MlflowConfig) -> str:
     """``MLFLOW_TRACKING_URI`` if set, else ``params.yaml: mlflow.tracking_uri``."""
     return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
@@ -149,14 +153,26 @@ class Registry:
 
     ``name`` defaults to ``mlflow.registered_model`` (the classifier); the generative model passes
     ``register_llm.registered_model``. Each registered model has its own versions and aliases.
+    Every write (an alias move, a tag, a new version) holds the store's registry lock (:meth:`lock`,
+    :mod:`pipelines.registry.lock`).
     """
 
     def __init__(self, cfg: MlflowConfig, name: str | None = None) -> None:
         from mlflow import MlflowClient
 
+        from pipelines.registry.lock import lock_path
+
         self.name = name or cfg.registered_model
         self.uri = tracking_uri(cfg)
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        self.lock_file = lock_path(self.uri, cfg.registry_lock_file)
+        self.lock_timeout_s = cfg.registry_lock_timeout_s
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """The registry lock (one per store, shared by both families): hold it around a check-then-move."""
+        from pipelines.registry.lock import file_lock
+
+        return file_lock(self.lock_file, self.lock_timeout_s, f"registered model '{self.name}'")
 
     def exists(self) -> bool:
         from mlflow.exceptions import MlflowException
@@ -171,7 +187,8 @@ class Registry:
         """Create a new version of the model from ``model_uri`` (no alias is touched); return its number."""
         import mlflow
 
-        return str(mlflow.register_model(model_uri, self.name, tags=tags).version)
+        with self.lock():
+            return str(mlflow.register_model(model_uri, self.name, tags=tags).version)
 
     def alias(self, alias: str) -> str | None:
         """The version an alias points to, or None."""
@@ -183,11 +200,14 @@ class Registry:
             return None
 
     def set_alias(self, alias: str, version: str) -> None:
-        self.client.set_registered_model_alias(self.name, alias, str(version))
+        """Point ``alias`` at ``version`` (under the registry lock; a compare-and-swap holds it around this)."""
+        with self.lock():
+            self.client.set_registered_model_alias(self.name, alias, str(version))
 
     def delete_alias(self, alias: str) -> None:
-        if self.alias(alias) is not None:
-            self.client.delete_registered_model_alias(self.name, alias)
+        with self.lock():
+            if self.alias(alias) is not None:
+                self.client.delete_registered_model_alias(self.name, alias)
 
     def version(self, version: str) -> Any:
         from mlflow.exceptions import MlflowException
@@ -200,14 +220,25 @@ class Registry:
             ) from None
 
     def tag_version(self, version: str, tags: dict[str, Any]) -> None:
-        for k, v in tags.items():
-            self.client.set_model_version_tag(self.name, str(version), k, str(v))
+        """Set tags of ``version`` (under the lock: MLflow's SQLite store fails two writers of one tag at once)."""
+        with self.lock():
+            for k, v in tags.items():
+                self.client.set_model_version_tag(self.name, str(version), k, str(v))
+
+    def untag_version(self, version: str, *keys: str) -> None:
+        """Remove the tags ``keys`` of ``version`` (those it has)."""
+        with self.lock():
+            present = self.version(version).tags
+            for k in keys:
+                if k in present:
+                    self.client.delete_model_version_tag(self.name, str(version), k)
 
     def model_tag(self, key: str, default: str = "") -> str:
         return self.client.get_registered_model(self.name).tags.get(key, default) if self.exists() else default
 
     def set_model_tag(self, key: str, value: str) -> None:
-        self.client.set_registered_model_tag(self.name, key, value)
+        with self.lock():
+            self.client.set_registered_model_tag(self.name, key, value)
 
     def find_version(self, tag: str, value: str) -> str | None:
         """The newest version whose tag ``tag`` equals ``value`` (used to avoid registering the same model twice)."""

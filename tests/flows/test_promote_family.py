@@ -81,6 +81,17 @@ def fake_version(reg, **tags: str) -> str:
     return str(mv.version)
 
 
+@pytest.fixture
+def loadable(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Every version loads (the fake versions here hold no model; the gate and a manual promotion load the LLM
+    version they would make champion); returns the ``(registered model, ref)`` pairs loaded."""
+    from pipelines.registry import tracking
+
+    loaded: list[tuple[str, str]] = []
+    monkeypatch.setattr(tracking.Registry, "load_pyfunc", lambda self, ref: loaded.append((self.name, str(ref))))
+    return loaded
+
+
 def aliases(reg) -> dict:
     return {a: reg.alias(a) for a in (CHAMPION, CHALLENGER, PREVIOUS)} | {"history": reg.model_tag("champion_history")}
 
@@ -114,7 +125,7 @@ def write_llm_gate_inputs(adapter_sha: str = "sha-2") -> None:
 
 
 # --------------------------------------------------------------------------- promote: family="llm"
-def test_promote_by_hand_and_rollback_move_only_the_llm_aliases(both, artifacts) -> None:
+def test_promote_by_hand_and_rollback_move_only_the_llm_aliases(both, artifacts, loadable) -> None:
     from flows.promote import PromoteOptions, promote
 
     clf, llm = both
@@ -136,7 +147,9 @@ def test_promote_by_hand_and_rollback_move_only_the_llm_aliases(both, artifacts)
     assert aliases(clf) == classifier_before
 
 
-def test_the_llm_gate_reads_its_own_test_rows_and_writes_its_own_decision(both, artifacts, monkeypatch) -> None:
+def test_the_llm_gate_reads_its_own_test_rows_and_writes_its_own_decision(
+    both, artifacts, monkeypatch, loadable
+) -> None:
     """No test_split given: the gate compares on data/sft/test.jsonl (there is no data/processed here at all)."""
     from flows.promote import PromoteOptions, promote
     from pipelines.llm import registration
@@ -155,9 +168,12 @@ def test_the_llm_gate_reads_its_own_test_rows_and_writes_its_own_decision(both, 
     assert not Path("reports/promotion.json").exists() and not Path("data/processed").exists()
     assert aliases(clf) == classifier_before
     assert artifacts[0]["key"] == "promotion-llm" and "PROMOTED" in artifacts[0]["markdown"]
+    assert loadable == [(LLM, "2")]  # the challenger was loaded once, by its number, before being promoted
 
 
-def test_a_refused_llm_challenger_fails_the_flow_only_when_register_llm_says_so(both, artifacts, monkeypatch) -> None:
+def test_a_refused_llm_challenger_fails_the_flow_only_when_register_llm_says_so(
+    both, artifacts, monkeypatch, loadable
+) -> None:
     from flows.promote import PromoteOptions, promote
     from pipelines.errors import GateFailed
     from pipelines.llm import registration
@@ -175,6 +191,50 @@ def test_a_refused_llm_challenger_fails_the_flow_only_when_register_llm_says_so(
         promote.fn(PromoteOptions(family="llm"))
     assert llm.alias(CHAMPION) == "1" and clf.alias(CHAMPION) == "1"
     assert "REFUSED" in artifacts[0]["markdown"]  # published before failing
+
+
+def test_an_unloadable_llm_version_fails_the_gate_and_a_manual_promotion_moving_nothing(
+    both, artifacts, monkeypatch
+) -> None:
+    """The generative challenger's scores come from llm_eval, but it is loaded before it can become champion: v2
+    here holds no model, so the gate fails naming it (before: promoted), and so does promoting it by hand."""
+    from flows.promote import PromoteOptions, promote
+    from pipelines.llm import registration
+    from pipelines.registry.gate import ModelLoadFailed
+
+    clf, llm = both
+    before = (aliases(clf), aliases(llm))
+    write_llm_gate_inputs()
+    monkeypatch.setattr(registration, "score_registered", lambda *a, **k: {**GOOD, "mean_field_score": 0.1})
+    with pytest.raises(ModelLoadFailed, match=rf"registered model '{LLM}' v2 \(challenger\) cannot be loaded"):
+        promote.fn(PromoteOptions(family="llm"))
+    with pytest.raises(ModelLoadFailed, match=rf"'{LLM}' v2 \(to be promoted\) cannot be loaded"):
+        promote.fn(PromoteOptions(family="llm", version="2"))
+    assert (aliases(clf), aliases(llm)) == before and not artifacts
+    assert not Path("reports/promotion_llm.json").exists()
+
+
+def test_after_an_llm_rollback_the_gate_never_repromotes_it(both, artifacts, monkeypatch, loadable) -> None:
+    from flows.promote import PromoteOptions, promote
+    from pipelines.llm import registration
+
+    clf, llm = both
+    promote.fn(PromoteOptions(family="llm", version="2"))
+    back = promote.fn(PromoteOptions(family="llm", rollback=True, reason="invented order ids"))
+    assert back["champion_after"] == "1"
+    tags = llm.version("2").tags
+    assert (tags["rolled_back"], tags["rolled_back_to"]) == ("true", "1")
+    assert tags["rolled_back_reason"] == "manual: Prefect flow promote: invented order ids"
+    assert llm.alias(CHALLENGER) is None  # taken off the rolled-back version (before: still v2, re-promoted)
+
+    llm.set_alias(CHALLENGER, "2")  # as register_llm does when the same adapter is registered again
+    write_llm_gate_inputs()
+    monkeypatch.setattr(registration, "score_registered", lambda *a, **k: {**GOOD, "mean_field_score": 0.1})
+    out = promote.fn(PromoteOptions(family="llm"))
+    assert out["champion_after"] == "1" and llm.alias(CHAMPION) == "1"
+    decision = json.loads(Path("reports/promotion_llm.json").read_text())
+    assert decision["rolled_back"] and "never promotes a rolled-back version" in decision["reasons"][0]
+    assert clf.alias(CHAMPION) == "1" and clf.version("1").tags.get("rolled_back") is None
 
 
 def test_promote_options_default_to_the_classifier_and_refuse_an_unknown_family() -> None:

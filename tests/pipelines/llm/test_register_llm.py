@@ -218,6 +218,22 @@ def test_worse_challengers_are_refused_better_promoted_and_rollback(cli: Params,
     assert not tracking.Registry(cli.mlflow).exists()  # nothing happened to the classifier's model
 
 
+def test_a_rolled_back_adapter_registered_again_is_not_repromoted(cli: Params, make_adapter, monkeypatch) -> None:
+    """register_llm on the same adapter after a rollback reuses its version as challenger; the gate refuses it
+    (before: challenger stayed on it and the next gate promoted it again)."""
+    llm = tracking.Registry(cli.mlflow, cli.register_llm.registered_model)
+    register(cli, make_adapter(1), GOOD)
+    champion_scores(monkeypatch, GOOD)
+    assert register(cli, make_adapter(2), GOOD)["promoted"] and llm.alias(CHAMPION) == "2"
+    promotion.run_promotion(cli, family="llm", rollback=True, reason="bad summaries")
+    assert llm.alias(CHAMPION) == "1" and llm.alias(CHALLENGER) is None
+    assert llm.version("2").tags["rolled_back"] == "true"
+
+    again = register(cli, make_adapter(2), GOOD)
+    assert again["challenger_version"] == "2" and not again["promoted"] and again["rolled_back"]
+    assert llm.alias(CHAMPION) == "1" and "REFUSED" in Path("reports/promotion_llm.md").read_text()
+
+
 def test_a_refusal_fails_the_stage_only_when_register_llm_says_so(cli: Params, make_adapter, monkeypatch) -> None:
     register(cli, make_adapter(1), GOOD)
     champion_scores(monkeypatch, GOOD)
