@@ -97,9 +97,11 @@ clean: ## remove generated data, reports and caches (keeps .venv)
 
 # The tracking URI and artifact root come from params.yaml (mlflow:), so the UI reads the same
 # SQLite store the pipeline writes. Low-memory settings: one worker, no job execution (~500 MB).
+# Values from params reach the shell through `eval` only shell-quoted (shlex.quote): a path with spaces or `;`
+# stays one word and runs nothing.
 MLFLOW_PORT ?= 5000
 mlflow: $(STAMP) ## MLflow UI on http://127.0.0.1:5000 over the pipeline's SQLite store
-	@eval "$$($(BIN)/python -c 'from pipelines.config import load_params; from pipelines.registry.tracking import tracking_uri; m = load_params().mlflow; print("uri=" + tracking_uri(m), "root=" + m.artifact_root)')"; \
+	@eval "$$($(BIN)/python -c 'import shlex; from pipelines.config import load_params; from pipelines.registry.tracking import tracking_uri; m = load_params().mlflow; print("uri=" + shlex.quote(tracking_uri(m)), "root=" + shlex.quote(m.artifact_root))')"; \
 	echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)  (store $$uri, artifacts $$root)"; \
 	mkdir -p "$$root"; \
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false exec mlflow server --backend-store-uri "$$uri" \
@@ -123,5 +125,5 @@ ui: $(STAMP) ## Prefect UI :4200 + MLflow UI :5000 + all deployments served (Ctr
 	@flows/ui.sh
 
 prefect-server: $(STAMP) ## only the local Prefect server on http://127.0.0.1:4200 (PREFECT_HOME from params)
-	@eval "$$($(BIN)/python -c 'from pipelines.config import load_params; f = load_params().flows; print(f"home={f.prefect_home} port={f.prefect_port}")')"; \
+	@eval "$$($(BIN)/python -c 'import shlex; from pipelines.config import load_params; f = load_params().flows; print("home=" + shlex.quote(f.prefect_home), f"port={f.prefect_port}")')"; \
 	mkdir -p "$$home"; PREFECT_HOME="$$(cd "$$home" && pwd)" exec prefect server start --host 127.0.0.1 --port "$$port"

@@ -3,6 +3,8 @@
 Started by hand or by the trigger on ``model.drift.detected`` (``flows/serve_all.py``); ``reason``
 comes from the event's payload. The steps are :mod:`monitoring.feedback`'s, the same ones
 ``python -m monitoring.run`` composes without Prefect; here ``training`` does the reproduction.
+With ``data.snapshots_review: true`` the flow stops after the snapshot while a snapshot awaits a person's
+review (``python -m monitoring.feedback review``); run it (or the training flow) again once reviewed.
 """
 
 from __future__ import annotations
@@ -55,6 +57,18 @@ def retrain(reason: str = "manual", options: RetrainOptions = RetrainOptions()) 
     logger = get_run_logger()
     logger.info("retrain: %s", reason)
     path = take_snapshot(params)
+    pending = feedback.awaiting_review(params)
+    if pending:
+        logger.warning("retrain: %d snapshot(s) await review (data.snapshots_review): %s", len(pending), pending)
+        create_markdown_artifact(
+            key="retrain",
+            description=reason[:200],
+            markdown=f"# Retrain: awaiting review\n\n- reason: {reason}\n"
+            + "".join(
+                f"- `{p}`: `python -m monitoring.feedback review {p} --reviewer <name> --approve`\n" for p in pending
+            ),
+        )
+        return {"reason": reason, "snapshot": str(path), "awaiting_review": pending, "promoted": False}
     # the classifier's branch: monitoring judges the classifier; the generative model is not retrained here
     trained = training(TrainingOptions(branch="classifier", params_file=options.params_file, force=options.force))
     version = trained.get("challenger_version")

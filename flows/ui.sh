@@ -3,7 +3,8 @@
 # and one process serving every deployment (python -m flows.serve_all), all on 127.0.0.1.
 # Each runs in its own session (setsid), so Ctrl-C reaches only this script, which stops them in order: the serve process first (or the server waits on it), then the UIs.
 set -euo pipefail
-eval "$(python -c 'from pipelines.config import load_params; f = load_params().flows; print(f"home={f.prefect_home} port={f.prefect_port}")')"
+# params values reach `eval` shell-quoted: a prefect_home with spaces or `;` is one word and runs nothing
+eval "$(python -c 'import shlex; from pipelines.config import load_params; f = load_params().flows; print("home=" + shlex.quote(f.prefect_home), f"port={f.prefect_port}")')"
 export PREFECT_HOME="$(cd "$(dirname "$home")" && pwd)/$(basename "$home")"
 export PREFECT_API_URL="http://127.0.0.1:${port}/api" PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 mkdir -p "$PREFECT_HOME"

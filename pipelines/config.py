@@ -97,6 +97,9 @@ class DataConfig(Section):
         "data/snapshots",
         description="labelled production snapshots (canonical columns id/text/label/timestamp), appended",
     )
+    snapshots_review: bool = Field(
+        False, description="true: ingest reads only snapshots a person approved (<snapshot>.review.json)"
+    )
 
     @field_validator("encoding")
     @classmethod
@@ -786,6 +789,10 @@ class MonitorConfig(Section):
     min_class_support: int = Field(20, ge=1, description="classes with fewer labelled rows are not judged")
     persistence: int = Field(3, ge=1, le=100, description="consecutive breaching windows before a breach is confirmed")
     retrain_on_breach: bool = Field(True, description="false: only report confirmed breaches")
+    feedback_conflict: Literal["latest", "majority", "drop"] = Field(
+        "latest",
+        description="several labels for one (request_id, item): latest wins | the most given (a tie: none) | none",
+    )
     seed: int = 42
     generative: GenerativeMonitorConfig = GenerativeMonitorConfig()
 

@@ -18,9 +18,18 @@ split: deterministic train / val / test.
 An explicit ``time``/``group``/``stratified`` re-splits the union and ignores given splits (the report says
 so). The raw splits go to ``data/processed/split/`` (without the ``split`` column); the leakage stage audits
 them and writes the model-ready ``data/processed/{train,val,test}.parquet``.
+
+Feedback rows (the labelled production snapshots of ``data.snapshots_dir``, whose labels whoever can call
+``POST /feedback`` chose) never enter test, the split the gate scores: the strategy splits the other rows
+exactly as it would without them (so test is the same whatever feedback arrived), then each feedback row
+joins train, except under ``time`` where one newer than the oldest val/test row joins val (in train it
+would put training data after evaluation data, which the leakage stage blocks); the report counts them
+(``feedback_rows``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
@@ -103,16 +112,13 @@ def _given(df: pd.DataFrame, cfg: SplitConfig, reason: str) -> tuple[dict[str, p
     return parts, reason
 
 
-def split_frame(df: pd.DataFrame, cfg: SplitConfig) -> tuple[dict[str, pd.DataFrame], dict]:
-    """Pure stage function: one frame → three frames and a report of how it was split."""
-    strategy, reason = choose_strategy(df, cfg)
+def _split_trusted(df: pd.DataFrame, cfg: SplitConfig, strategy: str, reason: str) -> tuple[dict, str]:
+    """The strategy's three parts of ``df`` (rows without feedback)."""
     val_f, test_f = cfg.val_fraction, cfg.test_fraction
     n = len(df)
-    if n < 10:
-        raise DataError(f"only {n} rows after ingest: too few to split into train/val/test")
     if strategy == "given":
-        parts, reason = _given(df, cfg, reason)
-    elif strategy == "time":
+        return _given(df, cfg, reason)
+    if strategy == "time":
         ordered = df.sort_values(["timestamp", "id"], kind="stable").reset_index(drop=True)
         n_test, n_val = int(round(n * test_f)), int(round(n * val_f))
         parts = {
@@ -120,23 +126,60 @@ def split_frame(df: pd.DataFrame, cfg: SplitConfig) -> tuple[dict[str, pd.DataFr
             "val": ordered.iloc[n - n_val - n_test : n - n_test],
             "test": ordered.iloc[n - n_test :],
         }
-    elif strategy == "group":
+        return parts, reason
+    if strategy == "group":
         parts = {}
         rest = df = df.reset_index(drop=True)
         groups = _row_groups(df)
         for name, frac in (("test", test_f), ("val", val_f / (1 - test_f))):
             rest, parts[name] = _group_take(rest, groups, frac, name, cfg.seed)
         parts["train"] = rest
-    else:
-        counts = df["label"].value_counts()
-        stratify = df["label"] if counts.min() >= 3 else None
-        if stratify is None:
-            reason += f" (not stratified: class {counts.idxmin()!r} has only {counts.min()} rows)"
-        train_val, test = train_test_split(df, test_size=test_f, random_state=cfg.seed, stratify=stratify)
-        strat2 = train_val["label"] if stratify is not None else None
-        train, val = train_test_split(train_val, test_size=val_f / (1 - test_f), random_state=cfg.seed, stratify=strat2)
-        parts = {"train": train, "val": val, "test": test}
+        return parts, reason
+    counts = df["label"].value_counts()
+    stratify = df["label"] if counts.min() >= 3 else None
+    if stratify is None:
+        reason += f" (not stratified: class {counts.idxmin()!r} has only {counts.min()} rows)"
+    train_val, test = train_test_split(df, test_size=test_f, random_state=cfg.seed, stratify=stratify)
+    strat2 = train_val["label"] if stratify is not None else None
+    train, val = train_test_split(train_val, test_size=val_f / (1 - test_f), random_state=cfg.seed, stratify=strat2)
+    return {"train": train, "val": val, "test": test}, reason
 
+
+def _place_feedback(parts: dict, feedback: pd.DataFrame, strategy: str) -> tuple[dict, dict[str, int]]:
+    """Feedback rows into train, or (``time``: newer than the oldest val/test row, or undated) into val."""
+    to_val = pd.Series(False, index=feedback.index)
+    if strategy == "time" and len(feedback):
+        oldest_eval = pd.concat([parts["val"]["timestamp"], parts["test"]["timestamp"]]).min()
+        to_val = ~(feedback["timestamp"] <= oldest_eval).fillna(False).astype(bool)
+    placed = {"train": feedback[~to_val], "val": feedback[to_val]}
+    for name, rows in placed.items():
+        if len(rows):
+            parts[name] = pd.concat([parts[name], rows])
+    return parts, {"train": int(len(placed["train"])), "val": int(len(placed["val"])), "test": 0}
+
+
+def split_frame(
+    df: pd.DataFrame, cfg: SplitConfig, feedback_ids: Collection[str] = ()
+) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Pure stage function: one frame → three frames and a report of how it was split.
+
+    Rows whose ``id`` is in ``feedback_ids`` (:func:`pipelines.data.snapshots.used_ids`) are kept out of test."""
+    strategy, reason = choose_strategy(df, cfg)
+    is_feedback = pd.Series(False, index=df.index)
+    if len(feedback_ids) and "id" in df:
+        is_feedback = df["id"].astype("string").isin(set(feedback_ids)).fillna(False).astype(bool)
+    feedback, trusted = df[is_feedback], df[~is_feedback]
+    n = len(trusted)
+    if n < 10:
+        extra = f" besides {len(feedback)} feedback row(s), which never enter test" if len(feedback) else ""
+        raise DataError(f"only {n} rows after ingest{extra}: too few to split into train/val/test")
+    parts, reason = _split_trusted(trusted, cfg, strategy, reason)
+    parts, placed = _place_feedback(parts, feedback, strategy)
+    if len(feedback):
+        reason += (
+            f"; {len(feedback)} feedback row(s) (data.snapshots_dir) kept out of test: "
+            f"{placed['train']} in train, {placed['val']} in val"
+        )
     parts = {k: parts[k].drop(columns="split", errors="ignore").reset_index(drop=True) for k in SPLITS}
     for name, part in parts.items():
         if part.empty:
@@ -147,6 +190,7 @@ def split_frame(df: pd.DataFrame, cfg: SplitConfig) -> tuple[dict[str, pd.DataFr
         "strategy": strategy,
         "reason": reason,
         "rows": {k: int(len(v)) for k, v in parts.items()},
+        "feedback_rows": placed,
         "class_counts": {
             k: {c: int(x) for c, x in v["label"].value_counts().sort_index().items()} for k, v in parts.items()
         },

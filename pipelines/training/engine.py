@@ -127,6 +127,24 @@ def save_checkpoint(engine, directory: Path, tag: str, client_state: dict) -> No
     engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, exclude_frozen_parameters=True)
 
 
+def checkpoint_safe_globals() -> list[type]:
+    """The classes DeepSpeed pickles into its checkpoint files besides tensors and plain containers (seen in the
+    ZeRO-2/3 fp32/bf16 optimizer shards; the model-states files hold none): what a ``weights_only`` load of a
+    shard needs. Each is plain data (an enum, a dataclass, a loss-scale holder); nothing else is allowed."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [ZeroStageEnum, fragment_address, LossScaler, DynamicLossScaler]
+
+
+def read_checkpoint_file(path: Path) -> Any:
+    """One checkpoint file with ``torch.load(weights_only=True)`` and only :func:`checkpoint_safe_globals`
+    (DeepSpeed's own loader unpickles with ``weights_only=False``: read a shard this way first)."""
+    with torch.serialization.safe_globals(checkpoint_safe_globals()):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_checkpoint(engine, directory: Path) -> dict:
     """Resume from the latest checkpoint in ``directory``; return its client state."""
     path, client_state = engine.load_checkpoint(str(directory), load_module_strict=False)

@@ -35,22 +35,42 @@ def check_world_size(cfg: DeepSpeedConfig, accelerator: str, section: str = "fin
         )
 
 
-def check_checkpoint(ckpt_dir: Path) -> None:
-    """Refuse a missing or unreadable checkpoint before the ranks start (a failing rank is slower to report)."""
-    import torch
-
+def checkpoint_tag_dir(ckpt_dir: Path) -> Path:
+    """The directory the ``latest`` file names: a direct child of ``ckpt_dir`` (a name like ``epoch-2``; no
+    path, no ``..``, no symlink out), or :class:`PipelineError`. DeepSpeed joins that name to the folder itself."""
     latest = ckpt_dir / "latest"
     if not latest.is_file():
         raise PipelineError(f"--resume: no checkpoint in {ckpt_dir} (no 'latest' file); run without --resume first")
-    tag_dir = ckpt_dir / latest.read_text().strip()
+    tag = latest.read_text(encoding="utf-8", errors="replace").strip()
+    tag_dir = ckpt_dir / tag
+    plain = tag not in ("", ".", "..") and "/" not in tag and "\\" not in tag and "\0" not in tag
+    if not plain or tag_dir.resolve().parent != ckpt_dir.resolve():
+        raise PipelineError(
+            f"--resume: {latest} names {tag[:200]!r}, not a checkpoint folder directly inside {ckpt_dir}; "
+            "refusing to read outside it (write the tag, e.g. epoch-1, or run without --resume)"
+        )
+    return tag_dir
+
+
+def check_checkpoint(ckpt_dir: Path) -> None:
+    """Refuse a missing, unreadable or unsafe checkpoint before the ranks start (a failing rank is slower to report).
+
+    Every file is read with ``torch.load(weights_only=True)`` and only the few plain-data classes DeepSpeed
+    pickles (:func:`pipelines.training.engine.checkpoint_safe_globals`): a file that needs anything else to
+    unpickle (a pickle that could run code) is refused here, before DeepSpeed's own loader, which unpickles
+    with ``weights_only=False``, ever opens it."""
+    tag_dir = checkpoint_tag_dir(ckpt_dir)
     files = sorted(tag_dir.glob("*.pt")) if tag_dir.is_dir() else []
     if not files:
         raise PipelineError(f"--resume: checkpoint {tag_dir} is missing or empty")
     for f in files:
         try:
-            torch.load(f, map_location="cpu", weights_only=False)
+            dse.read_checkpoint_file(f)
         except Exception as err:  # noqa: BLE001 - any failure to read means the file is unusable
-            raise PipelineError(f"--resume: checkpoint file {f} is corrupt ({type(err).__name__}: {err})") from None
+            what = str(err).splitlines()[0][:300] if str(err) else ""
+            raise PipelineError(
+                f"--resume: checkpoint file {f} is corrupt or unsafe to load ({type(err).__name__}: {what})"
+            ) from None
 
 
 def prepare_checkpoints(ckpt_dir: Path, resume: bool) -> None:

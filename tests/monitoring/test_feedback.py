@@ -153,3 +153,138 @@ def test_a_null_snapshots_dir_fails_every_retraining_path_before_it_does_anythin
     params.monitor.retrain_on_breach = False  # report-only monitoring does not need snapshots
     with pytest.raises(DataError, match="no 'champion' version"):
         run_pass(params)
+
+
+# --------------------------------------------------------------------------- feedback is untrusted input
+def _log(rows: list[tuple[str, int, str, int]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(predictions, feedback) frames as the log reads them; rows: (request_id, item, label, minutes after T0)."""
+    keys = sorted({(r, i) for r, i, _, _ in rows})
+    preds = pd.DataFrame(
+        {
+            "ts": [T0] * len(keys),
+            "request_id": [r for r, _ in keys],
+            "item": [i for _, i in keys],
+            "text": [f"text of {r}:{i}" for r, i in keys],
+            "label": ["billing"] * len(keys),
+        }
+    )
+    feedback = pd.DataFrame(
+        {
+            "ts": [T0 + timedelta(minutes=m) for *_, m in rows],
+            "request_id": [r for r, *_ in rows],
+            "item": [i for _, i, *_ in rows],
+            "true_label": [lab for _, _, lab, _ in rows],
+        }
+    )
+    return preds, feedback
+
+
+CONFLICTS = [
+    ("r1", 0, "billing", 0),
+    ("r1", 0, "refund", 1),  # corrected (or overwritten)
+    ("r2", 0, "billing", 0),
+    ("r2", 0, "refund", 5),
+    ("r2", 0, "billing", 2),  # billing twice, refund last
+    ("r3", 0, "refund", 0),
+    ("r3", 0, "billing", 1),
+    ("r3", 1, "security", 0),  # another item of the same request: its own key
+    ("r4", 0, "account_access", 3),
+]
+
+
+@pytest.mark.parametrize(
+    "rule, expected",
+    [
+        (
+            "latest",
+            {"r1:0": "refund", "r2:0": "refund", "r3:0": "billing", "r3:1": "security", "r4:0": "account_access"},
+        ),
+        ("majority", {"r2:0": "billing", "r3:1": "security", "r4:0": "account_access"}),  # ties keep no label
+        ("drop", {"r3:1": "security", "r4:0": "account_access"}),
+    ],
+)
+def test_several_labels_for_one_item_follow_the_conflict_rule_into_the_snapshot(
+    tmp_path, monkeypatch, dvc, rule, expected
+):
+    from pipelines.config import parse_params
+
+    monkeypatch.chdir(tmp_path)
+    preds, feedback = _log(CONFLICTS)
+    preds = pd.concat([preds, preds.iloc[:1]], ignore_index=True)  # a replayed prediction counts once
+    latest = feedback.sort_values("ts").drop_duplicates(["request_id", "item"], keep="last")
+    last_wins = preds.drop_duplicates(["request_id", "item"]).merge(latest.drop(columns="ts"))  # the log's join
+    monkeypatch.setattr(fb, "read_log_frames", lambda root: (preds, last_wins, feedback))
+    params = parse_params({"data": {"snapshots_dir": "snaps"}, "monitor": {"feedback_conflict": rule}})
+    rows = pd.read_parquet(fb.snapshot_feedback(params, now=T0))
+    assert dict(zip(rows["id"], rows["label"])) == expected
+    assert fb.resolve_labels(feedback, rule).duplicated(["request_id", "item"]).sum() == 0
+
+
+def test_an_unknown_conflict_rule_is_refused_naming_the_key():
+    from pipelines.config import parse_params
+
+    with pytest.raises(ConfigError, match="feedback_conflict"):
+        parse_params({"monitor": {"feedback_conflict": "first"}})
+
+
+def test_with_review_on_retraining_waits_for_a_person_before_reproducing(tmp_path, monkeypatch, dvc):
+    from pipelines.config import parse_params
+    from pipelines.data import snapshots
+
+    monkeypatch.chdir(tmp_path)
+    preds, feedback = _log([("r1", 0, "refund", 0), ("r2", 0, "billing", 0)])
+    monkeypatch.setattr(fb, "read_log_frames", lambda root: (preds, preds.iloc[:0], feedback))
+    params = parse_params({"data": {"snapshots_dir": "snaps", "snapshots_review": True}})
+    done = fb.retrain_on_feedback(params, "drift")
+    assert done["awaiting_review"] == [done["snapshot"]] and not done["promoted"] and done["version"] is None
+    assert [c[0] for c in dvc.calls] == ["add"]  # no dvc repro on data no one reviewed
+    snapshots.review(done["snapshot"], approve=True, reviewer="ana")
+    assert fb.awaiting_review(params) == []
+    (tmp_path / "snaps" / "by-hand.parquet").write_bytes(b"")  # a new snapshot, not reviewed
+    assert fb.awaiting_review(params) == ["snaps/by-hand.parquet"]
+    params.data.snapshots_review = False  # the default: no review step, nothing waits
+    assert fb.awaiting_review(params) == []
+
+
+def test_the_retrain_flow_stops_before_training_while_a_snapshot_awaits_review(tmp_path, monkeypatch):
+    """The Prefect path takes the same step: no training on data no one reviewed."""
+    import logging
+
+    import flows.retrain as flow_module
+    from flows.retrain import RetrainOptions, retrain
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({"data": {"snapshots_dir": "snaps", "snapshots_review": True}})
+    )
+    snap = tmp_path / "snaps" / "snapshot-1.parquet"
+    monkeypatch.setattr(
+        flow_module, "take_snapshot", lambda params: snap.parent.mkdir() or snap.write_bytes(b"") or snap
+    )
+    monkeypatch.setattr(flow_module, "get_run_logger", lambda: logging.getLogger("retrain"))
+    artifacts: list[str] = []
+    monkeypatch.setattr(flow_module, "create_markdown_artifact", lambda **kw: artifacts.append(kw["markdown"]))
+    monkeypatch.setattr(flow_module, "training", lambda *a, **k: pytest.fail("trained on an unreviewed snapshot"))
+    done = retrain.fn("drift", RetrainOptions(params_file="params.yaml"))
+    assert done["awaiting_review"] == ["snaps/snapshot-1.parquet"] and done["promoted"] is False
+    assert "awaiting review" in artifacts[0] and "monitoring.feedback review snaps/snapshot-1.parquet" in artifacts[0]
+
+
+def test_the_review_cli_records_a_decision_and_lists_what_is_pending(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pipelines.data import snapshots
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": {"snapshots_dir": "snaps"}}))
+    rows = snapshots.snapshot_frame(["r:0"], ["text"], ["billing"], [T0])
+    first = snapshots.write_snapshot(rows, tmp_path / "snaps", now=T0)
+    second = snapshots.write_snapshot(rows, tmp_path / "snaps", now=T0 + timedelta(hours=1))
+    runner = CliRunner()
+    done = runner.invoke(fb.cli, ["review", str(first), "--reviewer", "ana", "--reject"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(snapshots.review_path(first).read_text())["approved"] is False
+    listed = runner.invoke(fb.cli, ["pending", "--params", "params.yaml"])
+    assert listed.exit_code == 0 and listed.output.split() == [str(second.relative_to(tmp_path))]
+    refused = runner.invoke(fb.cli, ["review", "nope.parquet", "--reviewer", "ana"])
+    assert refused.exit_code != 0 and "not a snapshot file" in str(refused.exception)

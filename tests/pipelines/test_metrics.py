@@ -55,11 +55,40 @@ def test_score_agrees_with_sklearn() -> None:
     assert np.array(m["confusion"]["matrix"]).sum() == len(y)
 
 
-def test_evaluate_reports_latency_and_predictions() -> None:
-    model = Fixed(["x", "y"], np.array([[0.9, 0.1], [0.2, 0.8]]))
-    m, preds = evaluate(model, ["t1", "t2"], ["x", "x"], split="val")
-    assert preds == ["x", "y"] and m["latency_ms_per_1k"] >= 0 and m["n"] == 2
-    assert m["per_class"]["y"]["support"] == 0
+class Clock:
+    """A stand-in for ``time.perf_counter``: it moves only when a model says it spent time."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class Slow(Fixed):
+    """:class:`Fixed` that takes ``seconds`` of the fake clock per call."""
+
+    def __init__(self, classes: list[str], proba: np.ndarray, clock: Clock, seconds: float) -> None:
+        super().__init__(classes, proba)
+        self.clock, self.seconds = clock, seconds
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        self.clock.now += self.seconds
+        return super().predict_proba(texts)
+
+
+def test_evaluate_reports_latency_per_1k_texts_and_predictions(monkeypatch) -> None:
+    import pipelines.metrics
+
+    clock = Clock()
+    monkeypatch.setattr(pipelines.metrics, "time", clock)  # only the metrics module's clock
+    model = Slow(["x", "y"], np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]), clock, seconds=0.5)
+    clock.now += 7.0  # time before the call is not the model's
+    m, preds = evaluate(model, ["t1", "t2", "t3", "t4"], ["x", "x", "x", "y"], split="val")
+    # 0.5 s for 4 texts = 125 ms a text = 125,000 ms per 1,000 texts
+    assert m["latency_ms_per_1k"] == pytest.approx(0.5 * 1000 / 4 * 1000)
+    assert preds == ["x", "y", "x", "y"] and m["n"] == 4
+    assert m["per_class"]["y"]["support"] == 1
 
 
 def test_empty_split_and_unseen_class_are_refused() -> None:

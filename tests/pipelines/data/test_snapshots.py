@@ -52,7 +52,12 @@ def test_ingest_reads_through_the_owner_and_a_hand_made_file_needs_text_and_labe
     pd.DataFrame({"text": ["by hand"], "label": ["refund"]}).to_parquet(tmp_path / "extra.parquet")
     got = read_snapshots(DataConfig(snapshots_dir=str(tmp_path)))
     pd.testing.assert_frame_equal(got, snapshots.read_snapshots(tmp_path))
-    assert got["text"].tolist() == ["by hand", "text a:0"] and snapshots.used_ids(tmp_path) == {"a:0"}
+    assert got["text"].tolist() == ["by hand", "text a:0"]
+    # a row without an id gets one (its file and row), so the split stage can keep it out of test
+    assert got["id"].tolist() == ["extra.parquet:0", "a:0"] and snapshots.used_ids(tmp_path) == {
+        "a:0",
+        "extra.parquet:0",
+    }
     assert read_snapshots(DataConfig(snapshots_dir=None)) is None
     pd.DataFrame({"text": ["no label"]}).to_parquet(tmp_path / "bad.parquet")
     with pytest.raises(DataError, match=r"bad.parquet lacks column\(s\) \['label'\]"):
@@ -81,3 +86,35 @@ def test_monitoring_feedback_rows_are_snapshot_rows():
     assert list(rows.columns) == list(snapshots.COLUMNS) and rows["id"].tolist() == ["r:0", "r:1"]
     expected = snapshots.snapshot_frame(["r:0", "r:1"], ["one", "two"], ["billing", "refund"], labelled["ts"][:2])
     pd.testing.assert_frame_equal(rows, expected)
+
+
+def test_with_review_on_only_approved_unchanged_snapshots_are_read(tmp_path):
+    """data.snapshots_review: a snapshot is used once a person approved exactly that file."""
+    first = snapshots.write_snapshot(_rows(["a:0"]), tmp_path, now=T0)
+    second = snapshots.write_snapshot(_rows(["b:0"]), tmp_path, now=T0 + timedelta(hours=1))
+    assert snapshots.read_snapshots(tmp_path, reviewed_only=True) is None
+    assert snapshots.pending_review(tmp_path) == [first, second]
+    record = snapshots.review(first, approve=True, reviewer="ana", now=T0)
+    snapshots.review(second, approve=False, reviewer="ana", now=T0)
+    assert record.name == first.name + ".review.json" and snapshots.pending_review(tmp_path) == []
+    assert snapshots.read_snapshots(tmp_path, reviewed_only=True)["id"].tolist() == ["a:0"]
+    assert len(snapshots.read_snapshots(tmp_path)) == 2  # review off (the default): every snapshot
+    assert snapshots.used_ids(tmp_path) == {"a:0", "b:0"}  # a rejected row is never snapshotted again
+    first.chmod(0o644)
+    _rows(["z:0"]).to_parquet(first)  # swapped after the review
+    with pytest.raises(DataError, match="changed after its review"):
+        snapshots.read_snapshots(tmp_path, reviewed_only=True)
+    with pytest.raises(DataError, match="names its reviewer"):
+        snapshots.review(second, approve=True, reviewer=" ")
+    with pytest.raises(DataError, match="not a snapshot file"):
+        snapshots.review(tmp_path / "nope.parquet", approve=True, reviewer="ana")
+
+
+def test_ingest_honours_the_review_param(tmp_path):
+    from pipelines.data.ingestion import read_snapshots
+
+    path = snapshots.write_snapshot(_rows(["a:0"]), tmp_path, now=T0)
+    reviewed = DataConfig(snapshots_dir=str(tmp_path), snapshots_review=True)
+    assert read_snapshots(reviewed) is None and len(read_snapshots(DataConfig(snapshots_dir=str(tmp_path)))) == 1
+    snapshots.review(path, approve=True, reviewer="ana")
+    assert read_snapshots(reviewed)["id"].tolist() == ["a:0"]
