@@ -42,7 +42,7 @@ SMALL = {
         "reference_size": 800,
         "persistence": 3,
     },
-    "serve": {"watch_interval_s": 5, "log_flush_s": 1.0},
+    "serve": {"watch_interval_s": 5, "log_flush_s": 1.0, "log_text": True},  # drift is measured on the text
     # the generative branch, when a copy runs all of dvc.yaml (a Prefect UI run): a smoke-sized one
     "sft_data": {"max_train_samples": 16, "max_val_samples": 8, "max_test_samples": 8},
     "sft": {"epochs": 1, "smoke_steps": 2},

@@ -668,11 +668,38 @@ class ServeConfig(Section):
     retry_after_s: int = Field(1, ge=1, description="Retry-After header on 429")
     max_texts_per_request: int = Field(64, ge=1)
     max_text_chars: int = Field(5000, ge=1)
-    api_key: str | None = Field(None, description="require this X-API-Key header (env TICKETOPS_API_KEY overrides)")
+    api_key: str | None = Field(
+        None, description="require this key (X-API-Key or Bearer) on every route but open_paths; see api_key_file"
+    )
+    api_key_file: str | None = Field(
+        None,
+        description="file holding the key (first line; relative to the project); env TICKETOPS_API_KEY overrides "
+        "it, and it overrides api_key. Resolved by the app builder and passed to every replica",
+    )
+    open_paths: list[str] = Field(["/healthz"], description="paths answered without the API key (exact match)")
+    allowed_hosts: list[str] = Field(
+        ["127.0.0.1", "localhost"], min_length=1, description="Host headers accepted ('*': any; else 400)"
+    )
+    max_body_bytes: int = Field(
+        2_000_000, ge=1024, description="request body cap, checked before parsing (413 above it)"
+    )
+    feedback_rate_per_minute: int = Field(
+        60, ge=0, description="POST /feedback per API key (client address without a key) per minute; 0: no limit"
+    )
+    feedback_burst: int = Field(20, ge=1, description="feedback requests a caller may send at once")
     watch_interval_s: float = Field(30.0, ge=0.0, description="re-resolve the alias every N s (0: never)")
     torch_threads: int = Field(2, ge=1, le=256, description="torch intra-op threads per replica (set it per machine)")
     log_dir: str = Field("data/production", description="prediction log root (serving/prediction_log.py)")
-    log_text: bool = Field(True, description="store the PII-scrubbed text in the log (false: hash only)")
+    log_text: bool = Field(
+        False, description="true: store the PII-scrubbed text in the log (monitoring's text drift and feedback "
+        "snapshots need it); false: only its keyed hash"
+    )
+    hash_key_env: str = Field(
+        "TICKETOPS_HASH_KEY",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="environment variable holding the secret key of the log's text hashes (HMAC-SHA256, at least "
+        "16 characters); unset: a random key per process",
+    )
     log_flush_rows: int = Field(256, ge=1, description="write a Parquet part every N rows...")
     log_flush_s: float = Field(5.0, gt=0.0, description="...or every T seconds")
     feedback_accept_unknown: bool = Field(
@@ -686,6 +713,9 @@ class ServeConfig(Section):
                 f"max_ongoing_requests ({self.max_ongoing_requests}) is below max_batch_size "
                 f"({self.max_batch_size}): batches could never fill"
             )
+        bad = [p for p in self.open_paths if not p.startswith("/")]
+        if bad:
+            raise ValueError(f"open_paths: each must be a path starting with '/', got {bad}")
         return self
 
 
@@ -723,7 +753,9 @@ class ServeLlmConfig(Section):
     )
     retry_after_s: int = Field(1, ge=1, description="Retry-After header on 429 and 503")
     watch_interval_s: float = Field(30.0, ge=0.0, description="re-resolve the alias every N s (0: never)")
-    log_text: bool = Field(True, description="store the PII-scrubbed prompt and answer (false: hashes only)")
+    log_text: bool = Field(
+        False, description="true: store the PII-scrubbed prompt and answer (prompt drift needs it); false: hashes only"
+    )
 
     @model_validator(mode="after")
     def _slots_fit(self) -> ServeLlmConfig:

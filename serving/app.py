@@ -21,11 +21,18 @@ ingress's response is cancelled: a client that goes away aborts its generation i
 ``llm.enabled`` or ``serve_llm.enabled`` false the ``llm`` deployment is not built and ``/v1`` answers 503; with
 no generative champion registered it keeps looking for one (``/v1`` 503 with the reason meanwhile), and the
 classifier serves either way.
+
+**The API key** is resolved here, in the application builder (:func:`build_settings`: ``TICKETOPS_API_KEY``, else
+``serve.api_key_file``, else ``serve.api_key``; :func:`serving.security.resolve_api_key`) and passed to every
+replica inside its ``serve`` config; replicas never read it from their own environment, which under
+``serve deploy`` is the cluster's and may lack the variable. The builder also refuses a non-loopback
+``serve.host`` without a key (pass ``host`` in the config's ``args`` to mirror ``http_options.host``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import time
@@ -38,11 +45,13 @@ from pipelines.classifier.model_api import PRECISIONS
 from pipelines.config import MlflowConfig, Params, ServeConfig, ServeLlmConfig, load_params
 from pipelines.errors import ConfigError
 from pipelines.registry.tracking import tracking_uri
-from serving.batching import ItemResult, QueueFull
+from serving.batching import ItemResult, QueueFull, predict_isolated
 from serving.llm.openai_api import LocalBackend
+from serving.security import check_bind, redact, resolve_api_key
 from serving.telemetry import ServiceMetrics
 
 APP_NAME = "ticketops"
+log = logging.getLogger(__name__)
 
 
 class ServeBatchRunner:
@@ -77,10 +86,10 @@ class ServeBatchRunner:
         for model in {id(m): m for _, m in items}.values():  # a swap may leave two versions in one batch
             idx = [i for i, (_, m) in enumerate(items) if m is model]
             start = time.perf_counter()
-            proba = await asyncio.to_thread(model.predict_proba, [items[i][0] for i in idx])
+            rows = await asyncio.to_thread(predict_isolated, model, [items[i][0] for i in idx])
             self.metrics.observe_batch(len(idx), time.perf_counter() - start)
-            for j, i in enumerate(idx):
-                out[i] = ItemResult(proba[j], model, len(idx))
+            for j, i in enumerate(idx):  # a text the model cannot take fails alone (its request), not the batch
+                out[i] = rows[j] if isinstance(rows[j], BaseException) else ItemResult(rows[j], model, len(idx))
         return out  # type: ignore[return-value]
 
 
@@ -110,13 +119,19 @@ class ClassifierDeployment:
         self.llm, self.llm_off_reason = llm, llm_off_reason
 
     def __serve_build_asgi_app__(self) -> Any:
-        from serving.api import API_KEY_ENV, build_app
+        from serving.api import build_app
         from serving.llm.openai_api import UnavailableBackend, attach
 
         app = build_app(self.service)
         backend = HandleBackend(self.llm) if self.llm is not None else UnavailableBackend(self.llm_off_reason)
-        api_key = os.environ.get(API_KEY_ENV) or self.service.cfg.api_key
-        return attach(app, backend, api_key, self.service.metrics, self.service.metrics.render)
+        # the key the builder resolved (in the deployment's config), never this replica's environment
+        return attach(app, backend, self.service.cfg.api_key, self.service.metrics, self.service.metrics.render)
+
+    def check_health(self) -> None:
+        """Ray Serve's health check: a replica whose batching loop died is restarted."""
+        problem = self.service.fatal_problem()
+        if problem:
+            raise RuntimeError(problem)
 
 
 class HandleBackend:
@@ -191,9 +206,10 @@ def deployment_options(cfg: ServeConfig) -> dict[str, Any]:
 
 
 def build_settings(args: dict[str, Any] | None = None) -> tuple[ServeConfig, MlflowConfig, Path, str]:
-    """What :func:`build` deploys: the serve config (``args`` overriding ``serve:`` keys), the MLflow config, the
-    project directory and the inference precision (``evaluate.precision``, the one the gate judged the champion
-    in; ``args["precision"]`` overrides it, for measurements such as ``benchmarks/serving.py``)."""
+    """What :func:`build` deploys: the serve config (``args`` overriding ``serve:`` keys; ``api_key`` resolved,
+    see :func:`serving.security.resolve_api_key`), the MLflow config, the project directory and the inference
+    precision (``evaluate.precision``, the one the gate judged the champion in; ``args["precision"]`` overrides it,
+    for measurements such as ``benchmarks/serving.py``). A non-loopback ``host`` without a key is a ConfigError."""
     args = dict(args or {})
     project_dir = Path(args.pop("project_dir", None) or os.getcwd()).resolve()
     params_path = Path(args.pop("params", "params.yaml"))
@@ -203,6 +219,11 @@ def build_settings(args: dict[str, Any] | None = None) -> tuple[ServeConfig, Mlf
         raise ConfigError(f"precision: must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     cfg = params.serve.model_copy(update=args) if args else params.serve
     cfg = ServeConfig.model_validate(cfg.model_dump())  # re-validate overrides
+    key = resolve_api_key(cfg.api_key, cfg.api_key_file, os.environ, project_dir)
+    check_bind(cfg.host, key)
+    if not key:
+        log.warning("no API key (TICKETOPS_API_KEY, serve.api_key_file, serve.api_key): every route is open")
+    cfg = ServeConfig.model_validate({**cfg.model_dump(), "api_key": key, "api_key_file": None})
     mcfg = params.mlflow.model_copy(update={"tracking_uri": tracking_uri(params.mlflow)})
     return cfg, mcfg, project_dir, precision
 
@@ -267,10 +288,12 @@ def run_local(
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(app, name=name, route_prefix=route_prefix, blocking=False)
     url = f"http://{cfg.host}:{cfg.port}{route_prefix.rstrip('/')}"
+    key = resolve_api_key(cfg.api_key, cfg.api_key_file, os.environ, Path.cwd())
+    headers = {"X-API-Key": key} if key else {}  # /readyz needs the key too
     deadline, detail, shown = time.monotonic() + wait_ready_s, None, None
     while time.monotonic() < deadline:
         try:
-            r = requests.get(f"{url}/readyz", timeout=2)
+            r = requests.get(f"{url}/readyz", timeout=2, headers=headers)
             if r.status_code == 200:
                 return url
             detail = r.json().get("detail")
@@ -308,7 +331,7 @@ def main(params: Path = Path("params.yaml"), port: int | None = None) -> None:
     app = build({"params": str(params.resolve()), "port": p.serve.port})
     print(
         f"starting Ray Serve; serving models:/{p.mlflow.registered_model}@{p.serve.model_alias} "
-        f"from {tracking_uri(p.mlflow)} in {p.evaluate.precision} (evaluate.precision) ...",
+        f"from {redact(tracking_uri(p.mlflow))} in {p.evaluate.precision} (evaluate.precision) ...",
         flush=True,
     )
     _, _, llm_off = llm_settings({"params": str(params.resolve())})

@@ -13,12 +13,20 @@ accepting requests; when a step ends, the next one starts before the finished
 step's answers are delivered, so the model does not sit idle while they are sent.
 Every text is pinned to the model it was submitted with, so a hot swap never mixes
 versions inside one request.
+
+The model's own token counts (``token_lengths``, a tokenizer) are taken in the model thread too, right before
+a step is selected, never on the event loop (a long text must not stall every other request) and never beside
+the model call (a fast tokenizer is not safe to use from two threads at once). A model call that fails is
+retried on halves of its batch (:func:`predict_isolated`), so one text the model cannot take fails only the
+request that sent it. If the loop itself ever dies, every waiting request fails at once with the reason, and
+:meth:`ContinuousBatcher.problem` says so (``/readyz`` answers 503, Ray's health check restarts the replica).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class QueueFull(Exception):
@@ -55,10 +65,38 @@ class ItemResult:
     batch_size: int
 
 
+def predict_isolated(model: Model, texts: list[str]) -> list[np.ndarray | Exception]:
+    """``model.predict_proba(texts)`` as one row per text; when the call fails, the batch is split in halves and
+    retried, so only the text(s) the model cannot take get their exception (``log2(n)`` extra calls per bad text).
+    Runs in the model thread."""
+    try:
+        proba = np.asarray(model.predict_proba(list(texts)))
+        if proba.ndim != 2 or proba.shape[0] != len(texts):
+            raise RuntimeError(f"model returned {proba.shape[0] if proba.ndim else 0} rows for {len(texts)} texts")
+        return list(proba)
+    except Exception as err:  # noqa: BLE001 - isolate the failing text(s)
+        if len(texts) == 1:
+            return [err]
+        mid = len(texts) // 2
+        return predict_isolated(model, texts[:mid]) + predict_isolated(model, texts[mid:])
+
+
+def measure_tokens(model: Any, texts: list[str], cost: Callable[[str], int]) -> list[int]:
+    """Token counts for the budget: the model's own (``token_lengths``), else ``cost``. Runs in the model thread."""
+    measure = getattr(model, "token_lengths", None)
+    lengths = None
+    if measure is not None:
+        try:
+            lengths = measure(list(texts))
+        except Exception:  # noqa: BLE001 - the estimate will do; the model call reports a text it cannot take
+            log.exception("token_lengths failed for %d text(s); using the character estimate", len(texts))
+    return list(lengths) if lengths else [cost(t) for t in texts]
+
+
 @dataclass(eq=False)
 class _Item:
     text: str
-    tokens: int
+    tokens: int | None  # None: not measured yet (the model's tokenizer runs in the model thread)
     model: Any
     seq: int
     future: asyncio.Future = field(repr=False)
@@ -127,7 +165,10 @@ class ContinuousBatcher:
             return
         self._closing = True
         self._wakeup.set()  # type: ignore[union-attr]
-        await self._task
+        try:
+            await self._task
+        except Exception:  # noqa: BLE001 - a loop that died has already failed its requests and logged why
+            pass
         self._task = None
         self._executor.shutdown(wait=True)  # type: ignore[union-attr]
 
@@ -136,9 +177,12 @@ class ContinuousBatcher:
             raise RuntimeError("batcher is not running")
         if len(self._pending) + len(texts) > self.max_queue:
             raise QueueFull(f"queue full ({len(self._pending)} texts waiting, limit {self.max_queue})")
+        if self._task.done():
+            raise RuntimeError(self.problem() or "the batching loop has stopped")
         loop = asyncio.get_running_loop()
-        measure = getattr(model, "token_lengths", None)  # the model's own tokens, truncation applied
-        lengths = (measure(texts) if measure is not None else None) or [self.cost(t) for t in texts]
+        # the model's own tokens are counted in the model thread (_measure); the character estimate is cheap
+        own = getattr(model, "token_lengths", None) is not None
+        lengths = [None] * len(texts) if own else [self.cost(t) for t in texts]
         items = [_Item(t, n, model, next(self._seq), loop.create_future()) for t, n in zip(texts, lengths)]
         self._pending.extend(items)
         self._wakeup.set()  # type: ignore[union-attr]
@@ -149,26 +193,51 @@ class ContinuousBatcher:
                 it.future.cancel()  # the loop skips cancelled items
             raise
 
+    def problem(self) -> str | None:
+        """Why this batcher cannot serve (its loop died), or None."""
+        task = self._task
+        if task is None or not task.done() or self._closing:
+            return None
+        err = None if task.cancelled() else task.exception()
+        return f"the batching loop died: {type(err).__name__}: {err}" if err else "the batching loop has stopped"
+
     async def _loop(self) -> None:
         running: _Step | None = None
-        while True:
-            if running is None:
+        done: _Step | None = None
+        try:
+            while True:
+                if running is None:
+                    self._drop_cancelled()
+                    if not self._pending:
+                        if self._closing:
+                            return
+                        self._wakeup.clear()  # type: ignore[union-attr]
+                        await self._wakeup.wait()  # type: ignore[union-attr]
+                        continue
+                    await self._settle()
+                    running = await self._dispatch()
+                    if running is None:
+                        continue
+                done = running
+                await asyncio.wait([done.future])
+                # start the next step before answering this one: the model computes while the event loop
+                # builds and sends the answers (the model never waits for the HTTP side)
                 self._drop_cancelled()
-                if not self._pending:
-                    if self._closing:
-                        return
-                    self._wakeup.clear()  # type: ignore[union-attr]
-                    await self._wakeup.wait()  # type: ignore[union-attr]
-                    continue
-                await self._settle()
-                running = self._dispatch()
-            done = running
-            await asyncio.wait([done.future])
-            # start the next step before answering this one: the model computes while the event loop
-            # builds and sends the answers (the model never waits for the HTTP side)
-            self._drop_cancelled()
-            running = self._dispatch() if self._pending else None
-            self._deliver(done)
+                running = await self._dispatch() if self._pending else None
+                self._deliver(done)
+        except BaseException as err:
+            # nothing may wait forever on a dead loop: fail what is queued and what was computing
+            if isinstance(err, Exception):
+                log.exception("the batching loop died")
+            failure = RuntimeError(f"the batching loop died: {type(err).__name__}: {err}")
+            waiting = list(self._pending)
+            for step in (running, done):
+                waiting += step.batch if step is not None else []
+            self._pending = []
+            for it in waiting:
+                if not it.future.done():
+                    it.future.set_exception(failure)
+            raise
 
     def _drop_cancelled(self) -> None:
         self._pending = [it for it in self._pending if not it.future.done()]
@@ -181,37 +250,52 @@ class ContinuousBatcher:
             if len(self._pending) == n:
                 return
 
-    def _dispatch(self) -> _Step:
-        """Take the next batch off the queue and start the model on it (in the model thread)."""
+    async def _measure(self) -> None:
+        """Count the tokens of the texts not measured yet, in the model thread (idle here: no step is running)."""
+        todo = [it for it in self._pending if it.tokens is None and not it.future.done()]
+        loop = asyncio.get_running_loop()
+        for model in {id(it.model): it.model for it in todo}.values():
+            mine = [it for it in todo if it.model is model]
+            lengths = await loop.run_in_executor(
+                self._executor, measure_tokens, model, [it.text for it in mine], self.cost
+            )
+            for it, n in zip(mine, lengths):
+                it.tokens = int(n)
+
+    async def _dispatch(self) -> _Step | None:
+        """Take the next batch off the queue and start the model on it (in the model thread); None if none is ready."""
         self._drop_cancelled()
-        batch = select_batch(self._pending, self.max_batch_size, self.max_batch_tokens, self.min_row_fill)
+        await self._measure()
+        self._drop_cancelled()
+        ready = [it for it in self._pending if it.tokens is not None]  # texts that arrived meanwhile: next time
+        if not ready:
+            return None
+        batch = select_batch(ready, self.max_batch_size, self.max_batch_tokens, self.min_row_fill)
         taken = set(map(id, batch))
         self._pending = [it for it in self._pending if id(it) not in taken]
         model = batch[0].model
         future = asyncio.get_running_loop().run_in_executor(
-            self._executor, model.predict_proba, [it.text for it in batch]
+            self._executor, predict_isolated, model, [it.text for it in batch]
         )
         return _Step(batch, future, time.perf_counter())
 
     def _deliver(self, step: _Step) -> None:
         elapsed = time.perf_counter() - step.started
         batch = step.batch
+        if self.on_batch is not None:
+            lengths = [it.tokens or 0 for it in batch]
+            self.on_batch(len(batch), elapsed, sum(lengths), len(batch) * max(lengths))
         try:
-            proba = np.asarray(step.future.result())
-            if proba.shape[0] != len(batch):
-                raise RuntimeError(f"model returned {proba.shape[0]} rows for {len(batch)} texts")
-        except Exception as err:  # noqa: BLE001 - the batch's requests fail, the loop goes on
-            for it in batch:
-                if not it.future.done():
-                    it.future.set_exception(err)
-            return
-        finally:
-            if self.on_batch is not None:
-                lengths = [it.tokens for it in batch]
-                self.on_batch(len(batch), elapsed, sum(lengths), len(batch) * max(lengths))
-        for i, it in enumerate(batch):
-            if not it.future.done():
-                it.future.set_result(ItemResult(proba[i], batch[0].model, len(batch)))
+            rows = step.future.result()
+        except Exception as err:  # noqa: BLE001 - the executor itself failed: this step's requests fail
+            rows = [err] * len(batch)
+        for it, row in zip(batch, rows):
+            if it.future.done():
+                continue
+            if isinstance(row, BaseException):
+                it.future.set_exception(row)
+            else:
+                it.future.set_result(ItemResult(row, batch[0].model, len(batch)))
 
 
 @dataclass
@@ -249,11 +333,14 @@ class DirectRunner:
         try:
             async with self._lock:  # type: ignore[union-attr]
                 start = time.perf_counter()
-                proba = np.asarray(
-                    await asyncio.get_running_loop().run_in_executor(self._executor, model.predict_proba, list(texts))
+                rows = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, predict_isolated, model, list(texts)
                 )
         finally:
             self._waiting -= len(texts)
         if self.on_batch is not None:
             self.on_batch(len(texts), time.perf_counter() - start)
-        return [ItemResult(proba[i], model, len(texts)) for i in range(len(texts))]
+        failed = next((r for r in rows if isinstance(r, BaseException)), None)
+        if failed is not None:
+            raise failed
+        return [ItemResult(row, model, len(texts)) for row in rows]  # type: ignore[arg-type]

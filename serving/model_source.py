@@ -95,4 +95,5 @@ class ChampionSource:
         return ModelHandle(self.model_name, str(version), classifier, self.torch_threads)
 
     def describe(self) -> str:
-        return f"models:/{self.model_name}@{self.alias} (registry {self.uri})"
+        """What is served, for messages a client may see: never the tracking URI (it may hold credentials)."""
+        return f"models:/{self.model_name}@{self.alias}"

@@ -2,11 +2,17 @@
 
 Layout under ``data/production/`` (the root is ``serve.log_dir`` in params)::
 
-    predictions/date=YYYY-MM-DD/part-<utc>-<uuid>.parquet
-    feedback/date=YYYY-MM-DD/part-<utc>-<uuid>.parquet
+    predictions/date=YYYY-MM-DD/part-<segment>.parquet     (or part-<utc>-<uuid>.parquet, written directly)
+    feedback/date=YYYY-MM-DD/part-<segment>.parquet
+    _wal/<segment>.jsonl                 rows not yet in a part (serving/log_writer.py)
+    _quarantine/wal/<segment>.jsonl      rows that could not be logged, with the reason, for a person to read
 
-Each part file is written whole (temporary name, then ``os.replace``), so a reader
-never sees half a file. Schemas are fixed pyarrow schemas (below); rows are made only by
+Each part file is written whole (temporary name, fsync, ``os.replace``, fsync of the folder), so a reader
+never sees half a file. The serving writer (:mod:`serving.log_writer`) names its parts after the write-ahead
+segment they come from (``part-<segment>.parquet``), so writing a segment again replaces its parts. Text hashes
+are keyed (HMAC-SHA256, :func:`text_hash`), so a hash cannot be reversed by hashing guessed texts without the key.
+
+Schemas are fixed pyarrow schemas (below); rows are made only by
 :func:`prediction_row` and :func:`feedback_row`, so every producer writes the same columns and
 types; readers get an empty frame with the right columns when nothing was logged yet.
 """
@@ -14,8 +20,11 @@ types; readers get an empty frame with the right columns when nothing was logged
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import logging
 import os
+import secrets
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
@@ -29,6 +38,8 @@ import pyarrow.parquet as pq
 
 from pipelines.errors import DataError
 
+log = logging.getLogger(__name__)
+
 PREDICTIONS = "predictions"
 FEEDBACK = "feedback"
 
@@ -39,7 +50,7 @@ PREDICTION_SCHEMA = pa.schema(
         ("item", pa.int32()),  # index of the text within its request
         ("model_name", pa.string()),
         ("model_version", pa.string()),
-        ("text_sha256", pa.string()),  # text_hash(text): stable across processes and runs
+        ("text_sha256", pa.string()),  # text_hash(text): HMAC-SHA256 keyed by serve.hash_key_env
         ("text", pa.string()),  # scrubbed text, or null when params forbid storing text
         ("label", pa.string()),  # predicted label
         ("confidence", pa.float64()),  # probability of the predicted label
@@ -62,9 +73,56 @@ FEEDBACK_SCHEMA = pa.schema(
 SCHEMAS = {PREDICTIONS: PREDICTION_SCHEMA, FEEDBACK: FEEDBACK_SCHEMA}
 
 
-def text_hash(text: str) -> str:
-    """sha256 of the UTF-8 text (never Python's ``hash()``, which changes per process)."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+HASH_KEY_ENV = "TICKETOPS_HASH_KEY"
+MIN_HASH_KEY_CHARS = 16
+INT32_MAX = 2**31 - 1
+MAX_LABEL_CHARS = 200
+MAX_ID_CHARS = 128  # request ids: 32 hex (classifier), chatcmpl-/cmpl-<32 hex> (generative)
+_hash_key: bytes | None = None
+
+
+def configure_hash_key(env: str = HASH_KEY_ENV) -> bool:
+    """Set the key of :func:`text_hash` from the environment variable ``env`` (``serve.hash_key_env``).
+
+    Without it, a random key of this process is used (hashes then compare only within one process, and a leaked
+    log cannot be matched against guessed texts at all); True when the key came from the environment."""
+    global _hash_key
+    value = os.environ.get(env)
+    if value:
+        if len(value) < MIN_HASH_KEY_CHARS:
+            raise DataError(f"{env} is too short for a hash key: give at least {MIN_HASH_KEY_CHARS} characters")
+        _hash_key = value.encode("utf-8")
+        return True
+    if _hash_key is None:
+        _hash_key = secrets.token_bytes(32)
+        log.warning("%s is not set: text hashes in the log are keyed per process (they match only within it)", env)
+    return False
+
+
+def text_hash(text: str, key: bytes | None = None) -> str:
+    """HMAC-SHA256 of the UTF-8 text under ``key`` (default: the key :func:`configure_hash_key` set), hex.
+
+    Keyed, unlike a bare sha256: whoever reads the log cannot confirm a guessed text (a card number, a name)
+    by hashing it. Never Python's ``hash()``, which changes per process."""
+    if key is None:
+        if _hash_key is None:
+            configure_hash_key()
+        key = _hash_key
+    return hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()  # type: ignore[arg-type]
+
+
+def _bounded(field: str, value: Any, limit: int = MAX_ID_CHARS) -> str:
+    value = str(value)
+    if not value or len(value) > limit:
+        raise DataError(f"log field {field!r} must have 1 to {limit} characters; got {len(value)}")
+    return value
+
+
+def _item(item: Any) -> int:
+    item = int(item)
+    if not 0 <= item <= INT32_MAX:
+        raise DataError(f"log field 'item' must be in [0, {INT32_MAX}]; got {item}")
+    return item
 
 
 def probabilities_json(classes: Iterable[str], proba: Iterable[float]) -> str:
@@ -99,8 +157,8 @@ def prediction_row(
     best = int(proba.argmax())
     return {
         "ts": _utc(ts),
-        "request_id": str(request_id),
-        "item": int(item),
+        "request_id": _bounded("request_id", request_id),
+        "item": _item(item),
         "model_name": str(model_name),
         "model_version": str(model_version),
         "text_sha256": text_hash(text),
@@ -116,7 +174,12 @@ def prediction_row(
 
 def feedback_row(*, ts: datetime, request_id: str, item: int, true_label: str) -> dict[str, Any]:
     """One row of :data:`FEEDBACK_SCHEMA`: the true label of text ``item`` of request ``request_id``."""
-    return {"ts": _utc(ts), "request_id": str(request_id), "item": int(item), "true_label": str(true_label)}
+    return {
+        "ts": _utc(ts),
+        "request_id": _bounded("request_id", request_id),
+        "item": _item(item),
+        "true_label": _bounded("true_label", true_label, MAX_LABEL_CHARS),
+    }
 
 
 def _utc(ts: datetime) -> datetime:
@@ -125,34 +188,66 @@ def _utc(ts: datetime) -> datetime:
     return ts.astimezone(timezone.utc)
 
 
-def write_part(root: str | Path, kind: str, rows: list[dict], now: datetime | None = None) -> Path | None:
-    """Write ``rows`` as one new Parquet part file of ``kind`` (predictions | feedback); atomic; returns its path."""
+def write_part(
+    root: str | Path, kind: str, rows: list[dict], now: datetime | None = None, *, name: str | None = None
+) -> Path | None:
+    """Write ``rows`` as one Parquet part file of ``kind`` (predictions | feedback); atomic; returns its path.
+
+    ``name`` (``part-<id>.parquet``) replaces a part of the same name; without it a new unique name is made."""
     if not rows:
         return None
-    schema = SCHEMAS[kind]
+    return write_table_part(root, kind, pa.Table.from_pylist(rows, schema=SCHEMAS[kind]), now, name=name)
+
+
+def write_table_part(
+    root: str | Path, kind: str, table: pa.Table, now: datetime | None = None, *, name: str | None = None
+) -> Path:
+    """``table`` as ``<root>/<kind>/date=<now>/<name>``: written to a temporary file, fsynced, renamed over
+    ``name``, then the folder fsynced, so the part is whole and durable when this returns."""
     now = now or datetime.now(timezone.utc)
     directory = Path(root) / kind / f"date={now:%Y-%m-%d}"
+    new_dirs = [d for d in (Path(root), Path(root) / kind, directory) if not d.is_dir()]
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"part-{now:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
-    table = pa.Table.from_pylist(rows, schema=schema)
-    tmp = path.with_name("." + path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        pq.write_table(table, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    path = directory / (name or f"part-{now:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(directory)
+    for d in reversed(new_dirs):  # a new folder's own name lives in its parent
+        fsync_dir(d.parent)
     return path
 
 
-def read_log(root: str | Path, kind: str, since: datetime | None = None) -> pd.DataFrame:
-    """All rows of ``kind`` under ``root`` (optionally only rows with ``ts >= since``), oldest first."""
+def fsync_dir(directory: str | Path) -> None:
+    """Make the names in ``directory`` (a rename, a new or removed file) durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_parts(files: list[Path], kind: str) -> pd.DataFrame:
+    """The rows of these part files of ``kind`` (in file order; the empty frame of its schema if none)."""
     schema = SCHEMAS[kind]
-    files = sorted((Path(root) / kind).glob("date=*/part-*.parquet"))
     if not files:
         return schema.empty_table().to_pandas()
     df = pa.concat_tables([pq.read_table(f, schema=schema) for f in files]).to_pandas()
     if "abstained" in df.columns:  # parts written before abstention existed: nothing was abstained then
         df["abstained"] = df["abstained"].eq(True)
+    return df
+
+
+def read_log(root: str | Path, kind: str, since: datetime | None = None) -> pd.DataFrame:
+    """All rows of ``kind`` under ``root`` (optionally only rows with ``ts >= since``), oldest first."""
+    df = read_parts(sorted((Path(root) / kind).glob("date=*/part-*.parquet")), kind)
     if since is not None:
         df = df[df["ts"] >= pd.Timestamp(since)]
     return df.sort_values(["ts", "request_id", "item"], kind="stable").reset_index(drop=True)
@@ -160,6 +255,10 @@ def read_log(root: str | Path, kind: str, since: datetime | None = None) -> pd.D
 
 def labelled_predictions(root: str | Path, since: datetime | None = None) -> pd.DataFrame:
     """Predictions joined with the latest feedback label for each (request_id, item); unlabelled rows are dropped."""
-    preds, fb = read_log(root, PREDICTIONS, since), read_log(root, FEEDBACK)
-    fb = fb.sort_values("ts").drop_duplicates(["request_id", "item"], keep="last")
+    return join_labels(read_log(root, PREDICTIONS, since), read_log(root, FEEDBACK))
+
+
+def join_labels(preds: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataFrame:
+    """``preds`` joined with the latest feedback label of each (request_id, item); unlabelled rows dropped."""
+    fb = feedback.sort_values("ts").drop_duplicates(["request_id", "item"], keep="last")
     return preds.merge(fb[["request_id", "item", "true_label"]], on=["request_id", "item"], how="inner")

@@ -7,6 +7,8 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, create_model, field_validator
 
 REQUEST_ID_PATTERN = r"^[0-9a-f]{32}$"
+MAX_LABEL_CHARS = 200  # a class name; the prediction log refuses longer ones too (prediction_log.MAX_LABEL_CHARS)
+MAX_ITEM = 2**31 - 1  # the log's int32 item column; feedback_request_model bounds it by max_texts_per_request
 
 
 class _Strict(BaseModel):
@@ -63,9 +65,32 @@ class PredictResponse(BaseModel):
 
 
 class FeedbackRequest(_Strict):
+    """The true label of text ``item`` of an answered request. Every field is bounded here, so a body that could
+    not be written to the prediction log is refused with 422 before it reaches the log."""
+
     request_id: Annotated[StrictStr, Field(pattern=REQUEST_ID_PATTERN, description="from a /predict answer")]
-    item: StrictInt = Field(0, ge=0, description="index of the text within that request")
-    label: StrictStr = Field(min_length=1, description="the true label")
+    item: StrictInt = Field(0, ge=0, le=MAX_ITEM, description="index of the text within that request")
+    label: StrictStr = Field(min_length=1, max_length=MAX_LABEL_CHARS, description="the true label")
+
+    @field_validator("label")
+    @classmethod
+    def _printable(cls, label: str) -> str:
+        if not label.isprintable() or not label.strip():
+            raise ValueError("must be printable text (no control characters, not only whitespace)")
+        return label
+
+
+def feedback_request_model(max_texts: int) -> type[FeedbackRequest]:
+    """``FeedbackRequest`` with ``item`` in ``[0, max_texts)`` (``serve.max_texts_per_request``: no request
+    the server answers has a text beyond it)."""
+    return create_model(  # type: ignore[call-overload]
+        "FeedbackRequest",
+        __base__=FeedbackRequest,
+        item=(
+            StrictInt,
+            Field(0, ge=0, lt=min(max_texts, MAX_ITEM + 1), description=f"index of the text (0 to {max_texts - 1})"),
+        ),
+    )
 
 
 class FeedbackResponse(BaseModel):

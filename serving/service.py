@@ -5,7 +5,10 @@ a runner that batches texts (:mod:`serving.batching`), the buffered prediction l
 (:mod:`serving.log_writer`) and the metrics. A watcher task re-resolves the registry
 alias every ``watch_interval_s``; when it moves, the new version is loaded first and
 then swapped in with one assignment; requests already submitted finish on the handle
-they pinned, and each response names the version that answered. Each answer says whether the model
+they pinned, and each response names the version that answered. A version that cannot be loaded leaves the old
+one serving, but :meth:`ClassifierService.readiness` then says ``degraded`` with the reason (``/readyz`` 503), as it
+does when the batching loop has died or the prediction log cannot be written. Feedback is checked against the
+classes of the version that answered its request, not the one serving now. Each answer says whether the model
 abstains (its registered :class:`~pipelines.abstention.AbstentionRule`), with the label it would
 have given; the prediction log records both.
 """
@@ -30,7 +33,8 @@ from serving.batching import ContinuousBatcher, DirectRunner, ItemResult
 from serving.log_writer import LogWriter
 from serving.model_source import ChampionSource, ModelHandle
 from serving.prediction_log import FEEDBACK, PREDICTIONS, feedback_row, prediction_row
-from serving.schemas import FeedbackRequest, FeedbackResponse, Prediction, PredictResponse
+from serving.schemas import FeedbackRequest, FeedbackResponse, Health, Prediction, PredictResponse
+from serving.security import redact
 from serving.telemetry import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -78,8 +82,12 @@ async def watch_champion(service: Any, loaded: Callable[[], bool], what: str) ->
     while True:
         try:
             await service.refresh()
+            service.refresh_error = None
         except Exception as err:  # noqa: BLE001 - keep serving the old model; retry next tick
-            service.last_error = f"loading {service.source.describe()} failed: {type(err).__name__}: {err}"
+            uri = getattr(service.source, "uri", None)  # never in a message a client can see (credentials)
+            service.last_error = service.refresh_error = redact(
+                f"loading {service.source.describe()} failed: {type(err).__name__}: {err}", uri
+            )
             log.exception("%s refresh failed", what)
         interval = service.cfg.watch_interval_s
         if interval <= 0 and loaded():
@@ -99,9 +107,17 @@ class ClassifierService:
         self.metrics = metrics or ServiceMetrics()
         self.runner = runner or make_runner(cfg, self.metrics)
         self.metrics.watch_queue(self.runner.depth)
-        self.log = LogWriter(cfg.log_dir, cfg.log_flush_rows, cfg.log_flush_s)
+        self.log = LogWriter(
+            cfg.log_dir,
+            cfg.log_flush_rows,
+            cfg.log_flush_s,
+            registry=self.metrics.registry,
+            hash_key_env=cfg.hash_key_env,
+        )
         self.model: ModelHandle | None = None
         self.last_error: str | None = None
+        self.refresh_error: str | None = None  # the last refresh failed (a model may still be serving)
+        self._classes: dict[str, list[str]] = {}  # every version this replica has served -> its classes
         self._recent: OrderedDict[str, tuple[int, str]] = OrderedDict()
         self._watcher: asyncio.Task | None = None
 
@@ -128,6 +144,7 @@ class ClassifierService:
         if self.model is not None and self.model.version == version:
             return False
         handle = await asyncio.to_thread(self.source.load, version)  # load first, switch after
+        self._classes[str(handle.version)] = list(handle.classes)
         old, self.model = self.model, handle
         self.last_error = None
         self.metrics.set_model(handle.name, handle.version)
@@ -140,6 +157,34 @@ class ClassifierService:
 
     async def _watch(self) -> None:
         await watch_champion(self, lambda: self.model is not None, "champion")
+
+    # ------------------------------------------------------------------ health
+    def fatal_problem(self) -> str | None:
+        """What stops this replica from answering at all (the batching loop died), or None. Ray's health check
+        restarts a replica with one."""
+        problem = getattr(self.runner, "problem", None)
+        return problem() if problem is not None else None
+
+    def log_problem(self) -> str | None:
+        """Why the prediction log cannot be written now (:meth:`~serving.log_writer.LogWriter.problem`), or None."""
+        return self.log.problem()
+
+    def readiness(self) -> tuple[int, Health]:
+        """``/readyz``: 200 ``ready``; 503 ``loading`` (no model yet), ``failed`` (cannot answer) or ``degraded``
+        (answers, but a newer champion failed to load, or the log cannot be written: the reasons in ``detail``)."""
+        fatal = self.fatal_problem()
+        if fatal:
+            return 503, Health(status="failed", detail=fatal)
+        m = self.model
+        if m is None:
+            return 503, Health(status="loading", detail=self.last_error)
+        reasons = [r for r in (self.refresh_error, self.log_problem()) if r]
+        if reasons:
+            detail = "; ".join(reasons)
+            if self.refresh_error:
+                detail = f"still serving version {m.version}: {detail}"
+            return 503, Health(status="degraded", model_name=m.name, model_version=m.version, detail=detail)
+        return 200, Health(status="ready", model_name=m.name, model_version=m.version)
 
     # ------------------------------------------------------------------ requests
     async def predict(self, texts: list[str], top_k: int | None = None) -> PredictResponse:
@@ -172,9 +217,22 @@ class ClassifierService:
             n_items, version = known
             if req.item >= n_items:
                 raise BadFeedback(f"item {req.item} is out of range: request {req.request_id} had {n_items} text(s)")
-            classes = self.model.classes if self.model is not None else []
-            if classes and req.label not in classes:
-                raise BadFeedback(f"label {req.label!r} is not one of the model's classes {classes}")
+            classes = self._classes.get(version, [])  # the version that answered, not the one serving now
+            if req.label not in classes:
+                raise BadFeedback(
+                    f"label {req.label!r} is not one of the classes of model version {version}, which answered "
+                    f"request {req.request_id}: {classes}"
+                )
+        else:  # another replica answered it: bounded by what any request can be, labels of a version seen here
+            if req.item >= self.cfg.max_texts_per_request:
+                raise BadFeedback(
+                    f"item {req.item} is out of range: a request has at most {self.cfg.max_texts_per_request} texts"
+                )
+            known_labels = sorted({c for cs in self._classes.values() for c in cs})
+            if not known_labels:
+                raise NotReady(self.last_error or "no model loaded yet: labels cannot be checked")
+            if req.label not in known_labels:
+                raise BadFeedback(f"label {req.label!r} is not one of the model's classes {known_labels}")
         row = feedback_row(
             ts=datetime.now(timezone.utc), request_id=req.request_id, item=req.item, true_label=req.label
         )
@@ -183,7 +241,8 @@ class ClassifierService:
         return FeedbackResponse(status="recorded", matched=known is not None)
 
     def _remember(self, request_id: str, n_items: int, handle: ModelHandle) -> None:
-        self._recent[request_id] = (n_items, handle.version)
+        self._classes.setdefault(str(handle.version), list(handle.classes))
+        self._recent[request_id] = (n_items, str(handle.version))
         while len(self._recent) > RECENT_REQUESTS:
             self._recent.popitem(last=False)
 

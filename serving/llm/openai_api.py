@@ -6,7 +6,9 @@ ending with ``data: [DONE]``), ``GET /v1/models``. Every error is OpenAI's body
 messages, ``n`` > 1, ``max_tokens`` beyond the context, a schema that is not JSON Schema), 401 for a missing or
 wrong key (``X-API-Key`` or ``Authorization: Bearer``, the serve API key), 404 for an unknown model, 429 +
 ``Retry-After`` when the engine's queue is full, 503 while no generative model is served. A client that goes
-away mid-stream closes the backend stream, which aborts the generation and frees its slot.
+away mid-stream closes the backend stream, which aborts the generation and frees its slot. The key check is
+:func:`serving.security.key_problem`, the same one the classifier's app runs for every route (there, as ASGI
+middleware in front of ``/v1`` too; here again per route, so the sub-application is never open on its own).
 
 The backend is the :class:`~serving.llm.service.LLMService` itself (tests, one process) or, under Ray Serve, a
 deployment handle (serving/app.py); both speak the service's plain-dict events. :func:`attach` also routes
@@ -16,7 +18,6 @@ appends the LM replica's metrics to ``GET /metrics``.
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,12 +26,14 @@ from typing import Any, Protocol
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.middleware import Middleware
 
 from serving.llm.openai_schemas import ChatCompletionRequest, CompletionRequest, openai_error
 from serving.llm.service import new_request_id
 from serving.schemas import readable_errors
+from serving.security import API_KEY_HEADER, key_problem
 
-API_KEY_HEADER = "X-API-Key"
+__all__ = ["API_KEY_HEADER", "attach", "build_openai_app", "key_ok"]
 GENERATIVE_PREFIXES = ("chatcmpl-", "cmpl-")
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -106,16 +109,8 @@ class _AuthError(Exception):
 
 
 def key_ok(api_key: str | None, headers: Any) -> str | None:
-    """None when the request may pass, else why not."""
-    if not api_key:
-        return None
-    given = headers.get(API_KEY_HEADER.lower()) or headers.get(API_KEY_HEADER)
-    auth = headers.get("authorization") or ""
-    if not given and auth.lower().startswith("bearer "):
-        given = auth[7:].strip()
-    if given and hmac.compare_digest(given, api_key):
-        return None
-    return "missing or wrong API key" if given else f"this server needs an API key ({API_KEY_HEADER} or Bearer)"
+    """None when the request may pass, else why not (:func:`serving.security.key_problem`, the one check)."""
+    return key_problem(api_key, headers)
 
 
 def build_openai_app(backend: LLMBackend, api_key: str | None = None, http_metrics: Any = None) -> FastAPI:
@@ -335,7 +330,8 @@ def attach(
     """Mount ``/v1`` on ``app`` (the classifier's), route generative ``/feedback`` and append the LM's metrics to
     ``GET /metrics`` (``own_metrics``: the app's own exposition)."""
     app.mount("/v1", build_openai_app(backend, api_key, http_metrics))
-    app.add_middleware(GenerativeFeedback, backend_of=lambda: backend, api_key=api_key)
+    # innermost: behind the app's own host, key, body-size and rate checks (serving.api), never in front of them
+    app.user_middleware.append(Middleware(GenerativeFeedback, backend_of=lambda: backend, api_key=api_key))
     if own_metrics is not None:
 
         async def metrics() -> Response:

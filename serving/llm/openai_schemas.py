@@ -164,11 +164,11 @@ class GenerativeFeedback(_Request):
     """Corrected triage fields for one generative answer (``POST /feedback`` with a ``chatcmpl-``/``cmpl-`` id)."""
 
     request_id: StrictStr = Field(pattern=r"^(chatcmpl|cmpl)-[0-9a-f]{32}$")
-    category: StrictStr | None = Field(None, min_length=1)
-    priority: StrictStr | None = Field(None, min_length=1)
-    product: StrictStr | None = None
-    order_id: StrictStr | None = None
-    summary: StrictStr | None = None
+    category: StrictStr | None = Field(None, min_length=1, max_length=200)
+    priority: StrictStr | None = Field(None, min_length=1, max_length=200)
+    product: StrictStr | None = Field(None, max_length=200)
+    order_id: StrictStr | None = Field(None, max_length=200)
+    summary: StrictStr | None = Field(None, max_length=2000)  # bounded: every field is stored in the log
 
     @model_validator(mode="after")
     def _some_field(self) -> GenerativeFeedback:

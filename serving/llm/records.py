@@ -2,21 +2,20 @@
 
 Layout beside the classifier's kinds under ``serve.log_dir`` (``data/production/``)::
 
-    generations/date=YYYY-MM-DD/part-<utc>-<uuid>.parquet           one row per answered /v1 request
-    generation_feedback/date=YYYY-MM-DD/part-<utc>-<uuid>.parquet   corrected triage fields (POST /feedback)
+    generations/date=YYYY-MM-DD/part-<segment>.parquet           one row per answered /v1 request
+    generation_feedback/date=YYYY-MM-DD/part-<segment>.parquet   corrected triage fields (POST /feedback)
 
 Rows are made only by :func:`generation_row` and :func:`generation_feedback_row` (fixed pyarrow schemas).
-:class:`GenerationLogWriter` is :class:`serving.log_writer.LogWriter` (write-ahead file, atomic part files,
-recovery of a dead replica's rows) with these two kinds and its own write-ahead folder (``_wal_llm``), so the
-classifier's writer, which knows only its own kinds, never recovers a generative segment and the reverse.
+:class:`GenerationLogWriter` is :class:`serving.log_writer.LogWriter` (schema-checked appends, write-ahead file,
+idempotent atomic part files, quarantine of bad rows, recovery of a dead replica's rows) with these two kinds
+and its own write-ahead folder (``_wal_llm``), so the classifier's writer, which knows only its own kinds, never
+recovers a generative segment and the reverse.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from serving.log_writer import LogWriter
-from serving.prediction_log import text_hash
+from serving.prediction_log import text_hash, write_table_part
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ GENERATION_SCHEMA = pa.schema(
         ("endpoint", pa.string()),  # chat | completion
         ("model_name", pa.string()),
         ("model_version", pa.string()),
-        ("prompt_sha256", pa.string()),  # of the prompt as sent (chat: the messages as JSON)
+        ("prompt_sha256", pa.string()),  # text_hash (keyed HMAC-SHA256) of the prompt as sent (chat: messages as JSON)
         ("prompt", pa.string()),  # PII-scrubbed; chat: JSON list of {role, content}; null when log_text is off
         ("output_sha256", pa.string()),
         ("output", pa.string()),  # PII-scrubbed answer; null when log_text is off
@@ -137,21 +136,13 @@ def generation_feedback_row(
     }
 
 
-def write_part(root: str | Path, kind: str, rows: list[dict], now: datetime | None = None) -> Path | None:
-    """One new Parquet part of ``kind`` (atomic: temporary name, fsync, rename), as the classifier's."""
+def write_part(
+    root: str | Path, kind: str, rows: list[dict], now: datetime | None = None, *, name: str | None = None
+) -> Path | None:
+    """One Parquet part of ``kind`` (atomic and fsynced, as the classifier's; ``name`` replaces a part)."""
     if not rows:
         return None
-    now = now or datetime.now(timezone.utc)
-    directory = Path(root) / kind / f"date={now:%Y-%m-%d}"
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"part-{now:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
-    tmp = path.with_name("." + path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMAS[kind]), fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    return write_table_part(root, kind, pa.Table.from_pylist(rows, schema=SCHEMAS[kind]), now, name=name)
 
 
 def read_generations(root: str | Path, kind: str = GENERATIONS) -> pd.DataFrame:
@@ -168,9 +159,8 @@ class GenerationLogWriter(LogWriter):
     own write-ahead folder."""
 
     WAL_DIR = WAL_DIR
-    KINDS = tuple(SCHEMAS)
+    SCHEMAS = SCHEMAS
     NAME = "generation log"
-    write_part = staticmethod(write_part)
 
 
 def recover(root: str | Path) -> int:

@@ -45,6 +45,7 @@ from serving.llm.records import (
 )
 from serving.llm.source import LMSource, LMVersion
 from serving.schemas import readable_errors
+from serving.security import redact
 from serving.service import watch_champion
 
 log = logging.getLogger(__name__)
@@ -171,9 +172,17 @@ class LLMService:
         self.loader = loader or ModelLoader(cfg)
         self.metrics = metrics or LLMMetrics()
         self.metrics.watch_engine(lambda: self.served.engine.stats() if self.served is not None else None)
-        self.log = GenerationLogWriter(serve_cfg.log_dir, serve_cfg.log_flush_rows, serve_cfg.log_flush_s)
+        self.log = GenerationLogWriter(
+            serve_cfg.log_dir,
+            serve_cfg.log_flush_rows,
+            serve_cfg.log_flush_s,
+            registry=self.metrics.registry,
+            hash_key_env=serve_cfg.hash_key_env,
+        )
         self.served: Served | None = None
         self.last_error: str | None = None
+        self.refresh_error: str | None = None  # the last refresh failed (set by watch_champion)
+        self._categories: dict[str, list[str] | None] = {}  # every version served here -> its label set
         self._recent: OrderedDict[str, str] = OrderedDict()
         self._watcher: asyncio.Task | None = None
         self._gate = asyncio.Event()
@@ -211,7 +220,8 @@ class LLMService:
         """Re-resolve the alias; switch to a new version (adapter in place, or a full load). True if it changed."""
         version = await asyncio.to_thread(self.source.resolve)
         if version is None:
-            self.last_error = f"no generative champion: {self.source.describe()} does not exist yet"
+            what = redact(self.source.describe(), getattr(self.source, "uri", None))  # no tracking URI in answers
+            self.last_error = f"no generative champion: {what} does not exist yet"
             return False
         old = self.served
         if old is not None and old.version == version:
@@ -238,6 +248,7 @@ class LLMService:
         if old is not None and old.files is not None:
             shutil.rmtree(old.files, ignore_errors=True)
         self.last_error = None
+        self._categories[str(v.version)] = categories_from_prompt(self.system_template, v.system_prompt)
         self.metrics.set_model(v.name, v.version)
         if old is not None:
             self.metrics.swaps.labels(kind=kind).inc()
@@ -453,7 +464,10 @@ class LLMService:
 
     def _record(self, served, call, record, output, prompt_tokens, completion, ttft, total, finish) -> None:  # noqa: ANN001
         keep = self.cfg.log_text
-        self._recent[call["request_id"]] = served.version
+        self._categories.setdefault(
+            str(served.version), categories_from_prompt(self.system_template, served.system_prompt)
+        )
+        self._recent[call["request_id"]] = str(served.version)
         while len(self._recent) > RECENT_REQUESTS:
             self._recent.popitem(last=False)
         prompt = record["prompt"]
@@ -494,9 +508,15 @@ class LLMService:
                 404, f"request_id {fb.request_id} is not a recent generation of this server "
                 f"(it keeps the last {RECENT_REQUESTS})", code="unknown_request",
             ).event()  # fmt: skip
-        categories = categories_from_prompt(self.system_template, self.served.system_prompt) if self.served else None
+        if matched:  # the version that answered, not the one serving now
+            version = self._recent[fb.request_id]
+            categories = self._categories.get(version)
+            which = f"version {version}'s, which answered {fb.request_id}"
+        else:  # another replica answered: any version seen here
+            seen = [c for cs in self._categories.values() if cs for c in cs]
+            categories, which = (sorted(set(seen)) or None), "model's"
         if fb.category is not None and categories and fb.category not in categories:
-            return LLMError(422, f"category {fb.category!r} is not one of the model's {categories}").event()
+            return LLMError(422, f"category {fb.category!r} is not one of the {which} {categories}").event()
         row = generation_feedback_row(
             ts=datetime.now(timezone.utc), request_id=fb.request_id, fields=fb.fields(), matched=matched
         )

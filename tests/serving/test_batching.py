@@ -178,7 +178,7 @@ def test_results_map_back_to_their_texts() -> None:
     assert [r.proba[1] for r in res] == pytest.approx([min(len(t) / 100, 1) for t in texts])
 
 
-def test_model_error_fails_only_that_batch() -> None:
+def test_a_failing_text_fails_only_its_own_request_not_its_batch() -> None:
     model = SlowModel(delay=0.05, fail_on="boom")
 
     async def go():
@@ -194,9 +194,71 @@ def test_model_error_fails_only_that_batch() -> None:
         return res, after
 
     res, after = run(go())
-    assert isinstance(res[1], ValueError) and isinstance(res[2], ValueError)
+    assert ["boom", "okay"] in model.batches  # they did share a model call...
+    assert isinstance(res[1], ValueError) and str(res[1]) == "model exploded"
+    assert not isinstance(res[2], BaseException)  # ...and "okay" is still answered, with its own row
+    assert res[2][0].proba[1] == pytest.approx(0.04)
     assert not isinstance(res[3], BaseException) and not isinstance(res[4], BaseException)
-    assert len(after) == 1
+    assert len(after) == 1 and after[0].proba.shape == (2,)
+
+
+def test_a_request_with_a_failing_text_fails_and_its_batch_mates_do_not_direct_runner() -> None:
+    model = SlowModel(delay=0.0, fail_on="boom")
+
+    async def go():
+        r = DirectRunner()
+        await r.start()
+        res = await asyncio.gather(r.submit(["ok", "boom"], model), r.submit(["fine"], model), return_exceptions=True)
+        await r.stop()
+        return res
+
+    res = run(go())
+    assert isinstance(res[0], ValueError) and len(res[1]) == 1
+
+
+def test_the_models_tokenizer_runs_in_the_model_thread_not_on_the_event_loop() -> None:
+    seen: list[str] = []
+
+    class Counting(TokenModel):
+        def token_lengths(self, texts):
+            seen.append(threading.current_thread().name)
+            return super().token_lengths(texts)
+
+    model = Counting(delay=0.0)
+
+    async def go():
+        b = ContinuousBatcher()
+        await b.start()
+        res = await asyncio.gather(*(b.submit([f"s{i}", "Long"], model) for i in range(3)))
+        await b.stop()
+        return res
+
+    res = run(go())
+    assert seen and all(name.startswith("model") for name in seen), seen
+    assert all(len(r) == 2 for r in res)
+
+
+def test_a_dead_loop_fails_waiting_requests_and_reports_itself() -> None:
+    model = SlowModel(delay=0.0)
+
+    async def go():
+        b = ContinuousBatcher()
+        await b.start()
+        assert b.problem() is None
+
+        async def broken():
+            raise KeyError("scheduler bug")
+
+        b._dispatch = broken  # the loop's next step raises
+        with pytest.raises(RuntimeError, match="batching loop died: KeyError"):
+            await asyncio.wait_for(b.submit(["a"], model), timeout=5)  # fails instead of waiting forever
+        problem = b.problem()
+        with pytest.raises(RuntimeError, match="batching loop died"):
+            await b.submit(["b"], model)  # refused at once afterwards
+        await b.stop()
+        return problem
+
+    assert "the batching loop died: KeyError" in run(go())
 
 
 def test_models_are_never_mixed_in_a_batch() -> None:
@@ -240,11 +302,15 @@ def test_stop_drains_queued_texts() -> None:
         await b.start()
         tasks = [asyncio.create_task(b.submit([f"t{i}"], model)) for i in range(7)]
         await asyncio.sleep(0)
+        assert b.depth() == 7 and not model.batches  # queued, nothing computed yet
         await b.stop()  # returns once every queued text has been computed
-        assert all(t.done() or not t.cancelled() for t in tasks) and model.batches
-        return await asyncio.gather(*tasks)
+        computed = sorted(t for batch in model.batches for t in batch)  # before anyone awaits the requests
+        answers = await asyncio.wait_for(asyncio.gather(*tasks), timeout=5)  # answered, not cancelled or lost
+        return computed, [r[0].proba[1] for r in answers]
 
-    assert len(run(go())) == 7
+    computed, answers = run(go())
+    assert computed == [f"t{i}" for i in range(7)]
+    assert answers == pytest.approx([0.02] * 7)
 
 
 def test_direct_runner_is_one_call_per_request() -> None:

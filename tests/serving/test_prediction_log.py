@@ -86,3 +86,49 @@ def test_the_service_logs_rows_of_exactly_the_schema(tiny_registry, tmp_path, mo
     check_log_rows(FEEDBACK, logged[FEEDBACK])
     assert [r["label"] for r in logged[PREDICTIONS]] == [p.label for p in answer.predictions]
     assert [r["item"] for r in logged[PREDICTIONS]] == list(range(len(tiny_registry.texts)))
+
+
+def test_text_hashes_are_keyed_so_a_guessed_text_cannot_be_confirmed(monkeypatch):
+    """The log used to hold a bare sha256: anyone with the log could confirm a guessed card number or name."""
+    import hashlib
+
+    from serving import prediction_log
+
+    card = "my card 4111111111111111 was charged twice"
+    assert text_hash(card) != hashlib.sha256(card.encode()).hexdigest()
+    assert text_hash(card, b"k" * 32) == text_hash(card, b"k" * 32) != text_hash(card, b"j" * 32)
+    monkeypatch.setattr(prediction_log, "_hash_key", None)
+    monkeypatch.setenv("MY_HASH_KEY", "s3cret-s3cret-s3cret")
+    assert prediction_log.configure_hash_key("MY_HASH_KEY") is True
+    assert text_hash(card) == text_hash(card, b"s3cret-s3cret-s3cret")
+    assert _row(text=card)["text_sha256"] == text_hash(card, b"s3cret-s3cret-s3cret")
+    monkeypatch.setenv("MY_HASH_KEY", "short")
+    with pytest.raises(DataError, match="MY_HASH_KEY is too short"):
+        prediction_log.configure_hash_key("MY_HASH_KEY")
+    monkeypatch.setattr(prediction_log, "_hash_key", None)
+    monkeypatch.delenv("MY_HASH_KEY")
+    assert prediction_log.configure_hash_key("MY_HASH_KEY") is False  # a random key of this process
+    assert text_hash(card) != text_hash(card, b"s3cret-s3cret-s3cret")
+
+
+def test_the_row_builders_refuse_values_the_log_cannot_hold():
+    with pytest.raises(DataError, match=r"'item' must be in \[0, 2147483647\]"):
+        feedback_row(ts=T0, request_id="r", item=1099511627776, true_label="billing")
+    with pytest.raises(DataError, match="'item'"):
+        _row(item=-1)
+    with pytest.raises(DataError, match="'true_label' must have 1 to 200 characters"):
+        feedback_row(ts=T0, request_id="r", item=0, true_label="x" * 201)
+    with pytest.raises(DataError, match="'request_id'"):
+        _row(request_id="r" * 129)
+
+
+def test_text_is_not_logged_by_default_and_the_log_is_git_ignored():
+    import subprocess
+
+    from pipelines.config import ServeConfig, ServeLlmConfig
+
+    assert ServeConfig().log_text is False and ServeLlmConfig().log_text is False
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "data/production/predictions/date=2026-03-01/part-x.parquet"], check=False
+    )
+    assert ignored.returncode == 0, "data/production/ is not in .gitignore: `git add .` would commit the log"

@@ -99,7 +99,7 @@ def test_predict_answers_abstained_true_for_gibberish_and_the_log_records_it(reg
     cfg = _serve_cfg(tmp_path, batching="none")
     service = ClassifierService(cfg, ChampionSource(registered.mlflow, precision="fp32"))
     texts = ["my invoice was charged twice", GIBBERISH[0]]
-    with TestClient(build_app(service)) as c:
+    with TestClient(build_app(service), base_url="http://127.0.0.1") as c:
         for _ in range(100):
             if c.get("/readyz").status_code == 200:
                 break

@@ -1,10 +1,14 @@
-"""End to end through Ray Serve on 127.0.0.1: a real registered scikit-learn champion, hot swap under load,
-and a prediction log that holds every answered text after a graceful shutdown and a restart."""
+"""End to end through Ray Serve on 127.0.0.1: a real registered scikit-learn champion, hot swap under load, a
+replica killed with SIGKILL under load, and a prediction log that holds every answered text exactly once (by
+request id and item, not a row count) after the kill, a graceful shutdown and a restart."""
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import os
 import re
+import signal
+import threading
 import time
 
 import numpy as np
@@ -25,15 +29,40 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
 class Served:
-    """Counts every text the server answered with 200, to compare with the log."""
+    """Every request the server answered with 200 (request id -> number of texts) and every recorded feedback, to
+    compare with the log; texts of requests that failed (they may or may not be logged: a replica killed after
+    logging them) are counted apart."""
 
     def __init__(self, url: str) -> None:
-        self.url, self.texts = url, 0
+        self.url = url
+        self.answered: dict[str, int] = {}
+        self.feedback_recorded: list[tuple[str, int]] = []
+        self.failed_texts = 0
+        self._lock = threading.Lock()
+
+    @property
+    def texts(self) -> int:
+        return sum(self.answered.values())
 
     def predict(self, texts: list[str], **kw: object) -> requests.Response:
-        r = requests.post(f"{self.url}/predict", json={"texts": texts, **kw}, timeout=30)
+        try:
+            r = requests.post(f"{self.url}/predict", json={"texts": texts, **kw}, timeout=30)
+        except requests.RequestException:
+            with self._lock:
+                self.failed_texts += len(texts)
+            raise
+        with self._lock:
+            if r.status_code == 200:
+                self.answered[r.json()["request_id"]] = len(texts)
+            else:
+                self.failed_texts += len(texts)
+        return r
+
+    def feedback(self, request_id: str, item: int, label: str) -> requests.Response:
+        body = {"request_id": request_id, "item": item, "label": label}
+        r = requests.post(f"{self.url}/feedback", json=body, timeout=10)
         if r.status_code == 200:
-            self.texts += len(texts)
+            self.feedback_recorded.append((request_id, item))
         return r
 
 
@@ -104,12 +133,10 @@ def test_bad_requests_are_4xx_and_server_stays_healthy(server) -> None:
 
 def test_feedback(server) -> None:
     rid = server.predict(["I was billed twice"]).json()["request_id"]
-    r = requests.post(f"{server.url}/feedback", json={"request_id": rid, "item": 0, "label": "billing"}, timeout=10)
+    r = server.feedback(rid, 0, "billing")
     assert r.status_code == 200 and r.json()["matched"] is True
-    r = requests.post(
-        f"{server.url}/feedback", json={"request_id": "f" * 32, "item": 0, "label": "billing"}, timeout=10
-    )
-    assert r.status_code == 404
+    assert server.feedback("f" * 32, 0, "billing").status_code == 404
+    assert server.feedback(rid, 1099511627776, "billing").status_code == 422  # the issue's poisoned body
 
 
 def test_concurrent_load_forms_batches(server, tiny_registry) -> None:
@@ -167,15 +194,70 @@ def test_hot_swap_under_load_fails_nothing(server, tiny_registry) -> None:
     assert f"ticketops_model_version {float(v2)}" in m and "ticketops_model_swaps_total 1.0" in m
 
 
-def test_log_holds_every_answer_after_shutdown_and_restart(server) -> None:
-    serve.shutdown()  # graceful: replicas drain, the lifespan flushes the log
+def test_a_replica_killed_with_sigkill_under_load_comes_back(server) -> None:
+    """kill -9 of the replica while requests stream in: Serve starts a new one, which recovers the dead one's
+    write-ahead segment (checked against every answered request by the next test)."""
+    pid = requests.get(f"{server.url}/healthz", timeout=10).json()["pid"]
+    stop = threading.Event()
+
+    def stream() -> None:
+        while not stop.is_set():
+            try:
+                server.predict(["my invoice is wrong", "cannot log in"])
+            except requests.RequestException:
+                time.sleep(0.05)
+
+    with cf.ThreadPoolExecutor(4) as pool:
+        futs = [pool.submit(stream) for _ in range(4)]
+        time.sleep(1.5)
+        before = server.texts
+        os.kill(pid, signal.SIGKILL)
+        new_pid = None
+        deadline = time.monotonic() + 180
+        while new_pid is None and time.monotonic() < deadline:
+            try:
+                h = requests.get(f"{server.url}/healthz", timeout=5)
+                if h.status_code == 200 and h.json().get("pid") != pid:
+                    new_pid = h.json()["pid"]
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        for _ in range(200):  # some load on the new replica
+            if server.texts > before + 40 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        stop.set()
+        for f in futs:
+            f.result()
+    assert new_pid is not None, "no replica came back after kill -9"
+    assert server.predict(["refund please"]).status_code == 200
+
+
+def _check_log_against_answers(server: Served) -> None:
+    """Every answered text is in the log exactly once (dedupe key (request_id, item)); rows of requests nobody
+    got an answer for (a killed replica had logged them) are at most the texts of the failed requests."""
     preds = read_log(server.log_dir, PREDICTIONS)
-    assert len(preds) == server.texts
-    assert len(read_log(server.log_dir, FEEDBACK)) == 1
+    assert server.texts > 0 and len(preds) > 0
+    assert not preds.duplicated(["request_id", "item"]).any(), "a row was logged twice"
+    logged = preds.groupby("request_id")["item"].count().to_dict()
+    wrong = {rid: (n, logged.get(rid, 0)) for rid, n in server.answered.items() if logged.get(rid, 0) != n}
+    assert not wrong, f"answered requests whose rows are missing (texts, logged): {list(wrong.items())[:5]}"
+    extra = sum(n for rid, n in logged.items() if rid not in server.answered)
+    assert extra <= server.failed_texts, (extra, server.failed_texts)
     assert preds["text_sha256"].str.len().eq(64).all() and preds["batch_size"].ge(1).all()
+    fb = read_log(server.log_dir, FEEDBACK)
+    assert sorted(zip(fb["request_id"], fb["item"])) == sorted(server.feedback_recorded)
+
+
+def test_log_holds_every_answer_once_after_shutdown_and_restart(server) -> None:
+    # its own traffic first, so the test means something when it runs alone
+    ids = [server.predict([f"refund please {i}", "crash on start"]).json()["request_id"] for i in range(5)]
+    assert server.feedback(ids[0], 1, "bug_report").status_code == 200
+    serve.shutdown()  # graceful: replicas drain, the lifespan flushes the log
+    _check_log_against_answers(server)
     # a restart appends; nothing is lost or duplicated
     run_local(server.params, server.app, wait_ready_s=120)
     for _ in range(5):
         assert server.predict(["refund please", "crash on start"]).status_code == 200
     serve.shutdown()
-    assert len(read_log(server.log_dir, PREDICTIONS)) == server.texts
+    _check_log_against_answers(server)

@@ -1,6 +1,7 @@
 """``make serve`` (``python -m serving.app``) stopped by SIGTERM, as systemd, ``docker stop`` or ``kill`` stop it:
 it exits 0 and every answered text is in the prediction log (the periodic flush is set far beyond the test,
-so only the graceful shutdown can have written them)."""
+so only the graceful shutdown can have written them). The API key comes from ``serve.api_key_file``, read by the
+app builder and handed to the replica in its config: every route but ``/healthz`` needs it under Ray Serve too."""
 
 from __future__ import annotations
 
@@ -35,11 +36,14 @@ def test_sigterm_drains_and_flushes_the_log(tiny_registry, tmp_path) -> None:
                     "log_flush_rows": 100000,
                     "watch_interval_s": 0,
                     "replica_cpus": 0.5,
+                    "api_key_file": str(tmp_path / "key.txt"),
                 },
             }
         )
     )
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    (tmp_path / "key.txt").write_text("k3y-from-a-file\n")
+    key = {"X-API-Key": "k3y-from-a-file"}
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "TICKETOPS_API_KEY")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "serving.app", "--params", str(tmp_path / "params.yaml")],
         cwd=ROOT,
@@ -52,7 +56,7 @@ def test_sigterm_drains_and_flushes_the_log(tiny_registry, tmp_path) -> None:
         url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 180
         while time.monotonic() < deadline:
             try:
-                if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+                if requests.get(f"{url}/readyz", timeout=2, headers=key).status_code == 200:
                     break
             except requests.RequestException:
                 pass
@@ -60,10 +64,14 @@ def test_sigterm_drains_and_flushes_the_log(tiny_registry, tmp_path) -> None:
             time.sleep(1)
         else:
             pytest.fail("serving.app did not become ready within 180 s")
+        assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
+        for path in ("/readyz", "/metrics", "/openapi.json"):
+            assert requests.get(f"{url}{path}", timeout=10).status_code == 401, path
+        assert requests.post(f"{url}/predict", json={"texts": ["a"]}, timeout=10).status_code == 401
         served = 0
         for i in range(10):
             texts = tiny_registry.texts[: 1 + i % 4]
-            r = requests.post(f"{url}/predict", json={"texts": texts}, timeout=30)
+            r = requests.post(f"{url}/predict", json={"texts": texts}, timeout=30, headers=key)
             assert r.status_code == 200, r.text
             served += len(texts)
         assert not list(log_dir.glob("predictions/**/*.parquet"))  # nothing flushed yet

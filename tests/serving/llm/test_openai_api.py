@@ -185,6 +185,38 @@ def test_api_key_by_header_or_bearer(svc) -> None:
         assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
         assert c.post("/v1/chat/completions", json=CHAT, headers={"X-API-Key": "s3cret"}).status_code == 200
         assert c.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        for bad in ({"X-API-Key": "sécret".encode()}, {"Authorization": "Bearer ключ".encode()}):  # 401, not 500
+            r = c.get("/v1/models", headers=bad)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", r.text
+        body = {"request_id": "chatcmpl-" + "a" * 32, "category": "billing"}  # generative feedback: the same key
+        assert c.post("/feedback", json=body).status_code == 401
+        assert c.post("/feedback", json=body, headers={"X-API-Key": "sécret".encode()}).status_code == 401
+
+
+def test_feedback_is_checked_against_the_lm_version_that_answered(tmp_path, tokenizer) -> None:
+    import time
+
+    from pipelines.config import LlmConfig
+    from pipelines.llm.chat_data import system_prompt
+    from serving.llm.source import LMVersion
+
+    svc = fake_service(tmp_path, tokenizer)
+    with TestClient(make_app(svc)) as c:
+        rid = c.post("/v1/chat/completions", json=CHAT).json()["id"]  # version 1: billing, refund, bug_report
+        other = system_prompt(LlmConfig().system_prompt, ["weather", "sports"])
+        svc.source.fetch = lambda v: LMVersion("tiny-triage", v, tmp_path, "base", "cache", other)
+        svc.source.version = "2"
+        for _ in range(100):
+            if svc.served is not None and svc.served.version == "2":
+                break
+            time.sleep(0.05)
+        assert svc.served.version == "2"
+        ok = c.post("/feedback", json={"request_id": rid, "category": "refund"})
+        assert ok.status_code == 200 and ok.json()["matched"], ok.text  # a category of version 1, which answered
+        r = c.post("/feedback", json={"request_id": rid, "category": "weather"})
+        assert r.status_code == 422 and "version 1" in r.json()["detail"], r.text
+        rid2 = c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-triage"}).json()["id"]
+        assert c.post("/feedback", json={"request_id": rid2, "category": "weather"}).status_code == 200
 
 
 def test_openai_client_through_the_app(client) -> None:
@@ -222,7 +254,7 @@ async def _abandoned(svc) -> None:
 
 
 def test_log_rows_feedback_and_metrics(tmp_path, tokenizer) -> None:
-    svc = fake_service(tmp_path, tokenizer)
+    svc = fake_service(tmp_path, tokenizer, log_text=True)  # the scrubbed prompt is kept (default: hashes only)
     with TestClient(make_app(svc)) as c:
         rid = c.post("/v1/chat/completions", json={**CHAT, "response_format": {"type": "json_object"}}).json()["id"]
         c.post("/v1/completions", json={"model": "tiny-triage", "prompt": "hello", "max_tokens": 2})
