@@ -12,7 +12,7 @@ Functions here are pure (frames in, frames out); :func:`read_log_frames` is the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -170,7 +170,63 @@ def check_schema(ref: Reference, win: Window) -> list[str]:
 
 
 def read_log_frames(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(predictions, labelled predictions, feedback) from the prediction log (the serving contract)."""
+    """(predictions, labelled predictions, feedback): the WHOLE prediction log (the feedback snapshot's input;
+    a monitoring pass reads only its window: :func:`read_window_frames`)."""
     from serving.prediction_log import FEEDBACK, PREDICTIONS, labelled_predictions, read_log
 
     return read_log(root, PREDICTIONS), labelled_predictions(root), read_log(root, FEEDBACK)
+
+
+def _dated(root: str | Path, kind: str) -> list[tuple[date, Path]]:
+    """The log's ``<kind>/date=YYYY-MM-DD`` partitions, oldest first (other folders are ignored)."""
+    out = []
+    for d in (Path(root) / kind).glob("date=*"):
+        try:
+            out.append((date.fromisoformat(d.name.removeprefix("date=")), d))
+        except ValueError:
+            continue
+    return sorted(out)
+
+
+def _read(dirs: list[Path], kind: str) -> pd.DataFrame:
+    from serving.prediction_log import read_parts
+
+    df = read_parts([f for d in dirs for f in sorted(d.glob("part-*.parquet"))], kind)
+    return df.sort_values(["ts", "request_id", "item"], kind="stable").reset_index(drop=True)
+
+
+def read_window_frames(
+    root: str | Path, version: str, cfg: MonitorConfig, now: datetime
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(predictions, labelled predictions, feedback) for one pass, reading only the date partitions its window
+    can need, so a pass costs the same on day 1 and day 300 of a deployment:
+
+    * ``time`` mode: the partitions from the window's first day on;
+    * ``last_n``: partitions newest first until they hold ``window_size`` rows of the served ``version``;
+    * feedback: its partitions from the oldest prediction partition read on (a label comes after its answer).
+
+    The counts of the pass (rows of other versions, feedback naming no prediction) are therefore over the
+    partitions read, not the whole log; feedback on an answer older than those partitions is not this
+    window's either."""
+    from serving.prediction_log import FEEDBACK, PREDICTIONS, join_labels
+
+    days = _dated(root, PREDICTIONS)
+    if cfg.window_mode == "time":
+        first = (now - timedelta(hours=cfg.window_hours)).date()
+        chosen = [d for day, d in days if day >= first]
+        preds = _read(chosen, PREDICTIONS)
+        oldest = first
+    else:
+        frames, n, oldest = [], 0, None
+        for day, d in reversed(days):
+            frame = _read([d], PREDICTIONS)
+            frames.insert(0, frame)
+            oldest = day
+            n += int((frame["model_version"].astype(str) == str(version)).sum())
+            if n >= cfg.window_size:
+                break
+        preds = pd.concat(frames, ignore_index=True) if frames else _read([], PREDICTIONS)
+    # a row flushed just after midnight sits in the next day's partition: one day of slack for its label
+    fb_days = [d for day, d in _dated(root, FEEDBACK) if oldest is not None and day >= oldest - timedelta(days=1)]
+    feedback = _read(fb_days, FEEDBACK)
+    return preds, join_labels(preds, feedback), feedback

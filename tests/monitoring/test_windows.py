@@ -7,7 +7,14 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 
-from monitoring.windows import Window, build_reference, check_schema, current_window, read_log_frames
+from monitoring.windows import (
+    Window,
+    build_reference,
+    check_schema,
+    current_window,
+    read_log_frames,
+    read_window_frames,
+)
 from pipelines.config import MonitorConfig
 from pipelines.errors import DataError
 from tests.helpers.monitoring import T0, tickets, train_model, write_window
@@ -100,3 +107,30 @@ def test_reference_schema_must_match(small):
         check_schema(ref, Window(rows))
     notes = check_schema(ref, Window(rows.assign(prediction="billing", true_label="new_topic")))
     assert "new_topic" in notes[0]
+
+
+def _opened(monkeypatch) -> list[str]:
+    """The part files a read opens (pyarrow's read_table, which every log read goes through)."""
+    import pyarrow.parquet as pq
+
+    seen, real = [], pq.read_table
+    monkeypatch.setattr(pq, "read_table", lambda f, *a, **k: seen.append(str(f)) or real(f, *a, **k))
+    return seen
+
+
+@pytest.mark.parametrize("mode", ["last_n", "time"])
+def test_a_pass_reads_only_the_partitions_of_its_window(tmp_path, small, monkeypatch, mode):
+    df, model = small
+    for day in range(30):  # a month of answers, 40 a day; the newest day is T0
+        start = T0 - timedelta(days=29 - day)
+        write_window(tmp_path, model, df.iloc[day * 10 : day * 10 + 40], "1", start, tag=f"d{day}")
+    cfg = MonitorConfig(window_mode=mode, window_size=100, window_hours=30, min_window_rows=50)
+    assert len(list(tmp_path.glob("predictions/date=*"))) == 30
+    now = T0 + timedelta(hours=1)
+    seen = _opened(monkeypatch)
+    frames = read_window_frames(tmp_path, "1", cfg, now)
+    days = sorted({p.split("date=")[1][:10] for p in seen})
+    # last_n: 100 rows need the 3 newest days of 40; time: 30 h before 01:00 is Feb 27 19:00; labels: one day more
+    assert days == ["2026-02-26", "2026-02-27", "2026-02-28", "2026-03-01"]
+    win, everything = current_window(*frames, "1", cfg, now), current_window(*read_log_frames(tmp_path), "1", cfg, now)
+    pd.testing.assert_frame_equal(win.rows, everything.rows)  # the same window as reading the whole log
