@@ -36,8 +36,10 @@ from pipelines.errors import run_cli
 def evaluate(ctx: Context, win: Any, params: Params) -> tuple[list[dict], dict[str, Any]]:
     """Run the reports for one window; return the checks and the Evidently snapshots by report name."""
     cfg, ref = params.monitor, ctx.reference
-    cur = ctx.features(win.rows["text"].fillna("").astype(str).tolist())
-    data = ev.column_drift("data_drift", ctx.ref_features, cur, ctx.text_columns, [], cfg)
+    data = None  # a log without text (serve.log_text: false): no text drift, the other checks still run
+    if win.rows["text"].notna().any():
+        cur = ctx.features(win.rows["text"].fillna("").astype(str).tolist())
+        data = ev.column_drift("data_drift", ctx.ref_features, cur, ctx.text_columns, [], cfg)
     pred = ev.column_drift("prediction_drift", ref.val, win.rows.astype({"prediction": str}), [], ["prediction"], cfg)
     lab = win.labelled.assign(
         label=lambda d: d["true_label"].astype(str), prediction=lambda d: d["prediction"].astype(str)
@@ -46,7 +48,7 @@ def evaluate(ctx: Context, win: Any, params: Params) -> tuple[list[dict], dict[s
     label = ev.column_drift("label_drift", ref.train, lab, [], ["label"], cfg) if enough else None
     perf = dec.performance(lab["label"], lab["prediction"], ref.classes) if len(lab) else None
     checks = [
-        dec.drift_check("data_drift", data, cfg.drift_share),
+        dec.drift_check("data_drift", data, cfg.drift_share, "no text in the log (serve.log_text: false)"),
         dec.drift_check("prediction_drift", pred, cfg.cat_threshold),
         dec.drift_check(
             "label_drift",
@@ -56,7 +58,7 @@ def evaluate(ctx: Context, win: Any, params: Params) -> tuple[list[dict], dict[s
         ),
         *dec.performance_checks(perf, ctx.registered, ctx.val_perf, cfg),
     ]
-    snaps = {"data_drift": data.snapshot, "prediction_drift": pred.snapshot}
+    snaps = {"prediction_drift": pred.snapshot} | ({"data_drift": data.snapshot} if data is not None else {})
     notes = []
     if label is not None:
         snaps["label_drift"] = label.snapshot
@@ -72,7 +74,7 @@ def evaluate(ctx: Context, win: Any, params: Params) -> tuple[list[dict], dict[s
             snaps["performance"] = ev.classification_report(
                 ref.val.rename(columns={"label": "target"}), shown.rename(columns={"label": "target"}), ref.classes
             )
-    extra = {"performance": perf, "data_drift_columns": data.columns, "notes": notes}
+    extra = {"performance": perf, "data_drift_columns": data.columns if data is not None else {}, "notes": notes}
     return checks, {"snapshots": snaps, **extra}
 
 

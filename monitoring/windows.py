@@ -151,7 +151,10 @@ def current_window(
             f"need monitor.min_window_rows={cfg.min_window_rows}"
         )
     elif rows["text"].isna().all():
-        raise DataError("the prediction log stores no text (serve.log_text: false): text drift cannot be computed")
+        win.notes.append(
+            "the prediction log stores no text (serve.log_text: false): text drift is not computed; prediction "
+            "drift, label drift and performance are"
+        )
     return win
 
 

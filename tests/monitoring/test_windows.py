@@ -15,7 +15,7 @@ from monitoring.windows import (
     read_log_frames,
     read_window_frames,
 )
-from pipelines.config import MonitorConfig
+from pipelines.config import MonitorConfig, Params
 from pipelines.errors import DataError
 from tests.helpers.monitoring import T0, tickets, train_model, write_window
 
@@ -85,13 +85,25 @@ def test_feedback_for_unknown_request_ids_is_counted(tmp_path, small):
     assert any("7 feedback row(s) name request ids with no logged prediction" in n for n in win.notes)
 
 
-def test_log_without_text_fails(tmp_path, small):
+def test_log_without_text_is_judged_without_text_drift(tmp_path, small, monkeypatch):
+    """serve.log_text: false (the default) stores no text: the pass says so and runs the checks that need none."""
+    from monitoring.context import Context
+    from monitoring.run import evaluate
+
     df, model = small
-    write_window(tmp_path, model, df.head(100).assign(text=None).fillna({"text": ""}), "1", T0)
+    write_window(tmp_path, model, df.head(100), "1", T0)
     frames = list(read_log_frames(tmp_path))
     frames[0]["text"] = None
-    with pytest.raises(DataError, match="stores no text"):
-        current_window(*frames, "1", CFG)
+    win = current_window(*frames, "1", CFG, now=T0 + timedelta(hours=1))
+    assert win.skipped is None and any("stores no text" in n for n in win.notes)
+    ctx = Context.__new__(Context)
+    ctx.reference = build_reference(df.iloc[:250], df.iloc[250:], model, "1", CFG)
+    ctx.features = lambda texts: pytest.fail("text features computed without text")
+    ctx.registered, ctx.val_perf = {}, None
+    checks, extra = evaluate(ctx, win, Params(monitor=CFG))
+    by = {c["metric"]: c for c in checks}
+    assert by["data_drift"]["value"] is None and "serve.log_text: false" in by["data_drift"]["detail"]
+    assert by["prediction_drift"]["value"] is not None and "data_drift" not in extra["snapshots"]
 
 
 def test_reference_schema_must_match(small):
