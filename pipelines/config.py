@@ -159,6 +159,12 @@ class GenerateConfig(Section):
 class IngestConfig(Section):
     scrub_pii: bool = True
     strip_html: bool = True
+    max_text_chars: int = Field(
+        10_000, ge=1, le=10_000_000, description="longest text ingest reads: a longer one is over_long (counted)"
+    )
+    over_long: Literal["truncate", "drop"] = Field(
+        "truncate", description="a text above max_text_chars: cut to it, or drop the row (both counted and named)"
+    )
     drop_empty_text: bool = Field(True, description="drop rows whose text is empty after cleaning (counted)")
     bad_rows: Literal["refuse", "quarantine"] = Field(
         "refuse",

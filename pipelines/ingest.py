@@ -1,4 +1,4 @@
-"""``python -m pipelines.ingest``: read ``data.path``, map columns, strip HTML, scrub PII, write typed Parquet.
+"""``python -m pipelines.ingest``: read ``data.path``, map columns, bound, strip HTML, scrub PII, write Parquet.
 
 A thin CLI; the logic and its description are in :mod:`pipelines.data.ingestion`.
 """
@@ -44,6 +44,13 @@ def main(
     )
     if "split_rows" in summary:
         print("  given splits: " + ", ".join(f"{k} {v:,}" for k, v in summary["split_rows"].items()))
+    long = summary["over_long"]
+    if long["rows"]:
+        done = "cut to" if long["action"] == "truncate" else "dropped: above"
+        print(
+            f"  {long['rows']:,} over-long texts {done} ingest.max_text_chars={long['max_text_chars']:,} "
+            f"(longest {long['longest_chars']:,} chars; first: {long['first']})"
+        )
     bad = summary["bad_rows"]
     if bad["quarantined"]:
         why = ", ".join(f"{k} {v:,}" for k, v in bad["reasons"].items())

@@ -16,13 +16,19 @@ split      string ``train``/``val``/``test`` (only when the data gives its own s
 ...        every other source column, unchanged (the leakage stage inspects them)
 =========  ==========================================================
 
-PII (e-mail addresses, phone numbers) is replaced by ``<EMAIL>``/``<PHONE>`` here,
-before anything downstream stores the text.
+PII is replaced by placeholders (``<EMAIL>``, ``<PHONE>``, ``<CARD>``, ``<IBAN>``, ``<ID>``, ``<IP>``, ``<NAME>``)
+here, before anything downstream stores the text: :func:`scrub_pii` (:mod:`pipelines.data.pii`, the one scrubber
+of ingest, snapshots, the chat data and serving).
+
+Long texts (``ingest.max_text_chars``): a text above it is cut to it (``ingest.over_long: truncate``) or its row
+dropped (``drop``) before any cleaning or pattern runs, so one pasted log costs its first characters only; both
+are counted and the first rows named in the summary (``over_long``).
 
 Broken records (``ingest.bad_rows``): a row without a label, a row without any text (the other half of a
 record split across two lines), a date that does not parse, a row without its split, and (CSV/TSV) a line
-with more fields than the header. ``refuse`` (the default) stops the stage naming the rows (the file and the
-record's number in it) or the line; a row without text is dropped as an empty text (``ingest.drop_empty_text``)
+with more fields than the header (a file whose every line has more is refused either way, naming the lines and
+their numbers of fields: its header is wrong). ``refuse`` (the default) stops the stage naming the rows (the file
+and the record's number in it) or the line; a row without text is dropped as an empty text (``ingest.drop_empty_text``)
 as before. ``quarantine`` moves every such row to a CSV a person can inspect (:func:`ingest_with_quarantine`):
 the reason, the file, the record's number (1: the first record after the header) or the line that did not
 parse, and the row's fields, PII-scrubbed like the text; the summary counts them.
@@ -37,11 +43,13 @@ import warnings
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from pipelines.config import ColumnMap, DataConfig, IngestConfig
 from pipelines.data import snapshots
+from pipelines.data.pii import EMAIL_RE, scrub_pii  # noqa: F401 (both also imported from here by serving, tests)
 from pipelines.errors import DataError
 
 CANONICAL = ("id", "text", "label", "timestamp", "group", "split")
@@ -67,15 +75,8 @@ EXTENSIONS = {
 }
 
 
-EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-
-
-PHONE_RE = re.compile(
-    r"(?<![\w<])(?:\+?\d{1,3}[\s.-])?(?:\(\d{2,5}\)[\s.-]?|\d{2,5}[\s.-]?)\d{3,4}[\s.-]?\d{3,5}(?!\w)"
-)
-
-
-TAG_HINT_RE = re.compile(r"</?[a-zA-Z][^>]*>|&[a-zA-Z]+;|&#\d+;")
+# [^<>]: a start that finds no ">" stops at the next "<", so "<a <a <a ..." costs its length, not its square
+TAG_HINT_RE = re.compile(r"</?[a-zA-Z][^<>]*>|&[a-zA-Z]+;|&#\d+;")
 
 
 BLOCK_TAGS = {"p", "div", "br", "hr", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6"}
@@ -105,16 +106,68 @@ def _read_delimited(path: Path, kind: str, cfg: DataConfig, quarantine: bool) ->
         na_values=[""],
     )
     if not quarantine:
-        return pd.read_csv(path, **kwargs), pd.DataFrame(columns=[SOURCE_LINE, RAW_LINE])
+        try:
+            df = pd.read_csv(path, **kwargs)
+        except pd.errors.ParserError as err:
+            _refuse_extra_fields(path, kwargs, parser=str(err).splitlines()[0].removeprefix("Error tokenizing data. "))
+            raise
+        _refuse_implicit_index(df, path, kwargs)
+        return df, pd.DataFrame(columns=[SOURCE_LINE, RAW_LINE])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", pd.errors.ParserWarning)
         df = pd.read_csv(path, on_bad_lines="warn", **kwargs)
+    _refuse_implicit_index(df, path, kwargs)
     numbers = sorted(
         {int(n) for w in caught for n in re.findall(r"Skipping line (\d+):", str(w.message))}
     )  # the C parser's physical line numbers (1: the header)
     lines = path.read_bytes().split(b"\n") if numbers else []
     raw = [lines[n - 1].decode(cfg.encoding, errors="replace").rstrip("\r") for n in numbers]
     return df, pd.DataFrame({SOURCE_LINE: numbers, RAW_LINE: raw})
+
+
+def _field_counts(path: Path, kwargs: dict) -> tuple[int, list[tuple[int, int]]]:
+    """The header's number of fields, and (line, fields) of every record with more (read with :mod:`csv` in the
+    same dialect; the line is where the record starts, 1 being the header)."""
+    limit = csv.field_size_limit()
+    csv.field_size_limit(2**31 - 1)  # a 2 MB field is a record, not an error, here
+    try:
+        with open(path, encoding=kwargs["encoding"], errors="replace", newline="") as fh:
+            reader = csv.reader(fh, delimiter=kwargs["sep"], quoting=kwargs["quoting"])
+            header = next(reader, [])
+            extra, start = [], reader.line_num + 1
+            for record in reader:
+                if len(record) > len(header):
+                    extra.append((start, len(record)))
+                start = reader.line_num + 1
+    finally:
+        csv.field_size_limit(limit)
+    return len(header), extra
+
+
+def _refuse_extra_fields(path: Path, kwargs: dict, some: bool = True, parser: str = "") -> None:
+    """Raise a DataError naming the lines with more fields than the header, and how many (none: return).
+    ``some``: other lines are fine, so ``ingest.bad_rows: quarantine`` could set these aside; ``parser``: what
+    pandas said of the first."""
+    header, extra = _field_counts(path, kwargs)
+    if not extra:
+        return
+    shown = ", ".join(f"line {line}: {n} fields" for line, n in extra[:10])
+    more = f" and {len(extra) - 10} more" if len(extra) > 10 else ""
+    said = f" (the parser: {parser})" if parser else ""
+    kind = "TSV" if kwargs["sep"] == "\t" else "CSV"
+    raise DataError(
+        f"{path}: cannot be parsed as {kind}: the header has {header} field(s) but {len(extra)} line(s) have more "
+        f"({shown}{more}){said}; fix the "
+        "header, quote the fields that contain the separator, or check data.format (csv/tsv)"
+        + ("; ingest.bad_rows: quarantine sets such lines aside" if some else "")
+    )
+
+
+def _refuse_implicit_index(df: pd.DataFrame, path: Path, kwargs: dict) -> None:
+    """Every record has more fields than the header: pandas took the first ones as the index (no error)."""
+    if not isinstance(df.index, pd.RangeIndex):
+        _refuse_extra_fields(path, kwargs, some=False)
+        raise DataError(f"{path}: the rows have more fields than the header (pandas read the first as an index)")
 
 
 def _read_one(path: Path, cfg: DataConfig, quarantine: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -228,13 +281,6 @@ def strip_html(text: str) -> str:
     return "".join(parser.parts)  # convert_charrefs=True already decoded entities, once
 
 
-def scrub_pii(text: str) -> tuple[str, int]:
-    """Replace e-mail addresses and phone numbers; return the text and how many were replaced."""
-    text, n_email = EMAIL_RE.subn("<EMAIL>", text)
-    text, n_phone = PHONE_RE.subn("<PHONE>", text)
-    return text, n_email + n_phone
-
-
 def normalise_whitespace(text: str) -> str:
     lines = (" ".join(line.split()) for line in text.splitlines())
     return "\n".join(line for line in lines if line)
@@ -275,7 +321,7 @@ def map_columns(df: pd.DataFrame, columns: ColumnMap) -> pd.DataFrame:
 def read_snapshots(data: DataConfig) -> pd.DataFrame | None:
     """Labelled production snapshots in ``data.snapshots_dir`` (none when it is null); their schema, and how
     they are read, belong to :mod:`pipelines.data.snapshots`."""
-    return snapshots.read_snapshots(data.snapshots_dir)
+    return snapshots.read_snapshots(data.snapshots_dir, reviewed_only=data.snapshots_review)
 
 
 def given_splits(df: pd.DataFrame, raw: pd.DataFrame, data: DataConfig) -> pd.Series | None:
@@ -348,10 +394,19 @@ def quarantine_frame(raw: pd.DataFrame, masks: dict[str, pd.Series], cfg: Ingest
     fields = rows.drop(columns=[c for c in PROVENANCE if c in rows])
     fields.columns = [f"{c}_src" if c in QUARANTINE_META else c for c in fields.columns]
     out = pd.concat([meta, fields], axis=1)
-    if cfg.scrub_pii:
-        for col in out.columns[out.dtypes.eq(object) | out.dtypes.astype(str).eq("string")]:
-            out[col] = out[col].map(lambda v: scrub_pii(v)[0] if isinstance(v, str) else v)
+    for col in out.columns[out.dtypes.eq(object) | out.dtypes.astype(str).eq("string")]:
+        cut = out[col].map(lambda v: v[: cfg.max_text_chars] if isinstance(v, str) else v)  # a 2 MB line too
+        out[col] = cut.map(lambda v: scrub_pii(v)[0] if isinstance(v, str) else v) if cfg.scrub_pii else cut
     return out.reset_index(drop=True)
+
+
+def over_long(texts: pd.Series, cfg: IngestConfig) -> pd.Series:
+    """Mask of the texts longer than ``ingest.max_text_chars``."""
+    return texts.astype("string").str.len().fillna(0).gt(cfg.max_text_chars)
+
+
+def _longest(texts: pd.Series, mask: pd.Series) -> int:
+    return int(texts[mask].astype("string").str.len().max()) if mask.any() else 0
 
 
 def ingest(
@@ -370,6 +425,15 @@ def ingest_with_quarantine(
 ) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
     """:func:`ingest`, plus the broken rows moved aside (an empty frame unless ``ingest.bad_rows: quarantine``)."""
     df = map_columns(raw.drop(columns=[c for c in PROVENANCE if c in raw]), data.columns)
+    long = over_long(df["text"], cfg)  # bounded first: every later step (patterns included) sees at most the limit
+    summary_long = {
+        "action": cfg.over_long,
+        "max_text_chars": cfg.max_text_chars,
+        "rows": int(long.sum()),
+        "longest_chars": _longest(df["text"], long),
+        "first": _where(raw, long) if long.any() else "",
+    }
+    df["text"] = df["text"].str.slice(0, cfg.max_text_chars)
     split = given_splits(df, raw, data)
     if split is not None:
         df["split"] = split
@@ -403,10 +467,21 @@ def ingest_with_quarantine(
         "reasons": {k: int(m.sum()) for k, m in masks.items()},
     }
     summary["quarantined_rows"] = int(len(quarantined))
+    if cfg.over_long == "drop":
+        df = df[~long.reindex(df.index, fill_value=False)]
     if "id" not in df:  # the row's position in the source: stable whatever is set aside or appended
         df["id"] = pd.Series([f"row-{i}" for i in df.index], index=df.index, dtype="string")
     if snapshots is not None and len(snapshots):
         snap = snapshots.copy()
+        snap_long = over_long(snap["text"], cfg)
+        if snap_long.any():
+            where = ", ".join(f"snapshot row {i + 1}" for i in np.flatnonzero(snap_long.to_numpy())[:5])
+            summary_long["rows"] += int(snap_long.sum())
+            summary_long["longest_chars"] = max(summary_long["longest_chars"], _longest(snap["text"], snap_long))
+            summary_long["first"] = ", ".join(w for w in (summary_long["first"], where) if w)
+        snap["text"] = snap["text"].astype("string").str.slice(0, cfg.max_text_chars)
+        if cfg.over_long == "drop":
+            snap = snap[~snap_long]
         if "timestamp" in snap and "timestamp" not in df:
             snap = snap.drop(columns="timestamp")
         if "timestamp" in snap:  # naive UTC like the normalised primary column; the primary is checked below
@@ -414,6 +489,8 @@ def ingest_with_quarantine(
         if split is not None:  # labelled production rows are new training data; the given val/test stay as given
             snap["split"] = "train"
         df = pd.concat([df, snap], ignore_index=True)
+    summary["over_long"] = summary_long
+    summary["over_long_rows"] = summary_long["rows"]
 
     labels = df["label"]
     null_labels = labels.isna() | labels.astype("string").str.strip().eq("")

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from tests.helpers.data import run_stage, write_params
 
 from pipelines.config import DataConfig, IngestConfig, parse_params
 from pipelines.data.ingestion import ingest, map_columns, read_source, scrub_pii, strip_html
-from pipelines.errors import DataError
+from pipelines.errors import ConfigError, DataError
+from tests.helpers.data import run_stage, write_params
 
 
 # --------------------------------------------------------------------------- cleaning
@@ -231,6 +231,14 @@ BAD = {
     "csv-named-jsonl": ("sms.jsonl", SMS.encode(), {}, ["sms.jsonl", "JSONL"]),
     "unknown-extension": ("sms.txt", SMS.encode(), {}, ["'.txt'", "data.format"]),
     "empty-directory": ("folder/", None, {}, ["holds no"]),
+    # every row has more fields than the header: pandas took the first ones as an index, and the message used to
+    # be about 'null or empty' labels with tuples for row numbers
+    "more-fields-than-header": (
+        "sms.tsv",
+        b"Label\tSMS\n" + b"ham\tmy card never arrived\tx\ty\n" * 10,
+        {},
+        ["the header has 2 field(s) but 10 line(s) have more", "line 2: 4 fields", "line 11: 4 fields"],
+    ),
     "directory-mismatched-columns": (
         "folder/",
         {"a.tsv": SMS.encode(), "b.tsv": b"Label\tText\nham\thi\n"},
@@ -333,3 +341,99 @@ def test_a_snapshot_without_text_or_label_is_refused(tmp_path):
     _snapshot().drop(columns="label").to_parquet(tmp_path / "snapshot-1.parquet")
     with pytest.raises(DataError, match=r"snapshot-1.parquet lacks column\(s\) \['label'\]"):
         read_snapshots(DataConfig(snapshots_dir=str(tmp_path)))
+
+
+# --------------------------------------------------------------------------- long and hostile input
+TWO_MB = "a" * 1_000_000 + " 1234 5678" * 100_000  # a long run without an @ (the old e-mail pattern's worst case)
+
+
+def _long_raw() -> pd.DataFrame:
+    raw = _raw()
+    raw.loc[3, "body"] = TWO_MB
+    return raw
+
+
+def test_a_2mb_record_is_truncated_before_cleaning_and_reported():
+    # the old ingest did not finish such a record in 15 minutes (quadratic e-mail pattern); now it is cut to
+    # ingest.max_text_chars before any pattern runs (the time is in benchmarks/pii_recall.py, not asserted here)
+    df, summary = ingest(_long_raw(), _data(), IngestConfig(max_text_chars=5000))
+    text = df.set_index("id").loc["T3", "text"]
+    assert len(text) <= 5000 and text.startswith("Bug\naaaa")
+    assert summary["over_long"] == {
+        "action": "truncate",
+        "max_text_chars": 5000,
+        "rows": 1,
+        "longest_chars": len("Bug\n" + TWO_MB),
+        "first": "row 4",
+    }
+    assert summary["over_long_rows"] == 1 and summary["rows_written"] == 6
+
+
+def test_a_2mb_record_can_be_dropped_and_reported():
+    df, summary = ingest(_long_raw(), _data(), IngestConfig(max_text_chars=5000, over_long="drop"))
+    assert "T3" not in set(df["id"]) and summary["over_long"]["rows"] == 1 and summary["over_long"]["first"] == "row 4"
+    assert summary["rows_written"] == 5 and df["text"].str.len().max() <= 5000
+
+
+def test_over_long_snapshot_texts_are_bounded_too():
+    snap = _snapshot()
+    snap.loc[1, "text"] = "parcel lost " * 1000
+    df, summary = ingest(_raw(), _data(), IngestConfig(max_text_chars=100), snap)
+    assert summary["over_long"]["rows"] == 1 and summary["over_long"]["first"] == "snapshot row 2"
+    assert df["text"].str.len().max() <= 100
+
+
+def test_quarantined_cells_are_bounded(tmp_path):
+    from pipelines.data.ingestion import ingest_with_quarantine
+
+    raw = _long_raw()
+    raw.loc[3, "topic"] = ""  # no label: quarantined with its 2 MB body
+    _, summary, quarantined = ingest_with_quarantine(
+        raw, _data(), IngestConfig(bad_rows="quarantine", max_text_chars=5000)
+    )
+    assert summary["quarantined_rows"] == 1 and quarantined["body"].str.len().max() <= 5000
+
+
+def test_ingest_params_are_checked():
+    for bad, key in (({"over_long": "shorten"}, "ingest.over_long"), ({"max_text_chars": 0}, "ingest.max_text_chars")):
+        with pytest.raises(ConfigError, match=key):
+            parse_params({"ingest": bad})
+
+
+def test_read_source_names_lines_with_more_fields_than_the_header(tmp_path):
+    f = tmp_path / "raw.csv"
+    f.write_text("text,label\n" + "my card never arrived,card,x,y\n" * 10)
+    data = parse_params({"data": {"path": str(f), "columns": {"text": ["text"], "label": "label"}}}).data
+    for quarantine in (False, True):  # a wrong header, not ten broken rows: refused either way
+        with pytest.raises(DataError, match=r"header has 2 field\(s\) but 10 line\(s\) have more \(line 2: 4 fields"):
+            read_source(data, quarantine=quarantine)
+    f.write_text("text,label\nfine,a\nnot fine,a,b\nfine too,b\n")
+    with pytest.raises(DataError, match=r"1 line\(s\) have more \(line 3: 3 fields\).*bad_rows: quarantine"):
+        read_source(data)
+
+
+def test_built_in_tickets_lose_their_signers_names():
+    from pipelines.config import GenerateConfig
+    from pipelines.data.generator import FIRST, LAST, generate_tickets
+
+    raw = generate_tickets(GenerateConfig(n_rows=300, seed=3))
+    df, _ = ingest(raw, parse_params({}).data, IngestConfig())
+    signed = df["text"].str.contains(r"(?i)regards, ", regex=True)
+    assert signed.mean() > 0.9
+    assert df.loc[signed, "text"].str.contains(r"(?i)regards, <NAME> \(", regex=True).all()
+    names = "|".join(FIRST + LAST)
+    assert not df["text"].str.contains(rf"\b(?:{names})\b", regex=True).any()
+
+
+def test_cli_cuts_a_2mb_record_and_says_so(tmp_path):
+    # the case end to end: a file whose first text is 2,000,000 characters (read, bounded, cleaned, written)
+    f = tmp_path / "sms.tsv"
+    f.write_text(SMS.replace("see you at 6", "x" * 2_000_000))
+    r, outs = _cli(tmp_path, f)
+    assert r.returncode == 0, r.stderr
+    assert "1 over-long texts cut to ingest.max_text_chars=10,000 (longest 2,000,000 chars; first: sms.tsv row 1)" in (
+        r.stdout
+    )
+    df = pd.read_parquet(outs[0])
+    assert df["text"].str.len().max() == 10_000 and len(df) == 3
+    assert json.loads(outs[2].read_text())["over_long_rows"] == 1
