@@ -13,6 +13,7 @@ import typer
 
 from pipelines.config import load_params
 from pipelines.data.leakage_checks import audit
+from pipelines.data.snapshots import used_ids
 from pipelines.data.splitting import SPLITS
 from pipelines.errors import GateFailed, run_cli
 from pipelines.io import atomic_outputs, read_parquet, remove_outputs, write_json, write_parquet
@@ -29,10 +30,11 @@ def main(
     ] = Path("reports/split.json"),
 ) -> None:
     """Audit the splits for leakage; write model-ready splits, or fail (exit 3) on a blocker."""
-    cfg = load_params(params).leakage
+    loaded = load_params(params)
+    cfg = loaded.leakage
     parts = {k: read_parquet(split_dir / f"{k}.parquet") for k in SPLITS}
     given = split_report.is_file() and json.loads(split_report.read_text(encoding="utf-8")).get("strategy") == "given"
-    clean, rep = audit(parts, cfg, given=given)
+    clean, rep = audit(parts, cfg, given=given, feedback_ids=used_ids(loaded.data.snapshots_dir))
     targets = [out_dir / f"{k}.parquet" for k in SPLITS]
     with atomic_outputs(report, metrics, *([] if not rep["passed"] else targets)) as staged:
         write_json(rep, staged[report])

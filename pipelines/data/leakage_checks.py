@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Collection
 
 import numpy as np
 import pandas as pd
@@ -385,14 +386,50 @@ def check_splits(parts: dict[str, pd.DataFrame], cfg: LeakageConfig, given: bool
     return out
 
 
+def drop_feedback_copies(
+    parts: dict[str, pd.DataFrame], cfg: LeakageConfig, feedback_ids: Collection[str]
+) -> tuple[dict[str, pd.DataFrame], list[dict]]:
+    """Feedback rows (untrusted labels, :mod:`pipelines.data.snapshots`) in train or val that copy a test text,
+    exactly or nearly, leave their split: otherwise (b) would take the trusted test row out because of them,
+    and whoever can call ``/feedback`` could shrink the gate's test split."""
+    if not feedback_ids or "id" not in parts["train"]:
+        return parts, []
+    out, findings, ids = dict(parts), [], set(feedback_ids)
+    lsh = LshSettings(cfg.minhash_num_perm, cfg.minhash_bands, cfg.minhash_shingle, cfg.seed)
+    for name in ("train", "val"):
+        df = parts[name]
+        fb = df["id"].astype("string").isin(ids).fillna(False).to_numpy(dtype=bool)
+        if not fb.any():
+            continue
+        exact, near = cross_duplicates(parts["test"]["text"], df.loc[fb, "text"], cfg.near_duplicate_threshold, lsh)
+        copies = np.zeros(len(df), dtype=bool)
+        copies[np.flatnonzero(fb)] = exact | near
+        if copies.any():
+            out[name] = df[~copies].reset_index(drop=True)
+            findings.append(
+                finding(
+                    "feedback_copies_test",
+                    "warning",
+                    f"{int(copies.sum()):,} feedback rows in {name} copy test texts: removed from {name}, "
+                    "so the test split stays whole",
+                    count=int(copies.sum()),
+                    action=f"removed from {name}",
+                    splits=[name, "test"],
+                )
+            )
+    return out, findings
+
+
 def audit(
-    parts: dict[str, pd.DataFrame], cfg: LeakageConfig, given: bool = False
+    parts: dict[str, pd.DataFrame], cfg: LeakageConfig, given: bool = False, feedback_ids: Collection[str] = ()
 ) -> tuple[dict[str, pd.DataFrame], dict]:
     """Pure stage function: raw splits → cleaned splits and the leakage report.
 
-    ``given``: the splits are the data's own (``split.strategy`` given), see the module docstring."""
+    ``given``: the splits are the data's own (``split.strategy`` given), see the module docstring.
+    ``feedback_ids``: ids of feedback rows (:func:`drop_feedback_copies`)."""
+    parts, fb_findings = drop_feedback_copies(parts, cfg, feedback_ids)
     whole = pd.concat(parts.values(), ignore_index=True)
-    findings = check_columns(whole, cfg)
+    findings = fb_findings + check_columns(whole, cfg)
     dup_findings, drop = check_duplicates(parts, cfg)
     findings += dup_findings + check_splits(parts, cfg, given)
     dropped_cols = sorted({c for f in findings if f["action"] == "dropped" for c in f["columns"]} - CORE)
@@ -410,6 +447,7 @@ def audit(
         "exact_duplicates": sum(f["count"] for f in findings if f["check"] == "cross_split_exact_duplicates"),
         "near_duplicates": sum(f["count"] for f in findings if f["check"] == "cross_split_near_duplicates"),
         "removed_eval_rows": int(sum(m.sum() for m in drop.values())),
+        "removed_feedback_rows": sum(f["count"] for f in fb_findings),
         "group_overlap_rows": sum(f["count"] for f in findings if f["check"] == "group_overlap"),
         "unseen_class_rows": sum(f["count"] for f in findings if f["check"] == "class_unseen_in_train"),
         **{f"rows_{k}": int(len(v)) for k, v in clean.items()},

@@ -275,3 +275,24 @@ def test_cli_exits_3_on_a_blocker_and_writes_no_splits(tmp_path, clean_parts):
     assert not list((tmp_path / "processed").glob("*.parquet"))
     report = json.loads((tmp_path / "leakage.json").read_text())
     assert report["passed"] is False and _checks(report, "class_unseen_in_train")
+
+
+def test_feedback_rows_copying_a_test_text_leave_train_and_the_test_split_stays_whole(clean_parts):
+    """Feedback labels are untrusted: a feedback row in train that copies a test ticket must not take that
+    (trusted) test row out of the gate's split; the feedback row goes instead. Without the ids, today's rule
+    removes the test row."""
+    test = clean_parts["test"]
+    copies = test.head(5).assign(id=[f"fb-{i}" for i in range(5)], label=test["label"].iloc[0])
+    near = test.iloc[5:7].assign(id=["fb-5", "fb-6"], text=lambda d: d["text"] + " thanks")
+    train = pd.concat([clean_parts["train"], copies, near], ignore_index=True)
+    parts = _with(clean_parts, train=train)
+    ids = {f"fb-{i}" for i in range(7)}
+
+    clean, report = audit(parts, LeakageConfig(time_order_action="report"), feedback_ids=ids)
+    assert len(clean["test"]) == len(test) and report["counts"]["removed_eval_rows"] == 0
+    assert not clean["train"]["id"].isin(ids).any() and len(clean["train"]) == len(clean_parts["train"])
+    (f,) = _checks(report, "feedback_copies_test")
+    assert f["count"] == 7 and f["action"] == "removed from train" and report["counts"]["removed_feedback_rows"] == 7
+
+    untold, rep = audit(parts, LeakageConfig(time_order_action="report"))
+    assert len(untold["test"]) == len(test) - 7 and rep["counts"]["removed_eval_rows"] == 7
