@@ -24,7 +24,6 @@ decision and the sha256 of the file approved, so a file changed after its review
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterable
@@ -37,6 +36,7 @@ import pyarrow.parquet as pq
 
 from pipelines.config import DataConfig
 from pipelines.errors import ConfigError, DataError
+from pipelines.io import file_sha256
 
 SCHEMA = pa.schema(
     [
@@ -102,14 +102,6 @@ def read_snapshots(directory: str | Path | None, reviewed_only: bool = False) ->
     return pd.concat(frames, ignore_index=True)
 
 
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def review_path(snapshot: str | Path) -> Path:
     return Path(f"{snapshot}{REVIEW_SUFFIX}")
 
@@ -124,7 +116,7 @@ def review(snapshot: str | Path, approve: bool, reviewer: str, now: datetime | N
     record = {
         "snapshot": snapshot.name,
         "approved": bool(approve),
-        "sha256": sha256_of(snapshot),
+        "sha256": file_sha256(snapshot),
         "reviewer": reviewer.strip(),
         "reviewed_at": (now or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
     }
@@ -147,7 +139,7 @@ def approved(snapshot: str | Path) -> bool:
         raise DataError(f"{path} is not a review record (approved, sha256); review {snapshot} again") from None
     if decision is not True:
         return False
-    if digest != sha256_of(snapshot):
+    if digest != file_sha256(snapshot):
         raise DataError(f"snapshot {snapshot} changed after its review ({path}); review it again before it is used")
     return True
 

@@ -31,9 +31,9 @@ import hashlib
 import random
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipelines.io import file_sha256  # noqa: F401 (re-exported: the adapter the scores belong to)
 from pipelines.llm.chat_data import NULLABLE_FIELDS, PRIORITIES, Conversation, parse_triage, split_answer
 
 if TYPE_CHECKING:  # a loaded model and the stage's settings are only types here
@@ -201,15 +201,6 @@ def worst_examples(
 
 
 # --------------------------------------------------------------------------- what was scored
-def file_sha256(path: str | Path) -> str:
-    """sha256 hex digest of a file's bytes (the adapter the scores belong to)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def ids_sha256(ids: Sequence[str]) -> str:
     """sha256 hex digest of the ordered row ids joined by newlines (the rows the scores belong to)."""
     return hashlib.sha256("\n".join(map(str, ids)).encode("utf-8")).hexdigest()
