@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import regex
 import tldextract
 
-from pipelines.data.pii import EMAIL_PATTERN, MIN_PHONE_DIGITS, MIN_SCORE, NAME_RULES, PLACEHOLDERS, phone_like
+from pipelines.data.pii_rules import EMAIL_PATTERN, MIN_PHONE_DIGITS, MIN_SCORE, NAME_RULES, PLACEHOLDERS, phone_like
 
 
 @contextlib.contextmanager
