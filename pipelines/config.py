@@ -697,8 +697,9 @@ class ServeConfig(Section):
     torch_threads: int = Field(2, ge=1, le=256, description="torch intra-op threads per replica (set it per machine)")
     log_dir: str = Field("data/production", description="prediction log root (serving/prediction_log.py)")
     log_text: bool = Field(
-        False, description="true: store the PII-scrubbed text in the log (monitoring's text drift and feedback "
-        "snapshots need it); false: only its keyed hash"
+        False,
+        description="true: store the PII-scrubbed text in the log (monitoring's text drift and feedback "
+        "snapshots need it); false: only its keyed hash",
     )
     hash_key_env: str = Field(
         "TICKETOPS_HASH_KEY",
