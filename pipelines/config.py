@@ -707,6 +707,17 @@ class ServeConfig(Section):
         description="environment variable holding the secret key of the log's text hashes (HMAC-SHA256, at least "
         "16 characters); unset: a random key per process",
     )
+    hash_key_file: str | None = Field(
+        None,
+        description="file holding the hash key (first line; relative to the project); the hash_key_env variable "
+        "overrides it, and it overrides hash_key. Resolved by the app builder and passed to every replica",
+    )
+    hash_key: str | None = Field(
+        None,
+        repr=False,
+        description="the hash key itself (prefer hash_key_env or hash_key_file: a secret does not belong in a "
+        "versioned file); none of the three: the app builder draws one per deployment",
+    )
     log_flush_rows: int = Field(256, ge=1, description="write a Parquet part every N rows...")
     log_flush_s: float = Field(5.0, gt=0.0, description="...or every T seconds")
     feedback_accept_unknown: bool = Field(

@@ -25,10 +25,10 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from serving.batching import QueueFull
 from serving.log_writer import LogUnavailable
 from serving.schemas import (
-    FeedbackRequest,
     FeedbackResponse,
     Health,
     PredictResponse,
+    feedback_request_model,
     predict_request_model,
     readable_errors,
 )
@@ -80,6 +80,7 @@ def build_app(service: ClassifierService, manage_lifecycle: bool = True) -> Fast
     cfg, metrics = service.cfg, service.metrics
     api_key = cfg.api_key or None
     PredictRequest = predict_request_model(cfg.max_texts_per_request, cfg.max_text_chars)
+    FeedbackRequest = feedback_request_model(cfg.max_texts_per_request)  # item < max_texts_per_request: 422 here
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -116,6 +117,8 @@ def build_app(service: ClassifierService, manage_lifecycle: bool = True) -> Fast
     app.add_middleware(ApiKeyGuard, api_key=api_key, open_paths=cfg.open_paths, on_reject=rejected(401, "unauthorised"))
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(cfg.allowed_hosts))
     app.state.api_key_guarded = True  # serving.llm.openai_api.attach: the key is checked here already
+    # async () -> problem | None, each a part of /readyz beside the classifier's (attach adds the LM's)
+    app.state.readiness_checks = []
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -173,7 +176,8 @@ def build_app(service: ClassifierService, manage_lifecycle: bool = True) -> Fast
         },
     )
     async def feedback(
-        body: FeedbackRequest, _key: str | None = Security(key_header)
+        body: FeedbackRequest,  # type: ignore[valid-type]
+        _key: str | None = Security(key_header),
     ) -> FeedbackResponse | JSONResponse:
         reason = None
         try:
@@ -197,10 +201,26 @@ def build_app(service: ClassifierService, manage_lifecycle: bool = True) -> Fast
     @app.get(
         "/readyz",
         response_model=Health,
-        responses={503: {"description": "loading, failed, or degraded (a failed swap, an unwritable log): detail"}},
+        responses={
+            503: {
+                "description": "loading, failed, or degraded (a failed swap or an unwritable log, the classifier's "
+                "or the generative model's): detail"
+            }
+        },
     )
     async def readyz(_key: str | None = Security(key_header)) -> Health | JSONResponse:
         code, health = service.readiness()
+        others = []
+        for check in app.state.readiness_checks:  # the generative model's log and champion (serving.llm)
+            try:
+                others.append(await check())
+            except Exception as err:  # noqa: BLE001 - a check that breaks is a reason, never a 500
+                others.append(f"a readiness check failed: {type(err).__name__}: {err}")
+        others = [o for o in others if o]
+        if others:
+            health.detail = "; ".join([health.detail, *others] if health.detail else others)
+            if code == 200:
+                code, health.status = 503, "degraded"
         health.detail = secret_free(health.detail) if health.detail else health.detail
         return health if code == 200 else JSONResponse(health.model_dump(), status_code=code)
 

@@ -26,7 +26,10 @@ classifier serves either way.
 ``serve.api_key_file``, else ``serve.api_key``; :func:`serving.security.resolve_api_key`) and passed to every
 replica inside its ``serve`` config; replicas never read it from their own environment, which under
 ``serve deploy`` is the cluster's and may lack the variable. The builder also refuses a non-loopback
-``serve.host`` without a key (pass ``host`` in the config's ``args`` to mirror ``http_options.host``).
+``serve.host`` without a key (pass ``host`` in the config's ``args`` to mirror ``http_options.host``). **The key of
+the prediction log's text hashes** travels the same way (``serve.hash_key_env``, else ``serve.hash_key_file``, else
+``serve.hash_key``, else a random key drawn once per build), to the classifier's replicas and to the LM's, so a
+text hashes the same in every replica and after a replica restarts.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import time
 from pathlib import Path
@@ -47,10 +51,11 @@ from pipelines.errors import ConfigError
 from pipelines.registry.tracking import tracking_uri
 from serving.batching import ItemResult, QueueFull, predict_isolated
 from serving.llm.openai_api import LocalBackend
-from serving.security import check_bind, redact, resolve_api_key
+from serving.security import check_bind, redact, resolve_api_key, resolve_hash_key
 from serving.telemetry import ServiceMetrics
 
 APP_NAME = "ticketops"
+HEALTH_TIMEOUT_S = 2.0  # /readyz waits this long for the LM replica's health
 log = logging.getLogger(__name__)
 
 
@@ -161,6 +166,22 @@ class HandleBackend:
     async def metrics(self) -> bytes:
         return await self.handle.metrics.remote()
 
+    async def health(self, timeout_s: float = HEALTH_TIMEOUT_S) -> str | None:
+        """The LM replica's :meth:`~serving.llm.service.LLMService.problem`. A replica too busy to answer within
+        ``timeout_s`` (or Ray's queue full) is not reported: load is not a fault, and Ray's own health check
+        restarts a dead replica; one that cannot be reached at all is."""
+        from ray.serve.exceptions import BackPressureError
+
+        async def ask() -> str | None:
+            return await self.handle.health.remote()
+
+        try:
+            return await asyncio.wait_for(ask(), timeout_s)
+        except (asyncio.TimeoutError, BackPressureError):
+            return None
+        except Exception as err:  # noqa: BLE001 - e.g. the replica is dead or being restarted
+            return f"the generative model's replica did not answer: {type(err).__name__}"
+
 
 @serve.deployment(name="llm", health_check_period_s=10, graceful_shutdown_timeout_s=30)
 class LLMDeployment(LocalBackend):
@@ -207,7 +228,8 @@ def deployment_options(cfg: ServeConfig) -> dict[str, Any]:
 
 def build_settings(args: dict[str, Any] | None = None) -> tuple[ServeConfig, MlflowConfig, Path, str]:
     """What :func:`build` deploys: the serve config (``args`` overriding ``serve:`` keys; ``api_key`` resolved,
-    see :func:`serving.security.resolve_api_key`), the MLflow config, the project directory and the inference
+    see :func:`serving.security.resolve_api_key`, and ``hash_key``, :func:`serving.security.resolve_hash_key`, or a
+    random one drawn here when none is set), the MLflow config, the project directory and the inference
     precision (``evaluate.precision``, the one the gate judged the champion in; ``args["precision"]`` overrides it,
     for measurements such as ``benchmarks/serving.py``). A non-loopback ``host`` without a key is a ConfigError."""
     args = dict(args or {})
@@ -223,7 +245,17 @@ def build_settings(args: dict[str, Any] | None = None) -> tuple[ServeConfig, Mlf
     check_bind(cfg.host, key)
     if not key:
         log.warning("no API key (TICKETOPS_API_KEY, serve.api_key_file, serve.api_key): every route is open")
-    cfg = ServeConfig.model_validate({**cfg.model_dump(), "api_key": key, "api_key_file": None})
+    hash_key = resolve_hash_key(cfg.hash_key, cfg.hash_key_file, cfg.hash_key_env, os.environ, project_dir)
+    if not hash_key:
+        hash_key = secrets.token_urlsafe(32)
+        log.warning(
+            "no hash key (%s, serve.hash_key_file, serve.hash_key): the log's text hashes use a random key of this "
+            "deployment (the same in all its replicas; another deployment's hashes will not match)",
+            cfg.hash_key_env,
+        )
+    cfg = ServeConfig.model_validate(
+        {**cfg.model_dump(), "api_key": key, "api_key_file": None, "hash_key": hash_key, "hash_key_file": None}
+    )
     mcfg = params.mlflow.model_copy(update={"tracking_uri": tracking_uri(params.mlflow)})
     return cfg, mcfg, project_dir, precision
 

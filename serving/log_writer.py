@@ -37,7 +37,14 @@ import pyarrow as pa
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from serving import prediction_log
-from serving.prediction_log import FEEDBACK, PREDICTIONS, configure_hash_key, fsync_dir, write_table_part
+from serving.prediction_log import (
+    FEEDBACK,
+    PREDICTIONS,
+    configure_hash_key,
+    fsync_dir,
+    hash_key_bytes,
+    write_table_part,
+)
 
 log = logging.getLogger(__name__)
 WAL_DIR = "_wal"
@@ -313,9 +320,12 @@ class LogWriter:
         *,
         registry: CollectorRegistry | None = None,
         hash_key_env: str = prediction_log.HASH_KEY_ENV,
+        hash_key: str | None = None,
     ) -> None:
         self.root, self.flush_rows, self.flush_s = Path(root), flush_rows, flush_s
         self.hash_key_env = hash_key_env
+        # the key the app builder resolved (serve.hash_key in the replica's config); None: this process's default
+        self._hash_key: bytes | None = hash_key_bytes(hash_key) if hash_key else None
         self.metrics = LogMetrics.for_registry(registry)
         self.max_pending_rows = self.PENDING_FLUSHES * flush_rows
         self._segment: _Segment | None = None
@@ -328,6 +338,16 @@ class LogWriter:
         self._orphans_left = False
         self.rows_written = 0
         self.metrics.healthy.labels(log=self.NAME).set(1)
+
+    @property
+    def hash_key(self) -> bytes:
+        """The key of the text hashes of the rows this writer takes (rows pass it to ``text_hash``): the one it was
+        given (the app builder's, the same in every replica), else the process's default
+        (:func:`~serving.prediction_log.configure_hash_key`: ``hash_key_env`` of this process, else random)."""
+        if self._hash_key is None:
+            configure_hash_key(self.hash_key_env)
+            self._hash_key = prediction_log._hash_key
+        return self._hash_key  # type: ignore[return-value]
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -387,7 +407,7 @@ class LogWriter:
 
     async def start(self) -> None:
         """Set the hash key, recover orphans (never fails start-up), open a segment, start the flusher."""
-        configure_hash_key(self.hash_key_env)
+        _ = self.hash_key
         self._lock = asyncio.Lock()
         await asyncio.to_thread(self._recover_orphans)
         try:

@@ -11,6 +11,9 @@ Each part file is written whole (temporary name, fsync, ``os.replace``, fsync of
 never sees half a file. The serving writer (:mod:`serving.log_writer`) names its parts after the write-ahead
 segment they come from (``part-<segment>.parquet``), so writing a segment again replaces its parts. Text hashes
 are keyed (HMAC-SHA256, :func:`text_hash`), so a hash cannot be reversed by hashing guessed texts without the key.
+The key is resolved once by the app builder (``serve.hash_key_env``, ``serve.hash_key_file``, ``serve.hash_key``;
+:func:`serving.security.resolve_hash_key`) and handed to every replica's writer, so the same text hashes the same in
+every replica, the classifier's and the generative model's, and across their restarts.
 
 Schemas are fixed pyarrow schemas (below); rows are made only by
 :func:`prediction_row` and :func:`feedback_row`, so every producer writes the same columns and
@@ -50,7 +53,7 @@ PREDICTION_SCHEMA = pa.schema(
         ("item", pa.int32()),  # index of the text within its request
         ("model_name", pa.string()),
         ("model_version", pa.string()),
-        ("text_sha256", pa.string()),  # text_hash(text): HMAC-SHA256 keyed by serve.hash_key_env
+        ("text_sha256", pa.string()),  # text_hash(text): HMAC-SHA256 under the key the app builder resolved
         ("text", pa.string()),  # scrubbed text, or null when params forbid storing text
         ("label", pa.string()),  # predicted label
         ("confidence", pa.float64()),  # probability of the predicted label
@@ -81,13 +84,23 @@ MAX_ID_CHARS = 128  # request ids: 32 hex (classifier), chatcmpl-/cmpl-<32 hex> 
 _hash_key: bytes | None = None
 
 
-def configure_hash_key(env: str = HASH_KEY_ENV) -> bool:
-    """Set the key of :func:`text_hash` from the environment variable ``env`` (``serve.hash_key_env``).
+def hash_key_bytes(key: str) -> bytes:
+    """A configured hash key as the bytes HMAC takes (a :class:`DataError` when it is too short)."""
+    if len(key) < MIN_HASH_KEY_CHARS:
+        raise DataError(f"the log's hash key is too short: give at least {MIN_HASH_KEY_CHARS} characters")
+    return key.encode("utf-8")
 
-    Without it, a random key of this process is used (hashes then compare only within one process, and a leaked
-    log cannot be matched against guessed texts at all); True when the key came from the environment."""
+
+def configure_hash_key(env: str = HASH_KEY_ENV) -> bool:
+    """Set this process's default key of :func:`text_hash` from the environment variable ``env``.
+
+    The fallback of a writer that was given no key (``serve.hash_key``, which the app builder resolves from
+    ``serve.hash_key_env`` / ``hash_key_file`` and hands to every replica; tests and scripts build services
+    without it). Without the variable, a random key of this process is used (hashes then compare only within one
+    process, and a leaked log cannot be matched against guessed texts at all); True when the key came from the
+    environment."""
     global _hash_key
-    value = os.environ.get(env)
+    value = (os.environ.get(env) or "").strip()  # as the app builder reads it (serving.security.resolve_hash_key)
     if value:
         if len(value) < MIN_HASH_KEY_CHARS:
             raise DataError(f"{env} is too short for a hash key: give at least {MIN_HASH_KEY_CHARS} characters")
@@ -143,13 +156,15 @@ def prediction_row(
     latency_ms: float,
     batch_size: int,
     abstained: bool = False,
+    hash_key: bytes | None = None,
 ) -> dict[str, Any]:
     """One row of :data:`PREDICTION_SCHEMA`, the only way rows are made (serving, the demo, tests).
 
-    ``text`` is hashed; ``stored_text`` is what the log keeps (the scrubbed text, or None when params forbid
-    storing it). The label and its confidence are the argmax of ``proba`` over ``classes`` (first on ties,
-    as serving answers), so the log can never disagree with its own probabilities; ``abstained`` is the
-    served answer's flag (the label stays the one the model would have given).
+    ``text`` is hashed (:func:`text_hash` under ``hash_key``, the writer's; default: the process's);
+    ``stored_text`` is what the log keeps (the scrubbed text, or None when params forbid storing it). The label
+    and its confidence are the argmax of ``proba`` over ``classes`` (first on ties, as serving answers), so the log
+    can never disagree with its own probabilities; ``abstained`` is the served answer's flag (the label stays the
+    one the model would have given).
     """
     proba = np.asarray(proba, dtype=float)
     if proba.shape != (len(classes),):
@@ -161,7 +176,7 @@ def prediction_row(
         "item": _item(item),
         "model_name": str(model_name),
         "model_version": str(model_version),
-        "text_sha256": text_hash(text),
+        "text_sha256": text_hash(text, hash_key),
         "text": None if stored_text is None else str(stored_text),
         "label": str(classes[best]),
         "confidence": float(proba[best]),

@@ -9,7 +9,9 @@ a 401, never a 500.
 The key is resolved once, by the application builder (:func:`resolve_api_key`: ``TICKETOPS_API_KEY``, else the file
 ``serve.api_key_file``, else ``serve.api_key``) and handed to every replica in its deployment config: a replica never
 reads the environment, so ``serve deploy`` (where the replica's environment is the cluster's, not the shell's) serves
-the same key as ``make serve``. :func:`check_bind` refuses a non-loopback bind address without a key.
+the same key as ``make serve``. :func:`check_bind` refuses a non-loopback bind address without a key. The key of
+the prediction log's text hashes is resolved the same way (:func:`resolve_hash_key`), so every replica, the
+classifier's and the generative model's, hashes a text to the same value.
 
 The middlewares are plain ASGI (no body parsing): :class:`BodyLimit` answers 413 on a ``Content-Length`` over
 ``serve.max_body_bytes`` before anything reads the body, and stops a body without one (chunked) as soon as the bytes
@@ -41,22 +43,50 @@ OPENAI_PREFIX = "/v1"
 def resolve_api_key(api_key: str | None, api_key_file: str | None, environ: Any, project_dir: Path) -> str | None:
     """The serving key: ``environ[TICKETOPS_API_KEY]``, else the first line of ``api_key_file`` (relative to
     ``project_dir``), else ``api_key``; None when none is set. A named file that cannot be read is an error."""
-    from pipelines.errors import ConfigError
-
     key = (environ.get(API_KEY_ENV) or "").strip()
     if key:
         return key
     if api_key_file:
-        path = Path(api_key_file)
-        path = path if path.is_absolute() else project_dir / path
-        try:
-            key = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConfigError(f"serve.api_key_file: cannot read {path}: {type(err).__name__}") from None
-        if not key:
-            raise ConfigError(f"serve.api_key_file: {path} is empty")
-        return key
+        return _secret_file("serve.api_key_file", api_key_file, project_dir)
     return api_key or None
+
+
+def resolve_hash_key(
+    hash_key: str | None, hash_key_file: str | None, env: str, environ: Any, project_dir: Path
+) -> str | None:
+    """The key of the prediction log's text hashes (HMAC-SHA256), resolved like :func:`resolve_api_key`:
+    ``environ[env]`` (``serve.hash_key_env``), else the first line of ``hash_key_file`` (relative to
+    ``project_dir``), else ``hash_key``; None when none is set. A named file that cannot be read, or a key shorter
+    than :data:`serving.prediction_log.MIN_HASH_KEY_CHARS`, is a :class:`~pipelines.errors.ConfigError`."""
+    from pipelines.errors import ConfigError
+    from serving.prediction_log import MIN_HASH_KEY_CHARS
+
+    key, where = (environ.get(env) or "").strip(), f"the environment variable {env} (serve.hash_key_env)"
+    if not key and hash_key_file:
+        key, where = _secret_file("serve.hash_key_file", hash_key_file, project_dir), "serve.hash_key_file"
+    if not key and hash_key:
+        key, where = hash_key.strip(), "serve.hash_key"
+    if not key:
+        return None
+    if len(key) < MIN_HASH_KEY_CHARS:
+        raise ConfigError(f"{where}: the hash key has {len(key)} characters; give at least {MIN_HASH_KEY_CHARS}")
+    return key
+
+
+def _secret_file(field: str, name: str, project_dir: Path) -> str:
+    """The first line of the file ``name`` (relative to ``project_dir``); a ConfigError naming ``field`` when it
+    cannot be read or is empty."""
+    from pipelines.errors import ConfigError
+
+    path = Path(name)
+    path = path if path.is_absolute() else project_dir / path
+    try:
+        lines = path.read_text(encoding="utf-8").strip().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{field}: cannot read {path}: {type(err).__name__}") from None
+    if not lines or not lines[0].strip():
+        raise ConfigError(f"{field}: {path} is empty")
+    return lines[0].strip()
 
 
 def is_loopback(host: str) -> bool:

@@ -113,6 +113,7 @@ class ClassifierService:
             cfg.log_flush_s,
             registry=self.metrics.registry,
             hash_key_env=cfg.hash_key_env,
+            hash_key=cfg.hash_key,  # the app builder's: every replica hashes a text the same
         )
         self.model: ModelHandle | None = None
         self.last_error: str | None = None
@@ -270,6 +271,7 @@ class ClassifierService:
                 abstained=bool(a),
                 latency_ms=latency_ms,
                 batch_size=r.batch_size,
+                hash_key=self.log.hash_key,
             )
             for i, (text, r, a) in enumerate(zip(texts, results, abstained))
         ]

@@ -50,6 +50,7 @@ class LLMBackend(Protocol):
     async def models(self) -> dict: ...
     async def feedback(self, body: dict) -> dict: ...
     async def metrics(self) -> bytes: ...
+    async def health(self) -> str | None: ...
 
 
 class LocalBackend:
@@ -69,6 +70,10 @@ class LocalBackend:
 
     async def metrics(self) -> bytes:
         return self.service.metrics.render()
+
+    async def health(self) -> str | None:
+        """Why the generative side is degraded (:meth:`~serving.llm.service.LLMService.problem`), or None."""
+        return self.service.problem()
 
 
 class UnavailableBackend:
@@ -92,6 +97,9 @@ class UnavailableBackend:
 
     async def metrics(self) -> bytes:
         return b""
+
+    async def health(self) -> str | None:
+        return None  # not served on purpose: nothing is degraded
 
 
 def error_response(ev: dict) -> JSONResponse:
@@ -327,9 +335,13 @@ def attach(
     http_metrics: Any = None,
     own_metrics: Callable[[], bytes] | None = None,
 ) -> FastAPI:
-    """Mount ``/v1`` on ``app`` (the classifier's), route generative ``/feedback`` and append the LM's metrics to
-    ``GET /metrics`` (``own_metrics``: the app's own exposition)."""
+    """Mount ``/v1`` on ``app`` (the classifier's), route generative ``/feedback``, append the LM's metrics to
+    ``GET /metrics`` (``own_metrics``: the app's own exposition) and add the backend's health to the app's
+    ``/readyz`` (``app.state.readiness_checks``, which :func:`serving.api.build_app` reads)."""
     app.mount("/v1", build_openai_app(backend, api_key, http_metrics))
+    checks = getattr(app.state, "readiness_checks", None)
+    if isinstance(checks, list):
+        checks.append(backend.health)
     # innermost: behind the app's own host, key, body-size and rate checks (serving.api), never in front of them
     app.user_middleware.append(Middleware(GenerativeFeedback, backend_of=lambda: backend, api_key=api_key))
     if own_metrics is not None:

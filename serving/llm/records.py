@@ -100,17 +100,19 @@ def generation_row(
     finish_reason: str,
     max_tokens: int,
     temperature: float,
+    hash_key: bytes | None = None,
 ) -> dict[str, Any]:
-    """One row of :data:`GENERATION_SCHEMA`; ``prompt``/``output`` are hashed, ``stored_*`` are what is kept."""
+    """One row of :data:`GENERATION_SCHEMA`; ``prompt``/``output`` are hashed (:func:`text_hash` under ``hash_key``,
+    the writer's; default: the process's), ``stored_*`` are what is kept."""
     return {
         "ts": _utc(ts),
         "request_id": str(request_id),
         "endpoint": str(endpoint),
         "model_name": str(model_name),
         "model_version": str(model_version),
-        "prompt_sha256": text_hash(prompt),
+        "prompt_sha256": text_hash(prompt, hash_key),
         "prompt": stored_prompt,
-        "output_sha256": text_hash(output),
+        "output_sha256": text_hash(output, hash_key),
         "output": stored_output,
         "response_format": str(response_format),
         "json_valid": None if response_format == "text" else json_valid(output),

@@ -178,6 +178,7 @@ class LLMService:
             serve_cfg.log_flush_s,
             registry=self.metrics.registry,
             hash_key_env=serve_cfg.hash_key_env,
+            hash_key=serve_cfg.hash_key,  # the app builder's, as the classifier's replicas get it
         )
         self.served: Served | None = None
         self.last_error: str | None = None
@@ -278,6 +279,19 @@ class LLMService:
             "object": "list",
             "data": [{"id": s.name, "object": "model", "created": 0, "owned_by": "ticketops", "version": s.version}],
         }
+
+    def problem(self) -> str | None:
+        """Why the generative side is degraded (the classifier's ``/readyz`` reports it), or None: its newest
+        champion failed to load (the version before it, if any, still answers), or its log cannot be written. No
+        champion registered yet is not a problem (``/v1`` answers 503 and the classifier serves)."""
+        reasons = []
+        if self.refresh_error:  # redacted by watch_champion (no tracking URI)
+            still = f"; still serving version {self.served.version}" if self.served is not None else ""
+            reasons.append(f"generative model: {self.refresh_error}{still}")
+        log_problem = self.log.problem()
+        if log_problem:
+            reasons.append(log_problem)
+        return redact("; ".join(reasons), getattr(self.source, "uri", None)) if reasons else None
 
     def _not_ready(self) -> str:
         return f"the generative model is not loaded: {self.last_error or 'still loading'}"
@@ -489,6 +503,7 @@ class LLMService:
             finish_reason=finish,
             max_tokens=record["max_tokens"],
             temperature=record["temperature"],
+            hash_key=self.log.hash_key,
         )
         try:
             self.log.append(GENERATIONS, [row])

@@ -84,8 +84,10 @@ def test_feedback(client) -> None:
         "status": "recorded",
         "matched": True,
     }
-    r = client.post("/feedback", json={"request_id": rid, "item": 5, "label": "billing"})
-    assert r.status_code == 422 and "out of range" in r.json()["detail"]
+    r = client.post("/feedback", json={"request_id": rid, "item": 2, "label": "billing"})  # the request had 2
+    assert r.status_code == 422 and "item 2 is out of range: request" in r.json()["detail"], r.text
+    r = client.post("/feedback", json={"request_id": rid, "item": 5, "label": "billing"})  # no request has 6
+    assert r.status_code == 422 and "item: Input should be less than 5" in r.json()["detail"], r.text
     r = client.post("/feedback", json={"request_id": rid, "item": 0, "label": "astrology"})
     assert r.status_code == 422 and "is not one of the classes of model version" in r.json()["detail"]
     r = client.post("/feedback", json={"request_id": "0" * 32, "item": 0, "label": "billing"})
@@ -533,3 +535,92 @@ def test_redact_removes_the_tracking_uri_its_path_and_url_credentials() -> None:
     out = redact(f"cannot open /srv/ml/mlflow.db ({uri}); also https://alice:s3cr3t@mlflow.corp:5000/api", uri)
     assert "/srv/ml" not in out and "s3cr3t" not in out and "alice" not in out
     assert out.count("<tracking URI>") == 2 and "https://***@mlflow.corp:5000/api" in out
+
+
+def test_feedback_item_is_bounded_by_the_schema_at_max_texts_per_request(
+    tiny_registry, tmp_path, monkeypatch, serve_cfg
+) -> None:
+    """``item`` is checked by the route's schema (422 naming the field, shown in the OpenAPI schema), not only by
+    the service: no request the server answers has a text at or beyond ``serve.max_texts_per_request``."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tiny_registry.uri)
+    cfg = serve_cfg(tmp_path, feedback_accept_unknown=True, max_texts_per_request=5)
+    service = ClassifierService(cfg, ChampionSource(tiny_registry.mlflow))
+    with TestClient(build_app(service), base_url=LOCAL) as c:
+        _wait_ready(c)
+        item = c.get("/openapi.json").json()["components"]["schemas"]["FeedbackRequest"]["properties"]["item"]
+        assert item["minimum"] == 0 and item["exclusiveMaximum"] == 5, item
+        body = {"request_id": "a" * 32, "label": "billing"}
+        for bad in (5, 2**31 - 1, 1099511627776, -1):
+            r = c.post("/feedback", json={**body, "item": bad})
+            assert r.status_code == 422 and r.json()["detail"].startswith("invalid request: item: "), r.text
+        assert c.post("/feedback", json={**body, "item": 4}).json() == {"status": "recorded", "matched": False}
+        m = c.get("/metrics").text
+        assert 'ticketops_request_errors_total{endpoint="/feedback",reason="invalid_request"} 4.0' in m
+        assert 'reason="invalid"}' not in m  # the service never saw the bad bodies
+
+
+def test_the_builder_resolves_the_hash_key_for_every_replica(tmp_path, monkeypatch) -> None:
+    """The log's hash key travels in the deployment's config like the API key: two replicas (the variable absent
+    from their environment, as under serve deploy, each a new process) hash a text identically, under the key the
+    builder resolved; the LM's replicas get the same key."""
+    from pipelines.config import ServeLlmConfig
+    from pipelines.errors import ConfigError
+    from serving import prediction_log
+    from serving.app import build_settings
+    from serving.llm.service import LLMService
+
+    monkeypatch.delenv("TICKETOPS_API_KEY", raising=False)
+    monkeypatch.delenv("TICKETOPS_HASH_KEY", raising=False)
+    text = "my card 4111111111111111 was charged twice"
+
+    def replica_hash(cfg, n: int) -> str:  # noqa: ANN001
+        """What a fresh replica process built from ``cfg`` logs as the text's hash (its own row path)."""
+        import asyncio
+
+        from serving.batching import ItemResult
+
+        monkeypatch.setattr(prediction_log, "_hash_key", None)  # a new process: no key from an earlier replica
+        cfg = cfg.model_copy(update={"log_dir": str(tmp_path / f"replica{n}"), "log_flush_s": 60.0})
+        svc = ClassifierService(cfg, source=None)  # type: ignore[arg-type]
+        model = type("M", (), {"name": "m", "version": "1", "classes": ["billing", "refund"]})()
+
+        async def log_one() -> None:
+            await svc.log.start()
+            row = ItemResult(np.array([0.7, 0.3]), model, 1)
+            svc._log_predictions("a" * 32, model, [text], [row], np.array([False]), 1.0)  # type: ignore[arg-type]
+            await svc.log.close()
+
+        asyncio.run(log_one())
+        return read_log(cfg.log_dir, PREDICTIONS)["text_sha256"].item()
+
+    params = _params_file(tmp_path, {"hash_key_file": "hash.key", "hash_key": "in-params-0123456789"})
+    args = {"params": params, "project_dir": str(tmp_path)}
+    monkeypatch.setenv("TICKETOPS_HASH_KEY", "from-the-builder-env-0123")
+    cfg, *_ = build_settings(args)
+    assert cfg.hash_key == "from-the-builder-env-0123" and cfg.hash_key_file is None  # the variable wins
+    assert "from-the-builder-env" not in repr(cfg)  # a secret is not printed with the config
+    monkeypatch.delenv("TICKETOPS_HASH_KEY")  # the replicas' environment does not have it
+    first, second = replica_hash(cfg, 1), replica_hash(cfg, 2)
+    assert first == second == text_hash(text, b"from-the-builder-env-0123"), "replicas must hash alike"
+    lm = LLMService(ServeLlmConfig(), cfg.model_copy(update={"log_dir": str(tmp_path / "lm")}), source=None)
+    assert lm.log.hash_key == b"from-the-builder-env-0123"  # the generative model's replica too
+
+    # no variable: the file, then params; neither: one random key per build, shared by its replicas
+    (tmp_path / "hash.key").write_text("from-the-file-0123456789\n")
+    assert build_settings(args)[0].hash_key == "from-the-file-0123456789"
+    (tmp_path / "bare").mkdir()
+    nothing = {"params": _params_file(tmp_path / "bare", {}), "project_dir": str(tmp_path)}
+    drawn, other = build_settings(nothing)[0], build_settings(nothing)[0]
+    assert drawn.hash_key and other.hash_key and drawn.hash_key != other.hash_key
+    assert replica_hash(drawn, 3) == replica_hash(drawn, 4) != replica_hash(other, 5)
+
+    # a named file that is missing, and a key too short to be a secret, are clear errors
+    (tmp_path / "hash.key").unlink()
+    with pytest.raises(ConfigError, match=r"serve.hash_key_file: cannot read .*hash.key: FileNotFoundError"):
+        build_settings(args)
+    (tmp_path / "hash.key").write_text("short\n")
+    with pytest.raises(ConfigError, match="serve.hash_key_file: the hash key has 5 characters; give at least 16"):
+        build_settings(args)
+    monkeypatch.setenv("TICKETOPS_HASH_KEY", "short")
+    with pytest.raises(ConfigError, match="environment variable TICKETOPS_HASH_KEY"):
+        build_settings(args)

@@ -111,6 +111,24 @@ def test_text_hashes_are_keyed_so_a_guessed_text_cannot_be_confirmed(monkeypatch
     assert text_hash(card) != text_hash(card, b"s3cret-s3cret-s3cret")
 
 
+def test_a_writer_given_a_key_hashes_under_it_and_falls_back_to_the_process_key(tmp_path, monkeypatch):
+    """The app builder's key (serve.hash_key in the replica's config) is the writer's; only a writer given none
+    uses this process's key (hash_key_env here, else random)."""
+    from serving import prediction_log
+    from serving.log_writer import LogWriter
+
+    monkeypatch.setattr(prediction_log, "_hash_key", None)
+    monkeypatch.delenv("TICKETOPS_HASH_KEY", raising=False)
+    given = LogWriter(tmp_path, hash_key="the-builders-key-0123")
+    assert given.hash_key == b"the-builders-key-0123" and prediction_log._hash_key is None
+    card = "4111111111111111"
+    assert _row(text=card, hash_key=given.hash_key)["text_sha256"] == text_hash(card, b"the-builders-key-0123")
+    fallback = LogWriter(tmp_path)
+    assert fallback.hash_key == prediction_log._hash_key != given.hash_key  # a random key of this process
+    with pytest.raises(DataError, match="hash key is too short"):
+        LogWriter(tmp_path, hash_key="short")
+
+
 def test_the_row_builders_refuse_values_the_log_cannot_hold():
     with pytest.raises(DataError, match=r"'item' must be in \[0, 2147483647\]"):
         feedback_row(ts=T0, request_id="r", item=1099511627776, true_label="billing")
