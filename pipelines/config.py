@@ -268,6 +268,33 @@ class LeakageConfig(Section):
         return self
 
 
+class ComputeConfig(Section):
+    """Where the heavy per-text work of ingest (HTML, PII) and leakage (near-duplicate signatures) runs."""
+
+    engine: Literal["pandas", "ray"] = Field(
+        "pandas",
+        description="pandas: in the stage's process; ray: as a Ray Data pipeline on a Ray cluster (the same "
+        "functions, the same results; pipelines/data/distributed.py)",
+    )
+    ray_address: str | None = Field(
+        None,
+        description="engine ray: null starts Ray on this machine; 'auto' joins the cluster this machine belongs to; "
+        "'ray://<head>:10001' a remote cluster (Ray Client)",
+    )
+    batch_size: int = Field(2000, ge=1, le=1_000_000, description="texts per Ray Data batch (one task's work)")
+    workers: int | None = Field(
+        None, ge=1, description="parallel scrubbers (each loads Presidio once); null: one per CPU of the cluster"
+    )
+
+    @model_validator(mode="after")
+    def _address_needs_ray(self) -> ComputeConfig:
+        if self.ray_address is not None and self.engine != "ray":
+            raise ValueError(
+                f"ray_address ({self.ray_address!r}) is set but engine is {self.engine!r}; set engine: ray"
+            )
+        return self
+
+
 # --------------------------------------------------------------------------- tracking, models, registry
 class MlflowConfig(Section):
     """One tracking URI for every component (``MLFLOW_TRACKING_URI`` overrides it)."""
@@ -595,7 +622,7 @@ class SftDataConfig(Section):
         description="your chat JSONL (messages, or prompt/completion); null: triage examples built from the "
         "classifier's train/val/test splits (same tickets, same split)",
     )
-    max_train_samples: int | None = Field(320, ge=1, description="cap on training examples (seeded sample); null: all")
+    max_train_samples: int | None = Field(640, ge=1, description="cap on training examples (seeded sample); null: all")
     max_val_samples: int | None = Field(64, ge=1, description="cap on validation examples (loss per epoch)")
     max_test_samples: int | None = Field(128, ge=1, description="cap on test examples (evaluation, the gate)")
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="your JSONL only: share held out for validation")
@@ -613,7 +640,7 @@ class SftDataConfig(Section):
 class SftConfig(DeepSpeedConfig):
     """LoRA supervised fine-tuning of the causal LM under DeepSpeed ZeRO (pipelines/sft.py)."""
 
-    epochs: int = Field(2, ge=1, le=100)
+    epochs: int = Field(1, ge=1, le=100)
     micro_batch_size: int = Field(4, ge=1, description="per rank")
     learning_rate: float = Field(2e-3, gt=0.0, le=1.0)
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
@@ -873,6 +900,7 @@ class Params(Section):
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     split: SplitConfig = SplitConfig()
     leakage: LeakageConfig = LeakageConfig()
+    compute: ComputeConfig = ComputeConfig()
     mlflow: MlflowConfig = MlflowConfig()
     baselines: BaselinesConfig = BaselinesConfig()
     evaluate: EvaluateConfig = EvaluateConfig()

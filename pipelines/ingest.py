@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from pipelines.config import load_params
+from pipelines.data import distributed
 from pipelines.data.ingestion import ingest_with_quarantine, read_snapshots, read_source
 from pipelines.errors import run_cli
 from pipelines.io import atomic_outputs, write_json, write_parquet
@@ -30,7 +31,11 @@ def main(
     """Read data.path (or its split files), map columns, strip HTML, scrub PII and write typed Parquet."""
     p = load_params(params)
     raw = read_source(p.data, quarantine=p.ingest.bad_rows == "quarantine")
-    df, summary, quarantined = ingest_with_quarantine(raw, p.data, p.ingest, read_snapshots(p.data))
+    with distributed.session(p.compute):  # compute.engine: ray cleans the texts on a Ray cluster, same result
+        df, summary, quarantined = ingest_with_quarantine(
+            raw, p.data, p.ingest, read_snapshots(p.data), distributed.cleaner(p.compute)
+        )
+    summary["engine"] = p.compute.engine
     summary["bad_rows"]["file"] = str(quarantine_out)
     with atomic_outputs(out, summary_out, metrics_out, quarantine_out) as staged:
         write_parquet(df, staged[out])

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from pipelines.config import load_params
+from pipelines.data import distributed
 from pipelines.data.leakage_checks import audit
 from pipelines.data.snapshots import used_ids
 from pipelines.data.splitting import SPLITS
@@ -34,7 +35,14 @@ def main(
     cfg = loaded.leakage
     parts = {k: read_parquet(split_dir / f"{k}.parquet") for k in SPLITS}
     given = split_report.is_file() and json.loads(split_report.read_text(encoding="utf-8")).get("strategy") == "given"
-    clean, rep = audit(parts, cfg, given=given, feedback_ids=used_ids(loaded.data.snapshots_dir))
+    with distributed.session(loaded.compute):  # compute.engine: ray computes the signatures on a Ray cluster
+        clean, rep = audit(
+            parts,
+            cfg,
+            given=given,
+            feedback_ids=used_ids(loaded.data.snapshots_dir),
+            near=distributed.near_search(loaded.compute),
+        )
     targets = [out_dir / f"{k}.parquet" for k in SPLITS]
     with atomic_outputs(report, metrics, *([] if not rep["passed"] else targets)) as staged:
         write_json(rep, staged[report])

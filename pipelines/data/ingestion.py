@@ -18,7 +18,8 @@ split      string ``train``/``val``/``test`` (only when the data gives its own s
 
 PII is replaced by placeholders (``<EMAIL>``, ``<PHONE>``, ``<CARD>``, ``<IBAN>``, ``<ID>``, ``<IP>``, ``<NAME>``)
 here, before anything downstream stores the text: :func:`scrub_pii` (:mod:`pipelines.data.pii`, the one scrubber
-of ingest, snapshots, the chat data and serving).
+of ingest, snapshots, the chat data and serving). The per-text cleaning is :func:`clean_text`; with
+``compute.engine: ray`` the stage runs it as a Ray Data pipeline (:mod:`pipelines.data.distributed`), same result.
 
 Long texts (``ingest.max_text_chars``): a text above it is cut to it (``ingest.over_long: truncate``) or its row
 dropped (``drop``) before any cleaning or pattern runs, so one pasted log costs its first characters only; both
@@ -40,6 +41,7 @@ import codecs
 import csv
 import re
 import warnings
+from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -286,6 +288,35 @@ def normalise_whitespace(text: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
+def clean_text(text: str, cfg: IngestConfig) -> tuple[str, int]:
+    """One text as ingest stores it: markup stripped (``ingest.strip_html``), PII scrubbed (``ingest.scrub_pii``),
+    whitespace normalised; and how many PII values were replaced. The one implementation of the per-text work:
+    :func:`clean_texts` maps it here, the Ray Data path (:mod:`pipelines.data.distributed`) on a cluster."""
+    if cfg.strip_html:
+        text = strip_html(text)
+    found = 0
+    if cfg.scrub_pii:
+        text, found = scrub_pii(text)
+    return normalise_whitespace(text), found
+
+
+def clean_texts(texts: pd.Series, cfg: IngestConfig) -> pd.DataFrame:
+    """A batch of texts → ``text`` (:func:`clean_text`), ``pii`` (values replaced) and ``html`` (the raw text
+    had markup), on the same index."""
+    raw = texts.astype(str)
+    done = [clean_text(t, cfg) for t in raw]
+    return pd.DataFrame(
+        {
+            "text": pd.Series([t for t, _ in done], index=raw.index, dtype="string"),
+            "pii": pd.Series([n for _, n in done], index=raw.index, dtype="int64"),
+            "html": raw.str.contains(TAG_HINT_RE).astype(bool),
+        }
+    )
+
+
+TextCleaner = Callable[[pd.Series, IngestConfig], pd.DataFrame]  # clean_texts, or its Ray Data twin
+
+
 def map_columns(df: pd.DataFrame, columns: ColumnMap) -> pd.DataFrame:
     """Rename the user's columns to the canonical names; other columns are kept as they are."""
     wanted = {
@@ -410,18 +441,27 @@ def _longest(texts: pd.Series, mask: pd.Series) -> int:
 
 
 def ingest(
-    raw: pd.DataFrame, data: DataConfig, cfg: IngestConfig, snapshots: pd.DataFrame | None = None
+    raw: pd.DataFrame,
+    data: DataConfig,
+    cfg: IngestConfig,
+    snapshots: pd.DataFrame | None = None,
+    clean: TextCleaner = clean_texts,
 ) -> tuple[pd.DataFrame, dict]:
     """Pure stage function: raw frame (+ labelled snapshots) → canonical, cleaned frame and a summary dict.
 
     With ``ingest.bad_rows: quarantine`` the broken rows are left out and counted in the summary; the stage
-    itself calls :func:`ingest_with_quarantine`, which also returns them."""
-    df, summary, _ = ingest_with_quarantine(raw, data, cfg, snapshots)
+    itself calls :func:`ingest_with_quarantine`, which also returns them. ``clean``: the per-text cleaning,
+    :func:`clean_texts` here or :func:`pipelines.data.distributed.scrub_texts_ray` (``compute.engine: ray``)."""
+    df, summary, _ = ingest_with_quarantine(raw, data, cfg, snapshots, clean)
     return df, summary
 
 
 def ingest_with_quarantine(
-    raw: pd.DataFrame, data: DataConfig, cfg: IngestConfig, snapshots: pd.DataFrame | None = None
+    raw: pd.DataFrame,
+    data: DataConfig,
+    cfg: IngestConfig,
+    snapshots: pd.DataFrame | None = None,
+    clean: TextCleaner = clean_texts,
 ) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
     """:func:`ingest`, plus the broken rows moved aside (an empty frame unless ``ingest.bad_rows: quarantine``)."""
     df = map_columns(raw.drop(columns=[c for c in PROVENANCE if c in raw]), data.columns)
@@ -507,17 +547,12 @@ def ingest_with_quarantine(
             "a classifier needs at least two"
         )
 
-    texts = df["text"].astype(str)
-    html_rows = texts.str.contains(TAG_HINT_RE)
-    if cfg.strip_html:
-        texts = texts.map(strip_html)
-    pii_counts = pd.Series(0, index=df.index)
-    if cfg.scrub_pii:
-        scrubbed = texts.map(scrub_pii)
-        texts, pii_counts = scrubbed.str[0], scrubbed.str[1].astype(int)
-    df["text"] = texts.map(normalise_whitespace).astype("string")
+    cleaned = clean(df["text"], cfg)
+    df["text"] = cleaned["text"].astype("string")
     summary.update(
-        html_rows=int(html_rows.sum()), pii_rows=int((pii_counts > 0).sum()), pii_replaced=int(pii_counts.sum())
+        html_rows=int(cleaned["html"].sum()),
+        pii_rows=int((cleaned["pii"] > 0).sum()),
+        pii_replaced=int(cleaned["pii"].sum()),
     )
 
     empty = df["text"].str.len().fillna(0).eq(0)

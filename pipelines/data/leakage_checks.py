@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import numpy as np
 import pandas as pd
@@ -57,6 +57,9 @@ from pipelines.config import LeakageConfig
 from pipelines.data.near_duplicates import LshSettings, near_duplicates
 
 CORE = {"id", "text", "label", "timestamp", "group"}
+
+# near_duplicates, or its Ray Data twin (pipelines.data.distributed.near_search): (reference, other, threshold, lsh)
+NearSearch = Callable[[pd.Series, pd.Series, float, LshSettings], np.ndarray]
 
 
 EVAL = ("val", "test")
@@ -269,38 +272,44 @@ def normalise_for_dedup(texts: pd.Series) -> pd.Series:
 
 
 def cross_duplicates(
-    reference: pd.Series, other: pd.Series, threshold: float, lsh: LshSettings | None = None
+    reference: pd.Series,
+    other: pd.Series,
+    threshold: float,
+    lsh: LshSettings | None = None,
+    near: NearSearch = near_duplicates,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Boolean masks over ``other``: exact duplicates (after normalisation) and near duplicates of ``reference``
-    (cosine >= ``threshold``, found in near-linear time: :mod:`pipelines.data.near_duplicates`)."""
+    (cosine >= ``threshold``, found in near-linear time by ``near``: :mod:`pipelines.data.near_duplicates`)."""
     ref_n, oth_n = normalise_for_dedup(reference), normalise_for_dedup(other)
     exact = oth_n.isin(set(ref_n)).to_numpy()
-    near = np.zeros(len(other), dtype=bool)
+    found = np.zeros(len(other), dtype=bool)
     todo = np.flatnonzero(~exact)
     if len(todo) and len(reference):
-        near[todo] = near_duplicates(ref_n, oth_n.iloc[todo], threshold, lsh or LshSettings())
-    return exact, near
+        found[todo] = near(ref_n, oth_n.iloc[todo], threshold, lsh or LshSettings())
+    return exact, found
 
 
-def check_duplicates(parts: dict[str, pd.DataFrame], cfg: LeakageConfig) -> tuple[list[dict], dict[str, np.ndarray]]:
+def check_duplicates(
+    parts: dict[str, pd.DataFrame], cfg: LeakageConfig, near: NearSearch = near_duplicates
+) -> tuple[list[dict], dict[str, np.ndarray]]:
     """(b): returns findings and, per evaluation split, a mask of rows to drop."""
     out, drop = [], {k: np.zeros(len(parts[k]), dtype=bool) for k in EVAL}
     lsh = LshSettings(cfg.minhash_num_perm, cfg.minhash_bands, cfg.minhash_shingle, cfg.seed)
     # train is indexed once for both evaluation splits (its n-gram statistics are the costly part)
     n_val = len(parts["val"])
-    exact, near = cross_duplicates(
+    exact, close = cross_duplicates(
         parts["train"]["text"], pd.concat([parts["val"]["text"], parts["test"]["text"]], ignore_index=True),
-        cfg.near_duplicate_threshold, lsh,
+        cfg.near_duplicate_threshold, lsh, near,
     )  # fmt: skip
     found = {
-        ("train", "val"): (exact[:n_val], near[:n_val]),
-        ("train", "test"): (exact[n_val:], near[n_val:]),
+        ("train", "val"): (exact[:n_val], close[:n_val]),
+        ("train", "test"): (exact[n_val:], close[n_val:]),
         ("val", "test"): cross_duplicates(
-            parts["val"]["text"], parts["test"]["text"], cfg.near_duplicate_threshold, lsh
+            parts["val"]["text"], parts["test"]["text"], cfg.near_duplicate_threshold, lsh, near
         ),
     }
-    for (ref, oth), (exact, near) in found.items():
-        for kind, mask in (("exact", exact), ("near", near)):
+    for (ref, oth), (exact, close) in found.items():
+        for kind, mask in (("exact", exact), ("near", close)):
             if mask.any():
                 sev = "blocker" if cfg.duplicate_action == "block" else "warning"
                 act = "removed from " + oth if cfg.duplicate_action == "remove" else cfg.duplicate_action + "ed"
@@ -387,7 +396,10 @@ def check_splits(parts: dict[str, pd.DataFrame], cfg: LeakageConfig, given: bool
 
 
 def drop_feedback_copies(
-    parts: dict[str, pd.DataFrame], cfg: LeakageConfig, feedback_ids: Collection[str]
+    parts: dict[str, pd.DataFrame],
+    cfg: LeakageConfig,
+    feedback_ids: Collection[str],
+    near: NearSearch = near_duplicates,
 ) -> tuple[dict[str, pd.DataFrame], list[dict]]:
     """Feedback rows (untrusted labels, :mod:`pipelines.data.snapshots`) in train or val that copy a test text,
     exactly or nearly, leave their split: otherwise (b) would take the trusted test row out because of them,
@@ -401,9 +413,11 @@ def drop_feedback_copies(
         fb = df["id"].astype("string").isin(ids).fillna(False).to_numpy(dtype=bool)
         if not fb.any():
             continue
-        exact, near = cross_duplicates(parts["test"]["text"], df.loc[fb, "text"], cfg.near_duplicate_threshold, lsh)
+        exact, close = cross_duplicates(
+            parts["test"]["text"], df.loc[fb, "text"], cfg.near_duplicate_threshold, lsh, near
+        )
         copies = np.zeros(len(df), dtype=bool)
-        copies[np.flatnonzero(fb)] = exact | near
+        copies[np.flatnonzero(fb)] = exact | close
         if copies.any():
             out[name] = df[~copies].reset_index(drop=True)
             findings.append(
@@ -421,16 +435,21 @@ def drop_feedback_copies(
 
 
 def audit(
-    parts: dict[str, pd.DataFrame], cfg: LeakageConfig, given: bool = False, feedback_ids: Collection[str] = ()
+    parts: dict[str, pd.DataFrame],
+    cfg: LeakageConfig,
+    given: bool = False,
+    feedback_ids: Collection[str] = (),
+    near: NearSearch = near_duplicates,
 ) -> tuple[dict[str, pd.DataFrame], dict]:
     """Pure stage function: raw splits → cleaned splits and the leakage report.
 
     ``given``: the splits are the data's own (``split.strategy`` given), see the module docstring.
-    ``feedback_ids``: ids of feedback rows (:func:`drop_feedback_copies`)."""
-    parts, fb_findings = drop_feedback_copies(parts, cfg, feedback_ids)
+    ``feedback_ids``: ids of feedback rows (:func:`drop_feedback_copies`). ``near``: the near-duplicate search,
+    here or on a Ray cluster (``compute.engine``: :func:`pipelines.data.distributed.near_search`), same findings."""
+    parts, fb_findings = drop_feedback_copies(parts, cfg, feedback_ids, near)
     whole = pd.concat(parts.values(), ignore_index=True)
     findings = fb_findings + check_columns(whole, cfg)
-    dup_findings, drop = check_duplicates(parts, cfg)
+    dup_findings, drop = check_duplicates(parts, cfg, near)
     findings += dup_findings + check_splits(parts, cfg, given)
     dropped_cols = sorted({c for f in findings if f["action"] == "dropped" for c in f["columns"]} - CORE)
     clean = {k: v.drop(columns=dropped_cols) for k, v in parts.items()}

@@ -20,6 +20,11 @@ A pair at cosine >= 0.9 has a far higher shingle Jaccard than the band threshold
 recall against the exhaustive search is ~1 (measured in the benchmark; tests compare with the exhaustive
 search kept in ``tests/helpers/oracles.py``). What it can miss: a pair the TF-IDF calls similar while their
 5-grams mostly differ (many short shared words re-ordered), which is not what a copied ticket looks like.
+
+Step 1 is the costly per-text part; on a Ray cluster (``compute.engine: ray``) :mod:`pipelines.data.distributed`
+runs it as a Ray Data pipeline (:func:`signature_matrix` and :func:`band_hashes` per batch), proposes the
+candidates by grouping on band hash (:func:`band_candidates`: the same pairs as the LSH index, up to 64-bit hash
+collisions, which only add pairs for step 3 to reject) and decides them with the same :func:`verify`.
 """
 
 from __future__ import annotations
@@ -82,6 +87,52 @@ def candidates(reference: pd.Series, other: pd.Series, s: LshSettings) -> list[n
     return out
 
 
+def signature_matrix(texts: pd.Series, s: LshSettings) -> np.ndarray:
+    """The MinHash signatures of ``texts`` (the same as the LSH index holds), one row of ``num_perm`` per text."""
+    out = np.empty((len(texts), s.num_perm), dtype=np.uint64)
+    row = 0
+    for batch in _signatures(texts, s):
+        for m in batch:
+            out[row] = m.digest()
+            row += 1
+    return out
+
+
+_FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
+
+
+def band_hashes(signatures: np.ndarray, bands: int) -> np.ndarray:
+    """One 64-bit hash per band of each signature (``bands`` bands of ``num_perm / bands`` values): FNV-1a over the
+    band's values, then the splitmix64 finaliser. Two texts that share a band share its hash."""
+    n, num_perm = signatures.shape
+    x = signatures.astype(np.uint64).reshape(n, bands, num_perm // bands)
+    h = np.full((n, bands), _FNV_OFFSET, dtype=np.uint64)
+    with np.errstate(over="ignore"):  # arithmetic modulo 2**64 is the point
+        for j in range(x.shape[2]):
+            h = (h ^ x[:, :, j]) * _FNV_PRIME
+        h ^= h >> np.uint64(30)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+    return h
+
+
+def band_candidates(reference: np.ndarray, other: np.ndarray) -> list[np.ndarray]:
+    """Per ``other`` row of band hashes, the positions of the ``reference`` rows that share a band with it (what
+    :func:`candidates` returns, found by grouping on band hash instead of an in-memory LSH index)."""
+    if not len(other) or not len(reference):
+        return [np.zeros(0, dtype=np.int64) for _ in range(len(other))]
+    pairs = []
+    for b in range(reference.shape[1]):
+        ref = pd.DataFrame({"h": reference[:, b], "ref": np.arange(len(reference), dtype=np.int64)})
+        oth = pd.DataFrame({"h": other[:, b], "other": np.arange(len(other), dtype=np.int64)})
+        pairs.append(oth.merge(ref, on="h")[["other", "ref"]])
+    found = pd.concat(pairs, ignore_index=True).drop_duplicates().sort_values(["other", "ref"])
+    cuts = np.searchsorted(found["other"].to_numpy(), np.arange(1, len(other)))
+    return np.split(found["ref"].to_numpy(), cuts)
+
+
 class _Tfidf:
     """``TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True)`` fitted on ``reference``,
     with hashed columns: document frequencies are counted in batches, rows are vectorised on demand."""
@@ -106,10 +157,15 @@ class _Tfidf:
 
 def near_duplicates(reference: pd.Series, other: pd.Series, threshold: float, s: LshSettings) -> np.ndarray:
     """Boolean mask over ``other``: a reference text at cosine >= ``threshold`` exists (see the module doc)."""
-    found = np.zeros(len(other), dtype=bool)
     if not len(other) or not len(reference):
-        return found
-    cands = candidates(reference, other, s)
+        return np.zeros(len(other), dtype=bool)
+    return verify(reference, other, candidates(reference, other, s), threshold)
+
+
+def verify(reference: pd.Series, other: pd.Series, cands: list[np.ndarray], threshold: float) -> np.ndarray:
+    """Boolean mask over ``other``: one of its candidate reference texts (``cands``, per ``other`` text) is at exact
+    TF-IDF cosine >= ``threshold`` (step 3 of the module doc)."""
+    found = np.zeros(len(other), dtype=bool)
     hit = [i for i, c in enumerate(cands) if len(c)]
     if not hit:
         return found
