@@ -32,6 +32,7 @@ import weakref
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -45,6 +46,9 @@ from serving.prediction_log import (
     hash_key_bytes,
     write_table_part,
 )
+
+if TYPE_CHECKING:
+    from pipelines.config import ServeConfig
 
 log = logging.getLogger(__name__)
 WAL_DIR = "_wal"
@@ -312,6 +316,14 @@ class LogWriter:
         return n
 
     # ------------------------------------------------------------------ the live writer
+    @classmethod
+    def from_config(cls, cfg: ServeConfig, registry: CollectorRegistry | None = None) -> LogWriter:
+        """The writer a replica runs: ``serve``'s log folder, flush sizes and the hash key the app builder resolved."""
+        return cls(
+            cfg.log_dir, cfg.log_flush_rows, cfg.log_flush_s,
+            registry=registry, hash_key_env=cfg.hash_key_env, hash_key=cfg.hash_key,
+        )  # fmt: skip
+
     def __init__(
         self,
         root: str | Path,

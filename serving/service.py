@@ -107,14 +107,7 @@ class ClassifierService:
         self.metrics = metrics or ServiceMetrics()
         self.runner = runner or make_runner(cfg, self.metrics)
         self.metrics.watch_queue(self.runner.depth)
-        self.log = LogWriter(
-            cfg.log_dir,
-            cfg.log_flush_rows,
-            cfg.log_flush_s,
-            registry=self.metrics.registry,
-            hash_key_env=cfg.hash_key_env,
-            hash_key=cfg.hash_key,  # the app builder's: every replica hashes a text the same
-        )
+        self.log = LogWriter.from_config(cfg, self.metrics.registry)  # the builder's hash key: every replica agrees
         self.model: ModelHandle | None = None
         self.last_error: str | None = None
         self.refresh_error: str | None = None  # the last refresh failed (a model may still be serving)

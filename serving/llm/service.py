@@ -172,14 +172,7 @@ class LLMService:
         self.loader = loader or ModelLoader(cfg)
         self.metrics = metrics or LLMMetrics()
         self.metrics.watch_engine(lambda: self.served.engine.stats() if self.served is not None else None)
-        self.log = GenerationLogWriter(
-            serve_cfg.log_dir,
-            serve_cfg.log_flush_rows,
-            serve_cfg.log_flush_s,
-            registry=self.metrics.registry,
-            hash_key_env=serve_cfg.hash_key_env,
-            hash_key=serve_cfg.hash_key,  # the app builder's, as the classifier's replicas get it
-        )
+        self.log = GenerationLogWriter.from_config(serve_cfg, self.metrics.registry)  # as the classifier's
         self.served: Served | None = None
         self.last_error: str | None = None
         self.refresh_error: str | None = None  # the last refresh failed (set by watch_champion)
