@@ -27,7 +27,7 @@ from monitoring import evidently_adapter as ev
 from monitoring.context import Context, prepare, served_model
 from monitoring.features import Encode
 from monitoring.feedback import retrain_on_feedback
-from monitoring.windows import check_schema, current_window, read_window_frames
+from monitoring.windows import apply_retention, check_schema, current_window, read_window_frames
 from pipelines.config import Params, load_params
 from pipelines.data.snapshots import snapshots_dir
 from pipelines.errors import run_cli
@@ -92,6 +92,7 @@ def monitor_once(
     reg, alias, version, model = served_model(params)
     if ctx is None or ctx.reference.version != version:
         ctx = prepare(params, reg, version, model, encode=encode)
+    pruned = apply_retention(cfg.log_dir, cfg.log_retention_days, now)
     preds, labelled, feedback = read_window_frames(cfg.log_dir, version, cfg, now)
     win = current_window(preds, labelled, feedback, version, cfg, now)
     out = Path(cfg.reports_dir) / f"{now:%Y%m%dT%H%M%S%fZ}"
@@ -101,7 +102,12 @@ def monitor_once(
         "model_alias": alias,
         "model_version": version,
         "window": {"mode": cfg.window_mode, **win.counts},
-        "notes": win.notes,
+        "notes": win.notes
+        + (
+            [f"retention: removed {len(pruned)} log partition(s) older than {cfg.log_retention_days} days"]
+            if pruned
+            else []
+        ),
         "reports_dir": str(out),
     }
     state = dec.load_state(Path(cfg.reports_dir))

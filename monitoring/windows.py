@@ -11,6 +11,7 @@ Functions here are pure (frames in, frames out); :func:`read_log_frames` is the 
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -233,3 +234,18 @@ def read_window_frames(
     fb_days = [d for day, d in _dated(root, FEEDBACK) if oldest is not None and day >= oldest - timedelta(days=1)]
     feedback = _read(fb_days, FEEDBACK)
     return preds, join_labels(preds, feedback), feedback
+
+
+def apply_retention(root: str | Path, days: int | None, now: datetime) -> list[str]:
+    """Delete the log's ``<kind>/date=YYYY-MM-DD`` partitions (every kind) older than ``days`` before ``now``'s
+    date; return what was removed (``kind/date=...``). A whole day goes at once, so no row is half-kept."""
+    if days is None:
+        return []
+    first_kept = (now - timedelta(days=days)).date()
+    removed = []
+    for kind in sorted(d for d in Path(root).glob("*") if d.is_dir() and not d.name.startswith(("_", "."))):
+        for day, d in _dated(root, kind.name):
+            if day < first_kept:
+                shutil.rmtree(d)
+                removed.append(f"{kind.name}/{d.name}")
+    return removed

@@ -850,6 +850,13 @@ class MonitorConfig(Section):
     window_mode: Literal["last_n", "time"] = Field("last_n", description="last_n: the last window_size predictions")
     window_size: int = Field(500, ge=20, description="rows in a last_n window (fixed, so statistics compare)")
     window_hours: float = Field(24.0, gt=0.0, description="time mode: predictions of the last this many hours")
+    log_retention_days: int | None = Field(
+        None,
+        ge=1,
+        description="each pass deletes the log's date partitions older than this many days (every kind: "
+        "predictions, feedback, generations); keep it longer than the retraining cadence, since a feedback "
+        "snapshot reads the log; null: keep everything",
+    )
     min_window_rows: int = Field(200, ge=10, description="fewer rows: the window is skipped with a reason")
     min_labelled_rows: int = Field(100, ge=1, description="fewer feedback labels: no performance or label drift")
     reference_size: int = Field(1000, ge=50, description="stratified sample of train used as the reference (fixed)")

@@ -146,3 +146,24 @@ def test_a_pass_reads_only_the_partitions_of_its_window(tmp_path, small, monkeyp
     assert days == ["2026-02-26", "2026-02-27", "2026-02-28", "2026-03-01"]
     win, everything = current_window(*frames, "1", cfg, now), current_window(*read_log_frames(tmp_path), "1", cfg, now)
     pd.testing.assert_frame_equal(win.rows, everything.rows)  # the same window as reading the whole log
+
+
+def test_retention_removes_whole_partitions_older_than_the_policy_of_every_kind(tmp_path, small):
+    from monitoring.windows import apply_retention
+
+    df, model = small
+    for day in range(10):  # predictions + feedback on each of 10 days up to T0
+        write_window(
+            tmp_path, model, df.iloc[day * 10 : day * 10 + 20], "1", T0 - timedelta(days=9 - day), tag=f"d{day}"
+        )
+    (tmp_path / "generations" / "date=2026-02-01").mkdir(parents=True)  # another kind's old partition
+    (tmp_path / "_wal").mkdir()  # the write-ahead folder is not a kind
+    assert apply_retention(tmp_path, None, T0) == []
+    removed = apply_retention(tmp_path, 3, T0 + timedelta(hours=1))  # keep Feb 26 .. Mar 1
+    days = sorted(p.name for p in (tmp_path / "predictions").glob("date=*"))
+    assert days == ["date=2026-02-26", "date=2026-02-27", "date=2026-02-28", "date=2026-03-01"]
+    assert sorted(p.name for p in (tmp_path / "feedback").glob("date=*")) == days
+    assert "generations/date=2026-02-01" in removed and len(removed) == 2 * 6 + 1
+    assert (tmp_path / "_wal").is_dir()
+    kept = read_log_frames(tmp_path)[0]
+    assert len(kept) == 4 * 20 and kept["ts"].min() >= pd.Timestamp(T0 - timedelta(days=3))
