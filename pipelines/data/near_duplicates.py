@@ -7,7 +7,7 @@ len(other)`` (it was 169 s at 100k tickets); here
 
 1. each text's character ``shingle``-grams are summarised by a MinHash signature (``rensa``, a Rust MinHash
    chosen over ``datasketch`` by measurement on 20k built-in tickets: signatures 0.2 s against 3.9 s, index
-   and queries 0.05 s against 1.8 s, both finding all 121 near duplicates; ``benchmarks/data_scaling.py`` times
+   and queries under 0.1 s against 1.8 s, both finding all 121 near duplicates; ``benchmarks/data_scaling.py`` times
    the stage);
 2. an LSH index over the reference signatures (``bands`` bands of ``num_perm / bands`` rows) proposes, for
    each other text, the reference texts that share a whole band: pairs whose shingle Jaccard similarity is
