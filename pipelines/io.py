@@ -145,15 +145,40 @@ def stream_command(
 ) -> int:
     """Run a long tool (the DeepSpeed launcher) with its stdout passed through line by line as it comes,
     through ``keep`` (a filter such as :func:`pipelines.logs.drop_launcher_noise`); stderr (progress bars) is
-    the caller's. Returns the exit code."""
+    the caller's. Returns the exit code.
+
+    The tool never outlives the caller: on Linux it gets SIGTERM when the calling process dies, even by
+    ``kill -9`` or a timeout (the DeepSpeed launcher passes it on to its ranks); an exception here (Ctrl-C)
+    terminates it before it propagates."""
     import sys
 
-    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
+    with subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, text=True, bufsize=1, preexec_fn=_terminate_with_parent
+    ) as proc:
         assert proc.stdout is not None
-        for line in keep(proc.stdout) if keep else proc.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
+        try:
+            for line in keep(proc.stdout) if keep else proc.stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+        except BaseException:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
     return proc.returncode
+
+
+def _terminate_with_parent() -> None:
+    """In a forked child before exec: ask Linux for SIGTERM when the parent dies (a no-op elsewhere)."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:

@@ -18,6 +18,7 @@ from pipelines.errors import ConfigError, PipelineError
 from pipelines.io import stream_command, tool
 from pipelines.logs import drop_launcher_noise
 from pipelines.training import engine as dse
+from pipelines.training.cpu_ops import rank_extensions
 
 
 def check_world_size(cfg: DeepSpeedConfig, accelerator: str, section: str = "finetune") -> None:
@@ -118,9 +119,12 @@ def launcher_command(
 def launch(cmd: list[str], accelerator: str, banner: str) -> None:
     """Print ``banner`` and the command, stream the ranks' output; :class:`PipelineError` when the run fails."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the ranks' warning filter comes from pipelines.logs (run_cli)
+    print(f"{banner}\n$ {'DS_ACCELERATOR=cpu ' if accelerator == 'cpu' else ''}{' '.join(cmd)}", flush=True)
     if accelerator == "cpu":
         env["DS_ACCELERATOR"] = "cpu"
-    print(f"{banner}\n$ {'DS_ACCELERATOR=cpu ' if accelerator == 'cpu' else ''}{' '.join(cmd)}", flush=True)
-    returncode = stream_command(cmd, env=env, keep=drop_launcher_noise)
+        with rank_extensions(env) as rank_env:
+            returncode = stream_command(cmd, env=rank_env, keep=drop_launcher_noise)
+    else:
+        returncode = stream_command(cmd, env=env, keep=drop_launcher_noise)
     if returncode != 0:
         raise PipelineError(f"the DeepSpeed run failed (exit {returncode}); see the rank messages above")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 
 from pipelines.errors import DataError
 from pipelines.io import read_split
+from tests.helpers import ROOT
 
 
 def write(d: Path, name: str, df: pd.DataFrame) -> Path:
@@ -80,3 +83,41 @@ def test_stream_command_passes_stdout_through_the_filter_and_returns_the_exit_co
     rc = stream_command([sys.executable, "-c", code], keep=lambda lines: (x for x in lines if "drop" not in x))
     assert rc == 3
     assert capfd.readouterr().out == "keep 1\nkeep 2\n"
+
+
+@pytest.mark.integration
+def test_a_streamed_tool_does_not_outlive_a_caller_killed_with_sigkill(tmp_path) -> None:
+    """A training timeout kills the stage with SIGKILL: the launcher it streams must not keep running."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pidfile = tmp_path / "child.pid"
+    child = f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(300)"
+    caller = f"import sys; from pipelines.io import stream_command; stream_command([sys.executable, '-c', {child!r}])"
+    parent = subprocess.Popen([sys.executable, "-c", caller], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pid = int(pidfile.read_text())
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+
+        def alive() -> bool:
+            try:
+                state = Path(f"/proc/{pid}/status").read_text()
+            except FileNotFoundError:
+                return False
+            return "State:\tZ" not in state  # a zombie has exited
+
+        deadline = time.monotonic() + 20
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(), "the streamed tool kept running after its caller was killed"
+    finally:
+        parent.kill()
+        if pidfile.exists() and pidfile.read_text():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)

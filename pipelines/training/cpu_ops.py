@@ -1,0 +1,123 @@
+"""DeepSpeed's CPU communication op, built once per environment and never waited on forever.
+
+On the CPU accelerator every rank's ``deepspeed.init_distributed`` JIT-builds (or re-checks) the op
+``deepspeed_shm_comm`` through torch's extension builder, which guards its build folder with a bare lock
+file. A build that is killed (a timeout, Ctrl-C, ``kill -9``) leaves that file behind, and every later run
+on the machine then waits on it forever, silently. Two checkouts with their own virtualenvs also share
+torch's default folder and rebuild it for each other's paths.
+
+So a CPU launch here:
+
+1. builds the op once, in one process, into a cache folder of this virtualenv
+   (``<venv>/.cache/torch_extensions``, or ``$TORCH_EXTENSIONS_DIR`` when set), under an OS lock that dies with
+   its holder; a leftover torch lock file found while holding it can only be stale and is removed;
+2. gives the ranks their own copy of the built folder (about 1 MB) in a temporary folder, so a rank killed
+   while it re-checks the build can only leave a lock file in a folder that is deleted with its run.
+
+Nothing here runs on a GPU accelerator (the op is CPU-only) or on remote nodes (they keep their own).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipelines.errors import PipelineError
+
+OP = "deepspeed_shm_comm"
+TORCH_LOCK = "lock"  # torch.utils.file_baton's lock file name in a build folder
+
+# what deepspeed.comm.torch.build_shm_op does, in a process of its own
+_BUILD = """
+import deepspeed
+from deepspeed.accelerator import get_accelerator
+builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+if builder is not None and deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+    builder.load(verbose=False)
+"""
+
+
+def extension_cache() -> Path:
+    """Where this virtualenv keeps its built torch extensions."""
+    configured = os.environ.get("TORCH_EXTENSIONS_DIR")
+    return Path(configured) if configured else Path(sys.prefix) / ".cache" / "torch_extensions"
+
+
+def op_sources() -> Path | None:
+    """The folder of the op's C++ sources in the installed DeepSpeed (None when DeepSpeed is not installed)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("deepspeed")
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent / "ops" / "csrc" / "cpu" / "comm"
+
+
+def build_is_current(build_dir: Path, sources: Path) -> bool:
+    """True when ``build_dir`` holds a library built from ``sources`` (its build file names them) that is newer
+    than every source file: then loading it is only a check, never a compile."""
+    library, ninja = build_dir / f"{OP}.so", build_dir / "build.ninja"
+    if not (library.is_file() and ninja.is_file() and sources.is_dir()):
+        return False
+    if str(sources) not in ninja.read_text(errors="replace"):
+        return False  # built for another virtualenv's paths
+    built = library.stat().st_mtime
+    return all(f.stat().st_mtime <= built for f in sources.iterdir() if f.is_file())
+
+
+@contextmanager
+def _os_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_op(cache: Path, env: dict[str, str]) -> Path:
+    """The op's build folder in ``cache``, built first when it is missing or out of date. Holding the OS lock,
+    a torch lock file in that folder was left by a killed build and is removed (with a line saying so)."""
+    build_dir = cache / OP
+    with _os_lock(cache / ".pipelines-build.lock"):
+        stale = build_dir / TORCH_LOCK
+        if stale.exists():
+            print(f"removing a lock file left by a killed build of DeepSpeed's CPU op: {stale}", flush=True)
+            stale.unlink()
+        sources = op_sources()
+        if sources is None or build_is_current(build_dir, sources):
+            return build_dir
+        print("building DeepSpeed's CPU communication op for this virtualenv (once; about a minute)", flush=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", _BUILD],
+            env={**env, "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(cache)},
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            stale.unlink(missing_ok=True)
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+            raise PipelineError(f"building DeepSpeed's CPU op failed (is a C++ compiler installed?):\n{tail}")
+    return build_dir
+
+
+@contextmanager
+def rank_extensions(env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """``env`` with ``TORCH_EXTENSIONS_DIR`` set to a private copy of the built op, for one launch's ranks;
+    the copy is deleted when the launch ends."""
+    build_dir = build_op(extension_cache(), env)
+    private = Path(tempfile.mkdtemp(prefix="ds-ext-"))
+    try:
+        if build_dir.is_dir():  # copy2 keeps the times, so the ranks' check finds the build current
+            shutil.copytree(build_dir, private / OP, ignore=shutil.ignore_patterns(TORCH_LOCK))
+        yield {**env, "TORCH_EXTENSIONS_DIR": str(private)}
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
