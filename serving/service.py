@@ -28,6 +28,7 @@ import numpy as np
 
 from pipelines.abstention import NEVER
 from pipelines.config import ServeConfig
+from pipelines.data import pii
 from pipelines.data.ingestion import scrub_pii
 from serving.batching import ContinuousBatcher, DirectRunner, ItemResult
 from serving.log_writer import LogWriter
@@ -118,6 +119,8 @@ class ClassifierService:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         await self.log.start()
+        if self.cfg.log_text:  # build the PII scrubber now, not inside the first request (it takes seconds)
+            await asyncio.to_thread(pii.load)
         await self.runner.start()
         self._watcher = asyncio.create_task(self._watch(), name="champion-watcher")
 

@@ -33,6 +33,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from pipelines.config import ServeConfig, ServeLlmConfig
+from pipelines.data import pii
 from pipelines.data.ingestion import scrub_pii
 from serving.llm.metrics import LLMMetrics
 from serving.llm.openai_schemas import ChatCompletionRequest, CompletionRequest, GenerativeFeedback
@@ -189,6 +190,8 @@ class LLMService:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         await self.log.start()
+        if self.cfg.log_text:  # build the PII scrubber now, before any model import or request (it takes seconds)
+            await asyncio.to_thread(pii.load)
         self._watcher = asyncio.create_task(self._watch(), name="lm-champion-watcher")
 
     async def stop(self) -> None:

@@ -624,3 +624,17 @@ def test_the_builder_resolves_the_hash_key_for_every_replica(tmp_path, monkeypat
     monkeypatch.setenv("TICKETOPS_HASH_KEY", "short")
     with pytest.raises(ConfigError, match="environment variable TICKETOPS_HASH_KEY"):
         build_settings(args)
+
+
+@pytest.mark.parametrize("log_text", [True, False])
+def test_the_pii_scrubber_is_built_at_start_up_when_text_is_logged(
+    tiny_registry, tmp_path, monkeypatch, serve_cfg, log_text
+) -> None:
+    """Building Presidio takes seconds: with log_text it happens at start-up, before the first request."""
+    from pipelines.data import pii
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tiny_registry.uri)
+    pii._engines.cache_clear()
+    service = ClassifierService(serve_cfg(tmp_path, log_text=log_text), ChampionSource(tiny_registry.mlflow))
+    with TestClient(build_app(service), base_url=LOCAL):
+        assert pii._engines.cache_info().currsize == (1 if log_text else 0)

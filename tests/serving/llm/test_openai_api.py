@@ -334,3 +334,20 @@ def test_llm_disabled_leaves_v1_answering_503(tmp_path) -> None:
             assert r.status_code == 503 and "llm.enabled: false" in r.json()["error"]["message"]
         r = c.post("/feedback", json={"request_id": "chatcmpl-" + "a" * 32, "category": "billing"})
         assert r.status_code == 503
+
+
+@pytest.mark.parametrize("log_text", [True, False])
+def test_the_pii_scrubber_is_built_at_start_up_when_text_is_logged(tmp_path, tokenizer, log_text) -> None:
+    """Building Presidio takes seconds: with log_text it happens before the first request, not inside it."""
+    from pipelines.data import pii
+
+    pii._engines.cache_clear()
+    svc = fake_service(tmp_path, tokenizer, log_text=log_text)
+
+    async def started() -> int:
+        await svc.start()
+        built = pii._engines.cache_info().currsize
+        await svc.stop()
+        return built
+
+    assert asyncio.run(started()) == (1 if log_text else 0)
