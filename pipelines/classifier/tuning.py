@@ -21,8 +21,8 @@ Ray cluster whose workers cannot see it, and the trials need only the data, whic
 
 from __future__ import annotations
 
+import contextlib
 import os
-import socket
 import sys
 import time
 from typing import Any
@@ -31,7 +31,9 @@ import pandas as pd
 
 from pipelines.config import FinetuneConfig, Params, TuneConfig
 from pipelines.errors import ConfigError, PipelineError
+from pipelines.io import free_port
 from pipelines.registry import tracking
+from pipelines.training.cpu_ops import private_extensions
 
 METRIC = "val_macro_f1"
 REPORTED = ("train_loss", "val_macro_f1", "samples_per_s", "epoch_seconds")
@@ -88,12 +90,6 @@ def check(p: Params) -> None:
 
 
 # --------------------------------------------------------------------------- one trial (in a Ray worker)
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def join_as_single_rank(cpus: float, gpus: float):
     """This process becomes rank 0 of a one-rank group (the trial's own; a free port on loopback)."""
     import torch
@@ -122,6 +118,7 @@ def run_trial(
     gpus: float,
 ) -> None:
     """Ray Tune function trainable: train the sampled ``config`` with the stage's loop, report every epoch."""
+    import torch
     import torch.distributed as dist
     from ray import tune
 
@@ -129,17 +126,19 @@ def run_trial(
     from pipelines.classifier.finetune_worker import build_session, new_state, run_epochs
 
     cfg = trial_finetune(FinetuneConfig.model_validate(finetune), config)
-    me = join_as_single_rank(cpus, gpus)
-    try:
-        session = build_session(cfg, me, train_df, val_df, resolve_base_model(cfg.base_model))
-        state = new_state()
+    on_cpu = not (gpus and torch.cuda.is_available())
+    with private_extensions() if on_cpu else contextlib.nullcontext():  # DeepSpeed's CPU op, never a stale lock
+        me = join_as_single_rank(cpus, gpus)
+        try:
+            session = build_session(cfg, me, train_df, val_df, resolve_base_model(cfg.base_model))
+            state = new_state()
 
-        def report(record: dict, improved: bool) -> None:
-            tune.report({**record, "best_val_macro_f1": state["best_f1"], "planned_epochs": cfg.epochs})
+            def report(record: dict, improved: bool) -> None:
+                tune.report({**record, "best_val_macro_f1": state["best_f1"], "planned_epochs": cfg.epochs})
 
-        run_epochs(session, state, report, progress=False)
-    finally:
-        dist.destroy_process_group()
+            run_epochs(session, state, report, progress=False)
+        finally:
+            dist.destroy_process_group()
 
 
 # --------------------------------------------------------------------------- the driver

@@ -14,7 +14,9 @@ So a CPU launch here:
 2. gives the ranks their own copy of the built folder (about 1 MB) in a temporary folder, so a rank killed
    while it re-checks the build can only leave a lock file in a folder that is deleted with its run.
 
-Nothing here runs on a GPU accelerator (the op is CPU-only) or on remote nodes (they keep their own).
+A tuning trial, which starts DeepSpeed inside a Ray worker rather than through the launcher, does the same
+with :func:`private_extensions`. Nothing here runs on a GPU accelerator (the op is CPU-only) or on remote nodes
+(they keep their own).
 """
 
 from __future__ import annotations
@@ -121,3 +123,19 @@ def rank_extensions(env: dict[str, str]) -> Iterator[dict[str, str]]:
         yield {**env, "TORCH_EXTENSIONS_DIR": str(private)}
     finally:
         shutil.rmtree(private, ignore_errors=True)
+
+
+@contextmanager
+def private_extensions() -> Iterator[None]:
+    """For a process that starts DeepSpeed itself (a tuning trial, one rank in a Ray worker): while inside,
+    this process's ``TORCH_EXTENSIONS_DIR`` is a private copy of the built op, as a launched rank's is."""
+    before = os.environ.get("TORCH_EXTENSIONS_DIR")
+    with rank_extensions(dict(os.environ)) as env:
+        os.environ["TORCH_EXTENSIONS_DIR"] = env["TORCH_EXTENSIONS_DIR"]
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop("TORCH_EXTENSIONS_DIR", None)
+            else:
+                os.environ["TORCH_EXTENSIONS_DIR"] = before

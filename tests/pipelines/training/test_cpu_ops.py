@@ -108,3 +108,16 @@ def test_the_real_op_builds_into_this_venvs_cache_and_a_rank_copy_loads_without_
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert cpu_ops.build_is_current(cache / cpu_ops.OP, cpu_ops.op_sources())
     assert after == before, "the rank's load compiled the op again instead of using the copied build"
+
+
+def test_a_process_starting_deepspeed_itself_gets_a_private_copy_and_its_environment_back(tmp_path, monkeypatch):
+    """A tuning trial (one rank inside a Ray worker) uses the same copy, then restores TORCH_EXTENSIONS_DIR."""
+    sources = fake_sources(tmp_path)
+    cache = tmp_path / "cache"
+    fake_build(cache / cpu_ops.OP, sources)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(cache))
+    monkeypatch.setattr(cpu_ops, "op_sources", lambda: sources)
+    with cpu_ops.private_extensions():
+        inside = Path(os.environ["TORCH_EXTENSIONS_DIR"])
+        assert inside != cache and (inside / cpu_ops.OP / f"{cpu_ops.OP}.so").is_file()
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(cache) and not inside.exists()
