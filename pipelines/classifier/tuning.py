@@ -21,7 +21,6 @@ Ray cluster whose workers cannot see it, and the trials need only the data, whic
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
@@ -33,7 +32,6 @@ from pipelines.config import FinetuneConfig, Params, TuneConfig
 from pipelines.errors import ConfigError, PipelineError
 from pipelines.io import free_port
 from pipelines.registry import tracking
-from pipelines.training.cpu_ops import private_extensions
 
 METRIC = "val_macro_f1"
 REPORTED = ("train_loss", "val_macro_f1", "samples_per_s", "epoch_seconds")
@@ -118,7 +116,6 @@ def run_trial(
     gpus: float,
 ) -> None:
     """Ray Tune function trainable: train the sampled ``config`` with the stage's loop, report every epoch."""
-    import torch
     import torch.distributed as dist
     from ray import tune
 
@@ -126,19 +123,17 @@ def run_trial(
     from pipelines.classifier.finetune_worker import build_session, new_state, run_epochs
 
     cfg = trial_finetune(FinetuneConfig.model_validate(finetune), config)
-    on_cpu = not (gpus and torch.cuda.is_available())
-    with private_extensions() if on_cpu else contextlib.nullcontext():  # DeepSpeed's CPU op, never a stale lock
-        me = join_as_single_rank(cpus, gpus)
-        try:
-            session = build_session(cfg, me, train_df, val_df, resolve_base_model(cfg.base_model))
-            state = new_state()
+    me = join_as_single_rank(cpus, gpus)
+    try:
+        session = build_session(cfg, me, train_df, val_df, resolve_base_model(cfg.base_model))
+        state = new_state()
 
-            def report(record: dict, improved: bool) -> None:
-                tune.report({**record, "best_val_macro_f1": state["best_f1"], "planned_epochs": cfg.epochs})
+        def report(record: dict, improved: bool) -> None:
+            tune.report({**record, "best_val_macro_f1": state["best_f1"], "planned_epochs": cfg.epochs})
 
-            run_epochs(session, state, report, progress=False)
-        finally:
-            dist.destroy_process_group()
+        run_epochs(session, state, report, progress=False)
+    finally:
+        dist.destroy_process_group()
 
 
 # --------------------------------------------------------------------------- the driver

@@ -14,8 +14,10 @@ So a CPU launch here:
 2. gives the ranks their own copy of the built folder (about 1 MB) in a temporary folder, so a rank killed
    while it re-checks the build can only leave a lock file in a folder that is deleted with its run.
 
-A tuning trial, which starts DeepSpeed inside a Ray worker rather than through the launcher, does the same
-with :func:`private_extensions`. Nothing here runs on a GPU accelerator (the op is CPU-only) or on remote nodes
+A rank that starts DeepSpeed without the launcher (a tuning trial inside a Ray worker) gets the same from
+:func:`ensure_private_extensions`, which :func:`pipelines.training.engine.init_distributed` calls.
+
+Nothing here runs on a GPU accelerator (the op is CPU-only) or on remote nodes
 (they keep their own).
 """
 
@@ -35,6 +37,7 @@ from pipelines.errors import PipelineError
 
 OP = "deepspeed_shm_comm"
 TORCH_LOCK = "lock"  # torch.utils.file_baton's lock file name in a build folder
+MARK = "PIPELINES_PRIVATE_TORCH_EXTENSIONS"  # set with TORCH_EXTENSIONS_DIR when it is a private copy
 
 # what deepspeed.comm.torch.build_shm_op does, in a process of its own
 _BUILD = """
@@ -115,27 +118,29 @@ def build_op(cache: Path, env: dict[str, str]) -> Path:
 def rank_extensions(env: dict[str, str]) -> Iterator[dict[str, str]]:
     """``env`` with ``TORCH_EXTENSIONS_DIR`` set to a private copy of the built op, for one launch's ranks;
     the copy is deleted when the launch ends."""
-    build_dir = build_op(extension_cache(), env)
-    private = Path(tempfile.mkdtemp(prefix="ds-ext-"))
+    private = _private_copy(build_op(extension_cache(), env))
     try:
-        if build_dir.is_dir():  # copy2 keeps the times, so the ranks' check finds the build current
-            shutil.copytree(build_dir, private / OP, ignore=shutil.ignore_patterns(TORCH_LOCK))
-        yield {**env, "TORCH_EXTENSIONS_DIR": str(private)}
+        yield {**env, "TORCH_EXTENSIONS_DIR": str(private), MARK: "1"}
     finally:
         shutil.rmtree(private, ignore_errors=True)
 
 
-@contextmanager
-def private_extensions() -> Iterator[None]:
-    """For a process that starts DeepSpeed itself (a tuning trial, one rank in a Ray worker): while inside,
-    this process's ``TORCH_EXTENSIONS_DIR`` is a private copy of the built op, as a launched rank's is."""
-    before = os.environ.get("TORCH_EXTENSIONS_DIR")
-    with rank_extensions(dict(os.environ)) as env:
-        os.environ["TORCH_EXTENSIONS_DIR"] = env["TORCH_EXTENSIONS_DIR"]
-        try:
-            yield
-        finally:
-            if before is None:
-                os.environ.pop("TORCH_EXTENSIONS_DIR", None)
-            else:
-                os.environ["TORCH_EXTENSIONS_DIR"] = before
+def _private_copy(build_dir: Path) -> Path:
+    private = Path(tempfile.mkdtemp(prefix="ds-ext-"))
+    if build_dir.is_dir():  # copy2 keeps the times, so the ranks' check finds the build current
+        shutil.copytree(build_dir, private / OP, ignore=shutil.ignore_patterns(TORCH_LOCK))
+    return private
+
+
+def ensure_private_extensions() -> None:
+    """For a rank that was not started by the launcher (a tuning trial in a Ray worker, a test, a benchmark):
+    point this process's ``TORCH_EXTENSIONS_DIR`` at a private copy of the built op, deleted when the process
+    exits. A launched rank already has one (its launcher's, marked by :data:`MARK`)."""
+    if os.environ.get(MARK) and Path(os.environ.get("TORCH_EXTENSIONS_DIR", "")).is_dir():
+        return
+    import atexit
+
+    build_dir = build_op(extension_cache(), dict(os.environ))
+    private = _private_copy(build_dir)
+    atexit.register(shutil.rmtree, private, ignore_errors=True)
+    os.environ.update({"TORCH_EXTENSIONS_DIR": str(private), MARK: "1"})

@@ -102,9 +102,16 @@ def initialize(model: nn.Module, ds_config: dict[str, Any], param_groups: list[d
 
 
 def init_distributed() -> None:
+    """Join the process group (gloo on the CPU accelerator, whose op DeepSpeed builds here from a private copy:
+    see :mod:`pipelines.training.cpu_ops`)."""
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend="gloo" if accelerator_name() == "cpu" else None)
+    cpu = accelerator_name() == "cpu"
+    if cpu:
+        from pipelines.training.cpu_ops import ensure_private_extensions
+
+        ensure_private_extensions()
+    deepspeed.init_distributed(dist_backend="gloo" if cpu else None)
 
 
 def full_trainable_state(engine) -> dict[str, torch.Tensor]:

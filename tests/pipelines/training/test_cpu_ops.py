@@ -110,14 +110,22 @@ def test_the_real_op_builds_into_this_venvs_cache_and_a_rank_copy_loads_without_
     assert after == before, "the rank's load compiled the op again instead of using the copied build"
 
 
-def test_a_process_starting_deepspeed_itself_gets_a_private_copy_and_its_environment_back(tmp_path, monkeypatch):
-    """A tuning trial (one rank inside a Ray worker) uses the same copy, then restores TORCH_EXTENSIONS_DIR."""
+def test_a_rank_not_started_by_the_launcher_gets_its_own_copy_once(tmp_path, monkeypatch):
+    """A tuning trial (one rank inside a Ray worker) joins through engine.init_distributed, which calls this."""
     sources = fake_sources(tmp_path)
     cache = tmp_path / "cache"
     fake_build(cache / cpu_ops.OP, sources)
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(cache))
+    monkeypatch.setenv(cpu_ops.MARK, "")  # restored (removed) after the test, as TORCH_EXTENSIONS_DIR
     monkeypatch.setattr(cpu_ops, "op_sources", lambda: sources)
-    with cpu_ops.private_extensions():
-        inside = Path(os.environ["TORCH_EXTENSIONS_DIR"])
-        assert inside != cache and (inside / cpu_ops.OP / f"{cpu_ops.OP}.so").is_file()
-    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(cache) and not inside.exists()
+    exits = []
+    monkeypatch.setattr("atexit.register", lambda *a, **k: exits.append(a))
+    cpu_ops.ensure_private_extensions()
+    private = Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    assert private != cache and (private / cpu_ops.OP / f"{cpu_ops.OP}.so").is_file()
+    cpu_ops.ensure_private_extensions()  # a second trial in the same worker: the same copy
+    assert Path(os.environ["TORCH_EXTENSIONS_DIR"]) == private and len(exits) == 1
+    exits[0][0](*exits[0][1:], ignore_errors=True)  # what happens at exit
+    assert not private.exists()
+    cpu_ops.ensure_private_extensions()  # marked, but the folder is gone (an inherited variable): a new copy
+    assert Path(os.environ["TORCH_EXTENSIONS_DIR"]).is_dir() and len(exits) == 2
