@@ -1,6 +1,6 @@
 """promote: promote a given version to champion, roll back, or re-run the gate, on one model family.
 
-The dispatch is the library's (:func:`pipelines.registry.promotion.run_promotion`, the same as
+The dispatch is the library's (:func:`pipelines.promotion.run_promotion`, the same as
 ``python -m pipelines.promote``); this flow only validates its parameters and publishes the result
 as a Prefect artifact with links into MLflow. ``family`` picks the registered model: the classifier
 (``mlflow.registered_model``) or the generative triage model (``register_llm.registered_model``);
@@ -20,8 +20,8 @@ from pydantic import Field, model_validator
 
 from flows import common
 from flows.common import Options
+from pipelines import promotion
 from pipelines.errors import ConfigError
-from pipelines.registry import promotion
 from pipelines.registry.aliases import CHAMPION
 from pipelines.registry.families import Family
 

@@ -33,7 +33,7 @@ from flows.common import Options
 from pipelines.errors import ERROR_FILE_ENV, ConfigError, GateFailed, PipelineError, read_error_record
 from pipelines.io import run_command, tool
 from pipelines.llm.skipping import is_skipped
-from pipelines.registry.promotion import DEFAULT_PATHS
+from pipelines.promotion import DEFAULT_PATHS
 
 NOT_RETRIED = {ConfigError.__name__, GateFailed.__name__}  # the same run fails the same way
 

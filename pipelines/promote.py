@@ -5,8 +5,8 @@
     python -m pipelines.promote --rollback --reason "..." # champion -> previous champion; never re-promoted
     python -m pipelines.promote --family llm --rollback  # the same on the generative model's registered model
 
-A thin CLI: it prints what :func:`pipelines.registry.promotion.run_promotion` (the dispatch it shares with
-the ``promote`` flow) did; the gate's rules are described in :mod:`pipelines.registry.classifier_gate` and
+A thin CLI: it prints what :func:`pipelines.promotion.run_promotion` (the dispatch it shares with
+the ``promote`` flow) did; the gate's rules are described in :mod:`pipelines.classifier.gate` and
 :mod:`pipelines.llm.registration`.
 """
 
@@ -17,9 +17,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from pipelines import promotion
 from pipelines.config import load_params
 from pipelines.errors import run_cli
-from pipelines.registry import promotion
 from pipelines.registry.families import Family
 from pipelines.registry.gate import fail_on_refusal
 

@@ -1,6 +1,6 @@
 """``python -m pipelines.register``: register the best candidate as ``challenger`` and run the promotion gate.
 
-A thin CLI; the logic and its description are in :mod:`pipelines.registry.candidates`. Writes
+A thin CLI; the logic and its description are in :mod:`pipelines.classifier.registration`. Writes
 ``metrics/eval.json``: the champion after the gate (registered version, candidate, precision) and its metrics on
 the current test split as the gate scored them (``test.accuracy``, ``test.macro_f1``, and the abstention
 metrics: ``test.in_scope_accuracy`` / ``test.oos_recall`` where the data has out-of-scope rows).
@@ -14,17 +14,17 @@ from typing import Annotated, Optional
 import typer
 
 from pipelines.abstention import AbstentionRule
-from pipelines.config import load_params
-from pipelines.errors import run_cli
-from pipelines.io import atomic_outputs, read_split, write_json
-from pipelines.registry.candidates import (
+from pipelines.classifier.gate import gate_and_report
+from pipelines.classifier.registration import (
     load_candidate,
     register_candidate,
     register_logged,
     selected_record,
     transformer_candidate,
 )
-from pipelines.registry.classifier_gate import gate_and_report
+from pipelines.config import load_params
+from pipelines.errors import run_cli
+from pipelines.io import atomic_outputs, read_split, write_json
 from pipelines.registry.gate import fail_on_refusal, report_markdown
 
 

@@ -2,7 +2,7 @@
 
 Each family is its own registered model with its own versions and aliases (``champion``, ``challenger``,
 ``previous-champion``) and the same promotion machinery (:mod:`pipelines.registry.gate`); only how the gate
-scores and decides differs (:mod:`pipelines.registry.classifier_gate`, :mod:`pipelines.llm.registration`).
+scores and decides differs (:mod:`pipelines.classifier.gate`, :mod:`pipelines.llm.registration`).
 
 - ``classifier``: the ticket router, ``mlflow.registered_model``, gate settings in ``register``;
 - ``llm``: the generative triage model, ``register_llm.registered_model``, gate settings in ``register_llm``.

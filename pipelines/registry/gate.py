@@ -2,13 +2,13 @@
 
 The same for every model family (:mod:`pipelines.registry.families`): :func:`run_gate` takes how to
 score a registered model and how to decide as parameters. The classifier scores both models on the
-current test split and decides on macro-F1 and per-class F1 (:mod:`pipelines.registry.classifier_gate`);
+current test split and decides on macro-F1 and per-class F1 (:mod:`pipelines.classifier.gate`);
 the generative model on JSON validity and mean field score (:mod:`pipelines.llm.registration`). Either way
 challenger and champion are compared on the *same* current test rows, never on numbers from another split.
 The first model becomes champion.
 
 Used by the ``register`` and ``register_llm`` stages (gate after registering) and, through the one
-dispatch in :mod:`pipelines.registry.promotion`, by ``python -m pipelines.promote`` and the ``promote`` flow.
+dispatch in :mod:`pipelines.promotion`, by ``python -m pipelines.promote`` and the ``promote`` flow.
 
 Aliases: ``challenger`` (the newest candidate), ``champion`` (served), ``previous-champion``
 (where ``--rollback`` goes). The registered model's tag ``champion_history`` lists every

@@ -86,9 +86,9 @@ def versions_answering(url: str, seconds: float) -> set[str]:
 def test_deploy_serves_the_champion_and_follows_promotion_and_rollback(project):
     from flows.deploy import DeployOptions, deploy
     from flows.promote import PromoteOptions, promote
+    from pipelines.classifier.gate import run_classifier_gate
     from pipelines.config import load_params
     from pipelines.registry import tracking
-    from pipelines.registry.classifier_gate import run_classifier_gate
 
     params = load_params()
     train, test = split(200, 0), split(80, 1)

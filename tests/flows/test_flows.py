@@ -82,8 +82,8 @@ def active_slots(name: str = "dvc-repo") -> int:
 
 def test_training_runs_stages_in_dag_order_under_the_lock_and_a_refused_gate_keeps_the_champion(project, monkeypatch):
     from flows.training import TrainingOptions, branch_stages, training
+    from pipelines.classifier.gate import run_classifier_gate
     from pipelines.registry import tracking
-    from pipelines.registry.classifier_gate import run_classifier_gate
     from pipelines.registry.gate import write_decision
 
     params, test = load_params(), pd.read_parquet("data/processed/test.parquet")

@@ -62,7 +62,7 @@ def test_the_promote_flow_and_cli_reach_the_one_library_dispatch(tmp_path, monke
     """Both only present what ``run_promotion`` returns: the same action reaches it from either, once."""
     import pipelines.promote as cli
     from flows import promote as promote_flow
-    from pipelines.registry import promotion
+    from pipelines import promotion
 
     calls: list[dict] = []
 

@@ -20,8 +20,8 @@ def split(n: int, seed: int) -> pd.DataFrame:
 def register(params, clf, name: str, test: pd.DataFrame) -> str:
     """Register ``clf`` (fitted) as a new version through the register stage's own function; returns the version."""
     from pipelines.classifier.model_api import SklearnTextClassifier
+    from pipelines.classifier.registration import register_candidate
     from pipelines.registry import tracking
-    from pipelines.registry.candidates import register_candidate
 
     tracking.setup(params.mlflow)
     wrapped = SklearnTextClassifier(clf, name)

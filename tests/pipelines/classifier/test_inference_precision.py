@@ -95,10 +95,10 @@ def test_the_fine_tuned_model_is_scored_and_logged_in_the_configured_precision(p
 
 
 def test_gate_and_serving_load_the_registered_model_in_the_knobs_precision(published, tmp_path, monkeypatch):
+    from pipelines.classifier.gate import gate_and_report
     from pipelines.classifier.pyfunc import load_registered
+    from pipelines.classifier.registration import register_logged
     from pipelines.registry import tracking
-    from pipelines.registry.candidates import register_logged
-    from pipelines.registry.classifier_gate import gate_and_report
     from serving.model_source import ChampionSource
 
     p, out, _ = published

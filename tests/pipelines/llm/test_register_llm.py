@@ -15,12 +15,13 @@ import mlflow
 import pandas as pd
 import pytest
 
+from pipelines import promotion
 from pipelines.config import Params, parse_params
 from pipelines.errors import GateFailed
 from pipelines.llm import registration
 from pipelines.llm.chat_data import prompt_messages
 from pipelines.llm.evaluation import file_sha256, ids_sha256
-from pipelines.registry import promotion, tracking
+from pipelines.registry import tracking
 from pipelines.registry.aliases import CHALLENGER, CHAMPION, PREVIOUS
 from pipelines.registry.gate import report_markdown
 from tests.helpers import llm as llm_helpers

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from pipelines.classifier.gate import gate_decision
 from pipelines.config import RegisterConfig, parse_params
 from pipelines.errors import ConfigError, GateFailed
-from pipelines.registry.classifier_gate import gate_decision
 from pipelines.registry.families import gate_settings, registered_model
 from pipelines.registry.gate import fail_on_refusal, report_markdown
 

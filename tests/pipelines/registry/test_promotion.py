@@ -13,9 +13,10 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
+from pipelines import promotion
 from pipelines.config import Params, parse_params
 from pipelines.errors import ConfigError, DataError, GateFailed
-from pipelines.registry import promotion, tracking
+from pipelines.registry import tracking
 from pipelines.registry.aliases import CHALLENGER, CHAMPION
 from pipelines.registry.gate import fail_on_refusal
 from tests.helpers.flows import register, split

@@ -16,13 +16,13 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
+from pipelines.classifier.gate import run_classifier_gate
 from pipelines.classifier.model_api import SklearnTextClassifier, predict_labels
 from pipelines.classifier.pyfunc import load_registered
+from pipelines.classifier.registration import register_candidate
 from pipelines.errors import DataError
 from pipelines.registry import tracking
 from pipelines.registry.aliases import CHALLENGER, CHAMPION, PREVIOUS
-from pipelines.registry.candidates import register_candidate
-from pipelines.registry.classifier_gate import run_classifier_gate
 from pipelines.registry.gate import promote_version, rollback
 
 WORDS = {
@@ -174,7 +174,7 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
 def test_transformer_candidate_is_registered_from_its_training_run(env, tmp_path: Path) -> None:
     """A model already logged by its training run (the fine-tuned transformer) is registered from that run's URI."""
     from pipelines.classifier.pyfunc import log_classifier
-    from pipelines.registry.candidates import register_logged, transformer_candidate
+    from pipelines.classifier.registration import register_logged, transformer_candidate
 
     cfg, reg, train, test = env
     assert transformer_candidate(tmp_path / "absent") is None

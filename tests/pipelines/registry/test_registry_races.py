@@ -21,12 +21,13 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
+from pipelines import promotion
 from pipelines.classifier import pyfunc
+from pipelines.classifier.gate import run_classifier_gate
 from pipelines.config import Params
 from pipelines.errors import DataError, GateFailed
-from pipelines.registry import promotion, tracking
+from pipelines.registry import tracking
 from pipelines.registry.aliases import CHALLENGER, CHAMPION, PREVIOUS
-from pipelines.registry.classifier_gate import run_classifier_gate
 from pipelines.registry.gate import ModelLoadFailed, promote_version, rollback
 from pipelines.registry.tracking import RegistryConflict
 from tests.helpers.flows import register, split
@@ -229,7 +230,7 @@ def test_an_unloadable_champion_fails_the_gate_naming_it(reg, registry_cfg) -> N
 def test_selected_json_cannot_name_a_file_outside_the_candidate_folder(tmp_path: Path, monkeypatch, where) -> None:
     import joblib
 
-    from pipelines.registry import candidates
+    from pipelines.classifier import registration
 
     folder, outside = tmp_path / "models" / "baselines", tmp_path / "elsewhere.joblib"
     folder.mkdir(parents=True)
@@ -238,13 +239,13 @@ def test_selected_json_cannot_name_a_file_outside_the_candidate_folder(tmp_path:
     if where == "symlink":
         (folder / "link.joblib").symlink_to(outside)
     (folder / "selected.json").write_text(json.dumps({"name": "x", "file": name}))
-    monkeypatch.setattr(candidates.joblib, "load", lambda p: pytest.fail(f"{p} was unpickled"))
+    monkeypatch.setattr(registration.joblib, "load", lambda p: pytest.fail(f"{p} was unpickled"))
     with pytest.raises(DataError, match="which is not inside"):
-        candidates.load_candidate(folder)
+        registration.load_candidate(folder)
 
 
 def test_a_broken_selected_json_is_a_clear_error(tmp_path: Path) -> None:
-    from pipelines.registry.candidates import load_candidate
+    from pipelines.classifier.registration import load_candidate
 
     (tmp_path / "selected.json").write_text('{"name": "x"}')
     with pytest.raises(DataError, match="has no 'file' text"):

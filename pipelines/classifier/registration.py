@@ -1,7 +1,7 @@
-"""Library of the ``register`` stage (its CLI is :mod:`pipelines.register`).
+"""Library of the ``register`` stage (its CLI is :mod:`pipelines.register`): the classifier's candidates.
 
 register: log the selected candidate as an MLflow pyfunc, register it as a new version with alias
-``challenger``, then run the promotion gate (:mod:`pipelines.promote`).
+``challenger``, then run the promotion gate (:mod:`pipelines.classifier.gate`).
 
 Order (so the registry is never half-updated): log the model → create the version → tag it →
 alias ``challenger`` → gate → move ``champion`` (the single commit point). A failure anywhere

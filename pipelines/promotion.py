@@ -5,8 +5,9 @@ given version by hand, or roll the champion back to the previous champion; each 
 registered model (``classifier``, the default, or ``llm``: :mod:`pipelines.registry.families`). Both callers
 go through :func:`run_promotion` and only present its :class:`PromotionResult` their own way (the CLI prints
 it, the flow publishes a Prefect artifact), so a refusal reads the same from either. Promotion and rollback
-live in :mod:`pipelines.registry.gate`; each family's gate in :mod:`pipelines.registry.classifier_gate` and
-:mod:`pipelines.llm.registration`.
+live in :mod:`pipelines.registry.gate`; each family's gate in :mod:`pipelines.classifier.gate` and
+:mod:`pipelines.llm.registration`. It sits beside the stages, above the families it dispatches to (the
+registry layer below knows no family's code).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def run_promotion(
             eval_metrics = eval_metrics or paths["eval_metrics"]
             decision = llm_gate_and_report(reg, cfg, test, eval_metrics, report, decision_json)
         else:
-            from pipelines.registry.classifier_gate import gate_and_report
+            from pipelines.classifier.gate import gate_and_report
 
             decision = gate_and_report(reg, read_split(test), cfg, report, decision_json)
         message = gate.report_markdown(decision)
