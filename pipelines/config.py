@@ -171,6 +171,12 @@ class IngestConfig(Section):
         description="broken records (no label, no text, a bad date or split, extra fields): refuse the file naming "
         "them, or quarantine: move them to data/interim/quarantine.csv for a person to inspect (counted)",
     )
+    batch_rows: int = Field(
+        50_000,
+        gt=0,
+        description="rows ingest reads, cleans and writes at a time: its memory is bounded by a batch, not the file "
+        "(the output is the same whatever the batch size)",
+    )
 
 
 # The built-in generator's classes: pipelines/data/generator.py uses them, validate.expected_labels defaults to them.

@@ -1,6 +1,11 @@
 """``python -m pipelines.ingest``: read ``data.path``, map columns, bound, strip HTML, scrub PII, write Parquet.
 
-A thin CLI; the logic and its description are in :mod:`pipelines.data.ingestion`.
+A thin CLI; the logic and its description are in :mod:`pipelines.data.ingestion`. The source is read, cleaned
+and written ``ingest.batch_rows`` rows at a time (:func:`~pipelines.data.ingestion.iter_source` feeding an
+:class:`~pipelines.data.ingestion.IngestRun`), so the stage's memory is bounded by a batch, not by the file:
+each batch becomes a Parquet part, and the parts are combined, row group by row group, into the one
+``data/interim/dataset.parquet`` the downstream stages read (same rows, types and summary at any batch size).
+Nothing is published unless every batch went through (:func:`~pipelines.io.atomic_outputs`).
 """
 
 from __future__ import annotations
@@ -8,13 +13,76 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import pandas as pd
 import typer
 
 from pipelines.config import load_params
 from pipelines.data import distributed
-from pipelines.data.ingestion import ingest_with_quarantine, read_snapshots, read_source
+from pipelines.data.ingestion import CANONICAL, IngestRun, iter_source, read_snapshots
 from pipelines.errors import run_cli
-from pipelines.io import atomic_outputs, write_json, write_parquet
+from pipelines.io import atomic_outputs, write_json
+
+
+class ParquetParts:
+    """Frames written one by one as Parquet parts under ``directory``, then combined into one file.
+
+    A column's type is that of the whole data, as if the frames had been concatenated: taken from the parts where
+    it has values (a part whose column is all null does not decide it), widened where parts disagree (int64 and
+    float64: float64), and a part without the column gets nulls there. One part is in memory at a time."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.paths: list[Path] = []
+        self.names: list[str] = []
+        self.dtypes: dict[str, list] = {}
+        self.empty: pd.DataFrame | None = None
+
+    def add(self, df: pd.DataFrame | None) -> None:
+        if df is None:
+            return
+        if df.empty:
+            self.empty = df if self.empty is None else self.empty
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"part-{len(self.paths):06d}.parquet"
+        df.to_parquet(path, engine="pyarrow", index=False)
+        self.paths.append(path)
+        for col in df.columns:
+            if col not in self.dtypes:
+                self.names.append(col)
+                self.dtypes[col] = []
+            self.dtypes[col].append((df[col].dtype, bool(df[col].notna().any())))
+
+    def combine(self, out: Path) -> dict[str, str]:
+        """Write the parts to ``out`` (one row group each); return the columns' dtypes."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not self.paths:  # nothing written: the columns of an empty batch
+            empty = self.empty if self.empty is not None else pd.DataFrame()
+            empty.to_parquet(out, engine="pyarrow", index=False)
+            return {c: str(t) for c, t in empty.dtypes.items()}
+        names = [c for c in CANONICAL if c in self.dtypes] + [c for c in self.names if c not in CANONICAL]
+        dtypes = {}
+        for col in names:
+            typed = [t for t, has_values in self.dtypes[col] if has_values] or [self.dtypes[col][0][0]]
+            # the dtype concatenating the parts gives (empty Series of each: public pandas, no data touched)
+            dtypes[col] = pd.concat([pd.Series(dtype=t) for t in typed], ignore_index=True).dtype
+        template = pd.DataFrame({c: pd.Series(dtype=t) for c, t in dtypes.items()})
+        schema = pa.Schema.from_pandas(template, preserve_index=False)
+        with pq.ParquetWriter(out, schema) as writer:
+            for path in self.paths:
+                part = pq.read_table(path)
+                arrays = [
+                    part[c].cast(schema.field(c).type)
+                    if c in part.column_names
+                    else pa.nulls(len(part), schema.field(c).type)
+                    for c in names
+                ]
+                writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+                path.unlink()
+        return {c: str(t) for c, t in dtypes.items()}
 
 
 def main(
@@ -30,18 +98,24 @@ def main(
 ) -> None:
     """Read data.path (or its split files), map columns, strip HTML, scrub PII and write typed Parquet."""
     p = load_params(params)
-    raw = read_source(p.data, quarantine=p.ingest.bad_rows == "quarantine")
-    with distributed.session(p.compute):  # compute.engine: ray cleans the texts on a Ray cluster, same result
-        df, summary, quarantined = ingest_with_quarantine(
-            raw, p.data, p.ingest, read_snapshots(p.data), distributed.cleaner(p.compute)
-        )
-    summary["engine"] = p.compute.engine
-    summary["bad_rows"]["file"] = str(quarantine_out)
+    batches = iter_source(p.data, quarantine=p.ingest.bad_rows == "quarantine", batch_rows=p.ingest.batch_rows)
     with atomic_outputs(out, summary_out, metrics_out, quarantine_out) as staged:
-        write_parquet(df, staged[out])
+        parts = ParquetParts(staged[out].with_name(staged[out].name + ".parts"))
+        # compute.engine: ray cleans the texts on a Ray cluster, same result
+        with distributed.session(p.compute), open(staged[quarantine_out], "w", encoding="utf-8", newline="") as qf:
+            run = IngestRun(p.data, p.ingest, distributed.cleaner(p.compute))
+            for i, raw in enumerate(batches):
+                rows, quarantined = run.add(raw)
+                parts.add(rows)
+                quarantined.to_csv(qf, index=False, header=i == 0)
+            parts.add(run.add_snapshots(read_snapshots(p.data)))
+        run.check()  # a refused source: before the parts are combined
+        schema = parts.combine(staged[out])
+        summary = run.finish(schema)
+        summary["engine"] = p.compute.engine
+        summary["bad_rows"]["file"] = str(quarantine_out)
         write_json(summary, staged[summary_out])
         write_json({k: v for k, v in summary.items() if isinstance(v, int)}, staged[metrics_out])
-        quarantined.to_csv(staged[quarantine_out], index=False)
     print(
         f"ingest: {summary['rows_read']:,} rows read, {summary['rows_written']:,} written to {out} "
         f"({summary['n_classes']} classes, {summary['pii_rows']:,} rows had PII scrubbed, "

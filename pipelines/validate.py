@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from pipelines.config import load_params
-from pipelines.data.quality import run_validation
+from pipelines.data.quality import SUITE_COLUMNS, run_validation
 from pipelines.errors import GateFailed, run_cli
 from pipelines.io import atomic_outputs, read_parquet, write_json
 
@@ -22,8 +22,12 @@ def main(
     out_dir: Annotated[Path, typer.Option(help="where result JSON and Data Docs go")] = Path("reports/validation"),
 ) -> None:
     """Run the Great Expectations suite on the interim data; fail (exit 3) if any expectation fails."""
+    import pyarrow.parquet as pq
+
     cfg = load_params(params).validate_
-    df = read_parquet(data)
+    present = set(pq.read_schema(data).names) if data.exists() else set()
+    # every row, but only the columns the suite checks (not the source's other columns); a missing file: a clear error
+    df = read_parquet(data, columns=[c for c in SUITE_COLUMNS if c in present])
     with atomic_outputs(out_dir) as staged:
         outcome = run_validation(df, cfg, docs_dir=staged[out_dir] / "data_docs")
         write_json(

@@ -33,21 +33,36 @@ and the record's number in it) or the line; a row without text is dropped as an 
 as before. ``quarantine`` moves every such row to a CSV a person can inspect (:func:`ingest_with_quarantine`):
 the reason, the file, the record's number (1: the first record after the header) or the line that did not
 parse, and the row's fields, PII-scrubbed like the text; the summary counts them.
+
+Files larger than memory (``ingest.batch_rows``): the stage reads the source in batches (:func:`iter_source`:
+CSV/TSV and JSONL in pandas chunks, Parquet by Arrow record batches; a JSONL file's keys are gathered in a
+first line-by-line pass, so every batch has the whole file's columns) and feeds them to an :class:`IngestRun`,
+which does per batch what :func:`ingest_with_quarantine` does to a frame (that function *is* a run of one
+batch). Every check here is per row except these, which span batches and keep small state: the counts and first
+rows a message or the summary names (five at most), the unknown split values (five), the set of labels (a single
+class is refused), the first bad date, the class and split counts, and the first date value (pandas guesses a
+date column's format from its first value: every batch is parsed with it, :class:`_BatchDates`). A refusal is
+raised after the last batch, with the message of the source in one piece. No check uses a sample. The labelled
+snapshots (``data.snapshots_dir``) are read whole, as before, and come after the source's last batch.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import json
 import re
 import warnings
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipelines.config import ColumnMap, DataConfig, IngestConfig
 from pipelines.data import snapshots
@@ -96,10 +111,8 @@ def detect_format(path: Path, fmt: str) -> str:
     return kind
 
 
-def _read_delimited(path: Path, kind: str, cfg: DataConfig, quarantine: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """CSV/TSV as strings; with ``quarantine`` the lines with more fields than the header are skipped and
-    returned (``SOURCE_LINE``, ``RAW_LINE``) instead of failing the file."""
-    kwargs = dict(
+def _csv_kwargs(kind: str, cfg: DataConfig) -> dict:
+    return dict(
         sep="\t" if kind == "tsv" else ",",
         quoting=csv.QUOTE_MINIMAL if cfg.csv_quoting else csv.QUOTE_NONE,
         encoding=cfg.encoding,
@@ -107,24 +120,100 @@ def _read_delimited(path: Path, kind: str, cfg: DataConfig, quarantine: bool) ->
         keep_default_na=False,
         na_values=[""],
     )
-    if not quarantine:
-        try:
-            df = pd.read_csv(path, **kwargs)
-        except pd.errors.ParserError as err:
+
+
+def _delimited_batches(
+    path: Path, kind: str, cfg: DataConfig, quarantine: bool, batch_rows: int, unparsed: list[int]
+) -> Iterator[pd.DataFrame]:
+    """CSV/TSV as strings, ``batch_rows`` records at a time; with ``quarantine`` the lines with more fields than
+    the header are skipped and their numbers (the C parser's physical lines, 1: the header) added to
+    ``unparsed`` instead of failing the file."""
+    kwargs = _csv_kwargs(kind, cfg)
+    any_rows = False
+    try:
+        with pd.read_csv(path, chunksize=batch_rows, on_bad_lines="warn" if quarantine else "error", **kwargs) as rd:
+            while True:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", pd.errors.ParserWarning)
+                    df = next(rd, None)
+                unparsed += [int(n) for w in caught for n in re.findall(r"Skipping line (\d+):", str(w.message))]
+                if df is None:
+                    break
+                _refuse_implicit_index(df, path, kwargs)
+                any_rows = True
+                yield df
+    except pd.errors.ParserError as err:
+        if not quarantine:
             _refuse_extra_fields(path, kwargs, parser=str(err).splitlines()[0].removeprefix("Error tokenizing data. "))
-            raise
-        _refuse_implicit_index(df, path, kwargs)
-        return df, pd.DataFrame(columns=[SOURCE_LINE, RAW_LINE])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", pd.errors.ParserWarning)
-        df = pd.read_csv(path, on_bad_lines="warn", **kwargs)
-    _refuse_implicit_index(df, path, kwargs)
-    numbers = sorted(
-        {int(n) for w in caught for n in re.findall(r"Skipping line (\d+):", str(w.message))}
-    )  # the C parser's physical line numbers (1: the header)
-    lines = path.read_bytes().split(b"\n") if numbers else []
-    raw = [lines[n - 1].decode(cfg.encoding, errors="replace").rstrip("\r") for n in numbers]
-    return df, pd.DataFrame({SOURCE_LINE: numbers, RAW_LINE: raw})
+        raise
+    if not any_rows:  # a header without records: its columns still count (the files must agree)
+        yield pd.read_csv(path, nrows=0, **kwargs)
+
+
+def _lines(path: Path, numbers: list[int], encoding: str) -> list[str]:
+    """The raw text of the physical lines ``numbers`` (1: the header), read line by line."""
+    wanted, found = set(numbers), {}
+    with open(path, "rb") as fh:
+        for n, line in enumerate(fh, start=1):
+            if n in wanted:
+                found[n] = line.removesuffix(b"\n").decode(encoding, errors="replace").rstrip("\r")
+                if len(found) == len(wanted):
+                    break
+    return [found.get(n, "") for n in numbers]
+
+
+def _jsonl_keys(path: Path, encoding: str) -> list[str]:
+    """Every key of a JSONL file in the order first seen (pandas' columns for the whole file), read line by line;
+    a line that does not parse ends the scan (pandas names it when it reads that batch)."""
+    keys: dict[str, None] = {}
+    with open(path, encoding=encoding) as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                break
+            if isinstance(record, dict):
+                keys.update(dict.fromkeys(record))
+    return list(keys)
+
+
+def _file_batches(
+    path: Path, cfg: DataConfig, quarantine: bool, batch_rows: int, unparsed: list[int]
+) -> Iterator[pd.DataFrame]:
+    """One file's records, at most ``batch_rows`` at a time (at least one frame, maybe empty, with its columns)."""
+    kind = detect_format(path, cfg.format)
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty")
+    try:
+        if kind == "parquet":
+            pf = pq.ParquetFile(path, buffer_size=1 << 20)  # column chunks streamed, not read whole
+            empty = True
+            for batch in pf.iter_batches(batch_size=batch_rows):
+                empty = False
+                yield batch.to_pandas()
+            if empty:
+                yield pf.schema_arrow.empty_table().to_pandas()
+        elif kind == "jsonl":
+            keys = _jsonl_keys(path, cfg.encoding)
+            with pd.read_json(path, lines=True, encoding=cfg.encoding, dtype=False, chunksize=batch_rows) as rd:
+                for df in rd:  # a batch lacks the keys none of its records has: the whole file's columns
+                    yield df.reindex(columns=keys + [c for c in df.columns if c not in keys])
+        else:
+            yield from _delimited_batches(path, kind, cfg, quarantine, batch_rows, unparsed)
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path}: not valid {cfg.encoding} text (byte {err.start}: {err.reason}); "
+            f"is it really {kind.upper()}? Set data.encoding if the file uses another encoding"
+        ) from None
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(f"{path}: not a readable {kind.upper()} file ({err})") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file has no columns or rows") from None
+    except (pd.errors.ParserError, ValueError) as err:
+        hint = "" if quarantine or kind not in ("csv", "tsv") else "; ingest.bad_rows: quarantine sets such lines aside"
+        raise DataError(f"{path}: cannot be parsed as {kind.upper()} ({str(err).splitlines()[0]}){hint}") from None
 
 
 def _field_counts(path: Path, kwargs: dict) -> tuple[int, list[tuple[int, int]]]:
@@ -172,32 +261,6 @@ def _refuse_implicit_index(df: pd.DataFrame, path: Path, kwargs: dict) -> None:
         raise DataError(f"{path}: the rows have more fields than the header (pandas read the first as an index)")
 
 
-def _read_one(path: Path, cfg: DataConfig, quarantine: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One file's records, and the lines a quarantine set aside (see :func:`_read_delimited`)."""
-    kind = detect_format(path, cfg.format)
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: the file is empty")
-    no_lines = pd.DataFrame(columns=[SOURCE_LINE, RAW_LINE])
-    try:
-        if kind == "parquet":
-            return pd.read_parquet(path, engine="pyarrow"), no_lines
-        if kind == "jsonl":
-            return pd.read_json(path, lines=True, encoding=cfg.encoding, dtype=False), no_lines
-        return _read_delimited(path, kind, cfg, quarantine)
-    except UnicodeDecodeError as err:
-        raise DataError(
-            f"{path}: not valid {cfg.encoding} text (byte {err.start}: {err.reason}); "
-            f"is it really {kind.upper()}? Set data.encoding if the file uses another encoding"
-        ) from None
-    except (pa.ArrowInvalid, OSError) as err:
-        raise DataError(f"{path}: not a readable {kind.upper()} file ({err})") from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: the file has no columns or rows") from None
-    except (pd.errors.ParserError, ValueError) as err:
-        hint = "" if quarantine or kind not in ("csv", "tsv") else "; ingest.bad_rows: quarantine sets such lines aside"
-        raise DataError(f"{path}: cannot be parsed as {kind.upper()} ({str(err).splitlines()[0]}){hint}") from None
-
-
 def _files(path: Path, key: str) -> list[Path]:
     """``path`` itself, or every supported file under it (a directory), sorted."""
     if not path.exists():
@@ -224,36 +287,66 @@ def source_files(cfg: DataConfig) -> list[tuple[str | None, Path]]:
     return [(name, f) for name, rel in given.items() for f in _files(root / rel, f"data.split_paths.{name}")]
 
 
+def iter_source(cfg: DataConfig, quarantine: bool = False, batch_rows: int | None = None) -> Iterator[pd.DataFrame]:
+    """:func:`read_source` in batches of at most ``batch_rows`` rows (None: one per file), in the same order,
+    each indexed by its rows' positions in the whole source, so a file larger than memory can be ingested.
+
+    The checks of the whole source (the files' columns agree, some rows, rows in every split file) are made as
+    the batches go; a later batch can still raise."""
+    try:
+        codecs.lookup(cfg.encoding)
+    except LookupError:
+        raise DataError(f"data.encoding: unknown encoding {cfg.encoding!r} (e.g. utf-8, latin-1, cp1252)") from None
+    files = source_files(cfg)
+    size = batch_rows or 2**62
+    first: list | None = None
+    offset, per_split, unparsed = 0, Counter(), []
+    keep = [SOURCE_FILE, SOURCE_ROW] + ([SOURCE_SPLIT] if cfg.split_paths is not None else [])
+    for split, f in files:
+        lines: list[int] = []
+        row = 0
+        for df in _file_batches(f, cfg, quarantine, size, lines):
+            first = list(df.columns) if first is None else first
+            if set(df.columns) != set(first):
+                raise DataError(f"{f}: columns {sorted(df.columns)} differ from {files[0][1]}'s {sorted(first)}")
+            n = len(df)
+            per_split[split] += n
+            if not n:
+                continue
+            df = df[first].assign(**{SOURCE_FILE: str(f), SOURCE_ROW: range(row + 1, row + n + 1)})
+            df[SOURCE_SPLIT] = split
+            df.index = pd.RangeIndex(offset, offset + n)
+            row, offset = row + n, offset + n
+            yield df[first + keep]
+        if lines:  # their numbers only: the lines themselves are read when their batch comes
+            unparsed.append((split, f, sorted(set(lines))))
+    if not offset and not unparsed:
+        raise DataError(f"{cfg.path}: no rows")
+    for split in {s for s, _ in files} - {None}:
+        if not per_split[split]:
+            raise DataError(f"data.split_paths.{split}: {Path(cfg.path) / getattr(cfg.split_paths, split)} has no rows")
+    # the lines the parser could not split come last (as read_source has always put them), in batches too
+    columns = (first or []) + keep + [SOURCE_LINE, RAW_LINE]
+    for split, f, numbers in unparsed:
+        for start in range(0, len(numbers), size):
+            chunk = numbers[start : start + size]
+            part = pd.DataFrame({SOURCE_LINE: chunk, RAW_LINE: _lines(f, chunk, cfg.encoding), SOURCE_FILE: str(f)})
+            part = part.assign(**{SOURCE_SPLIT: split}).reindex(columns=columns)
+            part.index = pd.RangeIndex(offset, offset + len(part))
+            offset += len(part)
+            yield part
+
+
 def read_source(cfg: DataConfig, quarantine: bool = False) -> pd.DataFrame:
     """Read a file, a directory of files (same columns) or the split files into one frame.
 
     Each row carries its provenance (``SOURCE_FILE``, ``SOURCE_ROW``: 1 is the first record after the header;
     ``SOURCE_SPLIT`` with ``data.split_paths``); ingest drops those columns. With ``quarantine``, CSV/TSV lines
     with more fields than the header become rows with only ``SOURCE_LINE`` and ``RAW_LINE`` (and provenance).
+    The whole source in memory: the stage itself reads it in batches (:func:`iter_source`).
     """
-    try:
-        codecs.lookup(cfg.encoding)
-    except LookupError:
-        raise DataError(f"data.encoding: unknown encoding {cfg.encoding!r} (e.g. utf-8, latin-1, cp1252)") from None
-    files = source_files(cfg)
-    frames, unparsed, first = [], [], None
-    for split, f in files:
-        df, lines = _read_one(f, cfg, quarantine)
-        first = list(df.columns) if first is None else first
-        if set(df.columns) != set(first):
-            raise DataError(f"{f}: columns {sorted(df.columns)} differ from {files[0][1]}'s {sorted(first)}")
-        frames.append(df.assign(**{SOURCE_FILE: str(f), SOURCE_ROW: range(1, len(df) + 1), SOURCE_SPLIT: split}))
-        if len(lines):
-            unparsed.append(lines.assign(**{SOURCE_FILE: str(f), SOURCE_SPLIT: split}))
-    if sum(map(len, frames + unparsed)) == 0:
-        raise DataError(f"{cfg.path}: no rows")
-    for split in {s for s, _ in files} - {None}:
-        if not sum(len(fr) for (s, _), fr in zip(files, frames) if s == split):
-            raise DataError(f"data.split_paths.{split}: {Path(cfg.path) / getattr(cfg.split_paths, split)} has no rows")
-    df = pd.concat(frames + unparsed, ignore_index=True) if len(frames) + len(unparsed) > 1 else frames[0]
-    if cfg.split_paths is None:
-        df = df.drop(columns=SOURCE_SPLIT)
-    return df
+    parts = list(iter_source(cfg, quarantine))
+    return pd.concat(parts) if len(parts) > 1 else parts[0]
 
 
 class _TextExtractor(HTMLParser):
@@ -355,38 +448,54 @@ def read_snapshots(data: DataConfig) -> pd.DataFrame | None:
     return snapshots.read_snapshots(data.snapshots_dir, reviewed_only=data.snapshots_review)
 
 
-def given_splits(df: pd.DataFrame, raw: pd.DataFrame, data: DataConfig) -> pd.Series | None:
-    """Each row's given split (``train``/``val``/``test``, null where missing), or None when the data gives none.
+def given_splits(df: pd.DataFrame, raw: pd.DataFrame, data: DataConfig) -> tuple[pd.Series | None, list[str]]:
+    """Each row's given split (``train``/``val``/``test``, null where missing), or None when the data gives none;
+    and the values that name no split.
 
     ``data.split_paths``: the split whose file the row came from. ``data.columns.split``: the column's value
-    through ``data.split_values``; a value that names no split is a configuration problem, refused."""
+    through ``data.split_values``; a value that names no split is a configuration problem, refused
+    (:func:`_unknown_splits`, once every batch is read)."""
     if data.split_paths is not None:
         if SOURCE_SPLIT not in raw:
             raise DataError("data.split_paths is set, but the frame was not read from them (read_source)")
-        return raw[SOURCE_SPLIT].astype("string")
+        return raw[SOURCE_SPLIT].astype("string"), []
     if not data.columns.split:
-        return None
+        return None, []
     names = {getattr(data.split_values, k): k for k in SPLIT_NAMES}
     values = df["split"].astype("string").str.strip().replace("", pd.NA)
     unknown = sorted(set(values.dropna()) - set(names))
-    if unknown:
-        raise DataError(
-            f"split column {data.columns.split!r} has value(s) {unknown[:5]} that data.split_values does not name "
-            f"({', '.join(f'{k}: {v!r}' for v, k in names.items())}); set data.split_values to the file's values"
-        )
-    return values.map(names, na_action="ignore").astype("string")
+    return values.map(names, na_action="ignore").astype("string"), unknown
 
 
-def _where(raw: pd.DataFrame, mask: pd.Series, n: int = 5) -> str:
-    """'train.csv row 3, train.csv row 9' for the first rows of ``mask`` (in-memory frames: 'row 3')."""
+def _unknown_splits(unknown: list[str], data: DataConfig) -> DataError:
+    names = {getattr(data.split_values, k): k for k in SPLIT_NAMES}
+    return DataError(
+        f"split column {data.columns.split!r} has value(s) {unknown[:5]} that data.split_values does not name "
+        f"({', '.join(f'{k}: {v!r}' for v, k in names.items())}); set data.split_values to the file's values"
+    )
+
+
+def _places(raw: pd.DataFrame, mask: pd.Series, n: int = 5) -> list[str]:
+    """['train.csv row 3', 'train.csv row 9'] for the first rows of ``mask`` (in-memory frames: 'row 3')."""
     rows = raw.loc[mask].head(n)
     if SOURCE_FILE not in rows:
-        return ", ".join(f"row {i + 1}" for i in rows.index)
-    return ", ".join(f"{Path(f).name} row {int(r)}" for f, r in zip(rows[SOURCE_FILE], rows[SOURCE_ROW]))
+        return [f"row {i + 1}" for i in rows.index]
+    return [f"{Path(f).name} row {int(r)}" for f, r in zip(rows[SOURCE_FILE], rows[SOURCE_ROW])]
 
 
-def broken_rows(df: pd.DataFrame, raw: pd.DataFrame, data: DataConfig, split: pd.Series | None) -> dict[str, pd.Series]:
-    """Masks of the broken records of the mapped frame ``df`` (raw text, before cleaning), by reason."""
+def _dates(values: pd.Series) -> pd.Series:
+    return pd.to_datetime(values, errors="coerce", utc=True)
+
+
+def broken_rows(
+    df: pd.DataFrame,
+    raw: pd.DataFrame,
+    data: DataConfig,
+    split: pd.Series | None,
+    parse: Callable[[pd.Series], pd.Series] = _dates,
+) -> dict[str, pd.Series]:
+    """Masks of the broken records of the mapped frame ``df`` (raw text, before cleaning), by reason.
+    ``parse``: the timestamps as dates (NaT: not a date)."""
     unparsed = raw[RAW_LINE].notna() if RAW_LINE in raw else pd.Series(False, index=df.index)
     blank = lambda s: s.astype("string").str.strip().fillna("").eq("")  # noqa: E731
     masks = {
@@ -397,7 +506,7 @@ def broken_rows(df: pd.DataFrame, raw: pd.DataFrame, data: DataConfig, split: pd
     if split is not None:
         masks["missing_split"] = split.isna() & ~unparsed
     if "timestamp" in df:
-        ts = pd.to_datetime(df["timestamp"], errors="coerce", utc=True)
+        ts = parse(df["timestamp"])
         masks["bad_timestamp"] = ts.isna() & df["timestamp"].notna() & ~unparsed
     return {k: m.astype(bool) for k, m in masks.items()}
 
@@ -431,6 +540,248 @@ def quarantine_frame(raw: pd.DataFrame, masks: dict[str, pd.Series], cfg: Ingest
     return out.reset_index(drop=True)
 
 
+def _first_non_null(values: np.ndarray) -> int:
+    """The position of the value pandas guesses a column's date format from (-1: none): its first value that is
+    not null, empty, a NaT string, "now" or "today" (the rule of pandas' own ``first_non_null``)."""
+    skip = {"", "NaT", "nat", "NAT", "nan", "NaN", "NAN", "now", "today"}
+    return next((i for i, v in enumerate(values) if not (pd.isna(v) or (isinstance(v, str) and v in skip))), -1)
+
+
+class _BatchDates:
+    """:func:`_dates` of a column fed in batches, as of the whole column: pandas guesses a text column's date format
+    from its first value (:func:`_first_non_null`) and holds every other value to it, so each later batch is
+    parsed with that value of the whole column in front."""
+
+    def __init__(self) -> None:
+        self.anchor: object = None
+        self.found = False
+
+    def __call__(self, values: pd.Series) -> pd.Series:
+        if not self.found:
+            i = _first_non_null(values.to_numpy(dtype=object))
+            self.found, self.anchor = i >= 0, values.iloc[i] if i >= 0 else None
+            return _dates(values)  # this batch holds the first such value: pandas finds it itself
+        both = pd.concat([pd.Series([self.anchor], dtype=object), values.astype(object)], ignore_index=True)
+        return pd.Series(_dates(both).iloc[1:].to_numpy(), index=values.index)
+
+
+@dataclass
+class _Places:
+    """How many rows a check found and where the first five are: bounded, however many batches."""
+
+    n: int = 0
+    first: list[str] = field(default_factory=list)
+
+    def add(self, raw: pd.DataFrame, mask: pd.Series) -> None:
+        if mask.any():
+            self.n += int(mask.sum())
+            self.first += _places(raw, mask, 5 - len(self.first)) if len(self.first) < 5 else []
+
+    def __str__(self) -> str:
+        return ", ".join(self.first)
+
+
+class IngestRun:
+    """One ingest fed batch by batch: :meth:`add` the source's batches (:func:`iter_source`) in order, then
+    :meth:`add_snapshots`, then :meth:`finish`. Each call returns its rows as ingest writes them; what spans
+    batches is kept small (counters, the first rows a message names, the set of labels, the first date seen),
+    so the output and the summary are those of the whole source in one piece, at any batch size.
+
+    A problem that refuses the source (a missing label or split, an unknown split value, a bad date, a single
+    class) is counted over every batch and raised by :meth:`finish` with the message of the whole source; once
+    one is certain the batches are only counted, not cleaned."""
+
+    def __init__(self, data: DataConfig, cfg: IngestConfig, clean: TextCleaner = clean_texts) -> None:
+        self.data, self.cfg, self.clean = data, cfg, clean
+        self.rows_read = self.snapshot_rows = self.kept = self.quarantined = 0
+        self.source_columns: list[str] = []
+        self.long, self.longest, self.snapshot_long = _Places(), 0, ""
+        self.unknown_splits: list[str] = []
+        self.refused = {"missing_label": _Places(), "missing_split": _Places()}
+        self.reasons: dict[str, int] = {}
+        self.null_labels, self.null_label_rows = 0, []
+        self.labels: set[str] = set()
+        self.first_label: str | None = None
+        self.counts: Counter = Counter()
+        self.bad_dates, self.first_bad_date = 0, None
+        self.class_counts: Counter = Counter()
+        self.split_counts: Counter = Counter()
+        self.raw_dates, self.dates = _BatchDates(), _BatchDates()
+        self.has_split = data.split_paths is not None or bool(data.columns.split)
+
+    def _refused(self) -> bool:
+        return bool(self.unknown_splits) or any(p.n for p in self.refused.values())
+
+    def add(self, raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """One batch of the source (index: the rows' positions in it) → its canonical rows, its broken rows set
+        aside (:func:`quarantine_frame`)."""
+        data, cfg = self.data, self.cfg
+        df = map_columns(raw.drop(columns=[c for c in PROVENANCE if c in raw]), data.columns)
+        if not self.rows_read:
+            self.source_columns = [str(c) for c in raw.columns if c not in PROVENANCE]
+        self.rows_read += len(raw)
+        long = over_long(df["text"], cfg)  # bounded first: every later step (patterns included) sees at most it
+        self.long.add(raw, long)
+        self.longest = max(self.longest, _longest(df["text"], long))
+        df["text"] = df["text"].str.slice(0, cfg.max_text_chars)
+        split, unknown = given_splits(df, raw, data)
+        self.unknown_splits = sorted(set(self.unknown_splits) | set(unknown))[:5]
+        if split is not None:
+            df["split"] = split
+        masks = broken_rows(df, raw, data, split, self.raw_dates)
+        if cfg.bad_rows == "refuse":
+            for reason, places in self.refused.items():
+                if reason in masks:
+                    places.add(raw, masks[reason])
+            masks = {}  # rows without text are dropped as empty texts below; bad dates are refused below
+        for reason, mask in masks.items():
+            self.reasons[reason] = self.reasons.get(reason, 0) + int(mask.sum())
+        masks = {k: m for k, m in masks.items() if m.any()}
+        quarantined = quarantine_frame(raw, masks, cfg)
+        self.quarantined += len(quarantined)
+        if masks:
+            df = df[~pd.concat(masks, axis=1).any(axis=1)]
+        if cfg.over_long == "drop":
+            df = df[~long.reindex(df.index, fill_value=False)]
+        if "id" not in df:  # the row's position in the source: stable whatever is set aside or appended
+            df["id"] = pd.Series([f"row-{i}" for i in df.index], index=df.index, dtype="string")
+        self.kept += len(df)
+        return self._finish(df), quarantined
+
+    def add_snapshots(self, snapshots: pd.DataFrame | None) -> pd.DataFrame | None:
+        """The labelled production rows, after every batch of the source: cleaned the same way (None: none)."""
+        cfg = self.cfg
+        self.snapshot_rows = 0 if snapshots is None else int(len(snapshots))
+        if not self.snapshot_rows:
+            return None
+        snap = snapshots.copy()
+        snap_long = over_long(snap["text"], cfg)
+        if snap_long.any():
+            self.snapshot_long = ", ".join(f"snapshot row {i + 1}" for i in np.flatnonzero(snap_long.to_numpy())[:5])
+            self.long.n += int(snap_long.sum())
+            self.longest = max(self.longest, _longest(snap["text"], snap_long))
+        snap["text"] = snap["text"].astype("string").str.slice(0, cfg.max_text_chars)
+        if cfg.over_long == "drop":
+            snap = snap[~snap_long]
+        if "timestamp" in snap and not self.data.columns.timestamp:
+            snap = snap.drop(columns="timestamp")
+        if "timestamp" in snap:  # naive UTC like the normalised primary column; the primary is checked below
+            snap["timestamp"] = pd.to_datetime(snap["timestamp"], utc=True).dt.tz_localize(None)
+        if self.has_split:  # labelled production rows are new training data; the given val/test stay as given
+            snap["split"] = "train"
+        snap.index = pd.RangeIndex(self.kept, self.kept + len(snap))  # their rows after the source's
+        return self._finish(snap)
+
+    def _finish(self, df: pd.DataFrame) -> pd.DataFrame:
+        """Labels checked, texts cleaned, empty texts dropped, dates and types normalised: the rows as written."""
+        labels = df["label"]
+        null_labels = labels.isna() | labels.astype("string").str.strip().eq("")
+        if null_labels.any():
+            self.null_labels += int(null_labels.sum())
+            self.null_label_rows += list(df.index[null_labels][: 5 - len(self.null_label_rows)])
+        df["label"] = labels.astype("string").str.strip()
+        self.labels.update(df["label"].dropna())
+        if self.first_label is None and len(df):
+            self.first_label = df["label"].iloc[0]
+        if self._refused() or self.null_labels or df.empty:
+            return df.iloc[:0]
+
+        cfg = self.cfg
+        cleaned = self.clean(df["text"], cfg)
+        df["text"] = cleaned["text"].astype("string")
+        self.counts["html_rows"] += int(cleaned["html"].sum())
+        self.counts["pii_rows"] += int((cleaned["pii"] > 0).sum())
+        self.counts["pii_replaced"] += int(cleaned["pii"].sum())
+        empty = df["text"].str.len().fillna(0).eq(0)
+        self.counts["empty_text_rows"] += int(empty.sum())
+        if cfg.drop_empty_text:
+            df = df[~empty].copy()
+
+        if "timestamp" in df:
+            ts = self.dates(df["timestamp"])
+            bad = ts.isna() & df["timestamp"].notna()
+            if bad.any():
+                self.bad_dates += int(bad.sum())
+                if self.first_bad_date is None:
+                    self.first_bad_date = df.loc[bad, "timestamp"].iloc[0]
+            df["timestamp"] = ts.dt.tz_localize(None).astype("datetime64[ns]")
+        if "group" in df:
+            df["group"] = df["group"].astype("string")
+        df["id"] = df["id"].astype("string")
+        for col in df.columns:
+            if df[col].dtype == object:
+                df[col] = df[col].astype("string")
+        df = df[[c for c in CANONICAL if c in df] + [c for c in df.columns if c not in CANONICAL]]
+        self.class_counts.update(df["label"].value_counts().to_dict())
+        if "split" in df:
+            self.split_counts.update(df["split"].value_counts().to_dict())
+        return df
+
+    def check(self) -> None:
+        """Raise the DataError that refuses the source, if any: the one the source in one piece would raise first."""
+        data = self.data
+        if self.unknown_splits:
+            raise _unknown_splits(self.unknown_splits, data)
+        label, split = self.refused["missing_label"], self.refused["missing_split"]
+        if label.n:
+            raise DataError(
+                f"label column {data.columns.label!r} has {label.n} null or empty value(s) "
+                f"(first: {label}); label every row or remove them "
+                "(ingest.bad_rows: quarantine sets such rows aside in a file)"
+            )
+        if split.n:
+            raise DataError(
+                f"split column {data.columns.split!r} has {split.n} null or empty "
+                f"value(s) (first: {split}); "
+                "ingest.bad_rows: quarantine sets such rows aside"
+            )
+        if self.null_labels:
+            raise DataError(
+                f"label column {data.columns.label!r} has {self.null_labels} null or empty value(s) "
+                f"(first rows: {self.null_label_rows}); label every row or remove them"
+            )
+        if len(self.labels) < 2:
+            raise DataError(
+                f"label column {data.columns.label!r} has a single class ({self.first_label!r}); "
+                "a classifier needs at least two"
+            )
+        if self.bad_dates:
+            raise DataError(
+                f"timestamp column {data.columns.timestamp!r}: {self.bad_dates} value(s) are not dates "
+                f"(e.g. {self.first_bad_date!r})"
+            )
+
+    def finish(self, schema: dict[str, str]) -> dict:
+        """The summary of the whole run (``schema``: the written columns' dtypes), after :meth:`check`."""
+        self.check()
+        cfg = self.cfg
+        reasons = {k: n for k, n in self.reasons.items() if n}
+        summary: dict = {
+            "rows_read": self.rows_read,
+            "source_columns": self.source_columns,
+            "snapshot_rows": self.snapshot_rows,
+            "bad_rows": {"action": cfg.bad_rows, "quarantined": self.quarantined, "reasons": reasons},
+            "quarantined_rows": self.quarantined,
+            "over_long": {
+                "action": cfg.over_long,
+                "max_text_chars": cfg.max_text_chars,
+                "rows": self.long.n,
+                "longest_chars": self.longest,
+                "first": ", ".join(w for w in (str(self.long), self.snapshot_long) if w),
+            },
+            "over_long_rows": self.long.n,
+            **{k: self.counts[k] for k in ("html_rows", "pii_rows", "pii_replaced", "empty_text_rows")},
+            "empty_text_dropped": self.counts["empty_text_rows"] if cfg.drop_empty_text else 0,
+            "rows_written": sum(self.class_counts.values()),
+            "n_classes": len(self.class_counts),
+            "class_counts": {k: self.class_counts[k] for k in sorted(self.class_counts)},
+            "schema": schema,
+        }
+        if "split" in schema:
+            summary["split_rows"] = {k: self.split_counts.get(k, 0) for k in SPLIT_NAMES}
+        return summary
+
+
 def over_long(texts: pd.Series, cfg: IngestConfig) -> pd.Series:
     """Mask of the texts longer than ``ingest.max_text_chars``."""
     return texts.astype("string").str.len().fillna(0).gt(cfg.max_text_chars)
@@ -449,9 +800,9 @@ def ingest(
 ) -> tuple[pd.DataFrame, dict]:
     """Pure stage function: raw frame (+ labelled snapshots) → canonical, cleaned frame and a summary dict.
 
-    With ``ingest.bad_rows: quarantine`` the broken rows are left out and counted in the summary; the stage
-    itself calls :func:`ingest_with_quarantine`, which also returns them. ``clean``: the per-text cleaning,
-    :func:`clean_texts` here or :func:`pipelines.data.distributed.scrub_texts_ray` (``compute.engine: ray``)."""
+    With ``ingest.bad_rows: quarantine`` the broken rows are left out and counted in the summary;
+    :func:`ingest_with_quarantine` also returns them. ``clean``: the per-text cleaning, :func:`clean_texts` here or
+    :func:`pipelines.data.distributed.scrub_texts_ray` (``compute.engine: ray``)."""
     df, summary, _ = ingest_with_quarantine(raw, data, cfg, snapshots, clean)
     return df, summary
 
@@ -463,129 +814,14 @@ def ingest_with_quarantine(
     snapshots: pd.DataFrame | None = None,
     clean: TextCleaner = clean_texts,
 ) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
-    """:func:`ingest`, plus the broken rows moved aside (an empty frame unless ``ingest.bad_rows: quarantine``)."""
-    df = map_columns(raw.drop(columns=[c for c in PROVENANCE if c in raw]), data.columns)
-    long = over_long(df["text"], cfg)  # bounded first: every later step (patterns included) sees at most the limit
-    summary_long = {
-        "action": cfg.over_long,
-        "max_text_chars": cfg.max_text_chars,
-        "rows": int(long.sum()),
-        "longest_chars": _longest(df["text"], long),
-        "first": _where(raw, long) if long.any() else "",
-    }
-    df["text"] = df["text"].str.slice(0, cfg.max_text_chars)
-    split = given_splits(df, raw, data)
-    if split is not None:
-        df["split"] = split
-    summary: dict = {
-        "rows_read": int(len(raw)),
-        "source_columns": [str(c) for c in raw.columns if c not in PROVENANCE],
-        "snapshot_rows": 0 if snapshots is None else int(len(snapshots)),
-    }
-    masks = broken_rows(df, raw, data, split)
-    if cfg.bad_rows == "refuse":
-        if masks["missing_label"].any():
-            raise DataError(
-                f"label column {data.columns.label!r} has {int(masks['missing_label'].sum())} null or empty value(s) "
-                f"(first: {_where(raw, masks['missing_label'])}); label every row or remove them "
-                "(ingest.bad_rows: quarantine sets such rows aside in a file)"
-            )
-        if "missing_split" in masks and masks["missing_split"].any():
-            raise DataError(
-                f"split column {data.columns.split!r} has {int(masks['missing_split'].sum())} null or empty "
-                f"value(s) (first: {_where(raw, masks['missing_split'])}); "
-                "ingest.bad_rows: quarantine sets such rows aside"
-            )
-        masks = {}  # rows without text are dropped as empty texts below; bad dates are refused below
-    masks = {k: m for k, m in masks.items() if m.any()}
-    quarantined = quarantine_frame(raw, masks, cfg)
-    if masks:
-        df = df[~pd.concat(masks, axis=1).any(axis=1)]
-    summary["bad_rows"] = {
-        "action": cfg.bad_rows,
-        "quarantined": int(len(quarantined)),
-        "reasons": {k: int(m.sum()) for k, m in masks.items()},
-    }
-    summary["quarantined_rows"] = int(len(quarantined))
-    if cfg.over_long == "drop":
-        df = df[~long.reindex(df.index, fill_value=False)]
-    if "id" not in df:  # the row's position in the source: stable whatever is set aside or appended
-        df["id"] = pd.Series([f"row-{i}" for i in df.index], index=df.index, dtype="string")
-    if snapshots is not None and len(snapshots):
-        snap = snapshots.copy()
-        snap_long = over_long(snap["text"], cfg)
-        if snap_long.any():
-            where = ", ".join(f"snapshot row {i + 1}" for i in np.flatnonzero(snap_long.to_numpy())[:5])
-            summary_long["rows"] += int(snap_long.sum())
-            summary_long["longest_chars"] = max(summary_long["longest_chars"], _longest(snap["text"], snap_long))
-            summary_long["first"] = ", ".join(w for w in (summary_long["first"], where) if w)
-        snap["text"] = snap["text"].astype("string").str.slice(0, cfg.max_text_chars)
-        if cfg.over_long == "drop":
-            snap = snap[~snap_long]
-        if "timestamp" in snap and "timestamp" not in df:
-            snap = snap.drop(columns="timestamp")
-        if "timestamp" in snap:  # naive UTC like the normalised primary column; the primary is checked below
-            snap["timestamp"] = pd.to_datetime(snap["timestamp"], utc=True).dt.tz_localize(None)
-        if split is not None:  # labelled production rows are new training data; the given val/test stay as given
-            snap["split"] = "train"
+    """:func:`ingest`, plus the broken rows moved aside (an empty frame unless ``ingest.bad_rows: quarantine``):
+    the whole frame as one batch of an :class:`IngestRun` (the stage feeds it :func:`iter_source`'s batches)."""
+    run = IngestRun(data, cfg, clean)
+    df, quarantined = run.add(raw)
+    snap = run.add_snapshots(snapshots)
+    if snap is not None:
         df = pd.concat([df, snap], ignore_index=True)
-    summary["over_long"] = summary_long
-    summary["over_long_rows"] = summary_long["rows"]
-
-    labels = df["label"]
-    null_labels = labels.isna() | labels.astype("string").str.strip().eq("")
-    if null_labels.any():
-        rows = list(df.index[null_labels][:5])
-        raise DataError(
-            f"label column {data.columns.label!r} has {int(null_labels.sum())} null or empty value(s) "
-            f"(first rows: {rows}); label every row or remove them"
-        )
-    df["label"] = labels.astype("string").str.strip()
-    if df["label"].nunique() < 2:
-        raise DataError(
-            f"label column {data.columns.label!r} has a single class ({df['label'].iloc[0]!r}); "
-            "a classifier needs at least two"
-        )
-
-    cleaned = clean(df["text"], cfg)
-    df["text"] = cleaned["text"].astype("string")
-    summary.update(
-        html_rows=int(cleaned["html"].sum()),
-        pii_rows=int((cleaned["pii"] > 0).sum()),
-        pii_replaced=int(cleaned["pii"].sum()),
-    )
-
-    empty = df["text"].str.len().fillna(0).eq(0)
-    summary["empty_text_rows"] = int(empty.sum())
-    if cfg.drop_empty_text:
-        df = df[~empty]
-    summary["empty_text_dropped"] = int(empty.sum()) if cfg.drop_empty_text else 0
-
-    if "timestamp" in df:
-        ts = pd.to_datetime(df["timestamp"], errors="coerce", utc=True)
-        bad = ts.isna() & df["timestamp"].notna()
-        if bad.any():
-            raise DataError(
-                f"timestamp column {data.columns.timestamp!r}: {int(bad.sum())} value(s) are not dates "
-                f"(e.g. {df.loc[bad, 'timestamp'].iloc[0]!r})"
-            )
-        df["timestamp"] = ts.dt.tz_localize(None).astype("datetime64[ns]")
-    if "group" in df:
-        df["group"] = df["group"].astype("string")
-    df["id"] = df["id"].astype("string")
-    for col in df.columns:
-        if df[col].dtype == object:
-            df[col] = df[col].astype("string")
+        df = df[[c for c in CANONICAL if c in df] + [c for c in df.columns if c not in CANONICAL]]
     df = df.reset_index(drop=True)
-    df = df[[c for c in CANONICAL if c in df] + [c for c in df.columns if c not in CANONICAL]]
-
-    summary.update(
-        rows_written=int(len(df)),
-        n_classes=int(df["label"].nunique()),
-        class_counts={k: int(v) for k, v in df["label"].value_counts().sort_index().items()},
-        schema={c: str(t) for c, t in df.dtypes.items()},
-    )
-    if "split" in df:
-        counts = df["split"].value_counts()
-        summary["split_rows"] = {k: int(counts.get(k, 0)) for k in SPLIT_NAMES}
-    return df, summary, quarantined
+    summary = run.finish({c: str(t) for c, t in df.dtypes.items()})
+    return df, summary, quarantined.reset_index(drop=True)

@@ -8,6 +8,11 @@ bounds, labels in the expected set, a minimum count per class, a ceiling on the
 duplicate-text rate, and the timestamp range. The result JSON and Data Docs
 HTML land in ``reports/validation/``; a failed expectation fails the stage with
 a readable summary, so nothing downstream runs.
+
+Every expectation is judged on every row, none on a sample: a gate that passes a null text or an unknown label
+because it was not drawn is no gate, and the duplicate-text rate and the per-class counts are properties of the
+whole column. What bounds the stage's memory is the columns it reads: only :data:`SUITE_COLUMNS` (the source's
+other columns, which ingest keeps for the leakage stage, are not loaded).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import pandas as pd
 from pipelines.config import ValidateConfig
 
 logging.getLogger("great_expectations").setLevel(logging.ERROR)
+
+SUITE_COLUMNS = ("id", "text", "label", "timestamp")  # every column an expectation below reads
 
 
 @dataclass

@@ -25,12 +25,18 @@ exactly as it would without them (so test is the same whatever feedback arrived)
 joins train, except under ``time`` where one newer than the oldest val/test row joins val (in train it
 would put training data after evaluation data, which the leakage stage blocks); the report counts them
 (``feedback_rows``).
+
+Memory: every strategy needs every row (time order, whole groups, class strata), but only of the
+:data:`KEY_COLUMNS`; the stage splits those (:func:`split_rows`) and takes the texts and other columns of each
+split by position from the input's Arrow buffers (compact, no Python object per text), one split at a time.
+No check here works on a sample.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 
+import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
@@ -38,6 +44,9 @@ from pipelines.config import SplitConfig
 from pipelines.errors import DataError
 
 SPLITS = ("train", "val", "test")
+# every column a strategy, the feedback rule or the report reads; the texts and the source's other columns are not
+KEY_COLUMNS = ("id", "label", "timestamp", "group", "split")
+_ROW = "__row__"  # a row's position in the stage's input, carried through split_frame by split_rows
 
 
 def choose_strategy(df: pd.DataFrame, cfg: SplitConfig) -> tuple[str, str]:
@@ -156,6 +165,17 @@ def _place_feedback(parts: dict, feedback: pd.DataFrame, strategy: str) -> tuple
         if len(rows):
             parts[name] = pd.concat([parts[name], rows])
     return parts, {"train": int(len(placed["train"])), "val": int(len(placed["val"])), "test": 0}
+
+
+def split_rows(
+    keys: pd.DataFrame, cfg: SplitConfig, feedback_ids: Collection[str] = ()
+) -> tuple[dict[str, np.ndarray], dict]:
+    """:func:`split_frame` of the :data:`KEY_COLUMNS` alone: each split's rows as positions in ``keys`` (in the
+    order :func:`split_frame` puts them), and the same report. The stage takes every other column by these
+    positions from compact Arrow buffers, so the texts never become a pandas frame of the whole data."""
+    keys = keys[[c for c in KEY_COLUMNS if c in keys]].reset_index(drop=True)
+    parts, report = split_frame(keys.assign(**{_ROW: np.arange(len(keys))}), cfg, feedback_ids)
+    return {name: part[_ROW].to_numpy() for name, part in parts.items()}, report
 
 
 def split_frame(
