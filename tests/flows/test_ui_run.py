@@ -1,7 +1,8 @@
 """``training`` started the way the Prefect UI starts it, on a real server, runs the real pipeline.
 
 A tiny copy of the repository (:func:`monitoring.demo.make_repo`: 1,500 generated tickets, TF-IDF
-baselines, no fine-tuning), a private ``prefect server start`` (:mod:`flows.local`) and
+baselines, no classifier fine-tuning, the generative branch smoke-sized on a tiny Llama), a private
+``prefect server start`` (:mod:`flows.local`) and
 ``python -m flows.serve_all --only training`` serving the deployment from that copy, as ``make ui``
 does. The run is created through the API call behind the UI's *Run* button
 (``create_flow_run_from_deployment``); the served process picks it up and runs every DVC stage.
@@ -27,11 +28,16 @@ def served_training(tmp_path_factory: pytest.TempPathFactory):
 
     from flows.local import local_server, serving, wait_for_deployment
     from monitoring.demo import make_repo
+    from tests.helpers.llm import smol_tokenizer, tiny_base
 
-    repo = make_repo(tmp_path_factory.mktemp("ui") / "repo", extra=("flows",))
+    root = tmp_path_factory.mktemp("ui")
+    repo = make_repo(root / "repo", extra=("flows",))
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["generate"].update(n_rows=1500, n_customers=400)
     params["validate"].update(min_class_count=10)
+    # the generative branch runs too (the form's default is both branches), on a tiny Llama with SmolLM2's
+    # tokenizer: its stages, not the 135M model's minutes, are what this run checks
+    params["llm"]["base_model"] = str(tiny_base(root / "tiny-lm", smol_tokenizer(root / "tokenizer")))
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     home = repo / ".prefect"
     with local_server(home) as api, temporary_settings(updates={PREFECT_API_URL: api}):
@@ -75,7 +81,8 @@ def test_a_run_from_the_ui_registers_a_champion(served_training, ui_run):
 
     repo, _, log = served_training
     assert ui_run.state.is_completed(), f"{ui_run.state.name}: {ui_run.state.message}\n{log.read_text()[-3000:]}"
-    for out in ("dvc.lock", "data/processed/test.parquet", "reports/leakage.json", "reports/promotion.json"):
+    reports = ("reports/leakage.json", "reports/promotion.json", "reports/promotion_llm.json")  # both branches ran
+    for out in ("dvc.lock", "data/processed/test.parquet", *reports):
         assert (repo / out).is_file(), out
     params = load_params(repo / "params.yaml")
     params.mlflow.tracking_uri = f"sqlite:///{repo / 'mlflow.db'}"
