@@ -24,6 +24,7 @@ import typer
 
 from monitoring import decision as dec
 from monitoring import evidently_adapter as ev
+from monitoring.compaction import Compaction, compact_log
 from monitoring.context import Context, prepare, served_model
 from monitoring.features import Encode
 from monitoring.feedback import retrain_on_feedback
@@ -93,6 +94,7 @@ def monitor_once(
     if ctx is None or ctx.reference.version != version:
         ctx = prepare(params, reg, version, model, encode=encode)
     pruned = apply_retention(cfg.log_dir, cfg.log_retention_days, now)
+    compacted = compact_log(cfg.log_dir, now) if cfg.log_compact else Compaction()
     preds, labelled, feedback = read_window_frames(cfg.log_dir, version, cfg, now)
     win = current_window(preds, labelled, feedback, version, cfg, now)
     out = Path(cfg.reports_dir) / f"{now:%Y%m%dT%H%M%S%fZ}"
@@ -107,7 +109,8 @@ def monitor_once(
             [f"retention: removed {len(pruned)} log partition(s) older than {cfg.log_retention_days} days"]
             if pruned
             else []
-        ),
+        )
+        + ([compacted.note()] if compacted.note() else []),
         "reports_dir": str(out),
     }
     state = dec.load_state(Path(cfg.reports_dir))

@@ -193,9 +193,10 @@ def _dated(root: str | Path, kind: str) -> list[tuple[date, Path]]:
 
 
 def _read(dirs: list[Path], kind: str) -> pd.DataFrame:
-    from serving.prediction_log import read_parts
+    from serving.prediction_log import live_parts, read_parts
 
-    df = read_parts([f for d in dirs for f in sorted(d.glob("part-*.parquet"))], kind)
+    # live_parts: a compacted partition's file, not the parts it already holds (monitoring/compaction.py)
+    df = read_parts([f for d in dirs for f in live_parts(d)], kind)
     return df.sort_values(["ts", "request_id", "item"], kind="stable").reset_index(drop=True)
 
 

@@ -863,6 +863,12 @@ class MonitorConfig(Section):
         "predictions, feedback, generations); keep it longer than the retraining cadence, since a feedback "
         "snapshot reads the log; null: keep everything",
     )
+    log_compact: bool = Field(
+        True,
+        description="each pass merges every closed (before today, UTC) date partition of predictions and feedback "
+        "that has more than one part into one Parquet file (atomic, crash-safe: monitoring/compaction.py), so a "
+        "window opens a few files instead of one per flush",
+    )
     min_window_rows: int = Field(200, ge=10, description="fewer rows: the window is skipped with a reason")
     min_labelled_rows: int = Field(100, ge=1, description="fewer feedback labels: no performance or label drift")
     reference_size: int = Field(1000, ge=50, description="stratified sample of train used as the reference (fixed)")

@@ -15,6 +15,10 @@ The key is resolved once by the app builder (``serve.hash_key_env``, ``serve.has
 :func:`serving.security.resolve_hash_key`) and handed to every replica's writer, so the same text hashes the same in
 every replica, the classifier's and the generative model's, and across their restarts.
 
+A closed day's parts are merged by :mod:`monitoring.compaction` into ``part-compacted-<id>.parquet``, whose Parquet
+metadata lists the parts it holds; readers take a partition's parts through :func:`live_parts`, which leaves those
+out (so a row is read once while, or after a crash stopped, compaction deleting them).
+
 Schemas are fixed pyarrow schemas (below); rows are made only by
 :func:`prediction_row` and :func:`feedback_row`, so every producer writes the same columns and
 types; readers get an empty frame with the right columns when nothing was logged yet.
@@ -260,9 +264,36 @@ def read_parts(files: list[Path], kind: str) -> pd.DataFrame:
     return df
 
 
+COMPACTED_PREFIX = "part-compacted-"  # a compacted part (monitoring/compaction.py); no writer makes this name
+COMPACTED_FROM = b"ticketops.compacted_from"  # its Parquet key-value metadata: JSON list of the part names it holds
+
+
+def compacted_from(path: str | Path) -> set[str]:
+    """The part names a compacted file holds (from its Parquet footer; empty for any other part)."""
+    meta = pq.read_metadata(path).metadata or {}
+    return set(json.loads(meta.get(COMPACTED_FROM, b"[]")))
+
+
+def live_parts(directory: str | Path) -> list[Path]:
+    """The part files of one ``<kind>/date=...`` partition a reader reads, in name order: every ``part-*.parquet``
+    except those a compacted file there already holds (left only while compaction deletes them, after a crash
+    stopped it, or rewritten by a late replay of their segment), so a row is never read twice."""
+    for _ in range(3):  # a compacted file superseded and deleted while we looked: list again
+        files = sorted(Path(directory).glob("part-*.parquet"))
+        held: set[str] = set()
+        try:
+            for f in files:
+                if f.name.startswith(COMPACTED_PREFIX):
+                    held |= compacted_from(f)
+        except FileNotFoundError:
+            continue
+        return [f for f in files if f.name not in held]
+    raise DataError(f"the log partition {directory} keeps changing under compaction; read it again")
+
+
 def read_log(root: str | Path, kind: str, since: datetime | None = None) -> pd.DataFrame:
     """All rows of ``kind`` under ``root`` (optionally only rows with ``ts >= since``), oldest first."""
-    df = read_parts(sorted((Path(root) / kind).glob("date=*/part-*.parquet")), kind)
+    df = read_parts([f for d in sorted((Path(root) / kind).glob("date=*")) for f in live_parts(d)], kind)
     if since is not None:
         df = df[df["ts"] >= pd.Timestamp(since)]
     return df.sort_values(["ts", "request_id", "item"], kind="stable").reset_index(drop=True)

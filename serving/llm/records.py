@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from serving.log_writer import LogWriter
-from serving.prediction_log import text_hash, write_table_part
+from serving.prediction_log import live_parts, text_hash, write_table_part
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def write_part(
 
 def read_generations(root: str | Path, kind: str = GENERATIONS) -> pd.DataFrame:
     """Every row of ``kind`` under ``root``, oldest first (an empty frame with the columns when none)."""
-    files = sorted((Path(root) / kind).glob("date=*/part-*.parquet"))
+    files = [f for d in sorted((Path(root) / kind).glob("date=*")) for f in live_parts(d)]  # compacted: once
     if not files:
         return SCHEMAS[kind].empty_table().to_pandas()
     df = pa.concat_tables([pq.read_table(f, schema=SCHEMAS[kind]) for f in files]).to_pandas()
