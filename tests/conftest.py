@@ -48,3 +48,14 @@ def _no_leaked_tracking_uri():
     session-scoped fixtures are set up before this snapshot: they use :func:`tests.helpers.mlflow_uris_restored`."""
     with mlflow_uris_restored():
         yield
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop a Prefect temporary server a flow called without a harness started (ephemeral mode) while pytest's
+    streams are still open: Prefect's own atexit stop logs to a closed stream, a traceback after the summary."""
+    import sys
+
+    server = sys.modules.get("prefect.server.api.server")
+    if server is not None:
+        for instance in list(server.SubprocessASGIServer._instances.values()):
+            instance.stop()
