@@ -152,9 +152,7 @@ def stream_command(
     terminates it before it propagates."""
     import sys
 
-    with subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, text=True, bufsize=1, preexec_fn=_terminate_with_parent
-    ) as proc:
+    with subprocess.Popen(_dies_with_caller(cmd), env=env, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
         assert proc.stdout is not None
         try:
             for line in keep(proc.stdout) if keep else proc.stdout:
@@ -170,15 +168,23 @@ def stream_command(
     return proc.returncode
 
 
-def _terminate_with_parent() -> None:
-    """In a forked child before exec: ask Linux for SIGTERM when the parent dies (a no-op elsewhere)."""
-    import ctypes
-    import signal
+# In the child, before it becomes ``cmd``: ask Linux for SIGTERM when the caller dies (kept across exec), and
+# stop if the caller died before that was asked. A fresh interpreter does it, not a preexec_fn in a caller that
+# may have threads (torch's), where forking and running Python before exec can deadlock.
+_PDEATHSIG = (
+    "import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGTERM); "  # 1: PR_SET_PDEATHSIG
+    "os.getppid() == int(sys.argv[1]) or sys.exit(143); os.execvp(sys.argv[2], sys.argv[2:])"
+)
+
+
+def _dies_with_caller(cmd: list[str]) -> list[str]:
+    """``cmd`` started so that it gets SIGTERM when this process dies (Linux; elsewhere ``cmd`` as it is)."""
+    import os
     import sys
 
-    if sys.platform.startswith("linux"):
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if not sys.platform.startswith("linux"):
+        return cmd
+    return [sys.executable, "-c", _PDEATHSIG, str(os.getpid()), *cmd]
 
 
 def free_port() -> int:

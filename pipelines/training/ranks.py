@@ -148,13 +148,20 @@ def worker_args(description: str, data_dir: str, ckpt_dir: str, argv: list[str] 
 def run_main(train, args) -> None:
     """Run a rank's ``train(args)``; a failure is one clear line (the launcher then stops the other ranks).
 
-    ``FINETUNE_TRACEBACK=1`` shows the traceback."""
+    ``FINETUNE_TRACEBACK=1`` shows the traceback. The rank leaves with ``os._exit`` once its streams are flushed
+    (its outputs are written and its MLflow run closed by then), as :func:`pipelines.errors.fail` does: a normal
+    interpreter teardown with torch's and gloo's native threads alive intermittently aborted with "terminate
+    called without an active exception" (exit 250 from the launcher) after a run that had succeeded."""
     import sys
 
+    code = 0
     try:
         train(args)
     except Exception as err:
         print(f"error (rank {os.environ.get('RANK', '?')}): {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         if os.environ.get("FINETUNE_TRACEBACK"):
             raise
-        sys.exit(1)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
