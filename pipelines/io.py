@@ -179,7 +179,6 @@ _PDEATHSIG = (
 
 def _dies_with_caller(cmd: list[str]) -> list[str]:
     """``cmd`` started so that it gets SIGTERM when this process dies (Linux; elsewhere ``cmd`` as it is)."""
-    import os
     import sys
 
     if not sys.platform.startswith("linux"):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipelines.config import DeepSpeedConfig
 from pipelines.errors import ConfigError, PipelineError
+from pipelines.io import free_port as any_free_port
 from pipelines.io import stream_command, tool
 from pipelines.logs import drop_launcher_noise
 from pipelines.training import engine as dse
@@ -94,9 +95,7 @@ def free_port(preferred: int) -> int:
             return preferred
         except OSError:
             pass
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = any_free_port()
     print(f"master_port {preferred} is in use on this machine (another training run?): using {port}", flush=True)
     return port
 
