@@ -10,6 +10,7 @@ Targets: every stage's time at 100k <= 6x its time at 20k; peak memory at 500k <
 
     .venv/bin/python benchmarks/data_scaling.py                 # 20k, 100k, 500k (about 15-25 min here)
     .venv/bin/python benchmarks/data_scaling.py --sizes 20000 100000
+    .venv/bin/python benchmarks/data_scaling.py --sizes 100000 --workdir /tmp/scaling   # keep the projects
 """
 
 from __future__ import annotations
@@ -63,12 +64,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000, 500_000])
     ap.add_argument("--json", type=Path, default=ROOT / "reports" / "benchmarks" / "data_scaling.json")
+    ap.add_argument(
+        "--workdir", type=Path, default=None,
+        help="keep each size's scratch project here (n<rows>/, to re-run or profile one stage); default: a temp dir",
+    )  # fmt: skip
     args = ap.parse_args()
     sizes = sorted(args.sizes)
     results: dict[str, dict[int, tuple[float, float]]] = {s: {} for s in STAGES}
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="data-scaling-") as tmp:
         for n in sizes:
-            cwd = project(Path(tmp), n)
+            cwd = project(args.workdir or Path(tmp), n)
             for stage in STAGES:
                 results[stage][n] = run_stage(stage, cwd)
                 t, gb = results[stage][n]

@@ -232,6 +232,12 @@ class LeakageConfig(Section):
         0.9, gt=0.0, le=1.0, description="...or that alone identifies one class with this F1"
     )
     min_class_support: int = Field(20, ge=1, description="classes smaller than this are ignored by the per-class rule")
+    column_check_max_rows: int | None = Field(
+        50_000,
+        ge=1_000,
+        description="the single-column models are cross-validated on a stratified sample of at most about this many "
+        "rows (every class keeps 30 or all it has); null: every row. Every other check reads every row",
+    )
     post_outcome_columns: list[str] = Field(
         default_factory=list, description="columns known to be recorded after the label"
     )

@@ -31,8 +31,12 @@ def _require_file(path: Path) -> None:
 
 def read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
     """Read a stage input; a missing file is a clear error that says which stage makes it."""
+    import pyarrow as pa
+
     _require_file(path)
-    return pd.read_parquet(path, columns=columns)
+    df = pd.read_parquet(path, columns=columns)
+    pa.default_memory_pool().release_unused()  # the Arrow buffers are freed once converted: return them (~0.2 GB @500k)
+    return df
 
 
 def read_split(where: str | Path, name: str | None = None, columns: list[str] | None = None) -> pd.DataFrame:

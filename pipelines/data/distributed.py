@@ -37,9 +37,8 @@ from pipelines.data.ingestion import TextCleaner, clean_texts
 from pipelines.data.near_duplicates import (
     LshSettings,
     band_candidates,
-    band_hashes,
+    band_matrix,
     near_duplicates,
-    signature_matrix,
     verify,
 )
 from pipelines.errors import ConfigError
@@ -124,12 +123,12 @@ def scrub_texts_ray(texts: pd.Series, cfg: IngestConfig, compute: ComputeConfig)
 
 def _band_batch(batch: pd.DataFrame, settings: dict) -> pd.DataFrame:
     s = LshSettings(**settings)
-    hashes = band_hashes(signature_matrix(batch["text"], s), s.bands)
+    hashes = band_matrix(batch["text"], s)
     return pd.DataFrame({POS: batch[POS].to_numpy(), **{f"band{b}": hashes[:, b] for b in range(s.bands)}})
 
 
 def band_hashes_ray(texts: pd.Series, s: LshSettings, compute: ComputeConfig) -> np.ndarray:
-    """:func:`~pipelines.data.near_duplicates.band_hashes` of every text's MinHash signature, computed by Ray
+    """:func:`~pipelines.data.near_duplicates.band_matrix` of ``texts`` (band hashes of each MinHash signature), by Ray
     tasks in batches of ``compute.batch_size``: one row of ``s.bands`` hashes per text, in ``texts``' order."""
     if not len(texts):
         return np.zeros((0, s.bands), dtype=np.uint64)

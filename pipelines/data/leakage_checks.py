@@ -111,6 +111,20 @@ def _single_column_model(kind: str):
     return make_pipeline(ColumnTransformer([("t", TfidfVectorizer(min_df=2), 0)]), LogisticRegression(max_iter=300))
 
 
+def stratified_sample(df: pd.DataFrame, max_rows: int | None, seed: int = 0, min_per_class: int = 30) -> pd.DataFrame:
+    """At most about ``max_rows`` rows of ``df``, each label in its share of the whole but never fewer than
+    ``min_per_class`` rows (or all it has), so a rare class stays judgeable; ``df`` itself when small enough."""
+    if max_rows is None or len(df) <= max_rows:
+        return df
+    frac = max_rows / len(df)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for rows in df.groupby("label", sort=True, observed=True).indices.values():
+        n = min(len(rows), max(min_per_class, round(frac * len(rows))))
+        keep.append(rng.choice(rows, size=n, replace=False))
+    return df.iloc[np.sort(np.concatenate(keep))]
+
+
 def single_column_scores(df: pd.DataFrame, seed: int = 0) -> dict[str, dict]:
     """Cross-validated macro-F1 and per-class F1 of a model that sees one column only."""
     y = df["label"].astype(str).to_numpy()
@@ -166,7 +180,9 @@ def check_columns(df: pd.DataFrame, cfg: LeakageConfig) -> list[dict]:
     action = {"drop": "dropped", "block": "blocked", "report": "reported"}[cfg.leaky_column_action]
     severity = "blocker" if cfg.leaky_column_action == "block" else "warning"
     support = df["label"].value_counts()
-    for col, sc in single_column_scores(df, cfg.seed).items():
+    sample = stratified_sample(df, cfg.column_check_max_rows, cfg.seed)
+    on = "" if len(sample) == len(df) else f", on a stratified sample of {len(sample):,} of {len(df):,} rows"
+    for col, sc in single_column_scores(sample, cfg.seed).items():
         strong = {
             c: f
             for c, f in sc["class_f1"].items()
@@ -174,10 +190,10 @@ def check_columns(df: pd.DataFrame, cfg: LeakageConfig) -> list[dict]:
         }
         if sc["macro_f1"] >= cfg.single_column_macro_f1_max or strong:
             why = (
-                f"macro-F1 {sc['macro_f1']:.3f} from this column alone (limit {cfg.single_column_macro_f1_max})"
+                f"macro-F1 {sc['macro_f1']:.3f} from this column alone (limit {cfg.single_column_macro_f1_max}{on})"
                 if sc["macro_f1"] >= cfg.single_column_macro_f1_max
                 else f"alone it identifies {', '.join(f'{c!r} (F1 {f:.3f})' for c, f in strong.items())} "
-                f"(limit {cfg.single_column_class_f1_max})"
+                f"(limit {cfg.single_column_class_f1_max}{on})"
             )
             out.append(
                 finding(
@@ -250,7 +266,8 @@ def check_columns(df: pd.DataFrame, cfg: LeakageConfig) -> list[dict]:
 def target_column_scores(df: pd.DataFrame, cfg: LeakageConfig) -> dict[str, dict]:
     """How well each target column alone predicts the label, and how its missing values depend on it (report only)."""
     cols = [c for c in cfg.target_columns if c in df.columns and c not in CORE]
-    scores = single_column_scores(df[["label", *cols]], cfg.seed) if cols else {}
+    sample = stratified_sample(df[["label", *cols]], cfg.column_check_max_rows, cfg.seed)
+    scores = single_column_scores(sample, cfg.seed) if cols else {}
     out: dict[str, dict] = {}
     for col in cols:
         missing = df[col].isna() | (df[col].astype("string").str.strip() == "")
@@ -478,5 +495,7 @@ def audit(
         "dropped_columns": dropped_cols,
         "findings": findings,
         "target_columns": target_column_scores(whole, cfg),
+        # (a) is an estimate: judged on a bounded stratified sample (leakage.column_check_max_rows); the rest on all rows
+        "single_column_rows": len(stratified_sample(whole[["label"]], cfg.column_check_max_rows, cfg.seed)),
     }
     return clean, report

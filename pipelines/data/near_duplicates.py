@@ -9,9 +9,13 @@ len(other)`` (it was 169 s at 100k tickets); here
    chosen over ``datasketch`` by measurement on 20k built-in tickets: signatures 0.2 s against 3.9 s, index
    and queries under 0.1 s against 1.8 s, both finding all 121 near duplicates; ``benchmarks/data_scaling.py`` times
    the stage);
-2. an LSH index over the reference signatures (``bands`` bands of ``num_perm / bands`` rows) proposes, for
-   each other text, the reference texts that share a whole band: pairs whose shingle Jaccard similarity is
-   around ``(1 / bands) ** (bands / num_perm)`` (0.71 for 128/16) or more are found with high probability;
+2. each signature is cut into ``bands`` bands of ``num_perm / bands`` rows and each band hashed to 64 bits
+   (:func:`band_matrix`, batch by batch: 8 bytes a band is all that is kept of a text); grouping on band hash
+   (:func:`band_candidates`, one join per band) proposes, for each other text, the reference texts that share
+   a whole band: pairs whose shingle Jaccard similarity is around ``(1 / bands) ** (bands / num_perm)`` (0.71
+   for 128/16) or more are found with high probability. These are the pairs an LSH index proposes (rensa's
+   ``RMinHashLSH`` is the test oracle), up to 64-bit hash collisions, which only add pairs for step 3 to reject;
+   the index itself held about 0.55 GB for 350k reference texts, the band hashes hold 45 MB;
 3. only those candidate pairs are scored with the exact TF-IDF cosine. The IDF comes from document
    frequencies counted batch by batch over a hashing vectoriser (2**24 columns: n-grams that share a column
    move a cosine by about 0.01 at most on 100k tickets), so no vocabulary and no
@@ -22,10 +26,9 @@ recall against the exhaustive search is ~1 (measured in the benchmark; tests com
 search kept in ``tests/helpers/oracles.py``). What it can miss: a pair the TF-IDF calls similar while their
 5-grams mostly differ (many short shared words re-ordered), which is not what a copied ticket looks like.
 
-Step 1 is the costly per-text part; on a Ray cluster (``compute.engine: ray``) :mod:`pipelines.data.distributed`
-runs it as a Ray Data pipeline (:func:`signature_matrix` and :func:`band_hashes` per batch), proposes the
-candidates by grouping on band hash (:func:`band_candidates`: the same pairs as the LSH index, up to 64-bit hash
-collisions, which only add pairs for step 3 to reject) and decides them with the same :func:`verify`.
+Steps 1 and 2's hashing are the costly per-text part; on a Ray cluster (``compute.engine: ray``)
+:mod:`pipelines.data.distributed` runs :func:`band_matrix` as a Ray Data pipeline, batch by batch, and the driver
+groups and decides the candidates with the same :func:`band_candidates` and :func:`verify`.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.preprocessing import normalize
 
-BATCH = 10_000
+BATCH = 2_000  # texts per step: bounds the hashing vectoriser's transient matrix (~0.15 GB at 10,000 tickets)
 
 
 @dataclass(frozen=True)
@@ -75,27 +78,16 @@ def _signatures(texts: pd.Series, s: LshSettings) -> Iterator[list]:
 
 def candidates(reference: pd.Series, other: pd.Series, s: LshSettings) -> list[np.ndarray]:
     """Per ``other`` text, the positions of the reference texts that share an LSH band with it."""
-    import rensa
-
-    lsh = rensa.RMinHashLSH(threshold=0.5, num_perm=s.num_perm, num_bands=s.bands)
-    start = 0
-    for batch in _signatures(reference, s):
-        lsh.insert_many(batch, start)
-        start += len(batch)
-    out: list[np.ndarray] = []
-    for batch in _signatures(other, s):
-        out.extend(np.fromiter(keys, dtype=np.int64) for keys in lsh.query_all(batch))
-    return out
+    return band_candidates(band_matrix(reference, s), band_matrix(other, s))
 
 
-def signature_matrix(texts: pd.Series, s: LshSettings) -> np.ndarray:
-    """The MinHash signatures of ``texts`` (the same as the LSH index holds), one row of ``num_perm`` per text."""
-    out = np.empty((len(texts), s.num_perm), dtype=np.uint64)
-    row = 0
-    for batch in _signatures(texts, s):
-        for m in batch:
-            out[row] = m.digest()
-            row += 1
+def band_matrix(texts: pd.Series, s: LshSettings) -> np.ndarray:
+    """Per text, the ``s.bands`` 64-bit hashes of its MinHash signature's bands (:func:`band_hashes`), computed batch
+    by batch: all the LSH keeps of a text is ``8 x bands`` bytes, never the whole signature nor an index object."""
+    out = np.empty((len(texts), s.bands), dtype=np.uint64)
+    for start, batch in zip(range(0, len(texts), BATCH), _signatures(texts, s), strict=True):
+        signatures = np.array([m.digest() for m in batch], dtype=np.uint64).reshape(len(batch), s.num_perm)
+        out[start : start + len(batch)] = band_hashes(signatures, s.bands)
     return out
 
 
@@ -143,17 +135,20 @@ class _Tfidf:
             analyzer="char_wb", ngram_range=(3, 5), n_features=2**24, alternate_sign=False, norm=None,
             dtype=np.float32,
         )  # fmt: skip
+        # only the columns in use are ever touched: the 2**24-wide arrays are two (df int32, idf float32), no temporaries
         df = np.zeros(self.hv.n_features, dtype=np.int32)
         for start in range(0, len(reference), BATCH):
             x = self.hv.transform(reference.iloc[start : start + BATCH])
-            df += np.bincount(x.indices, minlength=self.hv.n_features).astype(np.int32)  # one index per (row, term)
-        idf = np.log((1 + len(reference)) / (1 + df)) + 1  # sklearn's smooth idf
-        self.idf = np.where(df > 0, idf, 0).astype(np.float32)  # n-grams the reference lacks are out of vocabulary
+            cols, counts = np.unique(x.indices, return_counts=True)  # one index per (row, term)
+            df[cols] += counts.astype(np.int32)
+        seen = np.flatnonzero(df)
+        self.idf = np.zeros(self.hv.n_features, dtype=np.float32)  # n-grams the reference lacks are out of vocabulary
+        self.idf[seen] = np.log((1 + len(reference)) / (1 + df[seen])) + 1  # sklearn's smooth idf
 
     def rows(self, texts: pd.Series) -> sp.csr_matrix:
         x = self.hv.transform(texts).tocsr()
-        x.data = 1 + np.log(x.data)
-        return normalize(x @ sp.diags(self.idf), copy=False)
+        x.data = (1 + np.log(x.data)) * self.idf[x.indices]  # sublinear tf x idf, column by column
+        return normalize(x, copy=False)
 
 
 def near_duplicates(reference: pd.Series, other: pd.Series, threshold: float, s: LshSettings) -> np.ndarray:

@@ -19,7 +19,7 @@ from pipelines.data import distributed
 from pipelines.data.generator import generate_tickets
 from pipelines.data.ingestion import clean_texts, ingest
 from pipelines.data.leakage_checks import audit, normalise_for_dedup
-from pipelines.data.near_duplicates import LshSettings, band_candidates, band_hashes, candidates, signature_matrix
+from pipelines.data.near_duplicates import LshSettings, band_candidates, band_matrix, candidates, shingles
 from pipelines.errors import ConfigError
 from tests.helpers.data import write_params
 
@@ -54,18 +54,31 @@ def _random_parts(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def test_grouping_on_band_hashes_proposes_the_lsh_index_candidates(pandas_ingest) -> None:
+    """The candidates (both engines group band hashes) are exactly what an LSH index proposes: rensa's
+    RMinHashLSH over the same MinHash signatures is the oracle."""
+    import rensa
+
     parts = _random_parts(pandas_ingest[0])
     ref = normalise_for_dedup(parts["train"]["text"])
     other = normalise_for_dedup(pd.concat([parts["val"]["text"], parts["test"]["text"]], ignore_index=True))
     s = LshSettings()
-    by_index = candidates(ref, other, s)
-    by_group = band_candidates(
-        band_hashes(signature_matrix(ref, s), s.bands), band_hashes(signature_matrix(other, s), s.bands)
-    )
+
+    def minhashes(texts):
+        out = []
+        for t in texts:
+            m = rensa.RMinHash(num_perm=s.num_perm, seed=s.seed)
+            m.update(shingles(t, s.shingle))
+            out.append(m)
+        return out
+
+    index = rensa.RMinHashLSH(threshold=0.5, num_perm=s.num_perm, num_bands=s.bands)
+    index.insert_many(minhashes(ref), 0)
+    by_index = [sorted(keys) for keys in index.query_all(minhashes(other))]
+    by_group = candidates(ref, other, s)
     assert len(by_group) == len(by_index) == len(other)
-    assert [sorted(c.tolist()) for c in by_group] == [sorted(c.tolist()) for c in by_index]
+    assert [sorted(c.tolist()) for c in by_group] == by_index
     assert sum(map(len, by_index)) > 0
-    assert band_candidates(band_hashes(signature_matrix(ref, s), s.bands), np.zeros((0, s.bands), np.uint64)) == []
+    assert band_candidates(band_matrix(ref, s), np.zeros((0, s.bands), np.uint64)) == []
 
 
 def test_compute_params_refuse_an_address_without_the_ray_engine() -> None:

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pandas as pd
-from tests.helpers.data import run_stage, write_params
+from tests.helpers.data import make_clean, run_stage, time_parts, write_params
 
 from pipelines.config import LeakageConfig
 from pipelines.data.leakage_checks import audit
@@ -296,3 +296,39 @@ def test_feedback_rows_copying_a_test_text_leave_train_and_the_test_split_stays_
 
     untold, rep = audit(parts, LeakageConfig(time_order_action="report"))
     assert len(untold["test"]) == len(test) - 7 and rep["counts"]["removed_eval_rows"] == 7
+
+
+def test_stratified_sample_keeps_each_class_share_and_rare_classes():
+    from pipelines.data.leakage_checks import stratified_sample
+
+    labels = ["big"] * 9000 + ["mid"] * 2900 + ["rare"] * 12
+    df = pd.DataFrame({"label": labels, "x": np.arange(len(labels))})
+    s = stratified_sample(df, 2000, seed=1)
+    counts = s["label"].value_counts()
+    assert counts["rare"] == 12  # all it has (fewer than 30): a rare class stays judgeable
+    assert abs(counts["big"] - 9000 * 2000 / len(df)) <= 1 and abs(counts["mid"] - 2900 * 2000 / len(df)) <= 1
+    assert s["x"].is_unique and s["x"].is_monotonic_increasing  # real rows, in their order
+    assert s.equals(stratified_sample(df, 2000, seed=1))  # seeded
+    assert stratified_sample(df, None) is df and stratified_sample(df, len(df)) is df
+
+
+def test_single_column_check_on_a_sample_still_flags_a_planted_leak_and_says_so():
+    rows = make_clean(n=3000, seed=3)
+    rows["resolved_by_team"] = pd.array(
+        [{"alpha": "Finance Ops", "beta": "Logistics", "gamma": "Identity Team"}[x] for x in rows["label"]],
+        dtype="string",
+    )
+    parts = time_parts(rows)
+    _, report = audit(parts, LeakageConfig(column_check_max_rows=1000))
+    leaky = _checks(report, "leaky_column")
+    assert [f["columns"] for f in leaky] == [["resolved_by_team"]]
+    # three classes of 1,000 rows, each sampled at its share: 3 x round(1000 * 1000 / 3000)
+    assert "stratified sample of 999 of 3,000 rows" in leaky[0]["detail"]
+    assert report["single_column_rows"] == 999
+    _, whole = audit(parts, LeakageConfig(column_check_max_rows=None))
+    assert whole["single_column_rows"] == 3000 and "sample" not in _checks(whole, "leaky_column")[0]["detail"]
+
+
+def test_column_check_max_rows_is_validated():
+    with pytest.raises(ValueError, match="column_check_max_rows"):
+        LeakageConfig(column_check_max_rows=10)
