@@ -73,6 +73,81 @@ def write_parquet(df: pd.DataFrame, path: Path) -> None:
     df.to_parquet(path, engine="pyarrow", index=False)
 
 
+class ParquetParts:
+    """Frames written one by one as Parquet parts under ``directory``, then combined into one file (columns in
+    order of appearance, those named in ``first`` first).
+
+    A column's type is that of the whole data, as if the frames had been concatenated: taken from the parts where
+    it has values (a part whose column is all null does not decide it), widened where parts disagree (int64 and
+    float64: float64), and a part without the column gets nulls there. One part is in memory at a time."""
+
+    def __init__(self, directory: Path, first: Iterable[str] = ()) -> None:
+        self.directory = directory
+        self.first = list(first)
+        self.paths: list[Path] = []
+        self.names: list[str] = []
+        self.dtypes: dict[str, list] = {}
+        self.empty: pd.DataFrame | None = None
+
+    def add(self, df: pd.DataFrame | None) -> None:
+        if df is None:
+            return
+        if df.empty:
+            self.empty = df if self.empty is None else self.empty
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"part-{len(self.paths):06d}.parquet"
+        df.to_parquet(path, engine="pyarrow", index=False)
+        self.paths.append(path)
+        for col in df.columns:
+            if col not in self.dtypes:
+                self.names.append(col)
+                self.dtypes[col] = []
+            self.dtypes[col].append((df[col].dtype, bool(df[col].notna().any())))
+
+    def combine(self, out: Path) -> dict[str, str]:
+        """Write the parts to ``out`` (one row group each); return the columns' dtypes."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not self.paths:  # nothing written: the columns of an empty batch
+            empty = self.empty if self.empty is not None else pd.DataFrame()
+            empty.to_parquet(out, engine="pyarrow", index=False)
+            return {c: str(t) for c, t in empty.dtypes.items()}
+        names = [c for c in self.first if c in self.dtypes] + [c for c in self.names if c not in self.first]
+        dtypes = {}
+        for col in names:
+            typed = [t for t, has_values in self.dtypes[col] if has_values] or [self.dtypes[col][0][0]]
+            # the dtype concatenating the parts gives (empty Series of each: public pandas, no data touched)
+            dtypes[col] = pd.concat([pd.Series(dtype=t) for t in typed], ignore_index=True).dtype
+        template = pd.DataFrame({c: pd.Series(dtype=t) for c, t in dtypes.items()})
+        schema = pa.Schema.from_pandas(template, preserve_index=False)
+        with pq.ParquetWriter(out, schema) as writer:
+            for path in self.paths:
+                part = pq.read_table(path)
+                arrays = [
+                    part[c].cast(schema.field(c).type)
+                    if c in part.column_names
+                    else pa.nulls(len(part), schema.field(c).type)
+                    for c in names
+                ]
+                writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+                path.unlink()
+        return {c: str(t) for c, t in dtypes.items()}
+
+
+def write_rows(table, positions, path: Path, schema, chunk_rows: int = 50_000) -> None:
+    """Write the rows of an Arrow ``table`` at ``positions`` (in that order) to one Parquet file of ``schema``,
+    copying at most ``chunk_rows`` rows at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, len(positions), chunk_rows):
+            writer.write_table(table.take(pa.array(positions[start : start + chunk_rows])).cast(schema))
+
+
 def write_json(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")

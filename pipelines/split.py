@@ -17,7 +17,7 @@ from pipelines.config import load_params
 from pipelines.data.snapshots import used_ids
 from pipelines.data.splitting import KEY_COLUMNS, split_rows
 from pipelines.errors import run_cli
-from pipelines.io import atomic_outputs, read_parquet, write_json
+from pipelines.io import atomic_outputs, read_parquet, write_json, write_rows
 
 TAKE_ROWS = 50_000  # rows of a split copied out of the input at a time
 
@@ -45,9 +45,7 @@ def main(
         schema = pa.Schema.from_pandas(empty, preserve_index=False)
         staged[out_dir].mkdir(parents=True, exist_ok=True)
         for name, positions in rows.items():
-            with pq.ParquetWriter(staged[out_dir] / f"{name}.parquet", schema) as writer:
-                for start in range(0, len(positions), TAKE_ROWS):  # a bounded copy at a time
-                    writer.write_table(table.take(pa.array(positions[start : start + TAKE_ROWS])).cast(schema))
+            write_rows(table, positions, staged[out_dir] / f"{name}.parquet", schema, TAKE_ROWS)  # bounded copies
         write_json(rep, staged[report])
     sizes = ", ".join(f"{k} {v:,}" for k, v in rep["rows"].items())
     print(f"split: {rep['strategy']} ({rep['reason']}): {sizes}")
