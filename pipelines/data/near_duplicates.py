@@ -112,8 +112,8 @@ def band_hashes(signatures: np.ndarray, bands: int) -> np.ndarray:
 
 
 def band_candidates(reference: np.ndarray, other: np.ndarray) -> list[np.ndarray]:
-    """Per ``other`` row of band hashes, the positions of the ``reference`` rows that share a band with it (what
-    :func:`candidates` returns, found by grouping on band hash instead of an in-memory LSH index)."""
+    """Per ``other`` row of band hashes, the positions of the ``reference`` rows that share a band with it: what an
+    LSH index would propose, found by one join per band on the hashes (:func:`band_matrix`)."""
     if not len(other) or not len(reference):
         return [np.zeros(0, dtype=np.int64) for _ in range(len(other))]
     pairs = []
