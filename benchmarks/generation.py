@@ -222,6 +222,7 @@ def run_offline(
     (after ``ramp``; tokens without text, the end of turn, not counted, as the HTTP modes stream none for it)."""
     import torch
 
+    from pipelines.config import ServeLlmConfig
     from pipelines.llm.engine import SamplingParams, engine_from_generator
     from pipelines.llm.generation import load_generator
 
@@ -231,7 +232,10 @@ def run_offline(
     gen = _GENERATORS[precision]
     n = min(len(reqs), max(4 * c, 64))  # more than the window can finish
     order = [(start + k) % len(reqs) for k in range(n)]
-    engine = engine_from_generator(gen, max_num_seqs=c, max_waiting=n, max_prefill_tokens=1024)
+    serve_llm = ServeLlmConfig()  # (c) is the engine (d) serves, with its defaults
+    engine = engine_from_generator(
+        gen, max_num_seqs=c, max_waiting=n, max_prefill_tokens=1024, prefix_cache_tokens=serve_llm.prefix_cache_tokens
+    )
     for k, i in enumerate(order):
         engine.add_request(str(k), reqs[i]["ids"], SamplingParams(max_tokens=reqs[i]["max_tokens"]))
     first: dict[int, float] = {}

@@ -802,6 +802,12 @@ class ServeLlmConfig(Section):
     kv_cache_tokens: int | None = Field(
         None, ge=16, description="KV-cache budget in tokens over all sequences (null: max_num_seqs x max_model_len)"
     )
+    prefix_cache_tokens: int = Field(
+        2048,
+        ge=0,
+        description="prompt tokens of recent requests whose keys/values are kept so a later prompt sharing their "
+        "prefix (the system prompt) computes only the rest; 0: off",
+    )
     default_max_tokens: int = Field(256, ge=1, description="answer cap when a request gives no max_tokens")
     max_prompt_chars: int = Field(20_000, ge=1, description="characters of a prompt (all messages together)")
     max_stop_sequences: int = Field(4, ge=0, le=64, description="stop strings per request (OpenAI allows 4)")

@@ -51,6 +51,11 @@ class LLMMetrics:
         self.kv_used = Gauge(f"{p}kv_cache_tokens_used", "KV-cache tokens held by sequences", registry=r)
         self.kv_capacity = Gauge(f"{p}kv_cache_tokens_capacity", "KV-cache token budget", registry=r)
         self.kv_usage = Gauge(f"{p}kv_cache_usage_ratio", "KV-cache tokens used / capacity", registry=r)
+        self.prefix_cached = Gauge(
+            f"{p}prefix_cached_tokens",
+            "Prompt tokens taken from the prefix cache, not prefilled, since the engine started",
+            registry=r,
+        )
         self.model_info = Gauge(f"{p}model_info", "1 for the LM version being served", ["model", "version"], registry=r)
         self.swaps = Counter(f"{p}adapter_swaps_total", "Hot swaps to a new registry version", ["kind"], registry=r)
         self.log_rows = Counter(f"{p}log_rows_total", "Rows appended to the prediction log", ["kind"], registry=r)
@@ -67,6 +72,7 @@ class LLMMetrics:
         self.waiting.set_function(read("waiting"))
         self.kv_used.set_function(read("kv_tokens_used"))
         self.kv_capacity.set_function(read("kv_tokens_capacity"))
+        self.prefix_cached.set_function(read("prefix_cached_tokens"))
 
         def usage() -> float:
             s = stats() or {}

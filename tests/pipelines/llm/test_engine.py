@@ -9,6 +9,7 @@ sampling, pausing for a hot swap, and the asyncio wrapper (streams, disconnects,
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 import torch
@@ -302,3 +303,59 @@ def test_stop_after_json_needs_a_complete_object():
     assert not _holds_json('{"category": "billing", "note": "}"')  # a brace inside a string closes nothing
     assert not _holds_json('{"category": "billing"')
     assert not _holds_json("no json here }")
+
+
+def system_chat_ids(tok, system: str, text: str) -> list[int]:
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": text}]
+    rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tok(rendered, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_prefix_caching_reuses_a_shared_system_prompt_and_keeps_greedy_outputs_identical(tokenizer, seed):
+    from tests.helpers.llm import tiny_llama
+
+    model = tiny_llama(tokenizer, seed=seed)
+    system = "You triage support tickets. Answer with one JSON object: category, priority, product, order id."
+    ids = [system_chat_ids(tokenizer, system, p) for p in PROMPTS]
+    shared = len(os.path.commonprefix(ids))
+    assert shared >= 20  # the system prompt's tokens
+    engine = LLMEngine(model, tokenizer, max_num_seqs=3, max_prefill_tokens=80, prefix_cache_tokens=4096)
+    refs = [reference(model, tokenizer, i, m, engine.eos_token_ids) for i, m in zip(ids, MAX_TOKENS)]
+    arrivals: dict[int, list] = {0: [], 2: [], 5: [], 9: []}
+    for k, step in enumerate([0, 0, 2, 5, 5, 9, 9]):
+        arrivals[step].append((f"r{k}", ids[k], SamplingParams(max_tokens=MAX_TOKENS[k])))
+    events = drive(engine, arrivals)
+    assert [k for k in range(len(PROMPTS)) if tokens(events[f"r{k}"]) != refs[k]] == []
+    # every prompt after the first took at least the shared prefix from the cache; none was taken whole
+    cached = engine.stats()["prefix_cached_tokens"]
+    assert (len(PROMPTS) - 1) * shared <= cached < sum(map(len, ids)) - len(ids)
+
+    # the newest prompt's keys and values, half of them reused, are those of the prompt computed whole
+    last, kv = engine._prefixes[-1]
+    from transformers import DynamicCache
+
+    whole = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([last]), cache=whole, use_cache=True)
+    for (keys, values), layer in zip(kv, whole.layers, strict=True):
+        assert keys.shape == layer.keys.shape
+        torch.testing.assert_close(keys, layer.keys, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(values, layer.values, atol=1e-5, rtol=1e-4)
+
+    # an idle function (the adapter swap) may change the weights: the cached keys are dropped
+    engine.run_when_idle(lambda: None).result()
+    engine.add_request("after", ids[0], SamplingParams(max_tokens=5))
+    while engine.has_unfinished():
+        engine.step()
+    assert engine.stats()["prefix_cached_tokens"] == cached
+
+
+def test_prefix_caching_is_off_by_default_and_bounded_by_its_budget(tokenizer, tiny_lm):
+    ids = [chat_ids(tokenizer, p) for p in PROMPTS]
+    off = LLMEngine(tiny_lm, tokenizer)
+    drive(off, {0: [(f"r{k}", i, SamplingParams(max_tokens=3)) for k, i in enumerate(ids)]})
+    assert off.stats()["prefix_cached_tokens"] == 0
+    small = LLMEngine(tiny_lm, tokenizer, prefix_cache_tokens=2 * max(map(len, ids)))
+    drive(small, {0: [(f"r{k}", i, SamplingParams(max_tokens=3)) for k, i in enumerate(ids)]})
+    assert sum(len(p) for p, _ in small._prefixes) <= 2 * max(map(len, ids)) and small._prefixes

@@ -109,6 +109,9 @@ def test_real_engine_answers_equal_generate_and_the_adapter_hot_swaps(svc, tiny_
                     break
                 await asyncio.sleep(0.02)
             assert stats["running"] == 0 and stats["waiting"] == 0 and stats["kv_tokens_used"] == 0
+            # the answers above equal generate() alone with the prefix cache on (serve_llm's default), which took
+            # the shared system prompt of the later prompts from it, and was emptied by the swap (v2's answers)
+            assert svc.cfg.prefix_cache_tokens > 0 and stats["prefix_cached_tokens"] > 0
         finally:
             Registry(tiny_lm.mlflow, tiny_lm.name).set_alias("champion", v1)
             await svc.stop()
