@@ -36,10 +36,8 @@ from pipelines.data import pii
 from pipelines.data.ingestion import TextCleaner, clean_texts
 from pipelines.data.near_duplicates import (
     LshSettings,
-    band_candidates,
     band_matrix,
     near_duplicates,
-    verify,
 )
 from pipelines.errors import ConfigError
 
@@ -138,22 +136,14 @@ def band_hashes_ray(texts: pd.Series, s: LshSettings, compute: ComputeConfig) ->
     return _in_order(done)[[f"band{b}" for b in range(s.bands)]].to_numpy(dtype=np.uint64)
 
 
-def near_duplicates_ray(
-    reference: pd.Series, other: pd.Series, threshold: float, s: LshSettings, compute: ComputeConfig
-) -> np.ndarray:
-    """:func:`pipelines.data.near_duplicates.near_duplicates` with the signatures computed on the cluster and the
-    candidates found by grouping on band hash: the same mask."""
-    if not len(other) or not len(reference):
-        return np.zeros(len(other), dtype=bool)
-    cands = band_candidates(band_hashes_ray(reference, s, compute), band_hashes_ray(other, s, compute))
-    return verify(reference, other, cands, threshold)
-
-
 def cleaner(compute: ComputeConfig) -> TextCleaner:
     """The per-text cleaning ingest runs: :func:`clean_texts` here, or :func:`scrub_texts_ray`."""
     return clean_texts if compute.engine == "pandas" else partial(scrub_texts_ray, compute=compute)
 
 
 def near_search(compute: ComputeConfig):
-    """The near-duplicate search the leakage stage runs: ``near_duplicates`` here, or :func:`near_duplicates_ray`."""
-    return near_duplicates if compute.engine == "pandas" else partial(near_duplicates_ray, compute=compute)
+    """The near-duplicate search the leakage stage runs: ``near_duplicates``, its band hashes computed here or by
+    Ray tasks (:func:`band_hashes_ray`); the driver groups and verifies the candidates either way: the same mask."""
+    if compute.engine == "pandas":
+        return near_duplicates
+    return partial(near_duplicates, bands=partial(band_hashes_ray, compute=compute))

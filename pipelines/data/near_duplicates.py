@@ -33,7 +33,7 @@ groups and decides the candidates with the same :func:`band_candidates` and :fun
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,9 +76,16 @@ def _signatures(texts: pd.Series, s: LshSettings) -> Iterator[list]:
         yield out
 
 
-def candidates(reference: pd.Series, other: pd.Series, s: LshSettings) -> list[np.ndarray]:
-    """Per ``other`` text, the positions of the reference texts that share an LSH band with it."""
-    return band_candidates(band_matrix(reference, s), band_matrix(other, s))
+BandHashes = Callable[[pd.Series, LshSettings], np.ndarray]  # band_matrix, or its Ray Data twin
+
+
+def candidates(
+    reference: pd.Series, other: pd.Series, s: LshSettings, bands: BandHashes | None = None
+) -> list[np.ndarray]:
+    """Per ``other`` text, the positions of the reference texts that share an LSH band with it; ``bands`` computes
+    the band hashes (:func:`band_matrix` here; ``pipelines.data.distributed.band_hashes_ray`` on a cluster)."""
+    bands = bands or band_matrix
+    return band_candidates(bands(reference, s), bands(other, s))
 
 
 def band_matrix(texts: pd.Series, s: LshSettings) -> np.ndarray:
@@ -135,7 +142,7 @@ class _Tfidf:
             analyzer="char_wb", ngram_range=(3, 5), n_features=2**24, alternate_sign=False, norm=None,
             dtype=np.float32,
         )  # fmt: skip
-        # only the columns in use are ever touched: the 2**24-wide arrays are two (df int32, idf float32), no temporaries
+        # only the columns in use are touched: two 2**24-wide arrays (df int32, idf float32), no wide temporaries
         df = np.zeros(self.hv.n_features, dtype=np.int32)
         for start in range(0, len(reference), BATCH):
             x = self.hv.transform(reference.iloc[start : start + BATCH])
@@ -151,11 +158,14 @@ class _Tfidf:
         return normalize(x, copy=False)
 
 
-def near_duplicates(reference: pd.Series, other: pd.Series, threshold: float, s: LshSettings) -> np.ndarray:
-    """Boolean mask over ``other``: a reference text at cosine >= ``threshold`` exists (see the module doc)."""
+def near_duplicates(
+    reference: pd.Series, other: pd.Series, threshold: float, s: LshSettings, bands: BandHashes | None = None
+) -> np.ndarray:
+    """Boolean mask over ``other``: a reference text at cosine >= ``threshold`` exists (see the module doc);
+    ``bands`` as in :func:`candidates` (where the per-text hashing runs: the mask is the same)."""
     if not len(other) or not len(reference):
         return np.zeros(len(other), dtype=bool)
-    return verify(reference, other, candidates(reference, other, s), threshold)
+    return verify(reference, other, candidates(reference, other, s, bands), threshold)
 
 
 def verify(reference: pd.Series, other: pd.Series, cands: list[np.ndarray], threshold: float) -> np.ndarray:
