@@ -173,14 +173,15 @@ def _as_datetime(s: pd.Series) -> pd.Series | None:
     return parsed.dt.tz_localize(None)
 
 
-def check_columns(df: pd.DataFrame, cfg: LeakageConfig) -> list[dict]:
-    """(a) and (f): leaky and post-outcome columns, label-dependent missingness (target columns exempt)."""
+def check_columns(df: pd.DataFrame, cfg: LeakageConfig, sample: pd.DataFrame) -> list[dict]:
+    """(a) and (f): leaky and post-outcome columns, label-dependent missingness (target columns exempt). The
+    single-column models of (a) are fitted on ``sample`` (rows of ``df``: :func:`stratified_sample`)."""
     out: list[dict] = []
-    df = df.drop(columns=[c for c in cfg.target_columns if c in df.columns and c not in CORE])
+    targets = [c for c in cfg.target_columns if c in df.columns and c not in CORE]
+    df, sample = df.drop(columns=targets), sample.drop(columns=targets)
     action = {"drop": "dropped", "block": "blocked", "report": "reported"}[cfg.leaky_column_action]
     severity = "blocker" if cfg.leaky_column_action == "block" else "warning"
     support = df["label"].value_counts()
-    sample = stratified_sample(df, cfg.column_check_max_rows, cfg.seed)
     on = "" if len(sample) == len(df) else f", on a stratified sample of {len(sample):,} of {len(df):,} rows"
     for col, sc in single_column_scores(sample, cfg.seed).items():
         strong = {
@@ -263,11 +264,11 @@ def check_columns(df: pd.DataFrame, cfg: LeakageConfig) -> list[dict]:
     return out
 
 
-def target_column_scores(df: pd.DataFrame, cfg: LeakageConfig) -> dict[str, dict]:
-    """How well each target column alone predicts the label, and how its missing values depend on it (report only)."""
+def target_column_scores(df: pd.DataFrame, cfg: LeakageConfig, sample: pd.DataFrame) -> dict[str, dict]:
+    """How well each target column alone predicts the label (fitted on ``sample``, as in :func:`check_columns`),
+    and how its missing values depend on it (every row); report only."""
     cols = [c for c in cfg.target_columns if c in df.columns and c not in CORE]
-    sample = stratified_sample(df[["label", *cols]], cfg.column_check_max_rows, cfg.seed)
-    scores = single_column_scores(sample, cfg.seed) if cols else {}
+    scores = single_column_scores(sample[["label", *cols]], cfg.seed) if cols else {}
     out: dict[str, dict] = {}
     for col in cols:
         missing = df[col].isna() | (df[col].astype("string").str.strip() == "")
@@ -465,7 +466,9 @@ def audit(
     here or on a Ray cluster (``compute.engine``: :func:`pipelines.data.distributed.near_search`), same findings."""
     parts, fb_findings = drop_feedback_copies(parts, cfg, feedback_ids, near)
     whole = pd.concat(parts.values(), ignore_index=True)
-    findings = fb_findings + check_columns(whole, cfg)
+    # (a) is an estimate: fitted on a bounded stratified sample (leakage.column_check_max_rows); the rest reads every row
+    sample = stratified_sample(whole, cfg.column_check_max_rows, cfg.seed)
+    findings = fb_findings + check_columns(whole, cfg, sample)
     dup_findings, drop = check_duplicates(parts, cfg, near)
     findings += dup_findings + check_splits(parts, cfg, given)
     dropped_cols = sorted({c for f in findings if f["action"] == "dropped" for c in f["columns"]} - CORE)
@@ -494,8 +497,7 @@ def audit(
         "counts": counts,
         "dropped_columns": dropped_cols,
         "findings": findings,
-        "target_columns": target_column_scores(whole, cfg),
-        # (a) is an estimate: judged on a bounded stratified sample (leakage.column_check_max_rows); the rest on all rows
-        "single_column_rows": len(stratified_sample(whole[["label"]], cfg.column_check_max_rows, cfg.seed)),
+        "target_columns": target_column_scores(whole, cfg, sample),
+        "single_column_rows": len(sample),
     }
     return clean, report
