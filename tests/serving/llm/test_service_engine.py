@@ -112,6 +112,8 @@ def test_real_engine_answers_equal_generate_and_the_adapter_hot_swaps(svc, tiny_
             # the answers above equal generate() alone with the prefix cache on (serve_llm's default), which took
             # the shared system prompt of the later prompts from it, and was emptied by the swap (v2's answers)
             assert svc.cfg.prefix_cache_tokens > 0 and stats["prefix_cached_tokens"] > 0
+            gauge = svc.metrics.prefix_cached.collect()[0].samples[0].value  # ticketops_llm_prefix_cached_tokens
+            assert gauge == svc.served.engine.stats()["prefix_cached_tokens"]
         finally:
             Registry(tiny_lm.mlflow, tiny_lm.name).set_alias("champion", v1)
             await svc.stop()
