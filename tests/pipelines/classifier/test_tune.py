@@ -142,7 +142,9 @@ def test_a_grace_period_beyond_every_trials_epochs_is_refused():
 
 
 def test_a_trial_is_the_finetune_section_with_the_sampled_values_on_one_rank():
-    p = parse_params({"finetune": {"lora_r": 8, "world_size": 2, "learning_rate": 0.002, "head_learning_rate": None}})
+    p = parse_params(
+        {"finetune": {"lora_r": 8, "world_size": 2, "learning_rate": 0.002, "head_learning_rate": None, "epochs": 2}}
+    )
     # the first trial is the current configuration; a null head rate is the adapters' rate, as a number
     assert current_point(p) == {"learning_rate": 0.002, "head_learning_rate": 0.002, "lora_r": 8, "epochs": 2}
     p = parse_params({"finetune": {"learning_rate": 0.002, "head_learning_rate": 0.02}})

@@ -91,10 +91,22 @@ def _wait(c: TestClient, status: int) -> dict:
     raise AssertionError(f"/readyz never answered {status}: {r.status_code} {r.text}")
 
 
+def _loaded(c: TestClient) -> None:
+    """Ready, and the generative champion loaded. A champion still loading is not a readiness problem (the
+    classifier serves; ``/v1`` answers 503 + Retry-After meanwhile), so ``/readyz`` alone does not say it."""
+    _wait(c, 200)
+    for _ in range(200):
+        r = c.get("/v1/models")
+        if r.status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the generative model never loaded: {r.status_code} {r.text}")
+
+
 def test_an_unwritable_generation_log_makes_readyz_degraded(tmp_path, tokenizer, monkeypatch) -> None:
     lm = fake_service(tmp_path, tokenizer)
     with _App(tmp_path, lm) as c:
-        _wait(c, 200)
+        _loaded(c)
         real = log_writer._write_all
 
         def full(fd: int, data: bytes) -> None:
@@ -123,7 +135,7 @@ def test_a_generative_champion_that_fails_to_load_makes_readyz_degraded_without_
         raise OSError(f"cannot read {URI}/artifacts/adapter of version {v.version}")
 
     with _App(tmp_path, lm) as c:
-        _wait(c, 200)
+        _loaded(c)
         loader.load = broken
         lm.source.version = "2"  # a new champion, which cannot be loaded
         body = _wait(c, 503)
@@ -157,7 +169,7 @@ def test_the_generation_log_hashes_under_the_key_it_was_given(tmp_path, tokenize
         cfg, scfg, FakeSource(), system_template=LlmConfig().system_prompt, loader=FakeLoader(cfg, tokenizer)
     )
     with _App(tmp_path, lm) as c:
-        _wait(c, 200)
+        _loaded(c)
         assert c.post("/v1/completions", json=COMPLETION).status_code == 200
     row = read_generations(scfg.log_dir).iloc[0]
     assert row["prompt_sha256"] == text_hash("hello", b"the-builders-key-0123")
