@@ -82,25 +82,20 @@ class _App:
         self.client.__exit__(*exc)
 
 
-def _wait(c: TestClient, status: int) -> dict:
+def _wait(c: TestClient, status: int, path: str = "/readyz") -> dict:
     for _ in range(200):
-        r = c.get("/readyz")
+        r = c.get(path)
         if r.status_code == status:
             return r.json()
         time.sleep(0.05)
-    raise AssertionError(f"/readyz never answered {status}: {r.status_code} {r.text}")
+    raise AssertionError(f"{path} never answered {status}: {r.status_code} {r.text}")
 
 
 def _loaded(c: TestClient) -> None:
     """Ready, and the generative champion loaded. A champion still loading is not a readiness problem (the
     classifier serves; ``/v1`` answers 503 + Retry-After meanwhile), so ``/readyz`` alone does not say it."""
     _wait(c, 200)
-    for _ in range(200):
-        r = c.get("/v1/models")
-        if r.status_code == 200:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"the generative model never loaded: {r.status_code} {r.text}")
+    _wait(c, 200, "/v1/models")
 
 
 def test_an_unwritable_generation_log_makes_readyz_degraded(tmp_path, tokenizer, monkeypatch) -> None:
