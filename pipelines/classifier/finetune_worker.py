@@ -38,7 +38,7 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import train_test_split
 
 from pipelines.classifier.base_model import resolve_base_model
-from pipelines.classifier.lora import MeanPooledClassifier, build_model, optimizer_groups
+from pipelines.classifier.lora import MeanPooledClassifier, build_model, optimizer_groups, unwrap
 from pipelines.config import FinetuneConfig, load_params
 from pipelines.io import read_split
 from pipelines.registry import tracking
@@ -190,7 +190,7 @@ def build_session(
         "train_rows": len(train_rows),
         "val_rows": len(val_rows),
         "base_model_path": base_path,
-        "pooling": "mean" if isinstance(model.get_base_model(), MeanPooledClassifier) else "cls",
+        "pooling": "mean" if isinstance(unwrap(model), MeanPooledClassifier) else "cls",
         "ds_config": ds_config,
         "trainable_parameters": ranks.trainable_count(engine.module),
     }

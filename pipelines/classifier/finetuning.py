@@ -133,19 +133,10 @@ def collapse_reason(labels: list[str], predicted: list[str]) -> str | None:
 def export_merged(clf, directory: Path) -> None:
     """The adapter folded into the base weights, for tools that know no peft: a transformers sequence classifier
     (``[CLS]`` pooling), or, for a mean-pooled model, the transformers encoder plus ``classifier.safetensors``
-    (the linear head on the mean of its token vectors) and ``pooling.json``."""
-    from safetensors.torch import save_file
-
-    from pipelines.classifier.lora import MeanPooledClassifier
-
-    merged = clf.model.merge_and_unload()
-    if isinstance(merged, MeanPooledClassifier):
-        merged.encoder.save_pretrained(str(directory))
-        head = {k: v.detach().contiguous() for k, v in merged.classifier.state_dict().items()}
-        save_file(head, str(directory / "classifier.safetensors"))
-        (directory / "pooling.json").write_text(json.dumps({"pooling": "mean", "labels": clf.classes}, indent=2))
-    else:
-        merged.save_pretrained(str(directory))
+    (the linear head on the mean of its token vectors) and ``pooling.json``. A fully fine-tuned model is
+    written as it is."""
+    merged = clf.model.merge_and_unload() if hasattr(clf.model, "merge_and_unload") else clf.model
+    merged.save_pretrained(str(directory))
     clf.tokenizer.save_pretrained(str(directory))
 
 

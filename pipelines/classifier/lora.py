@@ -1,18 +1,20 @@
-"""A transformer sequence classifier with a LoRA adapter (transformers + peft).
+"""A transformer sequence classifier with a LoRA adapter (transformers + peft), or fully fine-tuned.
 
 Pooling matches the base model (``finetune.pooling``): a sentence-embedding checkpoint such as MiniLM-L6-v2
 was trained on the **mean** of its token vectors, so :class:`MeanPooledClassifier` puts a linear head on that
 mean; ``cls`` keeps transformers' ``AutoModelForSequenceClassification`` (the ``[CLS]`` pooler), right for
 checkpoints trained that way. ``auto`` reads the sentence-transformers pooling config when the checkpoint has
 one. The saved adapter says which (peft's ``task_type``: ``SEQ_CLS`` for the ``[CLS]`` head), so
-:func:`load_adapter` rebuilds the same model.
+:func:`load_trained` rebuilds the same model.
 
 :func:`build_model` is the one place that puts the adapter on the base model;
 :func:`expected_trainable_parameters` counts, from the base model's own layer
 shapes, what LoRA *should* train (``r * (in + out)`` per targeted linear layer,
 plus the classification head), and :func:`build_model` refuses a model whose
 trainable count differs. A wrong ``target_modules`` list therefore fails loudly
-instead of quietly training the head alone.
+instead of quietly training the head alone. With ``finetune.method: full`` (small encoders) there is no
+adapter: every weight trains, and the saved folder is the whole model (what ``merge_adapter`` exports), which
+:func:`load_trained` tells from an adapter by its missing ``adapter_config.json``.
 """
 
 from __future__ import annotations
@@ -57,6 +59,37 @@ class MeanPooledClassifier(nn.Module):
         loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
+    def save_pretrained(self, directory: str | Path, state_dict: dict | None = None) -> None:
+        """The transformers encoder, ``classifier.safetensors`` (the head) and ``pooling.json``. ``state_dict``
+        (e.g. gathered across ZeRO ranks) overrides this module's own tensors."""
+        from safetensors.torch import save_file
+
+        state = {**self.state_dict(), **(state_dict or {})}
+        directory = Path(directory)
+
+        def part(prefix: str) -> dict:
+            return {k[len(prefix) :]: v.detach().contiguous() for k, v in state.items() if k.startswith(prefix)}
+
+        self.encoder.save_pretrained(str(directory), state_dict=part("encoder."))
+        save_file(part("classifier."), str(directory / "classifier.safetensors"))
+        labels = [str(self.config.id2label[i]) for i in range(len(self.config.id2label))]
+        (directory / "pooling.json").write_text(json.dumps({"pooling": "mean", "labels": labels}, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> MeanPooledClassifier:
+        """What :meth:`save_pretrained` wrote."""
+        from safetensors.torch import load_file
+        from transformers import AutoModel
+
+        model = cls(AutoModel.from_pretrained(str(directory)))
+        model.classifier.load_state_dict(load_file(str(Path(directory) / "classifier.safetensors")))
+        return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The classifier under a peft wrapper (a fully fine-tuned model has none)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
 
 def checkpoint_pooling(path: str) -> str:
     """``mean`` or ``cls`` from a sentence-transformers checkpoint's ``1_Pooling/config.json`` (local or on the hub);
@@ -100,23 +133,29 @@ def _base(path: str, labels: list[str], on_meta: bool, pooling: str = "cls") -> 
 
 
 def expected_trainable_parameters(model: nn.Module, cfg: FinetuneConfig) -> int:
-    """The analytic LoRA count: r*(in+out) per targeted linear layer, plus the classification head."""
+    """The analytic LoRA count: r*(in+out) per targeted linear layer, plus the classification head; every
+    parameter with ``method: full``."""
+    if cfg.method == "full":
+        return sum(p.numel() for p in model.parameters())
     lora = lora_parameters(model, cfg.target_modules, cfg.lora_r, exclude=HEAD_NAMES)
     head = sum(p.numel() for n, p in model.named_parameters() if n.split(".")[0] in HEAD_NAMES)
     return lora + head
 
 
 def build_model(base_path: str, labels: list[str], cfg: FinetuneConfig, on_meta: bool = False) -> nn.Module:
-    """Base model + LoRA adapter, with the trainable-parameter count checked against the analytic one."""
+    """Base model + LoRA adapter, with the trainable-parameter count checked against the analytic one; the
+    base model alone, every weight trainable, with ``method: full``."""
     from peft import LoraConfig, TaskType
 
     pooling = resolve_pooling(cfg, base_path)
     base = _base(base_path, labels, on_meta, pooling)
-    check_targets(base, cfg.target_modules, "finetune.target_modules", exclude=HEAD_NAMES)
-    expected = expected_trainable_parameters(base, cfg)
     if cfg.activation_checkpointing and not on_meta:
         inner = base.encoder if isinstance(base, MeanPooledClassifier) else base
         inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.method == "full":
+        return base.requires_grad_(True)
+    check_targets(base, cfg.target_modules, "finetune.target_modules", exclude=HEAD_NAMES)
+    expected = expected_trainable_parameters(base, cfg)
     head = {"task_type": TaskType.SEQ_CLS} if pooling == "cls" else {"modules_to_save": ["classifier"]}
     lora_cfg = LoraConfig(
         **head,
@@ -129,11 +168,21 @@ def build_model(base_path: str, labels: list[str], cfg: FinetuneConfig, on_meta:
     return model
 
 
-def load_adapter(adapter_dir: str | Path, base_path: str, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Base weights + the saved adapter (and head), ready for inference, pooled as it was trained."""
+def load_trained(adapter_dir: str | Path, base_path: str, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Base weights + the saved adapter (and head), ready for inference, pooled as it was trained; or, for a
+    folder without ``adapter_config.json`` (``method: full``), the whole model saved there."""
     from peft import PeftConfig, PeftModel
 
-    labels = json.loads((Path(adapter_dir) / "labels.json").read_text())
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        if (adapter_dir / "pooling.json").is_file():
+            full = MeanPooledClassifier.from_pretrained(adapter_dir)
+        else:
+            from transformers import AutoModelForSequenceClassification
+
+            full = AutoModelForSequenceClassification.from_pretrained(str(adapter_dir))
+        return full.to(dtype).eval()
+    labels = json.loads((adapter_dir / "labels.json").read_text())
     pooling = "cls" if PeftConfig.from_pretrained(str(adapter_dir)).task_type == "SEQ_CLS" else "mean"
     base = _base(base_path, labels, on_meta=False, pooling=pooling)
     model = PeftModel.from_pretrained(base, str(adapter_dir))
@@ -141,8 +190,8 @@ def load_adapter(adapter_dir: str | Path, base_path: str, dtype: torch.dtype = t
 
 
 def optimizer_groups(model: nn.Module, cfg: FinetuneConfig) -> tuple[list[dict], list[float]] | None:
-    """Two optimizer groups, the adapters at ``learning_rate`` and the new head at ``head_learning_rate``, with
-    their peak rates; ``None`` when no head rate is set (one group)."""
+    """Two optimizer groups, the adapters (or, with ``method: full``, the encoder) at ``learning_rate`` and the
+    new head at ``head_learning_rate``, with their peak rates; ``None`` when no head rate is set (one group)."""
     if cfg.head_learning_rate is None:
         return None
     head, adapters = [], []

@@ -1,6 +1,6 @@
 """The fine-tuned transformer behind the common :class:`~pipelines.classifier.model_api.TextClassifier` interface.
 
-:class:`TransformerClassifier` loads base weights + the saved LoRA adapter and
+:class:`TransformerClassifier` loads base weights + the saved LoRA adapter (or a fully fine-tuned model) and
 predicts in length-sorted batches (padding is most of the cost on CPU).
 :class:`TransformerPyfunc` is its MLflow pyfunc: the adapter directory is the
 artifact and the base model (``"minilm"``, a path or an HF id) is in
@@ -38,7 +38,7 @@ class TransformerClassifier:
         from transformers import AutoTokenizer
 
         from pipelines.classifier.base_model import resolve_base_model
-        from pipelines.classifier.lora import load_adapter
+        from pipelines.classifier.lora import load_trained
         from pipelines.classifier.model_api import resolve_precision
 
         self.adapter_dir = Path(adapter_dir)
@@ -47,10 +47,10 @@ class TransformerClassifier:
         self._per_thread = threading.local()
         self.precision = resolve_precision(precision)
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
-        self.model = load_adapter(self.adapter_dir, resolve_base_model(base_model), dtype=dtype)
-        if merge:
+        self.model = load_trained(self.adapter_dir, resolve_base_model(base_model), dtype=dtype)
+        if merge and hasattr(self.model, "merge_and_unload"):  # a fully fine-tuned model has no adapter to merge
             self.model = self.model.merge_and_unload()
-        id2label = self.model.config.id2label  # set from the adapter's labels.json by load_adapter
+        id2label = self.model.config.id2label  # set from labels.json (or the saved config) by load_trained
         self.classes = [str(id2label[i]) for i in range(len(id2label))]
         self.name = "lora_transformer"
 

@@ -15,7 +15,7 @@ from pipelines.classifier.lora import (
     MeanPooledClassifier,
     build_model,
     checkpoint_pooling,
-    load_adapter,
+    load_trained,
     optimizer_groups,
 )
 from pipelines.config import FinetuneConfig
@@ -90,7 +90,7 @@ def test_save_and_reload_keep_the_pooling_and_the_logits(tmp_path, pooling):
     model.save_pretrained(str(tmp_path))
     (tmp_path / "labels.json").write_text(json.dumps(LABELS))
     texts = [t for t, _ in HELD_OUT]
-    reloaded = load_adapter(tmp_path, base)
+    reloaded = load_trained(tmp_path, base)
     assert isinstance(reloaded.get_base_model(), MeanPooledClassifier) == (pooling == "mean")
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**_batch(tok, texts)).logits, model(**_batch(tok, texts)).logits)
@@ -150,3 +150,54 @@ def test_a_collapsed_model_is_named_as_such_and_a_working_one_is_not():
     assert "no better than always answering 'ham'" in collapse_reason(labels, worse)
     good = ["ham"] * 85 + ["spam"] * 2 + ["spam"] * 12 + ["ham"]
     assert collapse_reason(labels, good) is None
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_full_fine_tuning_trains_every_weight_and_reloads_from_its_own_folder(tmp_path, pooling):
+    """method full: no adapter, every parameter trainable; the saved folder is the whole model (no adapter config)
+    and reloads, without the base checkpoint's weights, to the same logits."""
+    base = resolve_base_model("minilm")
+    tok = AutoTokenizer.from_pretrained(base)
+    cfg = FinetuneConfig(pooling=pooling, method="full")
+    model = build_model(base, LABELS, cfg).eval()
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+    assert all(p.requires_grad for p in model.parameters())
+    assert isinstance(model, MeanPooledClassifier) == (pooling == "mean")
+    torch.manual_seed(0)
+    with torch.no_grad():  # move a base weight, so a reload that took the base checkpoint's weights would differ
+        emb = (model.encoder if pooling == "mean" else model).get_input_embeddings().weight
+        emb.add_(torch.randn_like(emb) * 0.05)
+    model.save_pretrained(str(tmp_path))
+    (tmp_path / "labels.json").write_text(json.dumps(LABELS))
+    assert not (tmp_path / "adapter_config.json").exists()
+    reloaded = load_trained(tmp_path, base)
+    texts = [t for t, _ in HELD_OUT]
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**_batch(tok, texts)).logits, model(**_batch(tok, texts)).logits)
+    assert [reloaded.config.id2label[i] for i in range(2)] == LABELS
+
+
+def test_full_fine_tuning_learns_a_small_separable_task():
+    """20 steps with every encoder weight at 1e-4 and the head at 1e-2 separate two intents, held-out texts too."""
+    base = resolve_base_model("minilm")
+    tok = AutoTokenizer.from_pretrained(base)
+    torch.manual_seed(0)
+    cfg = FinetuneConfig(pooling="mean", method="full", learning_rate=1e-4, head_learning_rate=1e-2)
+    model = build_model(base, LABELS, cfg)
+    groups, lrs = optimizer_groups(model, cfg)
+    assert sum(p.numel() for p in groups[0]["params"]) > 20_000_000  # the whole encoder, at learning_rate
+    opt = torch.optim.AdamW([{**g, "lr": lr} for g, lr in zip(groups, lrs)])
+    texts, y = [t for t, _ in TRAIN], torch.tensor([LABELS.index(lab) for _, lab in TRAIN])
+    batch = _batch(tok, texts)
+    model.eval()  # no dropout: the loss before and after are comparable
+    with torch.no_grad():
+        before = model(**batch, labels=y).loss.item()
+    for _ in range(20):
+        model(**batch, labels=y).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    with torch.no_grad():
+        after = model(**batch, labels=y).loss.item()
+        held = model(**_batch(tok, [t for t, _ in HELD_OUT])).logits.argmax(-1).tolist()
+    assert after < before / 4
+    assert held == [LABELS.index(lab) for _, lab in HELD_OUT]

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from pipelines.classifier.base_model import resolve_base_model
 from pipelines.classifier.finetune_worker import PROBE_ENV
-from pipelines.classifier.lora import load_adapter
+from pipelines.classifier.lora import load_trained
 from tests.helpers import ROOT
 from tests.helpers.data import write_ticket_splits
 
@@ -107,7 +107,7 @@ def test_one_step_zero3_two_ranks_saves_a_whole_adapter(tmp_path, tiny_data):
     # Save (ZeRO-3, gathered from two ranks) → reload of the published adapter gives the engine's own logits
     # (one step, one epoch: the best adapter is the last state, on which the ranks computed the probe).
     probe = torch.load(tmp_path / "probe" / "probe.pt")
-    model = load_adapter(tmp_path / "out", resolve_base_model("minilm"))
+    model = load_trained(tmp_path / "out", resolve_base_model("minilm"))
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tmp_path / "out")
@@ -155,6 +155,49 @@ def test_one_step_zero3_two_ranks_saves_a_whole_adapter(tmp_path, tiny_data):
     assert PyfuncTextClassifier(pyfunc).token_lengths(probe["texts"]) == [
         len(ids) for ids in tok(probe["texts"], truncation=True, max_length=64)["input_ids"]
     ]
+
+
+def test_full_fine_tuning_under_zero3_saves_the_whole_model_gathered_from_two_ranks(tmp_path, tiny_data):
+    """method full: every weight trains; under ZeRO-3 each rank holds a partition, so the published folder is
+    the gathered model (no adapter), its reload gives the engine's own logits, and so does the logged pyfunc."""
+    proc = run(
+        tmp_path,
+        tiny_data,
+        {"method": "full", "zero_stage": 3, "world_size": 2, "precision": "fp32", "smoke_steps": 1,
+         "learning_rate": 1e-4, "master_port": 29615},
+        probe=tmp_path / "probe",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "full fine-tuning: 22," in proc.stdout
+    out = tmp_path / "out"
+    assert not (out / "adapter_config.json").exists() and (out / "classifier.safetensors").is_file()
+    history = json.loads((out / "history.json").read_text())
+    assert history["trainable_parameters"] > 22_000_000  # the whole encoder and the head
+    base = load_file(Path(resolve_base_model("minilm")) / "model.safetensors")
+    saved = load_file(out / "model.safetensors")
+    key = next(k for k in saved if k.endswith("word_embeddings.weight"))
+    base_key = next(k for k in base if k.endswith("word_embeddings.weight"))
+    assert saved[key].shape == base[base_key].shape  # gathered whole, not one rank's partition
+    moved = [k for k in saved if k in base and not torch.equal(saved[k], base[k])]
+    assert len(moved) > 50, "one full step moves (nearly) every base weight"
+    probe = torch.load(tmp_path / "probe" / "probe.pt")
+    model = load_trained(out, resolve_base_model("minilm"))
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out)
+    with torch.no_grad():
+        logits = model(**tok(probe["texts"], truncation=True, max_length=64, padding=True, return_tensors="pt")).logits
+    torch.testing.assert_close(logits, probe["logits"], atol=1e-4, rtol=1e-4)
+    import mlflow
+
+    candidate = json.loads((out / "candidate.json").read_text())
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    pyfunc = mlflow.pyfunc.load_model(candidate["model_uri"])
+    answers = pyfunc.predict(pd.DataFrame({"text": probe["texts"]}))
+    labels = [model.config.id2label[i] for i in range(logits.shape[-1])]
+    np.testing.assert_allclose(
+        answers[[f"proba_{c}" for c in labels]].to_numpy(), torch.softmax(logits, -1).numpy(), atol=1e-4
+    )
 
 
 def test_resume_continues_from_saved_step_and_a_broken_rank_does_not_hang(tmp_path, tiny_data):
