@@ -1,8 +1,14 @@
 """Out-of-scope abstention: when a classifier should say "none of the above", for any model's ``predict_proba``.
 
-A prediction is an **abstention** when its confidence (the largest class probability) is below the model's
-threshold, or when its arg-max class is the data's out-of-scope class (``abstention.oos_label``, e.g.
-CLINC150's ``oos``). The label it would have given stays the arg-max; abstaining only adds a flag.
+A prediction is an **abstention** when its confidence is below the model's threshold, or when its arg-max
+class is the data's out-of-scope class (``abstention.oos_label``, e.g. CLINC150's ``oos``). The label it would
+have given stays the arg-max; abstaining only adds a flag. The confidence (``abstention.confidence``) is
+``top_class``, the largest class probability, or, for a model trained with the out-of-scope class,
+``in_scope``: one minus that class's probability, how sure the model is that the text is in scope at all.
+Measured on CLINC150 (fully fine-tuned MiniLM, thresholds tuned on val): at the same 0.5% in-scope budget,
+``in_scope`` gave 96.0% in-scope accuracy with 56.8% oos recall on the test file, ``top_class`` 96.1% with
+44.0%: the top probability is spread over similar intents on hard in-scope texts, the oos probability is not.
+``auto`` takes ``in_scope`` when the model has the out-of-scope class, else ``top_class``.
 
 The threshold is tuned on the validation split for a target from ``params.yaml: abstention`` (the rows whose
 label is ``oos_label`` are the out-of-scope rows, the others are in scope):
@@ -32,21 +38,43 @@ from pipelines.errors import DataError
 EPS = 1e-9  # rates times row counts: 0.29 * 100 is 28.999999999999996 in floating point
 
 
+CONFIDENCES = ("top_class", "in_scope")
+
+
 @dataclass(frozen=True)
 class AbstentionRule:
-    """``threshold`` on the top probability and the out-of-scope class (or None): what makes a prediction abstain."""
+    """``threshold`` on the ``confidence`` (``top_class`` or ``in_scope``) and the out-of-scope class (or None):
+    what makes a prediction abstain."""
 
     threshold: float = 0.0
     oos_label: str | None = None
+    confidence: str = "top_class"
 
-    def abstained(self, proba: np.ndarray, classes: Sequence[str]) -> np.ndarray:
-        """A boolean per row of ``proba`` (columns in the order of ``classes``)."""
+    def __post_init__(self) -> None:
+        if self.confidence not in CONFIDENCES:
+            raise DataError(f"abstention confidence must be one of {CONFIDENCES}; got {self.confidence!r}")
+
+    def _checked(self, proba: np.ndarray, classes: Sequence[str]) -> np.ndarray:
         proba = np.asarray(proba, dtype=float)
         if proba.ndim != 2 or proba.shape[1] != len(classes):
             raise DataError(f"abstention needs one probability column per class {list(classes)}; got {proba.shape}")
+        return proba
+
+    def confidences(self, proba: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+        """The score compared with the threshold, one per row."""
+        proba = self._checked(proba, classes)
+        if self.confidence == "in_scope":
+            if self.oos_label not in list(classes):
+                raise DataError(f"abstention confidence in_scope needs the class {self.oos_label!r}; got {list(classes)}")
+            return 1.0 - proba[:, list(classes).index(self.oos_label)]
+        return proba.max(axis=1) if len(proba) else np.zeros(0)
+
+    def abstained(self, proba: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+        """A boolean per row of ``proba`` (columns in the order of ``classes``)."""
+        proba = self._checked(proba, classes)
         if not len(proba):
             return np.zeros(0, dtype=bool)
-        out = proba.max(axis=1) < self.threshold
+        out = self.confidences(proba, classes) < self.threshold
         if self.oos_label is not None and self.oos_label in classes:
             out |= proba.argmax(axis=1) == list(classes).index(self.oos_label)
         return out
@@ -56,9 +84,10 @@ class AbstentionRule:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> AbstentionRule:
-        """The rule stored with a model; a model registered without one never abstains."""
+        """The rule stored with a model; a model registered without one never abstains (and one registered before
+        the confidence was a choice used the top class probability)."""
         d = d or {}
-        return cls(float(d.get("threshold", 0.0)), d.get("oos_label"))
+        return cls(float(d.get("threshold", 0.0)), d.get("oos_label"), d.get("confidence", "top_class"))
 
 
 NEVER = AbstentionRule()
@@ -76,8 +105,9 @@ def tune(
     if len(labels) == 0 or proba.shape != (len(labels), len(classes)):
         raise DataError(f"abstention tuning needs one probability row per label; got {proba.shape} for {len(labels)}")
     oos = labels == cfg.oos_label if cfg.oos_label is not None else np.zeros(len(labels), dtype=bool)
-    by_class = AbstentionRule(0.0, cfg.oos_label).abstained(proba, classes)  # predicted out-of-scope class
-    conf = proba.max(axis=1)
+    kind = resolve_confidence(cfg, classes)
+    by_class = AbstentionRule(0.0, cfg.oos_label, kind).abstained(proba, classes)  # predicted out-of-scope class
+    conf = AbstentionRule(0.0, cfg.oos_label, kind).confidences(proba, classes)
     note = None
     if not cfg.enabled:
         threshold = 0.0
@@ -92,11 +122,25 @@ def tune(
                 f"({cfg.oos_label!r}); the validation split has none (use target: in_scope_rate)"
             )
         threshold = _smallest_reaching(conf[oos], by_class[oos], cfg.min_oos_recall)
-    rule = AbstentionRule(float(threshold), cfg.oos_label)
-    report = {"threshold": rule.threshold, **rates(labels, proba, classes, rule)}
+    rule = AbstentionRule(float(threshold), cfg.oos_label, kind)
+    report = {"threshold": rule.threshold, "confidence": kind, **rates(labels, proba, classes, rule)}
     if note:
         report["note"] = note
     return rule, report
+
+
+def resolve_confidence(cfg: AbstentionConfig, classes: Sequence[str]) -> str:
+    """``cfg.confidence`` for a model with ``classes``: ``auto`` is ``in_scope`` when the model predicts the
+    out-of-scope class, else ``top_class``; ``in_scope`` for a model without that class is an error naming it."""
+    has_oos = cfg.oos_label is not None and cfg.oos_label in [str(c) for c in classes]
+    if cfg.confidence == "auto":
+        return "in_scope" if has_oos else "top_class"
+    if cfg.confidence == "in_scope" and not has_oos:
+        raise DataError(
+            f"abstention.confidence: in_scope needs a model trained with the out-of-scope class "
+            f"(abstention.oos_label={cfg.oos_label!r}); this model's classes do not include it (use auto or top_class)"
+        )
+    return cfg.confidence
 
 
 def _largest_within(conf: np.ndarray, forced: np.ndarray, rate: float) -> tuple[float, str | None]:

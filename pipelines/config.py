@@ -391,6 +391,11 @@ class AbstentionConfig(Section):
         description="in_scope_rate: the largest threshold abstaining on at most max_in_scope_rate of in-scope val "
         "rows; oos_recall: the smallest threshold abstaining on at least min_oos_recall of the oos val rows",
     )
+    confidence: Literal["auto", "top_class", "in_scope"] = Field(
+        "auto",
+        description="the score under threshold: top_class (largest class probability), in_scope (1 - the oos class's "
+        "probability; needs a model with that class), auto (in_scope when the model has the oos class)",
+    )
     max_in_scope_rate: float = Field(0.02, ge=0.0, lt=1.0, description="target in_scope_rate: the budget")
     min_oos_recall: float = Field(0.5, gt=0.0, le=1.0, description="target oos_recall: the recall to reach")
 

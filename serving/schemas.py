@@ -51,8 +51,9 @@ class Prediction(BaseModel):
     confidence: float
     abstained: bool = Field(
         False,
-        description="true: none of the above (confidence below the model's threshold tuned on validation, "
-        "or the out-of-scope class); route it by hand",
+        description="true: none of the above (the model's confidence, the top probability or, for a model with an "
+        "out-of-scope class, 1 - its probability, below the threshold tuned on validation, or the out-of-scope "
+        "class predicted); route it by hand",
     )
     probabilities: dict[str, float]
 

@@ -30,10 +30,12 @@ def constructed(n_in: int = 200, n_oos: int = 50, seed: int = 0) -> tuple[list[s
     return labels, proba
 
 
-def brute_force(labels: list[str], proba: np.ndarray, target: str, value: float) -> float:
-    """The threshold the target defines, by trying every distinct confidence (and just above it) as a threshold."""
+def brute_force(labels: list[str], proba: np.ndarray, target: str, value: float, kind: str = "top_class") -> float:
+    """The threshold the target defines, by trying every distinct confidence (and just above it) as a threshold;
+    the confidence is the top probability or one minus the ``oos`` column's (``kind``)."""
     labels_a = np.array(labels)
-    conf, pred = proba.max(1), np.array(CLASSES)[proba.argmax(1)]
+    conf = proba.max(1) if kind == "top_class" else 1.0 - proba[:, CLASSES.index("oos")]
+    pred = np.array(CLASSES)[proba.argmax(1)]
     oos = labels_a == "oos"
     candidates = sorted({0.0, *conf.tolist(), *np.nextafter(conf, np.inf).tolist()})
 
@@ -47,31 +49,34 @@ def brute_force(labels: list[str], proba: np.ndarray, target: str, value: float)
     return min(ok)
 
 
+@pytest.mark.parametrize("kind", ["top_class", "in_scope"])
 @pytest.mark.parametrize("rate", [0.0, 0.05, 0.1, 0.29])
-def test_in_scope_rate_target_is_the_largest_threshold_within_the_budget(rate):
+def test_in_scope_rate_target_is_the_largest_threshold_within_the_budget(rate, kind):
     labels, proba = constructed()
-    cfg = AbstentionConfig(oos_label="oos", max_in_scope_rate=rate)
+    cfg = AbstentionConfig(oos_label="oos", max_in_scope_rate=rate, confidence=kind)
     rule, report = tune(labels, proba, CLASSES, cfg)
-    assert rule.threshold == pytest.approx(brute_force(labels, proba, "in_scope_rate", rate))
+    assert rule.confidence == kind and report["confidence"] == kind
+    assert rule.threshold == pytest.approx(brute_force(labels, proba, "in_scope_rate", rate, kind))
     in_scope = np.array(labels) != "oos"
     if "note" in report:  # the model's own oos predictions already exceed the budget (rate 0 here)
         assert rate == 0.0 and rule.threshold == 0.0
         return
     share = rule.abstained(proba, CLASSES)[in_scope].mean()
     assert share <= rate + 1e-12 and report["in_scope_rate"] == pytest.approx(share)
-    bigger = AbstentionRule(float(np.nextafter(rule.threshold, np.inf)), "oos")  # any larger threshold breaks it
+    bigger = AbstentionRule(float(np.nextafter(rule.threshold, np.inf)), "oos", kind)  # any larger one breaks it
     assert bigger.abstained(proba, CLASSES)[in_scope].mean() > rate
 
 
+@pytest.mark.parametrize("kind", ["top_class", "in_scope"])
 @pytest.mark.parametrize("recall", [0.3, 0.5, 0.9, 1.0])
-def test_oos_recall_target_is_the_smallest_threshold_reaching_it(recall):
+def test_oos_recall_target_is_the_smallest_threshold_reaching_it(recall, kind):
     labels, proba = constructed()
-    cfg = AbstentionConfig(oos_label="oos", target="oos_recall", min_oos_recall=recall)
+    cfg = AbstentionConfig(oos_label="oos", target="oos_recall", min_oos_recall=recall, confidence=kind)
     rule, report = tune(labels, proba, CLASSES, cfg)
-    assert rule.threshold == pytest.approx(brute_force(labels, proba, "oos_recall", recall))
+    assert rule.threshold == pytest.approx(brute_force(labels, proba, "oos_recall", recall, kind))
     assert report["oos_recall"] >= recall
     if rule.threshold > 0:
-        smaller = AbstentionRule(float(np.nextafter(rule.threshold, -np.inf)), "oos")
+        smaller = AbstentionRule(float(np.nextafter(rule.threshold, -np.inf)), "oos", kind)
         assert smaller.abstained(proba, CLASSES)[np.array(labels) == "oos"].mean() < recall
 
 
@@ -85,6 +90,7 @@ def test_without_out_of_scope_rows_the_budget_still_applies():
     # 2 of 5 rows abstained; answered: rows 0, 3, 4 -> predicted a, b, b vs true a, b, a -> 2 of 3 right
     assert report == {
         "threshold": 0.7,
+        "confidence": "top_class",  # auto, and the model has no out-of-scope class
         "abstention_rate": 0.4,
         "in_scope_rate": 0.4,
         "answered_accuracy": pytest.approx(2 / 3),
@@ -100,7 +106,7 @@ def test_a_budget_the_oos_class_alone_exceeds_gives_no_threshold_and_says_why():
 def test_disabled_keeps_only_the_out_of_scope_class():
     labels, proba = constructed()
     rule, _ = tune(labels, proba, CLASSES, AbstentionConfig(enabled=False, oos_label="oos"))
-    assert rule == AbstentionRule(0.0, "oos")
+    assert rule == AbstentionRule(0.0, "oos", "in_scope")  # auto: the model has the oos class
     assert rule.abstained(proba, CLASSES).tolist() == (proba.argmax(1) == 2).tolist()
 
 
@@ -175,6 +181,7 @@ def test_evaluate_splits_tunes_on_val_and_scores_test_with_the_same_rule():
         ({"abstention": {"max_in_scope_rate": 1.5}}, "abstention.max_in_scope_rate"),
         ({"abstention": {"target": "recall"}}, "abstention.target"),
         ({"abstention": {"threshold": 0.3}}, "abstention.threshold: unknown key"),
+        ({"abstention": {"confidence": "max"}}, "abstention.confidence"),
         ({"evaluate": {"precision": "fp16"}}, "evaluate.precision"),
     ],
 )
@@ -187,3 +194,42 @@ def test_rule_round_trips_and_a_model_without_one_never_abstains():
     rule = AbstentionRule(0.42, "oos")
     assert AbstentionRule.from_dict(rule.to_dict()) == rule
     assert AbstentionRule.from_dict(None).abstained(np.array([[0.5, 0.5]]), ["a", "b"]).tolist() == [False]
+    # a rule registered before the confidence was a choice judged the top probability
+    assert AbstentionRule.from_dict({"threshold": 0.42, "oos_label": "oos"}).confidence == "top_class"
+    kept = AbstentionRule(0.42, "oos", "in_scope")
+    assert AbstentionRule.from_dict(kept.to_dict()) == kept
+
+
+def test_in_scope_confidence_catches_what_the_top_probability_misses():
+    """Hard in-scope texts spread their mass over similar intents (low top probability, little oos mass);
+    out-of-scope texts put it on ``oos`` without it winning. Tuned for the same 1-in-4 in-scope budget, the
+    oos probability catches both out-of-scope rows, the top probability neither."""
+    proba = np.array(
+        [
+            [0.48, 0.47, 0.05],  # a, hard: two intents alike
+            [0.45, 0.5, 0.05],  # b, hard
+            [0.9, 0.05, 0.05],  # a, easy
+            [0.05, 0.9, 0.05],  # b, easy
+            [0.6, 0.0, 0.4],  # oos, but 'a' wins
+            [0.0, 0.55, 0.45],  # oos, but 'b' wins
+        ]
+    )
+    labels = ["a", "b", "a", "b", "oos", "oos"]
+    found = {}
+    for kind in ("top_class", "in_scope"):
+        rule, report = tune(labels, proba, CLASSES, AbstentionConfig(oos_label="oos", max_in_scope_rate=0.25,
+                                                                       confidence=kind))  # fmt: skip
+        assert report["in_scope_rate"] <= 0.25
+        found[kind] = rule.abstained(proba, CLASSES).tolist()
+    assert found["in_scope"] == [False, False, False, False, True, True]  # threshold 1 - .05: every oos row
+    assert found["top_class"] == [True, False, False, False, False, False]  # threshold .5: a hard in-scope row
+    auto, _ = tune(labels, proba, CLASSES, AbstentionConfig(oos_label="oos", max_in_scope_rate=0.25))
+    assert auto.confidence == "in_scope"
+
+
+def test_in_scope_confidence_for_a_model_without_the_oos_class_is_refused_naming_the_key():
+    proba = np.array([[0.9, 0.1], [0.2, 0.8]])
+    with pytest.raises(DataError, match="abstention.confidence: in_scope needs a model trained with"):
+        tune(["a", "oos"], proba, ["a", "b"], AbstentionConfig(oos_label="oos", confidence="in_scope"))
+    rule, _ = tune(["a", "oos"], proba, ["a", "b"], AbstentionConfig(oos_label="oos", target="oos_recall"))
+    assert rule.confidence == "top_class"  # auto: the threshold alone catches out-of-scope rows
