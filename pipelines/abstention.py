@@ -65,7 +65,9 @@ class AbstentionRule:
         proba = self._checked(proba, classes)
         if self.confidence == "in_scope":
             if self.oos_label not in list(classes):
-                raise DataError(f"abstention confidence in_scope needs the class {self.oos_label!r}; got {list(classes)}")
+                raise DataError(
+                    f"abstention confidence in_scope needs the class {self.oos_label!r}; the classes are {list(classes)}"
+                )
             return 1.0 - proba[:, list(classes).index(self.oos_label)]
         return proba.max(axis=1) if len(proba) else np.zeros(0)
 
