@@ -66,7 +66,7 @@ class AbstentionRule:
         if self.confidence == "in_scope":
             if self.oos_label not in list(classes):
                 raise DataError(
-                    f"abstention confidence in_scope needs the class {self.oos_label!r}; the classes are {list(classes)}"
+                    f"abstention confidence in_scope needs the class {self.oos_label!r}; classes: {list(classes)}"
                 )
             return 1.0 - proba[:, list(classes).index(self.oos_label)]
         return proba.max(axis=1) if len(proba) else np.zeros(0)
