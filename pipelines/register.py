@@ -59,7 +59,7 @@ def main(
     if tr is not None:
         print(f"register: candidates by val macro-F1: {name} {baseline_val:.4f}, {tr['name']} {tr['val_macro_f1']:.4f}")
     if tr is not None and tr["val_macro_f1"] > baseline_val:
-        register_logged(reg, tr, transformer_dir / "adapter_model.safetensors")
+        register_logged(reg, tr, transformer_dir)
     else:
         register_candidate(
             reg,

@@ -63,11 +63,13 @@ def predict_labels(model: TextClassifier, texts: list[str]) -> list[str]:
 def output_frame(classes: Sequence[str], proba: np.ndarray, abstained: Sequence[bool] | None = None) -> pd.DataFrame:
     """The pyfunc output: ``label``, ``abstained`` (all False when not given) + ``proba_<class>`` per class."""
     proba = np.asarray(proba, dtype=float)
-    out = pd.DataFrame({LABEL_COLUMN: [classes[i] for i in proba.argmax(axis=1)] if len(proba) else []})
-    out[ABSTAINED_COLUMN] = np.zeros(len(proba), dtype=bool) if abstained is None else np.asarray(abstained, bool)
-    for j, c in enumerate(classes):
-        out[f"{PROBA_PREFIX}{c}"] = proba[:, j] if len(proba) else []
-    return out
+    columns = {
+        LABEL_COLUMN: [classes[i] for i in proba.argmax(axis=1)] if len(proba) else [],
+        ABSTAINED_COLUMN: np.zeros(len(proba), dtype=bool) if abstained is None else np.asarray(abstained, bool),
+    }
+    for j, c in enumerate(classes):  # built at once: one insert per class fragments a 150-class frame (a warning)
+        columns[f"{PROBA_PREFIX}{c}"] = proba[:, j] if len(proba) else np.zeros(0)
+    return pd.DataFrame(columns)
 
 
 def proba_from_frame(frame: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:

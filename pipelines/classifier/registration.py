@@ -38,11 +38,30 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def weights_sha256(directory: Path) -> str:
+    """The digest of a published transformer's weights: its adapter file (LoRA), or, for a fully fine-tuned
+    model, every ``*.safetensors`` file of the folder (encoder and head), each by name and content."""
+    adapter = directory / "adapter_model.safetensors"
+    if adapter.is_file():
+        return sha256(adapter)
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise DataError(f"{directory}: no weights to register (neither adapter_model.safetensors nor *.safetensors)")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}\0{sha256(f)}\n".encode())
+    return h.hexdigest()
+
+
 def registration_key(weights_sha256: str, rule: AbstentionRule, precision: str | None) -> str:
     """What makes a registered version the same model: its weights, its abstention rule and (a torch model's)
-    precision."""
+    precision. A rule on the top probability is keyed as before the confidence was a choice, so a version
+    registered then is still found."""
     resolved = resolve_precision(precision) if precision is not None else None
-    record = {"weights": weights_sha256, "abstention": rule.to_dict(), "precision": resolved}
+    abstention = rule.to_dict()
+    if abstention.get("confidence") == "top_class":
+        del abstention["confidence"]
+    record = {"weights": weights_sha256, "abstention": abstention, "precision": resolved}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode("utf-8")).hexdigest()
 
 
@@ -144,13 +163,14 @@ def transformer_candidate(directory: Path) -> dict | None:
     return None if cand.get("skipped") else cand
 
 
-def register_logged(reg, cand: dict, weights: Path) -> str:
-    """Register a model already logged by its training run (the transformer, with the abstention rule and precision
-    of ``candidate.json``); reuse the version for the same weights, rule and precision."""
+def register_logged(reg, cand: dict, published: Path) -> str:
+    """Register a model already logged by its training run (the transformer published in ``published``, with the
+    abstention rule and precision of ``candidate.json``); reuse the version for the same weights, rule and
+    precision."""
     from pipelines.registry import tracking
 
     rule = AbstentionRule.from_dict(cand.get("abstention"))
-    digest = sha256(weights)
+    digest = weights_sha256(published)
     key = registration_key(digest, rule, cand.get("precision"))
     version = reg.find_version("registration_sha256", key)
     if version is None:
@@ -165,6 +185,6 @@ def register_logged(reg, cand: dict, weights: Path) -> str:
         version = reg.register(cand["model_uri"], tags=tags)
         print(f"register: '{reg.name}' v{version} ({cand['name']})")
     else:
-        print(f"register: {weights} is already '{reg.name}' v{version}; not registering it again")
+        print(f"register: {published} is already '{reg.name}' v{version}; not registering it again")
     reg.set_alias(CHALLENGER, version)
     return version

@@ -106,7 +106,7 @@ def test_gate_and_serving_load_the_registered_model_in_the_knobs_precision(publi
     monkeypatch.chdir(tmp_path)
     tracking.setup(p.mlflow)
     reg = tracking.Registry(p.mlflow)
-    version = register_logged(reg, json.loads((out / "candidate.json").read_text()), out / "adapter_model.safetensors")
+    version = register_logged(reg, json.loads((out / "candidate.json").read_text()), out)
     as_logged, fp32 = load_registered(reg, version), load_registered(reg, version, precision="fp32")
     assert as_logged.precision == "bf16" and fp32.precision == "fp32"
     inner = fp32.model.unwrap_python_model().classifier.model

@@ -185,13 +185,25 @@ def test_transformer_candidate_is_registered_from_its_training_run(env, tmp_path
     clf = good_model(train)
     with mlflow.start_run() as run:  # stands in for the finetune run that logged the adapter
         info = log_classifier(clf, example_texts=test["text"].head(3).tolist())
-    weights = tmp_path / "adapter_model.safetensors"
-    weights.write_bytes(b"adapter weights")
+    published = tmp_path / "published"
+    published.mkdir()
+    (published / "adapter_model.safetensors").write_bytes(b"adapter weights")
     cand = {"name": "lora_transformer", "val_macro_f1": 0.99, "model_uri": info.model_uri, "run_id": run.info.run_id}
-    version = register_logged(reg, cand, weights)
+    version = register_logged(reg, cand, published)
     assert reg.alias(CHALLENGER) == version
     assert reg.version(version).tags["candidate"] == "lora_transformer"
-    assert register_logged(reg, cand, weights) == version  # same weights: no duplicate version
+    assert register_logged(reg, cand, published) == version  # same weights: no duplicate version
+    # a fully fine-tuned model (no adapter): its encoder and head files are the weights
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "model.safetensors").write_bytes(b"encoder")
+    (full / "classifier.safetensors").write_bytes(b"head")
+    first = register_logged(reg, cand, full)
+    assert first != version and register_logged(reg, cand, full) == first
+    (full / "classifier.safetensors").write_bytes(b"another head")
+    assert register_logged(reg, cand, full) not in (first, version)  # a changed head is another model
+    with pytest.raises(DataError, match="no weights to register"):
+        register_logged(reg, cand, tmp_path / "skipped")
     loaded = mlflow.pyfunc.load_model(f"models:/{reg.name}@{CHALLENGER}")
     assert loaded.predict(test[["text"]])["label"].tolist() == predict_labels(clf, test["text"].tolist())
 
@@ -226,3 +238,18 @@ def test_the_threshold_is_part_of_a_registered_version(env, tmp_path: Path) -> N
     proba = clf.predict_proba(test.text.tolist())
     assert out["abstained"].tolist() == (proba.max(1) < 0.9).tolist()
     assert out["label"].tolist() == predict_labels(clf, test.text.tolist())  # abstaining keeps the label
+
+
+def test_a_top_probability_rule_keeps_the_registration_key_it_had_before_the_confidence_was_a_choice():
+    """Versions registered before ``abstention.confidence`` existed are still found (same weights, same rule);
+    a rule on 1 - p(oos) is another model."""
+    import hashlib
+    import json
+
+    from pipelines.abstention import AbstentionRule
+    from pipelines.classifier.registration import registration_key
+
+    old_record = {"weights": "abc", "abstention": {"threshold": 0.4, "oos_label": "oos"}, "precision": None}
+    old_key = hashlib.sha256(json.dumps(old_record, sort_keys=True).encode("utf-8")).hexdigest()
+    assert registration_key("abc", AbstentionRule(0.4, "oos"), None) == old_key
+    assert registration_key("abc", AbstentionRule(0.4, "oos", "in_scope"), None) != old_key
