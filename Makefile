@@ -86,11 +86,17 @@ lint: $(STAMP) ## ruff: lint and formatting check (configured in pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Test processes (pytest-xdist): each test file runs whole on one worker (its module fixtures, servers and ports
+# stay together); TEST_WORKERS=0 runs in one process. Two suit this 2-core machine: much of a test's time is
+# waiting on a server, a launcher or a subprocess's imports.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
 test: lint ## lint, then the test suite (what CI runs)
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 test-fast: lint ## lint, then the test suite without the slow tests
-	$(BIN)/python -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 clean: ## remove generated data, reports and caches (keeps .venv)
 	rm -rf data/raw data/interim data/processed reports/validation .staging-* .pytest_cache
