@@ -59,7 +59,7 @@ def test_baselines_then_register_twice_registers_once(tmp_path: Path) -> None:
 
     selected = json.loads((tmp_path / "models" / "baselines" / "selected.json").read_text())
     tuned = summary["models"]["tfidf_logreg"]["abstention"]  # tuned on its own val rows
-    assert selected["abstention"] == {k: tuned[k] for k in ("threshold", "oos_label")}
+    assert selected["abstention"] == {k: tuned[k] for k in ("threshold", "oos_label", "confidence")}
 
     first = run(tmp_path, "pipelines.register")
     assert first.returncode == 0, first.stderr[-2000:]
