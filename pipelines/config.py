@@ -481,7 +481,12 @@ class FinetuneConfig(DeepSpeedConfig):
     group_by_length: bool = Field(
         True, description="length-grouped batches (less padding); false when length predicts the label (e.g. spam)"
     )
-    early_stopping_patience: int = Field(1, ge=0, description="epochs without val macro-F1 gain before stopping")
+    early_stopping_patience: int = Field(
+        1,
+        ge=0,
+        description="epochs without a val macro-F1 gain that are tolerated; the next one stops training "
+        "(1: stops after the second epoch in a row without a gain; 0: after the first)",
+    )
     merge_adapter: bool = Field(False, description="also export the adapter merged into the base weights")
 
 

@@ -207,8 +207,8 @@ def new_state() -> dict:
 
 def run_epochs(s: Session, state: dict, on_epoch: Callable[[dict, bool], None], *, progress: bool = True) -> dict:
     """Train from the epoch after ``state["epoch"]`` to ``cfg.epochs``: one pass over the train rows, then
-    validation macro-F1 (all ranks together); early stopping after ``early_stopping_patience`` epochs without a
-    gain, or at ``smoke_steps`` optimizer steps. Collective: every rank calls it.
+    validation macro-F1 (all ranks together); early stopping when ``early_stopping_patience`` epochs in a row
+    without a gain are followed by one more, or at ``smoke_steps`` optimizer steps. Collective: every rank calls it.
 
     After each epoch ``state`` is updated (history, best epoch) and ``on_epoch(record, improved)`` is called on
     every rank: the stage saves the adapter and a checkpoint there, a search trial reports to Ray Tune.
