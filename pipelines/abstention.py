@@ -108,8 +108,9 @@ def tune(
         raise DataError(f"abstention tuning needs one probability row per label; got {proba.shape} for {len(labels)}")
     oos = labels == cfg.oos_label if cfg.oos_label is not None else np.zeros(len(labels), dtype=bool)
     kind = resolve_confidence(cfg, classes)
-    by_class = AbstentionRule(0.0, cfg.oos_label, kind).abstained(proba, classes)  # predicted out-of-scope class
-    conf = AbstentionRule(0.0, cfg.oos_label, kind).confidences(proba, classes)
+    untuned = AbstentionRule(0.0, cfg.oos_label, kind)
+    by_class = untuned.abstained(proba, classes)  # predicted out-of-scope class
+    conf = untuned.confidences(proba, classes)
     note = None
     if not cfg.enabled:
         threshold = 0.0
@@ -134,7 +135,7 @@ def tune(
 def resolve_confidence(cfg: AbstentionConfig, classes: Sequence[str]) -> str:
     """``cfg.confidence`` for a model with ``classes``: ``auto`` is ``in_scope`` when the model predicts the
     out-of-scope class, else ``top_class``; ``in_scope`` for a model without that class is an error naming it."""
-    has_oos = cfg.oos_label is not None and cfg.oos_label in [str(c) for c in classes]
+    has_oos = cfg.oos_label is not None and cfg.oos_label in list(classes)  # as the rule itself looks it up
     if cfg.confidence == "auto":
         return "in_scope" if has_oos else "top_class"
     if cfg.confidence == "in_scope" and not has_oos:

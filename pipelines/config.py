@@ -457,7 +457,7 @@ class FinetuneConfig(DeepSpeedConfig):
     method: Literal["lora", "full"] = Field(
         "lora",
         description="lora: adapters on target_modules, base weights frozen; full: every encoder weight trains (small "
-        "encoders; lora_* and target_modules are then unused, learning_rate ~5e-5)",
+        "encoders; lora_* and target_modules are then unused, learning_rate ~1e-4)",
     )
     learning_rate: float = Field(
         1e-3, gt=0.0, le=1.0, description="the adapters, or the encoder with method full (the head: head_learning_rate)"

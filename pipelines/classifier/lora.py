@@ -133,10 +133,7 @@ def _base(path: str, labels: list[str], on_meta: bool, pooling: str = "cls") -> 
 
 
 def expected_trainable_parameters(model: nn.Module, cfg: FinetuneConfig) -> int:
-    """The analytic LoRA count: r*(in+out) per targeted linear layer, plus the classification head; every
-    parameter with ``method: full``."""
-    if cfg.method == "full":
-        return sum(p.numel() for p in model.parameters())
+    """The analytic LoRA count: r*(in+out) per targeted linear layer, plus the classification head."""
     lora = lora_parameters(model, cfg.target_modules, cfg.lora_r, exclude=HEAD_NAMES)
     head = sum(p.numel() for n, p in model.named_parameters() if n.split(".")[0] in HEAD_NAMES)
     return lora + head

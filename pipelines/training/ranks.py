@@ -5,7 +5,8 @@
 - :func:`frozen_checksum`: a checksum of this rank's share of the frozen (base) weights, which must
   not move during LoRA training;
 - :func:`save_adapter`: a collective; the fp32 trainable weights gathered across ranks (whole under
-  ZeRO-3 too), written by rank 0 with peft's ``save_pretrained`` beside the tokenizer and the family's own
+  ZeRO-3 too), written by rank 0 with the model's ``save_pretrained`` (peft's for an adapter; the whole
+  model when every weight trains) beside the tokenizer and the family's own
   files, published by an atomic rename;
 - :func:`mlflow_run`: rank 0's MLflow run, continued on ``--resume``.
 """
