@@ -65,6 +65,10 @@ def load_generator(base_path: str, adapter: str | Path | None = None, precision:
     bf16 = precision == "bf16" or (precision == "auto" and bf16_supported(device))
     if bf16:  # cast once: autocast would re-cast every weight at every decoding step (1.5x slower here)
         model = model.to(torch.bfloat16)
+    if device == "cpu":  # decode steps: grouped-query products instead of CPU SDPA (pipelines.llm.attention)
+        from pipelines.llm.attention import use_grouped_decode
+
+        use_grouped_decode(model)
     return Generator(model.to(device), tokenizer, bf16)
 
 

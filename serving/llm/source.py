@@ -114,6 +114,7 @@ def load_weights(v: LMVersion, precision: str = "auto") -> Weights:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from pipelines.llm.attention import use_grouped_decode
     from pipelines.training.precision import bf16_supported
 
     path = base_path(v)
@@ -127,6 +128,7 @@ def load_weights(v: LMVersion, precision: str = "auto") -> Weights:
     bf16 = precision == "bf16" or (precision == "auto" and bf16_supported("cpu"))
     if bf16:
         peft.to(torch.bfloat16)
+    use_grouped_decode(peft.get_base_model())  # served on the CPU: decode attention as load_generator runs it
     return Weights(peft, peft.get_base_model(), tokenizer, path, v.adapter_name, bf16)
 
 

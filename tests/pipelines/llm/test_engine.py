@@ -80,10 +80,15 @@ def tokens(evs) -> list[int]:
 
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, id="bf16")])
-def test_greedy_outputs_match_generate_alone_under_concurrency(tokenizer, seed, dtype):
+@pytest.mark.parametrize("attention", ["sdpa", "grouped"])
+def test_greedy_outputs_match_generate_alone_under_concurrency(tokenizer, seed, dtype, attention):
+    """``grouped``: the decode attention every generating model gets on a CPU (pipelines.llm.attention)."""
+    from pipelines.llm.attention import use_grouped_decode
     from tests.helpers.llm import tiny_llama
 
     model = tiny_llama(tokenizer, seed=seed).to(dtype)
+    if attention == "grouped":
+        use_grouped_decode(model)
     engine = LLMEngine(model, tokenizer, max_num_seqs=4, max_prefill_tokens=80)
     ids = [chat_ids(tokenizer, p) for p in PROMPTS]
     refs = [reference(model, tokenizer, i, m, engine.eos_token_ids) for i, m in zip(ids, MAX_TOKENS)]

@@ -1,0 +1,136 @@
+"""The CPU decode attention (pipelines.llm.attention) and the in-place growing KV cache (pipelines.llm.kv_cache).
+
+Both are speed changes that must not change what the model computes: the grouped product is compared with
+transformers' own SDPA attention on random inputs (with left padding masked), the growing cache with
+transformers' concatenating ``DynamicLayer``; the engine's end-to-end identity with ``generate()`` under the
+grouped attention is in test_engine.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.cache_utils import DynamicLayer
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from pipelines.llm.attention import grouped_decode_attention, use_grouped_decode
+from pipelines.llm.kv_cache import GrowingLayer, growing_cache
+
+
+class _Module(torch.nn.Module):  # what the attention functions read off the attention layer
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.num_key_value_groups = groups
+        self.is_causal = True
+
+
+def _inputs(batch=3, heads=6, kv_heads=2, q=1, length=11, dim=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    query = torch.randn(batch, heads, q, dim, generator=g)
+    key = torch.randn(batch, kv_heads, length, dim, generator=g)
+    value = torch.randn(batch, kv_heads, length, dim, generator=g)
+    mask = torch.ones(batch, 1, q, length, dtype=torch.bool)
+    mask[1, :, :, :4] = False  # left padding of row 1
+    mask[2, :, :, :7] = False
+    return query, key, value, mask
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_grouped_decode_equals_sdpa_on_one_query_position(masked):
+    query, key, value, mask = _inputs()
+    module = _Module(groups=3).eval()
+    ours, _ = grouped_decode_attention(module, query, key, value, mask if masked else None, scaling=0.3)
+    ref, _ = sdpa_attention_forward(module, query, key, value, mask if masked else None, scaling=0.3)
+    assert ours.shape == ref.shape == (3, 1, 6, 8)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_decode_masks_padding_to_exactly_zero_weight():
+    """Changing the keys/values a row may not attend to leaves its output bit-identical."""
+    query, key, value, mask = _inputs()
+    module = _Module(groups=3).eval()
+    out, _ = grouped_decode_attention(module, query, key, value, mask, scaling=0.3)
+    key2, value2 = key.clone(), value.clone()
+    key2[2, :, :7] += 100.0
+    value2[2, :, :7] -= 50.0
+    out2, _ = grouped_decode_attention(module, query, key2, value2, mask, scaling=0.3)
+    assert torch.equal(out[2], out2[2]) and torch.equal(out[:2], out2[:2])
+
+
+def test_prompts_and_training_go_through_sdpa_unchanged():
+    query, key, value, _ = _inputs(q=11)
+    module = _Module(groups=3).eval()
+    ours, _ = grouped_decode_attention(module, query, key, value, None, scaling=0.3)
+    ref, _ = sdpa_attention_forward(module, query, key, value, None, scaling=0.3)
+    assert torch.equal(ours, ref)
+    module.train()
+    q1, k1, v1, m1 = _inputs()
+    ours, _ = grouped_decode_attention(module, q1, k1, v1, m1, scaling=0.3)
+    ref, _ = sdpa_attention_forward(module, q1, k1, v1, m1, scaling=0.3)
+    assert torch.equal(ours, ref)
+
+
+def test_a_model_switched_to_grouped_decode_generates_what_sdpa_does(tokenizer):
+    """fp32, a left-padded batch of two prompts, greedy: same tokens, logits within float rounding."""
+    from tests.helpers.llm import tiny_llama
+
+    tokenizer.padding_side = "left"
+    enc = tokenizer(["Hello there, my invoice is wrong", "Hi"], return_tensors="pt", padding=True)
+    outs = {}
+    for impl in ("sdpa", "grouped"):
+        model = tiny_llama(tokenizer, seed=3)
+        if impl == "grouped":
+            use_grouped_decode(model)
+        assert model.config._attn_implementation == ("sdpa" if impl == "sdpa" else "ticketops_grouped_decode")
+        with torch.inference_mode():
+            outs[impl] = model.generate(
+                **enc, max_new_tokens=12, do_sample=False, output_logits=True, return_dict_in_generate=True,
+                pad_token_id=tokenizer.pad_token_id,
+            )  # fmt: skip
+    assert torch.equal(outs["sdpa"].sequences, outs["grouped"].sequences)
+    for a, b in zip(outs["sdpa"].logits, outs["grouped"].logits):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def _step(shape_len: int, batch=2, kv_heads=2, dim=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, kv_heads, shape_len, dim, generator=g), torch.randn(
+        batch, kv_heads, shape_len, dim, generator=g
+    )
+
+
+def test_growing_layer_holds_what_the_concatenating_layer_holds():
+    ours, ref = GrowingLayer(), DynamicLayer()
+    for k, n in enumerate([5, 1, 1, 1, 3, 1]):  # a prompt, decode steps, a multi-token append, a step
+        key, value = _step(n, seed=k)
+        a = ours.update(key, value)
+        b = ref.update(key, value)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert ours.get_seq_length() == ref.get_seq_length() == 12
+
+
+def test_decode_steps_write_in_place_and_a_replaced_tensor_is_copied_once():
+    layer = GrowingLayer()
+    layer.update(*_step(6))
+    layer.update(*_step(1, seed=1))  # the first decode step: a buffer with room
+    buffer = layer.keys.data_ptr()
+    for k in range(10):
+        layer.update(*_step(1, seed=2 + k))
+        assert layer.keys.data_ptr() == buffer  # no copy of the cache: written in place
+    # the engine replaces the tensors when rows leave (index_select + trimmed columns): the next step copies them
+    keep = torch.tensor([1])
+    layer.keys, layer.values = layer.keys.index_select(0, keep)[:, :, 2:], layer.values.index_select(0, keep)[:, :, 2:]
+    before = (layer.keys.clone(), layer.values.clone())
+    key, value = _step(1, batch=1, seed=99)
+    out_k, out_v = layer.update(key, value)
+    assert torch.equal(out_k, torch.cat([before[0], key], dim=-2))
+    assert torch.equal(out_v, torch.cat([before[1], value], dim=-2))
+    moved = layer.keys.data_ptr()
+    layer.update(*_step(1, batch=1, seed=100))
+    assert layer.keys.data_ptr() == moved
+
+
+def test_the_engine_cache_uses_growing_layers(tiny_lm):
+    cache = growing_cache(tiny_lm.config)
+    assert len(cache.layers) == tiny_lm.config.num_hidden_layers
+    assert all(type(layer) is GrowingLayer for layer in cache.layers)
