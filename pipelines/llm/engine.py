@@ -582,7 +582,9 @@ class AsyncLLMEngine:
         self, request_id: str, prompt_ids: list[int], params: SamplingParams
     ) -> AsyncIterator[TokenEvent]:
         """The request's events until the finished one. Raises QueueFull / RequestTooLong / ValueError before the
-        first event; closing the iterator early (a client that disconnects) aborts the request and frees its slot."""
+        first event; closing the iterator early (a client that disconnects) aborts the request and frees its slot.
+        Events that arrive while the consumer is busy are handed over as one (their tokens and text joined): a
+        server that falls behind streams fewer, larger chunks instead of a growing backlog of one-token ones."""
         if self._thread is None:
             raise RuntimeError("AsyncLLMEngine.start() was not awaited")
         loop = asyncio.get_running_loop()
@@ -596,8 +598,16 @@ class AsyncLLMEngine:
                 item = await events.get()
                 if isinstance(item, BaseException):
                     raise item
+                later = None
+                while not item.finished and not events.empty():  # steps that arrived meanwhile: one event
+                    later = events.get_nowait()
+                    if isinstance(later, BaseException):
+                        break
+                    item, later = _merged(item, later), None
                 finished = item.finished
                 yield item
+                if later is not None:
+                    raise later
         finally:
             if not finished:
                 self._commands.put(("abort", request_id))
@@ -669,6 +679,19 @@ class AsyncLLMEngine:
                 loop.call_soon_threadsafe(events.put_nowait, item)
             except RuntimeError:  # the caller's loop is closed: nobody is listening
                 pass
+
+
+def _merged(first: TokenEvent, then: TokenEvent) -> TokenEvent:
+    """Two consecutive events of one request as one (its tokens and text in order; the later one's state)."""
+    return TokenEvent(
+        then.request_id,
+        first.token_ids + then.token_ids,
+        first.text + then.text,
+        then.finished,
+        then.finish_reason,
+        then.prompt_tokens,
+        then.completion_tokens,
+    )
 
 
 def _settle(future: asyncio.Future, error: BaseException | None) -> None:

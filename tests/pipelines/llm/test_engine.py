@@ -289,6 +289,31 @@ async def _first(stream):
         return e
 
 
+def test_a_consumer_that_falls_behind_gets_the_steps_it_missed_as_one_event(tokenizer, tiny_lm):
+    """A slow reader (sleeps while the engine thread keeps stepping) receives fewer, larger events; joined they
+    are exactly the answer a fast reader gets, and the last one still says finished with its reason."""
+    ids = chat_ids(tokenizer, PROMPTS[3])
+    engine = LLMEngine(tiny_lm, tokenizer)
+    ref = reference(tiny_lm, tokenizer, ids, 40, engine.eos_token_ids)
+
+    async def read(pause_s: float, rid: str) -> list:
+        aio = AsyncLLMEngine(engine)
+        await aio.start()
+        out = []
+        async for e in aio.generate(rid, ids, SamplingParams(max_tokens=40)):
+            out.append(e)
+            await asyncio.sleep(pause_s)  # a busy event loop: the engine's next steps queue up meanwhile
+        await aio.stop()
+        return out
+
+    fast, slow = asyncio.run(read(0.0, "fast")), asyncio.run(read(0.05, "slow"))
+    assert tokens(fast) == tokens(slow) == ref and len(ref) > 5
+    assert "".join(e.text for e in slow) == "".join(e.text for e in fast)
+    assert len(slow) < len(ref)  # merged: at most one event per 50 ms instead of one per token
+    assert slow[-1].finished and slow[-1].finish_reason == fast[-1].finish_reason
+    assert slow[-1].completion_tokens == len(ref) and all(not e.finished for e in slow[:-1])
+
+
 def test_evaluation_generate_runs_on_the_engine_and_matches_generate_alone(tokenizer, tiny_lm):
     """``pipelines.llm.generation.generate`` (what llm_eval and the pyfunc call) answers through the engine,
     in input order, each answer the text of ``model.generate()`` on its prompt alone (fp32, greedy)."""
