@@ -481,6 +481,11 @@ class FinetuneConfig(DeepSpeedConfig):
     group_by_length: bool = Field(
         True, description="length-grouped batches (less padding); false when length predicts the label (e.g. spam)"
     )
+    class_weight: Literal["none", "balanced"] = Field(
+        "none",
+        description="balanced: the loss weighs each class by n / (classes x its train count), as "
+        "baselines.class_weight does for the TF-IDF models (a rare class: recall bought with precision)",
+    )
     early_stopping_patience: int = Field(
         1,
         ge=0,
@@ -534,6 +539,7 @@ SEARCHABLE_FINETUNE_KEYS = (
     "gradient_clipping",
     "max_length",
     "group_by_length",
+    "class_weight",
     "early_stopping_patience",
 )
 

@@ -68,6 +68,26 @@ def encode(tokenizer, texts: list[str], labels: list[int] | None, max_length: in
     return rows
 
 
+def class_weights(cfg: FinetuneConfig, label_ids: list[int], n_classes: int) -> torch.Tensor | None:
+    """``finetune.class_weight``: None (plain cross-entropy), or scikit-learn's balanced weights of the train
+    labels, n / (classes x count), one per label id (the weighting ``baselines.class_weight`` gives TF-IDF)."""
+    if cfg.class_weight == "none":
+        return None
+    from sklearn.utils.class_weight import compute_class_weight
+
+    w = compute_class_weight("balanced", classes=np.arange(n_classes), y=np.asarray(label_ids))
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def batch_loss(model, batch: dict, weights: torch.Tensor | None) -> torch.Tensor:
+    """The training loss of one batch: the model's own cross-entropy, or with ``weights`` the weighted one
+    (torch's mean: each row's loss times its class weight, over the sum of those weights)."""
+    if weights is None:
+        return model(**batch).loss
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    return torch.nn.functional.cross_entropy(logits.float(), batch["labels"], weight=weights.to(logits.device))
+
+
 @torch.no_grad()
 def predict_logits(module, rows: list[dict], collator, batch_size: int, rank: int, world: int, device) -> np.ndarray:
     """Logits for ``rows``, computed by all ranks together.
@@ -129,6 +149,7 @@ class Session:
     steps_per_epoch: int
     engine: Any
     run_info: dict = field(default_factory=dict)
+    class_weights: torch.Tensor | None = None  # finetune.class_weight balanced: one weight per label id
 
 
 def load_splits(data_dir: Path, cfg: FinetuneConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -194,9 +215,12 @@ def build_session(
         "ds_config": ds_config,
         "trainable_parameters": ranks.trainable_count(engine.module),
     }
+    weights = class_weights(cfg, [r["labels"] for r in train_rows], len(labels))
+    if weights is not None:
+        run_info["class_weights"] = dict(zip(labels, weights.tolist()))
     return Session(
         cfg, me, labels, tokenizer, collator, train_rows, val_rows, val_df["text"].tolist(), val_y,
-        sampler, loader, steps_per_epoch, engine, run_info,
+        sampler, loader, steps_per_epoch, engine, run_info, weights,
     )  # fmt: skip
 
 
@@ -225,7 +249,7 @@ def run_epochs(s: Session, state: dict, on_epoch: Callable[[dict, bool], None], 
         bar = tqdm(s.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not talk, unit="batch", file=sys.stdout)
         for batch in bar:
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = engine(**batch).loss
+            loss = batch_loss(engine, batch, s.class_weights)
             engine.backward(loss)
             engine.step()
             seen += len(batch["labels"]) * world
