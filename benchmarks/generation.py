@@ -36,8 +36,10 @@ hits every mode alike); every mode starts a round at the same request, so the sa
 first ``--ramp`` of each window is not measured (every client starts at once, so the first batch is aligned in
 every mode, which flatters static batching); at its end the clients disconnect (the servers drop those rows).
 
-Per mode and level, over the measured parts of the windows: output tokens/s (streamed content chunks, one per
-token; the end-of-turn token carries no text and is not counted, in any mode), time to first token p50/p95
+Per mode and level, over the measured parts of the windows: output tokens/s (the tokens of the streamed content
+chunks: one per chunk, or for (d) the growth of ``usage.completion_tokens`` that ``continuous_usage_stats`` puts in
+every chunk, since a busy server joins the tokens that piled up; the end-of-turn token carries no text and is
+not counted, in any mode), time to first token p50/p95
 (requests sent in the measured part: send → first content; those still waiting at the window's end count with
 their wait so far, a lower bound), time per output token p50 ((end − first token) / (tokens − 1) of those that
 finished), and how many finished answers are identical to (a)'s for the same request. Then the targets'
@@ -121,6 +123,7 @@ async def _load(
             "first": None,
             "end": None,
             "times": [],
+            "counts": [],  # tokens per content chunk (one, unless a busy server joined several)
             "text": [],
             "error": None,
         }
@@ -131,7 +134,7 @@ async def _load(
             "max_tokens": r["max_tokens"],
             "temperature": 0.0,
             "stream": True,
-            "stream_options": {"include_usage": True},
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
             "response_format": {"type": "text"},
         }
         async with session.post(url, json=body, headers=headers) as resp:
@@ -151,6 +154,7 @@ async def _load(
                         rec["times"].append(time.perf_counter())
                         rec["first"] = rec["first"] or rec["times"][-1]
                         rec["text"].append(content)
+                        rec["counts"].append(_chunk_tokens(ev, ch, rec))
         rec["end"] = time.perf_counter()
 
     async def worker(session: aiohttp.ClientSession) -> None:
@@ -173,6 +177,19 @@ async def _load(
     return _window(records, t0 + ramp * seconds, min(end, stop))
 
 
+def _chunk_tokens(ev: dict, choice: dict, rec: dict) -> int:
+    """The output tokens a content chunk holds: 1 without usage (the modes that stream token by token), else
+    the growth of ``usage.completion_tokens`` (``continuous_usage_stats``: (d) joins the tokens that piled up
+    while it was busy), less the end-of-turn token a final "stop" chunk counts but shows no text for."""
+    usage = ev.get("usage")
+    if not usage:
+        return 1
+    done = usage["completion_tokens"]
+    n = done - rec.get("usage_seen", 0)
+    rec["usage_seen"] = done
+    return max(1, n - (choice.get("finish_reason") == "stop"))
+
+
 def _window(records: list[dict], m0: float, end: float) -> dict:
     """The measured part ``[m0, end]`` of a window: tokens streamed in it; TTFT of the requests sent in it
     (censored at ``end`` for those with no token yet); time per output token of those that also finished."""
@@ -181,14 +198,14 @@ def _window(records: list[dict], m0: float, end: float) -> dict:
         if r["error"]:
             errors.append(r["error"])
         finished = r["end"] is not None and r["error"] is None
-        tokens += sum(m0 <= t <= end for t in r["times"])
+        tokens += sum(k for t, k in zip(r["times"], r["counts"]) if m0 <= t <= end)
         if finished:
             answers[r["i"]] = "".join(r["text"])
         if r["sent"] < m0 or r["error"]:
             continue
         sent += 1
         ttft.append((r["first"] or end) - r["sent"])
-        n = len(r["times"])
+        n = sum(r["counts"])
         if finished and n > 1:
             tpot.append((r["end"] - r["first"]) / (n - 1))
     return {

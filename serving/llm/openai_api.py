@@ -172,7 +172,7 @@ def build_openai_app(backend: LLMBackend, api_key: str | None = None, http_metri
         fmt = _Formatter(endpoint, first, created)
         if body.stream:
             return StreamingResponse(
-                _sse(fmt, events, body.include_usage),
+                _sse(fmt, events, body.include_usage, body.continuous_usage),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
@@ -236,13 +236,15 @@ class _Formatter:
         choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
         return {**self._head("text_completion"), "choices": [choice], "usage": self.usage(last)}
 
-    def chunk(self, text: str | None, finish: str | None, role: bool = False) -> dict:
+    def chunk(self, text: str | None, finish: str | None, role: bool = False, usage: dict | None = None) -> dict:
+        """One stream chunk; ``usage`` (stream_options.continuous_usage_stats): the counts so far."""
+        extra = {} if usage is None else {"usage": usage}
         if self.chat:
             delta: dict = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
             choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-            return {**self._head("chat.completion.chunk"), "choices": [choice]}
+            return {**self._head("chat.completion.chunk"), "choices": [choice], **extra}
         choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
-        return {**self._head("text_completion"), "choices": [choice]}
+        return {**self._head("text_completion"), "choices": [choice], **extra}
 
     def usage_chunk(self, last: dict | None) -> dict:
         obj = "chat.completion.chunk" if self.chat else "text_completion"
@@ -253,9 +255,13 @@ def _data(obj: Any) -> bytes:
     return f"data: {obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)}\n\n".encode()
 
 
-async def _sse(fmt: _Formatter, events: AsyncIterator[dict], include_usage: bool) -> AsyncIterator[bytes]:
-    """The stream: a role chunk (chat), a chunk per delta, the finish chunk, usage if asked, ``[DONE]``.
-    A client that disconnects cancels this generator; ``finally`` closes the backend stream (abort)."""
+async def _sse(
+    fmt: _Formatter, events: AsyncIterator[dict], include_usage: bool, continuous_usage: bool = False
+) -> AsyncIterator[bytes]:
+    """The stream: a role chunk (chat), a chunk per delta, the finish chunk, usage if asked, ``[DONE]``; with
+    ``continuous_usage`` every delta chunk carries the usage so far. A delta holds the tokens the engine produced
+    since the last one the server sent (one, unless the server fell behind). A client that disconnects cancels
+    this generator; ``finally`` closes the backend stream (abort)."""
     last = None
     try:
         if fmt.chat:
@@ -266,7 +272,9 @@ async def _sse(fmt: _Formatter, events: AsyncIterator[dict], include_usage: bool
                 break
             last = ev
             if ev["text"] or ev["finish_reason"]:
-                yield _data(fmt.chunk(ev["text"], ev["finish_reason"]))
+                yield _data(
+                    fmt.chunk(ev["text"], ev["finish_reason"], usage=fmt.usage(ev) if continuous_usage else None)
+                )
         if include_usage:
             yield _data(fmt.usage_chunk(last))
     except Exception as err:  # noqa: BLE001 - the backend failed mid-stream: end the stream cleanly, say why

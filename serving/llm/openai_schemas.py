@@ -59,6 +59,9 @@ class ResponseFormat(_Request):
 
 class StreamOptions(_Request):
     include_usage: StrictBool = False
+    # vLLM's extension: every content chunk carries the usage so far (a chunk may hold several tokens when the
+    # server streams what piled up while it was busy; the completion_tokens delta says how many)
+    continuous_usage_stats: StrictBool = False
 
 
 class _Sampling(_Request):
@@ -108,6 +111,10 @@ class _Sampling(_Request):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.continuous_usage_stats)
 
 
 class ChatCompletionRequest(_Sampling):

@@ -97,6 +97,21 @@ def test_chat_stream_is_openai_chunks_ending_with_done(client, svc) -> None:
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
 
 
+def test_continuous_usage_stats_counts_the_tokens_of_every_chunk(client, svc, tokenizer) -> None:
+    """vLLM's stream option: each content chunk carries the usage so far, so a client can count the tokens a
+    chunk holds (one here; several when a busy server joins what piled up) without re-tokenising."""
+    opts = {"include_usage": True, "continuous_usage_stats": True}
+    chunks = sse(client.post("/v1/chat/completions", json={**CHAT, "stream": True, "stream_options": opts}).text)
+    content = [c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
+    counts = [c["usage"]["completion_tokens"] for c in content]
+    n = len(tokenizer(engine(svc).answer, add_special_tokens=False)["input_ids"])
+    assert counts == list(range(1, n + 1))  # the fake engine: one token per event
+    assert all(c["usage"]["prompt_tokens"] == chunks[-1]["usage"]["prompt_tokens"] > 0 for c in content)
+    assert chunks[-1]["usage"]["completion_tokens"] == n
+    plain = sse(client.post("/v1/chat/completions", json={**CHAT, "stream": True}).text)
+    assert all("usage" not in c for c in plain)  # off unless asked
+
+
 def test_completions_whole_and_streamed(client, svc) -> None:
     r = client.post("/v1/completions", json={"model": "tiny-triage", "prompt": "Once upon", "max_tokens": 3})
     assert r.status_code == 200, r.text
