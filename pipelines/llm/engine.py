@@ -9,8 +9,7 @@ sequence leaves the batch at once, and waiting ones join at the next step.
 How (CPU-friendly, no custom kernels):
 
 - **One batched** ``DynamicCache``: row ``i`` holds running sequence ``i``; rows are right-aligned (left
-  padding); its layers grow in place (:mod:`pipelines.llm.kv_cache`: a step writes its one position instead of
-  copying the cache), with an explicit ``attention_mask`` (padding columns are masked to exactly zero weight) and
+  padding), with an explicit ``attention_mask`` (padding columns are masked to exactly zero weight) and
   per-row ``position_ids`` (each sequence keeps the positions it would have alone).
 - **Prefill** of a newly admitted sequence runs alone, unpadded (the same computation as ``generate()``
   on that prompt); its cache is then left-padded and concatenated to the batch. Admission per step is bounded
@@ -211,7 +210,7 @@ class LLMEngine:
         prefix_cache_tokens: int = 0,
         min_prefix_tokens: int = 16,
     ) -> None:
-        from pipelines.llm.kv_cache import growing_cache
+        from transformers import DynamicCache
 
         config = model.config.get_text_config(decoder=True)
         if getattr(config, "sliding_window", None) or getattr(config, "use_sliding_window", False):
@@ -226,7 +225,7 @@ class LLMEngine:
         self.max_model_len = min(x for x in (max_model_len, context) if x) if (max_model_len or context) else 2048
         self.kv_cache_tokens = kv_cache_tokens or max_num_seqs * self.max_model_len
         self.eos_token_ids = frozenset(eos_token_ids if eos_token_ids is not None else stop_token_ids(model, tokenizer))
-        self._new_cache = lambda: growing_cache(model.config)
+        self._new_cache = lambda: DynamicCache(config=model.config)
         self._structured = None  # StructuredDecoder, built at the first json_schema request
         self.waiting: deque[_Sequence] = deque()
         self.running: list[_Sequence] = []

@@ -1,20 +1,15 @@
-"""The CPU decode attention (pipelines.llm.attention) and the in-place growing KV cache (pipelines.llm.kv_cache).
-
-Both are speed changes that must not change what the model computes: the grouped product is compared with
-transformers' own SDPA attention on random inputs (with left padding masked), the growing cache with
-transformers' concatenating ``DynamicLayer``; the engine's end-to-end identity with ``generate()`` under the
-grouped attention is in test_engine.py.
+"""The CPU decode attention (pipelines.llm.attention): a speed change that must not change what the model
+computes. The grouped product is compared with transformers' own SDPA attention on random inputs (with left
+padding masked); the engine's end-to-end identity with ``generate()`` under it is in test_engine.py.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from pipelines.llm.attention import grouped_decode_attention, use_grouped_decode
-from pipelines.llm.kv_cache import GrowingLayer, growing_cache
 
 
 class _Module(torch.nn.Module):  # what the attention functions read off the attention layer
@@ -90,47 +85,3 @@ def test_a_model_switched_to_grouped_decode_generates_what_sdpa_does(tokenizer):
     assert torch.equal(outs["sdpa"].sequences, outs["grouped"].sequences)
     for a, b in zip(outs["sdpa"].logits, outs["grouped"].logits):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
-
-
-def _step(shape_len: int, batch=2, kv_heads=2, dim=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, kv_heads, shape_len, dim, generator=g), torch.randn(
-        batch, kv_heads, shape_len, dim, generator=g
-    )
-
-
-def test_growing_layer_holds_what_the_concatenating_layer_holds():
-    ours, ref = GrowingLayer(), DynamicLayer()
-    for k, n in enumerate([5, 1, 1, 1, 3, 1]):  # a prompt, decode steps, a multi-token append, a step
-        key, value = _step(n, seed=k)
-        a = ours.update(key, value)
-        b = ref.update(key, value)
-        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    assert ours.get_seq_length() == ref.get_seq_length() == 12
-
-
-def test_decode_steps_write_in_place_and_a_replaced_tensor_is_copied_once():
-    layer = GrowingLayer()
-    layer.update(*_step(6))
-    layer.update(*_step(1, seed=1))  # the first decode step: a buffer with room
-    buffer = layer.keys.data_ptr()
-    for k in range(10):
-        layer.update(*_step(1, seed=2 + k))
-        assert layer.keys.data_ptr() == buffer  # no copy of the cache: written in place
-    # the engine replaces the tensors when rows leave (index_select + trimmed columns): the next step copies them
-    keep = torch.tensor([1])
-    layer.keys, layer.values = layer.keys.index_select(0, keep)[:, :, 2:], layer.values.index_select(0, keep)[:, :, 2:]
-    before = (layer.keys.clone(), layer.values.clone())
-    key, value = _step(1, batch=1, seed=99)
-    out_k, out_v = layer.update(key, value)
-    assert torch.equal(out_k, torch.cat([before[0], key], dim=-2))
-    assert torch.equal(out_v, torch.cat([before[1], value], dim=-2))
-    moved = layer.keys.data_ptr()
-    layer.update(*_step(1, batch=1, seed=100))
-    assert layer.keys.data_ptr() == moved
-
-
-def test_the_engine_cache_uses_growing_layers(tiny_lm):
-    cache = growing_cache(tiny_lm.config)
-    assert len(cache.layers) == tiny_lm.config.num_hidden_layers
-    assert all(type(layer) is GrowingLayer for layer in cache.layers)
