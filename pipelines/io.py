@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pipelines.errors import DataError, PipelineError
@@ -146,6 +147,114 @@ def write_rows(table, positions, path: Path, schema, chunk_rows: int = 50_000) -
     with pq.ParquetWriter(path, schema) as writer:
         for start in range(0, len(positions), chunk_rows):
             writer.write_table(table.take(pa.array(positions[start : start + chunk_rows])).cast(schema))
+
+
+def parquet_columns(path: Path) -> list[str]:
+    """A Parquet file's column names, from its footer (a missing file: the clear error of :func:`read_parquet`)."""
+    import pyarrow.parquet as pq
+
+    _require_file(path)
+    return pq.read_schema(path).names
+
+
+def parquet_num_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    _require_file(path)
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def _projected_schema(pf, columns: list[str] | None):
+    """The file's Arrow schema, only ``columns`` (its pandas metadata kept: the frames get the file's dtypes)."""
+    import pyarrow as pa
+
+    schema = pf.schema_arrow
+    if columns is None:
+        return schema
+    return pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
+
+
+def read_compact(path: Path, columns: list[str]) -> pd.DataFrame:
+    """``columns`` of a Parquet file, every row, its string columns kept in Arrow buffers (``string[pyarrow]``: about
+    the text's bytes plus 4 a value, against about 50 more for the Python strings :func:`read_parquet` makes)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _require_file(path)
+    arrow_strings = pd.StringDtype("pyarrow")
+    table = pq.read_table(path, columns=columns)
+    df = table.to_pandas(types_mapper={pa.string(): arrow_strings, pa.large_string(): arrow_strings}.get)
+    del table
+    pa.default_memory_pool().release_unused()
+    return df
+
+
+def read_batches(path: Path, columns: list[str] | None = None, batch_rows: int = 50_000) -> Iterator[pd.DataFrame]:
+    """A Parquet file's rows (only ``columns``), in order, as frames of at most ``batch_rows`` rows with the dtypes
+    :func:`read_parquet` gives: one batch is in memory at a time, never the file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _require_file(path)
+    with pq.ParquetFile(path) as pf:
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+            yield pa.Table.from_batches([batch]).to_pandas()
+    pa.default_memory_pool().release_unused()  # the decoded row groups: return them, as read_parquet does
+
+
+def read_rows(
+    path: Path, positions: np.ndarray, columns: list[str] | None = None, batch_rows: int = 50_000
+) -> pd.DataFrame:
+    """The rows of a Parquet file at ``positions`` (ascending; only ``columns``) as one frame, read batch by batch:
+    only those rows are kept (as Arrow buffers until the frame is made)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _require_file(path)
+    positions = np.asarray(positions, dtype=np.int64)
+    picked, start = [], 0
+    with pq.ParquetFile(path) as pf:
+        schema = _projected_schema(pf, columns)
+        if len(positions):
+            for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+                lo, hi = np.searchsorted(positions, [start, start + batch.num_rows])
+                if hi > lo:
+                    picked.append(batch.take(pa.array(positions[lo:hi] - start)))
+                start += batch.num_rows
+                if start > positions[-1]:
+                    break
+    df = pa.Table.from_batches(picked, schema=picked[0].schema if picked else schema).to_pandas()
+    del picked
+    pa.default_memory_pool().release_unused()
+    return df
+
+
+def copy_rows(
+    source: Path, keep: np.ndarray, out: Path, columns: list[str] | None = None, batch_rows: int = 50_000
+) -> None:
+    """Write the rows of Parquet ``source`` where ``keep`` (a boolean mask over its rows) is true, only ``columns``,
+    to ``out``, batch by batch: the frame ``read_parquet(source, columns)[keep]`` that :func:`write_parquet` would
+    write (same rows, columns and pandas dtypes), without holding it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _require_file(source)
+    keep = np.asarray(keep, dtype=bool)
+    with pq.ParquetFile(source) as pf:
+        if len(keep) != pf.metadata.num_rows:
+            raise ValueError(f"keep has {len(keep):,} entries, {source} has {pf.metadata.num_rows:,} rows")
+        schema = _projected_schema(pf, columns)
+        # the file's column types; the pandas metadata pandas writes for the frame (its dtypes, no index)
+        empty = pa.Table.from_batches([], schema=schema).to_pandas()
+        schema = schema.with_metadata(pa.Schema.from_pandas(empty, preserve_index=False).metadata)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        start = 0
+        with pq.ParquetWriter(out, schema) as writer:
+            for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+                mask = keep[start : start + batch.num_rows]
+                start += batch.num_rows
+                if mask.any():
+                    writer.write_table(pa.Table.from_batches([batch.filter(pa.array(mask))]).cast(schema))
 
 
 def write_json(obj: Any, path: Path) -> None:

@@ -1,6 +1,8 @@
 """``python -m pipelines.leakage``: leaky columns, cross-split duplicates, group/time overlap; fails on blockers.
 
-A thin CLI; the logic and its description are in :mod:`pipelines.data.leakage_checks`.
+A thin CLI; the logic and its description are in :mod:`pipelines.data.leakage_checks`. The splits are never read
+whole: the checks read them by column and in batches (:func:`~pipelines.data.leakage_checks.audit_splits`), and the
+model-ready splits are the rows they keep, copied from the input files batch by batch.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import typer
 
 from pipelines.config import load_params
 from pipelines.data import distributed
-from pipelines.data.leakage_checks import audit
+from pipelines.data.leakage_checks import Splits, audit_splits
 from pipelines.data.snapshots import used_ids
 from pipelines.data.splitting import SPLITS
 from pipelines.errors import GateFailed, run_cli
-from pipelines.io import atomic_outputs, read_parquet, remove_outputs, write_json, write_parquet
+from pipelines.io import atomic_outputs, copy_rows, parquet_columns, remove_outputs, write_json
+
+COPY_ROWS = 50_000  # rows of a split copied to its model-ready file at a time
 
 
 def main(
@@ -33,11 +37,13 @@ def main(
     """Audit the splits for leakage; write model-ready splits, or fail (exit 3) on a blocker."""
     loaded = load_params(params)
     cfg = loaded.leakage
-    parts = {k: read_parquet(split_dir / f"{k}.parquet") for k in SPLITS}
+    parts = {k: split_dir / f"{k}.parquet" for k in SPLITS}
+    splits = Splits(parts)
+    splits.columns()  # a missing or unreadable split: a clear error before any work
     given = split_report.is_file() and json.loads(split_report.read_text(encoding="utf-8")).get("strategy") == "given"
     with distributed.session(loaded.compute):  # compute.engine: ray computes the signatures on a Ray cluster
-        clean, rep = audit(
-            parts,
+        keep, rep = audit_splits(
+            splits,
             cfg,
             given=given,
             feedback_ids=used_ids(loaded.data.snapshots_dir),
@@ -49,7 +55,8 @@ def main(
         write_json(rep["counts"], staged[metrics])
         if rep["passed"]:
             for k, t in zip(SPLITS, targets):
-                write_parquet(clean[k], staged[t])
+                columns = [c for c in parquet_columns(parts[k]) if c not in rep["dropped_columns"]]
+                copy_rows(parts[k], keep[k], staged[t], columns, COPY_ROWS)  # bounded copies of the kept rows
     for f in rep["findings"]:
         print(f"  [{f['severity']:>7}] {f['check']}: {f['detail']} -> {f['action']}")
     if not rep["passed"]:

@@ -12,8 +12,9 @@ Two parts of the data stages cost time per text and nothing across texts, so the
 
 The results are the pandas path's: same texts and counts, same duplicate masks (``tests/pipelines/data/
 test_distributed.py`` compares them). What stays on the driver: reading the source and writing the stage's
-Parquet (the frame is held there, as on the pandas path), the exact-duplicate check, the candidate grouping
-(16 hashes per text) and the cosine of the candidate pairs (linear in the texts, batched).
+Parquet (ingest holds its frame there, as on the pandas path; leakage reads its texts batch by batch and puts
+each batch in the object store as it goes), the exact-duplicate check, the candidate grouping (16 hashes per
+text) and the cosine of the candidate pairs (linear in the texts, batched).
 
 Ray is imported only when the engine is ``ray`` (the pandas path does not pay for it). A Ray runtime already up in
 the process (a test's, a task's on a Ray worker) is used as it is; otherwise :func:`session` starts one
@@ -22,7 +23,7 @@ the process (a test's, a task's on a Ray worker) is used as it is; otherwise :fu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from functools import partial
@@ -36,6 +37,7 @@ from pipelines.data import pii
 from pipelines.data.ingestion import TextCleaner, clean_texts
 from pipelines.data.near_duplicates import (
     LshSettings,
+    Texts,
     band_matrix,
     near_duplicates,
 )
@@ -73,13 +75,21 @@ def session(compute: ComputeConfig) -> Iterator[None]:
         ray.shutdown()
 
 
-def _dataset(texts: pd.Series, batch_size: int):
-    """``texts`` (as :func:`clean_texts` reads them: ``str``) with their positions, one block per batch, so every
-    batch is a task the cluster can place."""
+def _dataset(batches: Iterable[pd.Series]):
+    """Texts (as :func:`clean_texts` reads them: ``str``) with their positions, one block per batch, so every batch
+    is a task the cluster can place. Each batch goes to the object store as it is made: the driver holds one."""
     import ray
 
-    frame = pd.DataFrame({"text": texts.astype(str).to_numpy(dtype=object), POS: np.arange(len(texts))})
-    return ray.data.from_pandas([frame.iloc[i : i + batch_size] for i in range(0, max(len(frame), 1), batch_size)])
+    refs, start = [], 0
+    for texts in batches:
+        frame = pd.DataFrame({"text": texts.astype(str).to_numpy(dtype=object), POS: start + np.arange(len(texts))})
+        refs.append(ray.put(frame))
+        start += len(texts)
+    return ray.data.from_pandas_refs(refs)
+
+
+def _slices(texts: pd.Series, size: int) -> Iterator[pd.Series]:
+    return (texts.iloc[i : i + size] for i in range(0, len(texts), size))
 
 
 def _in_order(ds) -> pd.DataFrame:
@@ -108,7 +118,7 @@ def scrub_texts_ray(texts: pd.Series, cfg: IngestConfig, compute: ComputeConfig)
     if not len(texts):
         return clean_texts(texts, cfg)
     workers = compute.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    done = _dataset(texts, compute.batch_size).map_batches(
+    done = _dataset(_slices(texts, compute.batch_size)).map_batches(
         _Cleaner,
         fn_constructor_kwargs={"cfg": cfg.model_dump()},
         batch_format="pandas",
@@ -125,12 +135,14 @@ def _band_batch(batch: pd.DataFrame, settings: dict) -> pd.DataFrame:
     return pd.DataFrame({POS: batch[POS].to_numpy(), **{f"band{b}": hashes[:, b] for b in range(s.bands)}})
 
 
-def band_hashes_ray(texts: pd.Series, s: LshSettings, compute: ComputeConfig) -> np.ndarray:
+def band_hashes_ray(texts: pd.Series | Texts, s: LshSettings, compute: ComputeConfig) -> np.ndarray:
     """:func:`~pipelines.data.near_duplicates.band_matrix` of ``texts`` (band hashes of each MinHash signature), by Ray
-    tasks in batches of ``compute.batch_size``: one row of ``s.bands`` hashes per text, in ``texts``' order."""
+    tasks in batches of ``compute.batch_size``: one row of ``s.bands`` hashes per text, in ``texts``' order. The texts
+    are read batch by batch (:class:`~pipelines.data.near_duplicates.Texts`), never whole on the driver."""
+    texts = Texts.of(texts)
     if not len(texts):
         return np.zeros((0, s.bands), dtype=np.uint64)
-    done = _dataset(texts, compute.batch_size).map_batches(
+    done = _dataset(texts.batches(compute.batch_size)).map_batches(
         _band_batch, fn_kwargs={"settings": asdict(s)}, batch_format="pandas", batch_size=compute.batch_size
     )
     return _in_order(done)[[f"band{b}" for b in range(s.bands)]].to_numpy(dtype=np.uint64)

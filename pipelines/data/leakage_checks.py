@@ -33,13 +33,31 @@ evaluation refuses it). (c) and (d) are only reported there: the order and group
 the data's, not something the split stage chose or re-splitting should silently replace.
 Output: model-ready ``data/processed/{train,val,test}.parquet``, ``reports/leakage.json``
 (one entry per finding) and ``metrics/leakage.json`` (counts, a DVC metric).
+
+What each check reads: the stage never holds a split whole. It reads the Parquet files by column and in batches
+(:class:`Splits`); :func:`audit` runs the same functions (:func:`audit_splits`) over frames in memory.
+
+- (c), (d), (e), the feedback rows, and the per-class support and row choice of (a)'s sample read the key
+  columns (``id``, ``label``, ``group``, ``timestamp``) of every row;
+- (f) and (a)'s timing rule read every column of every row, ``BATCH_ROWS`` rows at a time, kept as counts
+  (:class:`ColumnStats`: "is missing" by label, "later than the timestamp");
+- (a)'s single-column models read a bounded stratified sample (``leakage.column_check_max_rows``) of the
+  columns they judge (not ``text``);
+- (b) reads the ``text`` column batch by batch, kept as a 64-bit hash of each normalised text (exact duplicates:
+  equal hashes), MinHash band hashes and n-gram document frequencies (near duplicates), then reads only the
+  candidate pairs' texts again (:mod:`pipelines.data.near_duplicates`).
+
+The model-ready splits are the rows a mask keeps, without the dropped columns, copied from the input files
+batch by batch (:func:`pipelines.io.copy_rows`).
 """
 
 from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -54,12 +72,15 @@ from sklearn.preprocessing import OneHotEncoder
 from sklearn.tree import DecisionTreeClassifier
 
 from pipelines.config import LeakageConfig
-from pipelines.data.near_duplicates import LshSettings, near_duplicates
+from pipelines.data.near_duplicates import LshSettings, TextColumn, Texts, near_duplicates
+from pipelines.io import parquet_columns, parquet_num_rows, read_batches, read_compact, read_rows
 
 CORE = {"id", "text", "label", "timestamp", "group"}
+KEY_COLUMNS = ("id", "label", "group", "timestamp")  # what (c), (d), (e) and the feedback rows read of every row
+BATCH_ROWS = 20_000  # rows of a split read at a time where every column is read
 
 # near_duplicates, or its Ray Data twin (pipelines.data.distributed.near_search): (reference, other, threshold, lsh)
-NearSearch = Callable[[pd.Series, pd.Series, float, LshSettings], np.ndarray]
+NearSearch = Callable[[Texts, Texts, float, LshSettings], np.ndarray]
 
 
 EVAL = ("val", "test")
@@ -111,18 +132,27 @@ def _single_column_model(kind: str):
     return make_pipeline(ColumnTransformer([("t", TfidfVectorizer(min_df=2), 0)]), LogisticRegression(max_iter=300))
 
 
+def sample_positions(
+    labels: pd.Series, max_rows: int | None, seed: int = 0, min_per_class: int = 30
+) -> np.ndarray | None:
+    """The positions (ascending) of :func:`stratified_sample`'s rows among rows of these ``labels``; ``None``: all."""
+    if max_rows is None or len(labels) <= max_rows:
+        return None
+    frac = max_rows / len(labels)
+    rng = np.random.default_rng(seed)
+    keep = []
+    by_label = labels.reset_index(drop=True).to_frame("label").groupby("label", sort=True, observed=True)
+    for rows in by_label.indices.values():
+        n = min(len(rows), max(min_per_class, round(frac * len(rows))))
+        keep.append(rng.choice(rows, size=n, replace=False))
+    return np.sort(np.concatenate(keep))
+
+
 def stratified_sample(df: pd.DataFrame, max_rows: int | None, seed: int = 0, min_per_class: int = 30) -> pd.DataFrame:
     """At most about ``max_rows`` rows of ``df``, each label in its share of the whole but never fewer than
     ``min_per_class`` rows (or all it has), so a rare class stays judgeable; ``df`` itself when small enough."""
-    if max_rows is None or len(df) <= max_rows:
-        return df
-    frac = max_rows / len(df)
-    rng = np.random.default_rng(seed)
-    keep = []
-    for rows in df.groupby("label", sort=True, observed=True).indices.values():
-        n = min(len(rows), max(min_per_class, round(frac * len(rows))))
-        keep.append(rng.choice(rows, size=n, replace=False))
-    return df.iloc[np.sort(np.concatenate(keep))]
+    rows = sample_positions(df["label"], max_rows, seed, min_per_class)
+    return df if rows is None else df.iloc[rows]
 
 
 def single_column_scores(df: pd.DataFrame, seed: int = 0) -> dict[str, dict]:
@@ -173,21 +203,95 @@ def _as_datetime(s: pd.Series) -> pd.Series | None:
     return parsed.dt.tz_localize(None)
 
 
-def check_columns(df: pd.DataFrame, cfg: LeakageConfig, sample: pd.DataFrame) -> list[dict]:
+@dataclass
+class ColumnStats:
+    """What (a)'s timing rule and (f) need of every row, counted batch by batch (:meth:`add`), so that no column is
+    ever held whole: per column, its missing (null or blank) and present rows by label (``pd.crosstab(missing,
+    label)``, labels in the order they first appear) and, for a column that reads as datetimes, the rows that
+    have both it and the timestamp and how many of those are later (``timing``; ``None`` once a value is not a
+    date). ``timed``: the columns the timing rule judges."""
+
+    columns: list[str]
+    timed: list[str]
+    rows: int = 0
+    support: dict = field(default_factory=dict)
+    missing: dict[str, dict] = field(default_factory=dict)
+    present: dict[str, dict] = field(default_factory=dict)
+    missing_rows: dict[str, int] = field(default_factory=dict)
+    timing: dict[str, list[int] | None] = field(default_factory=dict)
+
+    def add(self, batch: pd.DataFrame) -> None:
+        self.rows += len(batch)
+        label = batch["label"]
+        _count(self.support, label)
+        for col in self.columns:
+            if col in {"id", "label"}:
+                continue
+            values = batch[col] if col in batch else pd.Series(None, index=batch.index, dtype=object)
+            missing = (values.isna() | (values.astype("string").str.strip() == "")).to_numpy(dtype=bool)
+            self.missing_rows[col] = self.missing_rows.get(col, 0) + int(missing.sum())
+            _count(self.missing.setdefault(col, {}), label[missing])
+            _count(self.present.setdefault(col, {}), label[~missing])
+        if "timestamp" not in batch:
+            return
+        for col in self.timed:
+            counts = self.timing.setdefault(col, [0, 0])
+            if counts is None or col not in batch or not batch[col].notna().any():
+                continue
+            when = _as_datetime(batch[col])
+            if when is None:
+                self.timing[col] = None
+                continue
+            both = pd.DataFrame({"col": when, "ts": batch["timestamp"]}).dropna()
+            counts[0] += len(both)
+            counts[1] += int((both["col"] > both["ts"]).sum())
+
+    def missing_table(self, col: str) -> np.ndarray:
+        """``pd.crosstab(missing, label)`` of the rows counted (rows of "is missing" False, True; sorted labels)."""
+        labels = sorted({*self.missing[col], *self.present[col]})
+        return np.array([[d.get(c, 0) for c in labels] for d in (self.present[col], self.missing[col]) if d])
+
+    def missing_top(self, col: str) -> tuple[object, int]:
+        """The label most of the column's missing values have, and how many (``value_counts`` of their labels)."""
+        top = pd.Series(self.missing[col], dtype="int64").sort_values(ascending=False)
+        return top.index[0], int(top.iloc[0])
+
+
+def _count(counts: dict, labels: pd.Series) -> None:
+    for label, n in labels.value_counts(sort=False).items():
+        counts[label] = counts.get(label, 0) + int(n)
+
+
+def column_stats(splits: Splits, keep: Mapping[str, np.ndarray], cfg: LeakageConfig) -> ColumnStats:
+    """:class:`ColumnStats` of the rows ``keep`` keeps, each split read once, ``BATCH_ROWS`` rows at a time."""
+    columns = splits.columns()
+    skip = CORE | set(cfg.post_outcome_columns) | set(cfg.target_columns)
+    stats = ColumnStats(columns, timed=[c for c in columns if c not in skip])
+    for name in splits.names:
+        start = 0
+        for batch in splits.batches(name):
+            mask = keep[name][start : start + len(batch)]
+            start += len(batch)
+            stats.add(batch if mask.all() else batch[mask])
+    return stats
+
+
+def check_columns(stats: ColumnStats, cfg: LeakageConfig, sample: pd.DataFrame) -> list[dict]:
     """(a) and (f): leaky and post-outcome columns, label-dependent missingness (target columns exempt). The
-    single-column models of (a) are fitted on ``sample`` (rows of ``df``: :func:`stratified_sample`)."""
+    single-column models of (a) are fitted on ``sample`` (:func:`stratified_sample` of the rows); its timing rule
+    and (f) judge every row, from their counts (``stats``)."""
     out: list[dict] = []
-    targets = [c for c in cfg.target_columns if c in df.columns and c not in CORE]
-    df, sample = df.drop(columns=targets), sample.drop(columns=targets)
+    targets = [c for c in cfg.target_columns if c in stats.columns and c not in CORE]
+    columns = [c for c in stats.columns if c not in targets]
+    sample = sample.drop(columns=[c for c in targets if c in sample])
     action = {"drop": "dropped", "block": "blocked", "report": "reported"}[cfg.leaky_column_action]
     severity = "blocker" if cfg.leaky_column_action == "block" else "warning"
-    support = df["label"].value_counts()
-    on = "" if len(sample) == len(df) else f", on a stratified sample of {len(sample):,} of {len(df):,} rows"
+    on = "" if len(sample) == stats.rows else f", on a stratified sample of {len(sample):,} of {stats.rows:,} rows"
     for col, sc in single_column_scores(sample, cfg.seed).items():
         strong = {
             c: f
             for c, f in sc["class_f1"].items()
-            if f >= cfg.single_column_class_f1_max and support.get(c, 0) >= cfg.min_class_support
+            if f >= cfg.single_column_class_f1_max and stats.support.get(c, 0) >= cfg.min_class_support
         }
         if sc["macro_f1"] >= cfg.single_column_macro_f1_max or strong:
             why = (
@@ -206,7 +310,7 @@ def check_columns(df: pd.DataFrame, cfg: LeakageConfig, sample: pd.DataFrame) ->
                     macro_f1=round(sc["macro_f1"], 4),
                 )
             )
-    declared = [c for c in cfg.post_outcome_columns if c in df.columns]
+    declared = [c for c in cfg.post_outcome_columns if c in columns]
     for col in declared:
         out.append(
             finding(
@@ -217,37 +321,33 @@ def check_columns(df: pd.DataFrame, cfg: LeakageConfig, sample: pd.DataFrame) ->
                 action=action,
             )
         )
-    if "timestamp" in df:
-        for col in df.columns:
-            if col in CORE or col in declared:
+    if "timestamp" in columns:
+        for col in columns:
+            if col in CORE or col in declared or not stats.timing.get(col):
                 continue
-            when = _as_datetime(df[col])
-            if when is None:
-                continue
-            both = pd.DataFrame({"col": when, "ts": df["timestamp"]}).dropna()
-            if len(both) and (both["col"] > both["ts"]).mean() >= 0.99:
+            both, later = stats.timing[col]
+            if both and later / both >= 0.99:
                 out.append(
                     finding(
                         "post_outcome_column",
                         severity,
                         f"{col!r} is later than the timestamp in "
-                        f"{(both['col'] > both['ts']).mean():.1%} of rows: recorded after the label's time",
+                        f"{later / both:.1%} of rows: recorded after the label's time",
                         columns=[col],
                         action=action,
                     )
                 )
-    for col in df.columns:
+    for col in columns:
         if col in {"id", "label"}:
             continue
-        missing = df[col].isna() | (df[col].astype("string").str.strip() == "")
-        if 0 < missing.sum() < len(df):
-            table = pd.crosstab(missing, df["label"]).to_numpy()
-            v = float(association(table, method="cramer"))
+        missing = stats.missing_rows[col]
+        if 0 < missing < stats.rows:
+            v = float(association(stats.missing_table(col), method="cramer"))
             if v >= cfg.missingness_cramers_v_max:
-                top = df.loc[missing, "label"].value_counts()
+                top, top_count = stats.missing_top(col)
                 detail = (
                     f"missing values in {col!r} depend on the label (Cramér's V {v:.2f}); "
-                    f"{top.iloc[0]:,} of {int(missing.sum()):,} are in class {top.index[0]!r}"
+                    f"{top_count:,} of {missing:,} are in class {top!r}"
                 )
                 act = action if col not in CORE else "reported"
                 out.append(
@@ -256,7 +356,7 @@ def check_columns(df: pd.DataFrame, cfg: LeakageConfig, sample: pd.DataFrame) ->
                         severity,
                         detail,
                         columns=[col],
-                        count=int(missing.sum()),
+                        count=missing,
                         action=act,
                         cramers_v=round(v, 4),
                     )
@@ -264,22 +364,22 @@ def check_columns(df: pd.DataFrame, cfg: LeakageConfig, sample: pd.DataFrame) ->
     return out
 
 
-def target_column_scores(df: pd.DataFrame, cfg: LeakageConfig, sample: pd.DataFrame) -> dict[str, dict]:
+def target_column_scores(stats: ColumnStats, cfg: LeakageConfig, sample: pd.DataFrame) -> dict[str, dict]:
     """How well each target column alone predicts the label (fitted on ``sample``, as in :func:`check_columns`),
-    and how its missing values depend on it (every row); report only."""
-    cols = [c for c in cfg.target_columns if c in df.columns and c not in CORE]
+    and how its missing values depend on it (every row, from ``stats``); report only."""
+    cols = [c for c in cfg.target_columns if c in stats.columns and c not in CORE]
     scores = single_column_scores(sample[["label", *cols]], cfg.seed) if cols else {}
     out: dict[str, dict] = {}
     for col in cols:
-        missing = df[col].isna() | (df[col].astype("string").str.strip() == "")
+        missing = stats.missing_rows[col]
         v = None
-        if 0 < missing.sum() < len(df):
-            v = round(float(association(pd.crosstab(missing, df["label"]).to_numpy(), method="cramer")), 4)
+        if 0 < missing < stats.rows:
+            v = round(float(association(stats.missing_table(col), method="cramer")), 4)
         sc = scores.get(col)
         out[col] = {
             "kind": sc["kind"] if sc else None,
             "macro_f1": round(sc["macro_f1"], 4) if sc else None,
-            "missing_rate": round(float(missing.mean()), 4),
+            "missing_rate": round(missing / stats.rows, 4) if stats.rows else float("nan"),
             "missing_cramers_v": v,
         }
     return out
@@ -289,42 +389,54 @@ def normalise_for_dedup(texts: pd.Series) -> pd.Series:
     return texts.astype(str).str.lower().map(lambda t: re.sub(r"[\W_]+", " ", t).strip())
 
 
+def _normalised(texts: pd.Series | Texts) -> Texts:
+    return texts if isinstance(texts, Texts) else Texts.of(normalise_for_dedup(texts))
+
+
 def cross_duplicates(
-    reference: pd.Series,
-    other: pd.Series,
+    reference: pd.Series | Texts,
+    other: pd.Series | Texts,
     threshold: float,
     lsh: LshSettings | None = None,
     near: NearSearch = near_duplicates,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Boolean masks over ``other``: exact duplicates (after normalisation) and near duplicates of ``reference``
-    (cosine >= ``threshold``, found in near-linear time by ``near``: :mod:`pipelines.data.near_duplicates`)."""
-    ref_n, oth_n = normalise_for_dedup(reference), normalise_for_dedup(other)
-    exact = oth_n.isin(set(ref_n)).to_numpy()
-    found = np.zeros(len(other), dtype=bool)
+    (cosine >= ``threshold``, found in near-linear time by ``near``: :mod:`pipelines.data.near_duplicates`).
+
+    A Series is normalised here; :class:`Texts` are normalised as they are read (the stage's, from
+    :meth:`Splits.text`). Exact duplicates are equal 64-bit hashes of the normalised texts
+    (:meth:`Texts.hashes`: 8 bytes a text, not a set of the texts)."""
+    ref, oth = _normalised(reference), _normalised(other)
+    exact = np.isin(oth.hashes(), ref.hashes())
+    found = np.zeros(len(oth), dtype=bool)
     todo = np.flatnonzero(~exact)
-    if len(todo) and len(reference):
-        found[todo] = near(ref_n, oth_n.iloc[todo], threshold, lsh or LshSettings())
+    if len(todo) and len(ref):
+        found[todo] = near(ref, oth.subset(todo), threshold, lsh or LshSettings())
     return exact, found
 
 
+def _lsh(cfg: LeakageConfig) -> LshSettings:
+    return LshSettings(cfg.minhash_num_perm, cfg.minhash_bands, cfg.minhash_shingle, cfg.seed)
+
+
 def check_duplicates(
-    parts: dict[str, pd.DataFrame], cfg: LeakageConfig, near: NearSearch = near_duplicates
+    texts: Mapping[str, TextColumn],
+    keep: Mapping[str, np.ndarray],
+    cfg: LeakageConfig,
+    near: NearSearch = near_duplicates,
 ) -> tuple[list[dict], dict[str, np.ndarray]]:
-    """(b): returns findings and, per evaluation split, a mask of rows to drop."""
-    out, drop = [], {k: np.zeros(len(parts[k]), dtype=bool) for k in EVAL}
-    lsh = LshSettings(cfg.minhash_num_perm, cfg.minhash_bands, cfg.minhash_shingle, cfg.seed)
+    """(b) among the rows ``keep`` keeps of each split's ``texts``: returns findings and, per evaluation split, a
+    mask over its kept rows of those to drop."""
+    kept = {k: Texts([(texts[k], np.flatnonzero(keep[k]))]) for k in ("train", *EVAL)}
+    out, drop = [], {k: np.zeros(len(kept[k]), dtype=bool) for k in EVAL}
+    lsh = _lsh(cfg)
     # train is indexed once for both evaluation splits (its n-gram statistics are the costly part)
-    n_val = len(parts["val"])
-    exact, close = cross_duplicates(
-        parts["train"]["text"], pd.concat([parts["val"]["text"], parts["test"]["text"]], ignore_index=True),
-        cfg.near_duplicate_threshold, lsh, near,
-    )  # fmt: skip
+    n_val = len(kept["val"])
+    exact, close = cross_duplicates(kept["train"], kept["val"] + kept["test"], cfg.near_duplicate_threshold, lsh, near)
     found = {
         ("train", "val"): (exact[:n_val], close[:n_val]),
         ("train", "test"): (exact[n_val:], close[n_val:]),
-        ("val", "test"): cross_duplicates(
-            parts["val"]["text"], parts["test"]["text"], cfg.near_duplicate_threshold, lsh, near
-        ),
+        ("val", "test"): cross_duplicates(kept["val"], kept["test"], cfg.near_duplicate_threshold, lsh, near),
     }
     for (ref, oth), (exact, close) in found.items():
         for kind, mask in (("exact", exact), ("near", close)):
@@ -414,30 +526,32 @@ def check_splits(parts: dict[str, pd.DataFrame], cfg: LeakageConfig, given: bool
 
 
 def drop_feedback_copies(
-    parts: dict[str, pd.DataFrame],
+    keys: Mapping[str, pd.DataFrame],
+    texts: Mapping[str, TextColumn],
     cfg: LeakageConfig,
     feedback_ids: Collection[str],
     near: NearSearch = near_duplicates,
-) -> tuple[dict[str, pd.DataFrame], list[dict]]:
+) -> tuple[dict[str, np.ndarray], list[dict]]:
     """Feedback rows (untrusted labels, :mod:`pipelines.data.snapshots`) in train or val that copy a test text,
     exactly or nearly, leave their split: otherwise (b) would take the trusted test row out because of them,
-    and whoever can call ``/feedback`` could shrink the gate's test split."""
-    if not feedback_ids or "id" not in parts["train"]:
-        return parts, []
-    out, findings, ids = dict(parts), [], set(feedback_ids)
-    lsh = LshSettings(cfg.minhash_num_perm, cfg.minhash_bands, cfg.minhash_shingle, cfg.seed)
+    and whoever can call ``/feedback`` could shrink the gate's test split. Returns per split a mask of the rows
+    that stay (``keys``: the splits' key columns, ``texts``: their text columns)."""
+    keep = {k: np.ones(len(v), dtype=bool) for k, v in keys.items()}
+    if not feedback_ids or "id" not in keys["train"]:
+        return keep, []
+    findings, ids = [], set(feedback_ids)
     for name in ("train", "val"):
-        df = parts[name]
-        fb = df["id"].astype("string").isin(ids).fillna(False).to_numpy(dtype=bool)
+        fb = keys[name]["id"].astype("string").isin(ids).fillna(False).to_numpy(dtype=bool)
         if not fb.any():
             continue
+        rows = np.flatnonzero(fb)
         exact, close = cross_duplicates(
-            parts["test"]["text"], df.loc[fb, "text"], cfg.near_duplicate_threshold, lsh, near
+            Texts([(texts["test"], None)]), Texts([(texts[name], rows)]), cfg.near_duplicate_threshold, _lsh(cfg), near
         )
-        copies = np.zeros(len(df), dtype=bool)
-        copies[np.flatnonzero(fb)] = exact | close
+        copies = np.zeros(len(fb), dtype=bool)
+        copies[rows] = exact | close
         if copies.any():
-            out[name] = df[~copies].reset_index(drop=True)
+            keep[name] = ~copies
             findings.append(
                 finding(
                     "feedback_copies_test",
@@ -449,32 +563,114 @@ def drop_feedback_copies(
                     splits=[name, "test"],
                 )
             )
-    return out, findings
+    return keep, findings
 
 
-def audit(
-    parts: dict[str, pd.DataFrame],
+class Splits:
+    """train / val / test as the checks read them: frames in memory (:func:`audit`) or Parquet files (the stage),
+    by columns (the key columns), batch by batch (every column, ``BATCH_ROWS`` rows at a time), by row (the
+    sample) or as a text column (:class:`~pipelines.data.near_duplicates.TextColumn`, normalised as it is read).
+    Which of the two they are is this class's business only: the checks are the same."""
+
+    def __init__(self, parts: Mapping[str, pd.DataFrame | Path]) -> None:
+        self.parts = dict(parts)
+        self.names = list(self.parts)
+        self._columns: dict[str, list[str]] = {}
+
+    def _file(self, name: str) -> Path | None:
+        part = self.parts[name]
+        return None if isinstance(part, pd.DataFrame) else Path(part)
+
+    def columns(self, name: str | None = None) -> list[str]:
+        """The split's columns; without ``name`` every split's, in order of appearance (as ``pd.concat`` has them)."""
+        if name is None:
+            return list(dict.fromkeys(c for k in self.names for c in self.columns(k)))
+        if name not in self._columns:
+            path = self._file(name)
+            self._columns[name] = list(self.parts[name].columns) if path is None else parquet_columns(path)
+        return self._columns[name]
+
+    def num_rows(self, name: str) -> int:
+        path = self._file(name)
+        return len(self.parts[name]) if path is None else parquet_num_rows(path)
+
+    def read(self, name: str, columns: Collection[str]) -> pd.DataFrame:
+        """Every row of those of ``columns`` the split has, with a fresh index (from a file: strings as Arrow
+        buffers, ``string[pyarrow]``, a quarter of the memory of Python strings)."""
+        columns = [c for c in columns if c in self.columns(name)]
+        path = self._file(name)
+        df = self.parts[name][columns] if path is None else read_compact(path, columns)
+        return df.reset_index(drop=True)
+
+    def batches(self, name: str) -> Iterator[pd.DataFrame]:
+        """Every column, ``BATCH_ROWS`` rows at a time, in order."""
+        path = self._file(name)
+        if path is not None:
+            yield from read_batches(path, batch_rows=BATCH_ROWS)
+            return
+        df = self.parts[name]
+        for start in range(0, len(df), BATCH_ROWS):
+            yield df.iloc[start : start + BATCH_ROWS]
+
+    def rows(self, name: str, positions: np.ndarray, columns: Collection[str]) -> pd.DataFrame:
+        """The rows at ``positions`` (ascending) of those of ``columns`` the split has."""
+        columns = [c for c in columns if c in self.columns(name)]
+        path = self._file(name)
+        if path is None:
+            return self.parts[name].iloc[positions][columns].reset_index(drop=True)
+        return read_rows(path, positions, columns, BATCH_ROWS)
+
+    def text(self, name: str) -> TextColumn:
+        """The ``text`` column, normalised (:func:`normalise_for_dedup`) as it is read, batch by batch."""
+        path = self._file(name)
+        if path is None:
+            return TextColumn(self.parts[name]["text"], transform=normalise_for_dedup)
+
+        def read() -> Iterator[pd.Series]:
+            return (batch["text"] for batch in read_batches(path, ["text"], BATCH_ROWS))
+
+        return TextColumn(read, self.num_rows(name), normalise_for_dedup)
+
+
+def sample_rows(splits: Splits, keep: Mapping[str, np.ndarray], labels: pd.Series, cfg: LeakageConfig) -> pd.DataFrame:
+    """(a)'s rows: :func:`stratified_sample` of the rows ``keep`` keeps (their ``labels``, the splits one after the
+    other), only the columns it judges (``label`` and those outside :data:`CORE`), read by position."""
+    rows = sample_positions(labels, cfg.column_check_max_rows, cfg.seed)
+    rows = np.arange(len(labels)) if rows is None else rows
+    columns = [c for c in splits.columns() if c == "label" or c not in CORE]
+    frames, offset = [], 0
+    for name in splits.names:
+        kept = np.flatnonzero(keep[name])
+        mine = rows[(rows >= offset) & (rows < offset + len(kept))] - offset
+        frames.append(splits.rows(name, kept[mine], columns))
+        offset += len(kept)
+    return pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
+
+
+def audit_splits(
+    splits: Splits,
     cfg: LeakageConfig,
     given: bool = False,
     feedback_ids: Collection[str] = (),
     near: NearSearch = near_duplicates,
-) -> tuple[dict[str, pd.DataFrame], dict]:
-    """Pure stage function: raw splits → cleaned splits and the leakage report.
-
-    ``given``: the splits are the data's own (``split.strategy`` given), see the module docstring.
-    ``feedback_ids``: ids of feedback rows (:func:`drop_feedback_copies`). ``near``: the near-duplicate search,
-    here or on a Ray cluster (``compute.engine``: :func:`pipelines.data.distributed.near_search`), same findings."""
-    parts, fb_findings = drop_feedback_copies(parts, cfg, feedback_ids, near)
-    whole = pd.concat(parts.values(), ignore_index=True)
-    # (a) is an estimate: fitted on a bounded stratified sample (leakage.column_check_max_rows); the rest reads every row
-    sample = stratified_sample(whole, cfg.column_check_max_rows, cfg.seed)
-    findings = fb_findings + check_columns(whole, cfg, sample)
-    dup_findings, drop = check_duplicates(parts, cfg, near)
-    findings += dup_findings + check_splits(parts, cfg, given)
+) -> tuple[dict[str, np.ndarray], dict]:
+    """The stage function over :class:`Splits` (frames or files): per split a mask of the rows its model-ready
+    split keeps, and the leakage report (its ``dropped_columns`` leave every split). See :func:`audit`."""
+    keys = {k: splits.read(k, KEY_COLUMNS) for k in splits.names}
+    texts = {k: splits.text(k) for k in splits.names}
+    keep, fb_findings = drop_feedback_copies(keys, texts, cfg, feedback_ids, near)
+    keys = {k: v[keep[k]].reset_index(drop=True) for k, v in keys.items()}
+    # (a) is an estimate: fitted on a bounded stratified sample (leakage.column_check_max_rows); the rest: every row
+    sample = sample_rows(splits, keep, pd.concat([v["label"] for v in keys.values()], ignore_index=True), cfg)
+    stats = column_stats(splits, keep, cfg)
+    findings = fb_findings + check_columns(stats, cfg, sample)
+    targets, sample_size = target_column_scores(stats, cfg, sample), len(sample)
+    del sample  # not held while the duplicates are searched
+    dup_findings, drop = check_duplicates(texts, keep, cfg, near)
+    findings += dup_findings + check_splits(keys, cfg, given)
     dropped_cols = sorted({c for f in findings if f["action"] == "dropped" for c in f["columns"]} - CORE)
-    clean = {k: v.drop(columns=dropped_cols) for k, v in parts.items()}
     for k in EVAL:
-        clean[k] = clean[k][~drop[k]].reset_index(drop=True)
+        keep[k][np.flatnonzero(keep[k])[drop[k]]] = False
     blockers = [f for f in findings if f["severity"] == "blocker"]
     counts = {
         "findings": len(findings),
@@ -489,7 +685,7 @@ def audit(
         "removed_feedback_rows": sum(f["count"] for f in fb_findings),
         "group_overlap_rows": sum(f["count"] for f in findings if f["check"] == "group_overlap"),
         "unseen_class_rows": sum(f["count"] for f in findings if f["check"] == "class_unseen_in_train"),
-        **{f"rows_{k}": int(len(v)) for k, v in clean.items()},
+        **{f"rows_{k}": int(v.sum()) for k, v in keep.items()},
     }
     report = {
         "passed": not blockers,
@@ -497,7 +693,27 @@ def audit(
         "counts": counts,
         "dropped_columns": dropped_cols,
         "findings": findings,
-        "target_columns": target_column_scores(whole, cfg, sample),
-        "single_column_rows": len(sample),
+        "target_columns": targets,
+        "single_column_rows": sample_size,
     }
+    return keep, report
+
+
+def audit(
+    parts: dict[str, pd.DataFrame],
+    cfg: LeakageConfig,
+    given: bool = False,
+    feedback_ids: Collection[str] = (),
+    near: NearSearch = near_duplicates,
+) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Pure stage function: raw splits → cleaned splits and the leakage report (:func:`audit_splits` on frames).
+
+    ``given``: the splits are the data's own (``split.strategy`` given), see the module docstring.
+    ``feedback_ids``: ids of feedback rows (:func:`drop_feedback_copies`). ``near``: the near-duplicate search,
+    here or on a Ray cluster (``compute.engine``: :func:`pipelines.data.distributed.near_search`), same findings."""
+    keep, report = audit_splits(Splits(parts), cfg, given, feedback_ids, near)
+    clean = {}
+    for k, df in parts.items():
+        out = df.drop(columns=report["dropped_columns"])
+        clean[k] = out if k not in EVAL and keep[k].all() else out[keep[k]].reset_index(drop=True)
     return clean, report

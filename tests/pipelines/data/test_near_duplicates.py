@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from pipelines.config import GenerateConfig, LeakageConfig
 from pipelines.data.generator import generate_tickets
 from pipelines.data.leakage_checks import cross_duplicates, normalise_for_dedup
-from pipelines.data.near_duplicates import LshSettings, _Tfidf, near_duplicates
+from pipelines.data.near_duplicates import LshSettings, TextColumn, Texts, _Tfidf, near_duplicates, text_hashes
 from tests.helpers.oracles import nearest_cosine
 
 THRESHOLD = 0.9
@@ -86,3 +86,37 @@ def test_cross_duplicates_separates_exact_from_near() -> None:
 def test_bands_must_divide_the_signature() -> None:
     with pytest.raises(ValidationError, match="minhash_num_perm .*multiple of minhash_bands"):
         LeakageConfig(minhash_num_perm=128, minhash_bands=10)
+
+
+def test_texts_read_in_batches_and_by_position_are_the_rows_they_name(tickets) -> None:
+    """:class:`Texts` over a Series and over a batch reader (how the stage reads a Parquet column) give the same
+    texts, hashes and search results as the Series themselves, whatever the batch size."""
+    ref, other = tickets
+    reader = TextColumn(
+        lambda: (other.iloc[i : i + 37] for i in range(0, len(other), 37)), len(other), lambda s: s.str.upper()
+    )
+    rows = np.arange(3, len(other), 2)
+    both = Texts([(TextColumn(ref), np.arange(0, len(ref), 3))]) + Texts([(reader, rows)])
+    want = pd.concat([ref.iloc[::3], other.iloc[rows].str.upper()], ignore_index=True)
+    assert len(both) == len(want)
+    assert pd.concat(list(both.batches(size=50)), ignore_index=True).tolist() == want.tolist()
+    pick = np.array([0, 5, len(ref[::3]) - 1, len(ref[::3]), len(want) - 1])
+    assert both.take(pick).tolist() == want.iloc[pick].tolist()
+    assert both.subset(pick).take(np.arange(len(pick))).tolist() == want.iloc[pick].tolist()
+    np.testing.assert_array_equal(both.hashes(), text_hashes(want))
+    lowered = Texts(
+        [(TextColumn(lambda: (other.iloc[i : i + 37] for i in range(0, len(other), 37)), len(other)), None)]
+    )
+    s = LshSettings()
+    np.testing.assert_array_equal(
+        near_duplicates(ref, lowered, THRESHOLD, s), near_duplicates(ref, other, THRESHOLD, s)
+    )
+
+
+def test_idf_of_the_candidates_ngrams_only_is_the_full_idf(tickets) -> None:
+    ref, other = tickets
+    full, needed = _Tfidf(ref), _Tfidf(ref, needed=[other[:40], ref[:40]])
+    for texts in (other[:40], ref[:40]):
+        a, b = full.rows(texts), needed.rows(texts)
+        assert (a != b).nnz == 0
+    assert len(needed.columns) < 10**6 < len(full.columns)
