@@ -57,8 +57,11 @@ def run_seed(params: dict, seed: int, source: Path, workdir: Path, stages: list[
     return d
 
 
-def predictions(d: Path, stages: list[str], base_model: str, max_length: int) -> dict[str, np.ndarray]:
-    """Every trained model's predicted labels on ``d``'s test split."""
+def predictions(
+    d: Path, stages: list[str], base_model: str, max_length: int, precision: str = "auto"
+) -> dict[str, np.ndarray]:
+    """Every trained model's predicted labels on ``d``'s test split; the transformer in ``precision``
+    (``evaluate.precision``: what the stages score it in and serving loads it in)."""
     import joblib
 
     test = pd.read_parquet(d / "data" / "processed" / "test.parquet")
@@ -70,7 +73,9 @@ def predictions(d: Path, stages: list[str], base_model: str, max_length: int) ->
     if "finetune" in stages:
         from pipelines.classifier.transformer import TransformerClassifier
 
-        clf = TransformerClassifier(d / "models" / "transformer", base_model=base_model, max_length=max_length)
+        clf = TransformerClassifier(
+            d / "models" / "transformer", base_model=base_model, max_length=max_length, precision=precision
+        )
         out["transformer"] = np.asarray(clf.classes)[clf.predict_proba(test["text"].tolist()).argmax(1)]
     return {"__y__": test["label"].astype(str).to_numpy(), **out}
 
@@ -135,7 +140,9 @@ def main() -> None:
     try:
         for s in seeds:
             d = run_seed(params, s, a.data.resolve(), workdir, stages)
-            per_seed[s] = predictions(d, stages, loaded.finetune.base_model, loaded.finetune.max_length)
+            per_seed[s] = predictions(
+                d, stages, loaded.finetune.base_model, loaded.finetune.max_length, loaded.evaluate.precision
+            )
             print(json.dumps({"seed": s, "test_rows": len(per_seed[s]["__y__"])}), flush=True)
         report(per_seed, a.label)
     finally:
