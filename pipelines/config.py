@@ -248,6 +248,9 @@ class LeakageConfig(Section):
         16, ge=1, description="LSH bands: more bands propose more candidates (higher recall, more cosine checks)"
     )
     minhash_shingle: int = Field(5, ge=2, le=16, description="character n-gram length hashed into the signature")
+    n_jobs: int = Field(
+        2, ge=1, le=64, description="processes for the per-text work of the checks (n-gram counts, single-column CV)"
+    )
     duplicate_action: Literal["remove", "block", "report"] = "remove"
     group_overlap_action: Literal["block", "report"] = "report"
     time_order_action: Literal["block", "report"] = "block"

@@ -57,7 +57,18 @@ def fail(err: PipelineError) -> NoReturn:
         write_error_record(err, Path(os.environ[ERROR_FILE_ENV]))
     sys.stdout.flush()
     sys.stderr.flush()
+    _stop_worker_processes()
     os._exit(err.exit_code)
+
+
+def _stop_worker_processes() -> None:
+    """Stop joblib's reusable worker processes (``leakage.n_jobs``, CV): ``os._exit`` skips the atexit hook that
+    would, and live workers hold the stage's stdout/stderr open, so a caller reading them (DVC, a test) would
+    wait for the workers' idle timeout (300 s) before it saw the exit."""
+    loky = sys.modules.get("joblib.externals.loky.reusable_executor")
+    executor = getattr(loky, "_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True, kill_workers=True)
 
 
 def write_error_record(err: PipelineError, path: Path) -> None:

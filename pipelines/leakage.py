@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from joblib import parallel_config
 
 from pipelines.config import load_params
 from pipelines.data import distributed
@@ -41,7 +42,10 @@ def main(
     splits = Splits(parts)
     splits.columns()  # a missing or unreadable split: a clear error before any work
     given = split_report.is_file() and json.loads(split_report.read_text(encoding="utf-8")).get("strategy") == "given"
-    with distributed.session(loaded.compute):  # compute.engine: ray computes the signatures on a Ray cluster
+    with (
+        distributed.session(loaded.compute),  # compute.engine: ray computes the signatures on a Ray cluster
+        parallel_config(n_jobs=cfg.n_jobs),  # joblib's workers for the n-gram counts and the single-column CV
+    ):
         keep, rep = audit_splits(
             splits,
             cfg,

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from joblib import Parallel, delayed
 from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.preprocessing import normalize
 
@@ -274,25 +275,38 @@ class _Tfidf:
             used = np.unique(np.concatenate([np.zeros(0, np.int32), *per_chunk]))
         self.columns = np.append(used, np.int32(self.hv.n_features))  # sorted; a last one no n-gram has
         df = np.zeros(len(self.columns), dtype=np.int32)
-        for batch in reference.batches():
-            cols, counts = np.unique(self.hv.transform(batch).indices, return_counts=True)  # one per (row, term)
-            pos, known = self._find(cols)
-            df[pos[known]] += counts[known].astype(np.int32)
+        # n-gram extraction is the cost (pure Python in scikit-learn): batches are counted by joblib's workers
+        # (``joblib.parallel_config(n_jobs=...)``, the stage's ``leakage.n_jobs``; 1: in this process)
+        counted = Parallel(return_as="generator_unordered")(
+            delayed(_document_frequencies)(self.hv, batch, self.columns) for batch in reference.batches()
+        )
+        for pos, counts in counted:
+            df[pos] += counts
         seen = np.flatnonzero(df)
         self.idf = np.zeros(len(self.columns), dtype=np.float32)  # n-grams the reference lacks: out of vocabulary
         self.idf[seen] = np.log((1 + len(reference)) / (1 + df[seen])) + 1  # sklearn's smooth idf
 
-    def _find(self, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Where ``cols`` are in :attr:`columns`, and which of them are there."""
-        pos = np.searchsorted(self.columns, cols)
-        return pos, self.columns[pos] == cols
-
     def rows(self, texts: pd.Series) -> sp.csr_matrix:
         x = self.hv.transform(texts).tocsr()
-        pos, known = self._find(x.indices)
+        pos, known = _find(self.columns, x.indices)
         idf = np.where(known, self.idf[pos], np.float32(0))
         x.data = (1 + np.log(x.data)) * idf  # sublinear tf x idf, column by column
         return normalize(x, copy=False)
+
+
+def _find(columns: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where ``cols`` are in the sorted ``columns`` (whose last one no n-gram has), and which of them are there."""
+    pos = np.searchsorted(columns, cols)
+    return pos, columns[pos] == cols
+
+
+def _document_frequencies(
+    hv: HashingVectorizer, texts: pd.Series, columns: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per n-gram column of ``columns`` that ``texts`` have: its position there and how many of the texts have it."""
+    cols, counts = np.unique(hv.transform(texts).indices, return_counts=True)  # one per (row, term)
+    pos, known = _find(columns, cols)
+    return pos[known], counts[known].astype(np.int32)
 
 
 def near_duplicates(

@@ -120,3 +120,19 @@ def test_idf_of_the_candidates_ngrams_only_is_the_full_idf(tickets) -> None:
         a, b = full.rows(texts), needed.rows(texts)
         assert (a != b).nnz == 0
     assert len(needed.columns) < 10**6 < len(full.columns)
+
+
+def test_document_frequencies_counted_by_parallel_workers_are_the_same(tickets) -> None:
+    """The stage counts n-grams in joblib's worker processes (leakage.n_jobs): batches arrive in any order and the
+    IDF must not depend on it."""
+    from joblib import parallel_config
+
+    ref, other = tickets
+    assert len(ref) > 2_000  # more than one batch, so the workers share the counting
+    needed = [other[:100], ref[:100]]
+    alone = _Tfidf(ref, needed=needed)
+    with parallel_config(n_jobs=2):
+        shared = _Tfidf(ref, needed=needed)
+    np.testing.assert_array_equal(shared.columns, alone.columns)
+    np.testing.assert_array_equal(shared.idf, alone.idf)
+    assert (shared.idf > 0).sum() > 1000
