@@ -835,6 +835,11 @@ class ServeLlmConfig(Section):
         description="prompt tokens of recent requests whose keys/values are kept so a later prompt sharing their "
         "prefix (the system prompt) computes only the rest; 0: off",
     )
+    overlap_prefill: bool = Field(
+        True,
+        description="prefill prompts that arrive while others decode in a second thread (one torch thread) beside "
+        "the decode step, instead of stalling it",
+    )
     default_max_tokens: int = Field(256, ge=1, description="answer cap when a request gives no max_tokens")
     max_prompt_chars: int = Field(20_000, ge=1, description="characters of a prompt (all messages together)")
     max_stop_sequences: int = Field(4, ge=0, le=64, description="stop strings per request (OpenAI allows 4)")

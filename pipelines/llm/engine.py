@@ -13,8 +13,12 @@ How (CPU-friendly, no custom kernels):
   per-row ``position_ids`` (each sequence keeps the positions it would have alone).
 - **Prefill** of a newly admitted sequence runs alone, unpadded (the same computation as ``generate()``
   on that prompt); its cache is then left-padded and concatenated to the batch. Admission per step is bounded
-  by ``max_prefill_tokens`` (the first waiting sequence is always admitted, so a long prompt cannot starve),
-  so running sequences stall for at most about that many prompt tokens between two decode steps.
+  by ``max_prefill_tokens`` (the first waiting sequence is always admitted, so a long prompt cannot starve).
+  With ``overlap_prefill`` (default) and a core the engine's torch threads leave free, the prefills admitted
+  while sequences are running are computed in a second thread (one torch thread) during that step's decode,
+  and join the batch after it, so the running sequences do not wait for them (bf16, 16 rows, one torch thread
+  on 2 cores: +10% tokens/s offline, a prefill being about a fifth of the engine's time); otherwise they run
+  before the decode step, which then stalls for at most about ``max_prefill_tokens`` prompt tokens.
 - **Prefix caching** (``prefix_cache_tokens`` > 0): the keys and values of recent prompts are kept (oldest
   dropped first, within that many tokens); a new prompt takes those of the longest prefix it shares with one
   (at least ``min_prefix_tokens``: a system prompt, few-shot examples) and prefills only the rest. On a CPU a
@@ -209,6 +213,7 @@ class LLMEngine:
         eos_token_ids: set[int] | None = None,
         prefix_cache_tokens: int = 0,
         min_prefix_tokens: int = 16,
+        overlap_prefill: bool = True,
     ) -> None:
         from transformers import DynamicCache
 
@@ -243,6 +248,15 @@ class LLMEngine:
             "aborted": 0,
         }  # fmt: skip
         self._step_s = 0.0  # moving average of a step's seconds (for retry_after)
+        self.overlap_prefill = overlap_prefill
+        self._cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self._prefiller = None  # ThreadPoolExecutor(1): the prefills that overlap a decode step
+
+    def close(self) -> None:
+        """Stop the prefill thread (if one was started); the engine must not step afterwards."""
+        if self._prefiller is not None:
+            self._prefiller.shutdown(wait=True)
+            self._prefiller = None
 
     # ------------------------------------------------------------------ requests
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
@@ -337,10 +351,13 @@ class LLMEngine:
             self._run_idle_fns()
         try:
             with torch.inference_mode():
-                if not self._idle_fns:
-                    self._admit(events)
-                if self.running:
-                    self._decode(events)
+                admitted = [] if self._idle_fns else self._admissions()
+                if admitted and self.running and self._overlap():
+                    self._overlapped(admitted, events)
+                else:
+                    self._join(self._started(admitted, [self._prefill(seq) for seq in admitted], events))
+                    if self.running:
+                        self._decode(events)
         except Exception as e:
             self._fail_all()
             raise EngineError(f"generation step failed: {e!r}") from e
@@ -350,9 +367,11 @@ class LLMEngine:
         )
         return list(events.values())
 
-    def _admit(self, events: dict[str, TokenEvent]) -> None:
-        budget, joined = self.max_prefill_tokens, []
-        while self.waiting and len(self.running) + len(joined) < self.max_num_seqs:
+    def _admissions(self) -> list[_Sequence]:
+        """The waiting sequences admitted this step (taken off the queue, their tokens reserved): within
+        ``max_num_seqs``, the KV budget and ``max_prefill_tokens`` (the first one always, so none starves)."""
+        budget, admitted = self.max_prefill_tokens, []
+        while self.waiting and len(self.running) + len(admitted) < self.max_num_seqs:
             seq = self.waiting[0]
             need = len(seq.prompt_ids) + seq.params.max_tokens
             over_budget = budget < self.max_prefill_tokens and len(seq.prompt_ids) > budget  # the first always joins
@@ -361,14 +380,51 @@ class LLMEngine:
             self.waiting.popleft()
             seq.reserved, budget = need, budget - len(seq.prompt_ids)
             self._reserved += need
-            cache = self._prefill(seq, events)
-            if cache is not None:
-                joined.append((seq, cache))
-        if joined:
-            self._join(joined)
+            admitted.append(seq)
+        return admitted
 
-    def _prefill(self, seq: _Sequence, events: dict[str, TokenEvent]):
-        """The prompt alone, unpadded (as ``generate()`` computes it); its cache, or None if it already ended.
+    def _overlap(self) -> bool:
+        """Prefill beside the decode step only when a core is free for it: with as many torch threads as cores,
+        a third thread stalls the decode's team (bf16, 16 rows, 2 threads on 2 cores: 10% fewer tokens/s)."""
+        return self.overlap_prefill and torch.get_num_threads() < self._cpus
+
+    def _overlapped(self, admitted: list[_Sequence], events: dict[str, TokenEvent]) -> None:
+        """The admitted sequences' prefills in a second thread (one torch thread) while this thread decodes the
+        running ones; they join the batch after both (their first decode step is the next one).
+
+        A prefill is about a fifth of the engine's time with mixed prompts and answers (bf16, 16 rows), and
+        while it runs inline every running sequence waits for it. Overlapped, it runs on another core. Each
+        computes what it did alone: the tokens are the same. Only the model's forward runs there; token choice
+        (and its schema masks) and all bookkeeping stay in this thread."""
+        if self._prefiller is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._prefiller = ThreadPoolExecutor(1, "llm-prefill", initializer=torch.set_num_threads, initargs=(1,))
+        prefills = self._prefiller.submit(self._prefills_apart, admitted)
+        try:
+            self._decode(events)
+        finally:
+            done = prefills.result()  # never leave it computing while the caller cleans up after an error
+        self._join(self._started(admitted, done, events))
+
+    def _prefills_apart(self, admitted: list[_Sequence]) -> list[tuple]:
+        with torch.inference_mode():  # thread-local
+            return [self._prefill(seq) for seq in admitted]
+
+    def _started(self, admitted: list[_Sequence], prefills: list[tuple], events: dict[str, TokenEvent]) -> list:
+        """Each admitted sequence's first token from its prefill's logits; those that go on: (sequence, cache)."""
+        joined = []
+        for seq, (cache, logits, cached) in zip(admitted, prefills):
+            self.counters["prompt_tokens"] += len(seq.prompt_ids)
+            self.counters["prefix_cached_tokens"] += cached
+            if not self._advance(seq, self._choose(logits, [seq])[0], events):
+                joined.append((seq, cache))
+        return joined
+
+    def _prefill(self, seq: _Sequence) -> tuple:
+        """The prompt alone, unpadded (as ``generate()`` computes it): (its cache, the last position's logits,
+        how many prompt tokens came from the prefix cache). Touches nothing but the prefix cache, so it may run
+        beside a decode step (:meth:`_overlapped`).
 
         With prefix caching, the keys and values of the longest prefix this prompt shares with a recent prompt
         (a system prompt, a few-shot block) are taken from that prompt's cache and only the rest is computed."""
@@ -376,11 +432,8 @@ class LLMEngine:
         start = self._reuse_prefix(seq.prompt_ids, cache)
         ids = torch.tensor([seq.prompt_ids[start:]], device=self.device)
         out = self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
-        self.counters["prompt_tokens"] += len(seq.prompt_ids)
-        self.counters["prefix_cached_tokens"] += start
         self._remember_prefix(seq.prompt_ids, cache)
-        token = self._choose(out.logits[:, -1, :].float(), [seq])[0]
-        return None if self._advance(seq, token, events) else cache
+        return cache, out.logits[:, -1, :].float(), start
 
     def _reuse_prefix(self, prompt: list[int], cache) -> int:
         """Load into ``cache`` the longest cached prefix of ``prompt`` (at least ``min_prefix_tokens``, and one
@@ -408,6 +461,8 @@ class LLMEngine:
 
     def _join(self, joined: list) -> None:
         """Left-pad the batch cache and the new sequences' caches to one width and stack them as new rows."""
+        if not joined:
+            return
         width = max([0 if self._mask is None else self._mask.shape[1]] + [len(s.prompt_ids) for s, _ in joined])
         masks = [] if self._mask is None else [_left_pad(self._mask, width, 1)]
         masks += [
@@ -574,6 +629,7 @@ class AsyncLLMEngine:
         self._commands.put(("wake",))
         await asyncio.to_thread(self._thread.join)
         self._thread = None
+        self.engine.close()
         for request_id in list(self._streams):
             self._deliver(TokenEvent(request_id, [], "", True, "abort", 0, 0))
 

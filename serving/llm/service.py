@@ -94,6 +94,7 @@ class ModelLoader:
             max_model_len=max_len,
             kv_cache_tokens=self.cfg.kv_cache_tokens,
             prefix_cache_tokens=self.cfg.prefix_cache_tokens,
+            overlap_prefill=self.cfg.overlap_prefill,
         )
         max_len = min(engine.max_model_len, engine.kv_cache_tokens)  # what the engine will admit
         engine = AsyncLLMEngine(engine)

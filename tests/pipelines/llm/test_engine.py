@@ -81,17 +81,31 @@ def tokens(evs) -> list[int]:
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, id="bf16")])
 @pytest.mark.parametrize("attention", ["sdpa", "grouped"])
-def test_greedy_outputs_match_generate_alone_under_concurrency(tokenizer, seed, dtype, attention):
-    """``grouped``: the decode attention every generating model gets on a CPU (pipelines.llm.attention)."""
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlapped-prefill", "inline-prefill"])
+def test_greedy_outputs_match_generate_alone_under_concurrency(tokenizer, seed, dtype, attention, overlap):
+    """``grouped``: the decode attention every generating model gets on a CPU (pipelines.llm.attention).
+    ``overlapped-prefill``: prompts that arrive while others run are prefilled in the engine's second thread,
+    beside the decode step (which it must be: a hook records the thread of every prompt's forward); the engine
+    only does that with a core its torch threads leave free, which the test grants."""
+    import threading
+
     from pipelines.llm.attention import use_grouped_decode
     from tests.helpers.llm import tiny_llama
 
     model = tiny_llama(tokenizer, seed=seed).to(dtype)
     if attention == "grouped":
         use_grouped_decode(model)
-    engine = LLMEngine(model, tokenizer, max_num_seqs=4, max_prefill_tokens=80)
+    engine = LLMEngine(model, tokenizer, max_num_seqs=4, max_prefill_tokens=80, overlap_prefill=overlap)
+    engine._cpus = torch.get_num_threads() + 1  # a core free for the prefill thread, whatever this machine has
     ids = [chat_ids(tokenizer, p) for p in PROMPTS]
     refs = [reference(model, tokenizer, i, m, engine.eos_token_ids) for i, m in zip(ids, MAX_TOKENS)]
+    prefill_threads: set[str] = set()
+
+    def record(module, args, kwargs):  # noqa: ANN001, ANN202
+        if kwargs["input_ids"].shape[1] > 1:
+            prefill_threads.add(threading.current_thread().name)
+
+    model.register_forward_pre_hook(record, with_kwargs=True)
     arrivals: dict[int, list] = {0: [], 2: [], 3: [], 9: [], 15: []}
     when = [0, 0, 2, 3, 3, 9, 15]
     for k, step in enumerate(when):
@@ -114,6 +128,9 @@ def test_greedy_outputs_match_generate_alone_under_concurrency(tokenizer, seed, 
         assert all(not e.finished for e in events[f"r{k}"][:-1])
     stats = engine.stats()
     assert stats["running"] == stats["waiting"] == stats["kv_tokens_used"] == stats["kv_tensor_tokens"] == 0
+    assert any(t.startswith("llm-prefill") for t in prefill_threads) == overlap
+    assert threading.current_thread().name in prefill_threads  # the first prompts: nothing ran yet, inline
+    engine.close()
 
 
 def test_text_deltas_join_to_the_decoded_answer(tokenizer, tiny_lm):
@@ -389,3 +406,17 @@ def test_prefix_caching_is_off_by_default_and_bounded_by_its_budget(tokenizer, t
     small = LLMEngine(tiny_lm, tokenizer, prefix_cache_tokens=2 * max(map(len, ids)))
     drive(small, {0: [(f"r{k}", i, SamplingParams(max_tokens=3)) for k, i in enumerate(ids)]})
     assert sum(len(p) for p, _ in small._prefixes) <= 2 * max(map(len, ids)) and small._prefixes
+
+
+def test_prefill_stays_inline_when_the_torch_threads_take_every_core(tokenizer, tiny_lm):
+    """A third thread on cores the decode's torch threads already fill stalls them: no overlap then."""
+    engine = LLMEngine(tiny_lm, tokenizer, max_num_seqs=4)
+    ids = chat_ids(tokenizer, PROMPTS[0])
+    engine._cpus = torch.get_num_threads()
+    drive(engine, {0: [("a", ids, SamplingParams(max_tokens=8))], 2: [("b", ids, SamplingParams(max_tokens=8))]})
+    assert engine._prefiller is None
+    engine._cpus = torch.get_num_threads() + 1
+    drive(engine, {0: [("c", ids, SamplingParams(max_tokens=8))], 2: [("d", ids, SamplingParams(max_tokens=8))]})
+    assert engine._prefiller is not None
+    engine.close()
+    assert engine._prefiller is None
