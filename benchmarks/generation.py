@@ -251,7 +251,12 @@ def run_offline(
     order = [(start + k) % len(reqs) for k in range(n)]
     serve_llm = ServeLlmConfig()  # (c) is the engine (d) serves, with its defaults
     engine = engine_from_generator(
-        gen, max_num_seqs=c, max_waiting=n, max_prefill_tokens=1024, prefix_cache_tokens=serve_llm.prefix_cache_tokens
+        gen,
+        max_num_seqs=c,
+        max_waiting=n,
+        max_prefill_tokens=1024,
+        prefix_cache_tokens=serve_llm.prefix_cache_tokens,
+        overlap_prefill=serve_llm.overlap_prefill,
     )
     for k, i in enumerate(order):
         engine.add_request(str(k), reqs[i]["ids"], SamplingParams(max_tokens=reqs[i]["max_tokens"]))

@@ -149,6 +149,15 @@ def write_rows(table, positions, path: Path, schema, chunk_rows: int = 50_000) -
             writer.write_table(table.take(pa.array(positions[start : start + chunk_rows])).cast(schema))
 
 
+def with_pandas_metadata(schema):
+    """``schema`` (an Arrow schema) with the pandas metadata pandas writes for a frame of these columns (their
+    dtypes, no index), so a file written batch by batch reads back as :func:`write_parquet`'s would."""
+    import pyarrow as pa
+
+    empty = pa.Table.from_batches([], schema=schema).to_pandas()
+    return schema.with_metadata(pa.Schema.from_pandas(empty, preserve_index=False).metadata)
+
+
 def parquet_columns(path: Path) -> list[str]:
     """A Parquet file's column names, from its footer (a missing file: the clear error of :func:`read_parquet`)."""
     import pyarrow.parquet as pq
@@ -243,10 +252,7 @@ def copy_rows(
     with pq.ParquetFile(source) as pf:
         if len(keep) != pf.metadata.num_rows:
             raise ValueError(f"keep has {len(keep):,} entries, {source} has {pf.metadata.num_rows:,} rows")
-        schema = _projected_schema(pf, columns)
-        # the file's column types; the pandas metadata pandas writes for the frame (its dtypes, no index)
-        empty = pa.Table.from_batches([], schema=schema).to_pandas()
-        schema = schema.with_metadata(pa.Schema.from_pandas(empty, preserve_index=False).metadata)
+        schema = with_pandas_metadata(_projected_schema(pf, columns))
         out.parent.mkdir(parents=True, exist_ok=True)
         start = 0
         with pq.ParquetWriter(out, schema) as writer:

@@ -17,7 +17,7 @@ from pipelines.config import load_params
 from pipelines.data.snapshots import used_ids
 from pipelines.data.splitting import KEY_COLUMNS, split_rows
 from pipelines.errors import run_cli
-from pipelines.io import atomic_outputs, read_parquet, write_json, write_rows
+from pipelines.io import atomic_outputs, read_parquet, with_pandas_metadata, write_json, write_rows
 
 TAKE_ROWS = 50_000  # rows of a split copied out of the input at a time
 
@@ -29,7 +29,6 @@ def main(
     report: Annotated[Path, typer.Option(help="split report (JSON)")] = Path("reports/split.json"),
 ) -> None:
     """Split the interim data into train / val / test: as given by the data, or by time, group or stratified random."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     loaded = load_params(params)
@@ -41,8 +40,7 @@ def main(
     table = pq.read_table(data)  # every column, as compact Arrow buffers (no Python object per text)
     with atomic_outputs(out_dir, report) as staged:
         table = table.drop_columns([c for c in ("split",) if c in present])
-        empty = table.slice(0, 0).to_pandas()  # the pandas dtypes, for the files' pandas metadata
-        schema = pa.Schema.from_pandas(empty, preserve_index=False)
+        schema = with_pandas_metadata(table.schema)
         staged[out_dir].mkdir(parents=True, exist_ok=True)
         for name, positions in rows.items():
             write_rows(table, positions, staged[out_dir] / f"{name}.parquet", schema, TAKE_ROWS)  # bounded copies

@@ -135,7 +135,9 @@ def _single_column_model(kind: str):
 def sample_positions(
     labels: pd.Series, max_rows: int | None, seed: int = 0, min_per_class: int = 30
 ) -> np.ndarray | None:
-    """The positions (ascending) of :func:`stratified_sample`'s rows among rows of these ``labels``; ``None``: all."""
+    """The positions (ascending) of a stratified sample of at most about ``max_rows`` of rows with these
+    ``labels``: each label in its share of the whole but never fewer than ``min_per_class`` rows (or all it
+    has), so a rare class stays judgeable; ``None``: all rows (few enough, or no cap)."""
     if max_rows is None or len(labels) <= max_rows:
         return None
     frac = max_rows / len(labels)
@@ -146,13 +148,6 @@ def sample_positions(
         n = min(len(rows), max(min_per_class, round(frac * len(rows))))
         keep.append(rng.choice(rows, size=n, replace=False))
     return np.sort(np.concatenate(keep))
-
-
-def stratified_sample(df: pd.DataFrame, max_rows: int | None, seed: int = 0, min_per_class: int = 30) -> pd.DataFrame:
-    """At most about ``max_rows`` rows of ``df``, each label in its share of the whole but never fewer than
-    ``min_per_class`` rows (or all it has), so a rare class stays judgeable; ``df`` itself when small enough."""
-    rows = sample_positions(df["label"], max_rows, seed, min_per_class)
-    return df if rows is None else df.iloc[rows]
 
 
 def single_column_scores(df: pd.DataFrame, seed: int = 0) -> dict[str, dict]:
@@ -278,7 +273,7 @@ def column_stats(splits: Splits, keep: Mapping[str, np.ndarray], cfg: LeakageCon
 
 def check_columns(stats: ColumnStats, cfg: LeakageConfig, sample: pd.DataFrame) -> list[dict]:
     """(a) and (f): leaky and post-outcome columns, label-dependent missingness (target columns exempt). The
-    single-column models of (a) are fitted on ``sample`` (:func:`stratified_sample` of the rows); its timing rule
+    single-column models of (a) are fitted on ``sample`` (:func:`sample_positions` of the rows); its timing rule
     and (f) judge every row, from their counts (``stats``)."""
     out: list[dict] = []
     targets = [c for c in cfg.target_columns if c in stats.columns and c not in CORE]
@@ -633,7 +628,7 @@ class Splits:
 
 
 def sample_rows(splits: Splits, keep: Mapping[str, np.ndarray], labels: pd.Series, cfg: LeakageConfig) -> pd.DataFrame:
-    """(a)'s rows: :func:`stratified_sample` of the rows ``keep`` keeps (their ``labels``, the splits one after the
+    """(a)'s rows: :func:`sample_positions` of the rows ``keep`` keeps (their ``labels``, the splits one after the
     other), only the columns it judges (``label`` and those outside :data:`CORE`), read by position."""
     rows = sample_positions(labels, cfg.column_check_max_rows, cfg.seed)
     rows = np.arange(len(labels)) if rows is None else rows
