@@ -420,3 +420,119 @@ def test_prefill_stays_inline_when_the_torch_threads_take_every_core(tokenizer, 
     assert engine._prefiller is not None
     engine.close()
     assert engine._prefiller is None
+
+
+def _held_prefills(engine: LLMEngine):
+    """Make the engine's prefill thread wait for the returned event before each batch (a slow prompt)."""
+    import threading
+
+    gate, original = threading.Event(), engine._prefills_apart
+
+    def held(admitted):  # noqa: ANN001, ANN202
+        assert gate.wait(10), "the test never released the prefill"
+        return original(admitted)
+
+    engine._prefills_apart = held
+    engine._cpus = torch.get_num_threads() + 1  # a core free for the prefill thread, whatever this machine has
+    return gate
+
+
+def test_running_sequences_keep_decoding_while_a_prefill_is_in_flight(tokenizer, tiny_lm):
+    """A prompt whose prefill is slower than the decode steps: the running sequence gets a token every step
+    meanwhile, the newcomer counts as admitted (slot and KV reserved), joins once its prefill returns, and both
+    answers are still token-identical to generate() alone."""
+    engine = LLMEngine(tiny_lm, tokenizer, max_num_seqs=4)
+    gate = _held_prefills(engine)
+    ids = [chat_ids(tokenizer, PROMPTS[k]) for k in (3, 1)]
+    refs = [reference(tiny_lm, tokenizer, i, 30, engine.eos_token_ids) for i in ids]
+    engine.add_request("first", ids[0], SamplingParams(max_tokens=30))
+    events: dict[str, list] = {}
+
+    def step() -> list[str]:
+        out = engine.step()
+        for ev in out:
+            events.setdefault(ev.request_id, []).append(ev)
+        return [ev.request_id for ev in out]
+
+    assert step() == ["first"]  # nothing running yet: prefilled inline
+    engine.add_request("second", ids[1], SamplingParams(max_tokens=30))
+    for _ in range(3):
+        assert step() == ["first"]  # decoding goes on; the second prompt is still being prefilled
+    assert engine.stats()["running"] == 2 and engine.stats()["waiting"] == 0
+    assert engine.stats()["kv_tokens_used"] == len(ids[0]) + len(ids[1]) + 60
+    gate.set()
+    while "second" not in events:
+        step()
+    while engine.has_unfinished():
+        step()
+    assert [tokens(events["first"]), tokens(events["second"])] == refs
+    assert engine.stats()["kv_tokens_used"] == 0
+    engine.close()
+
+
+def test_a_request_aborted_during_its_prefill_ends_once_it_returns_and_frees_its_slot(tokenizer, tiny_lm):
+    engine = LLMEngine(tiny_lm, tokenizer, max_num_seqs=2)
+    gate = _held_prefills(engine)
+    ids = chat_ids(tokenizer, PROMPTS[0])
+    engine.add_request("running", ids, SamplingParams(max_tokens=40))
+    engine.step()
+    engine.add_request("gone", ids, SamplingParams(max_tokens=40))
+    engine.add_request("next", ids, SamplingParams(max_tokens=4))
+    engine.step()  # "gone" is in its prefill; "next" waits: two slots are taken
+    engine.abort("gone")
+    assert [e.request_id for e in engine.step()] == ["running"]
+    assert engine.stats()["waiting"] == 1
+    gate.set()
+    ended: list = []
+    while not ended:
+        ended = [e for e in engine.step() if e.request_id == "gone"]
+    assert ended[0].finished and ended[0].finish_reason == "abort" and ended[0].token_ids == []
+    later: dict[str, list] = {}
+    while engine.has_unfinished():
+        for ev in engine.step():
+            later.setdefault(ev.request_id, []).append(ev)
+    assert "gone" not in later and later["next"][-1].finished  # the freed slot admitted the waiting one
+    assert engine.stats()["kv_tokens_used"] == 0 and engine._aborts == set()
+    engine.close()
+
+
+def test_a_prefill_that_fails_in_the_other_thread_ends_every_request_and_frees_the_budget(tokenizer, tiny_lm):
+    from pipelines.llm.engine import EngineError
+
+    engine = LLMEngine(tiny_lm, tokenizer, max_num_seqs=4)
+    engine._cpus = torch.get_num_threads() + 1
+    ids = chat_ids(tokenizer, PROMPTS[0])
+    engine.add_request("running", ids, SamplingParams(max_tokens=40))
+    engine.step()
+
+    def broken(admitted):  # noqa: ANN001, ANN202
+        raise RuntimeError("out of memory in the prefill")
+
+    engine._prefills_apart = broken
+    engine.add_request("new", ids, SamplingParams(max_tokens=40))
+    with pytest.raises(EngineError, match="out of memory in the prefill"):
+        for _ in range(5):
+            engine.step()
+    assert not engine.has_unfinished() and engine.stats()["kv_tokens_used"] == 0 and engine._live == {}
+    engine.close()
+
+
+def test_an_idle_function_waits_for_prefills_in_flight(tokenizer, tiny_lm):
+    """An adapter swap must not change the weights under a prompt being prefilled in the other thread."""
+    engine = LLMEngine(tiny_lm, tokenizer, max_num_seqs=4)
+    gate = _held_prefills(engine)
+    ids = chat_ids(tokenizer, PROMPTS[0])
+    engine.add_request("other", ids, SamplingParams(max_tokens=3))
+    engine.step()  # prefilled inline: nothing was running
+    engine.add_request("late", ids, SamplingParams(max_tokens=2))
+    order = [e.request_id for e in engine.step() if e.finished]  # "late" goes to the prefill thread
+    assert engine._prefilling
+    done = engine.run_when_idle(lambda: order.append("swap") or "swapped")
+    while engine.running:  # "other" decodes to its end; "late" is still being prefilled
+        order += [e.request_id for e in engine.step() if e.finished]
+    assert order == ["other"] and engine._prefilling and not done.done()
+    gate.set()
+    while engine.has_unfinished():
+        order += [e.request_id for e in engine.step() if e.finished]
+    assert order == ["other", "late", "swap"] and done.result() == "swapped"
+    engine.close()
