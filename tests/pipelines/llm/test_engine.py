@@ -437,6 +437,16 @@ def _held_prefills(engine: LLMEngine):
     return gate
 
 
+def _one_running(tokenizer, model, max_num_seqs: int, request_id: str, max_tokens: int):
+    """An engine with held prefills and one request running (prefilled inline: nothing ran before it)."""
+    engine = LLMEngine(model, tokenizer, max_num_seqs=max_num_seqs)
+    gate = _held_prefills(engine)
+    ids = chat_ids(tokenizer, PROMPTS[0])
+    engine.add_request(request_id, ids, SamplingParams(max_tokens=max_tokens))
+    engine.step()
+    return engine, gate, ids
+
+
 def test_running_sequences_keep_decoding_while_a_prefill_is_in_flight(tokenizer, tiny_lm):
     """A prompt whose prefill is slower than the decode steps: the running sequence gets a token every step
     meanwhile, the newcomer counts as admitted (slot and KV reserved), joins once its prefill returns, and both
@@ -471,11 +481,7 @@ def test_running_sequences_keep_decoding_while_a_prefill_is_in_flight(tokenizer,
 
 
 def test_a_request_aborted_during_its_prefill_ends_once_it_returns_and_frees_its_slot(tokenizer, tiny_lm):
-    engine = LLMEngine(tiny_lm, tokenizer, max_num_seqs=2)
-    gate = _held_prefills(engine)
-    ids = chat_ids(tokenizer, PROMPTS[0])
-    engine.add_request("running", ids, SamplingParams(max_tokens=40))
-    engine.step()
+    engine, gate, ids = _one_running(tokenizer, tiny_lm, 2, "running", 40)
     engine.add_request("gone", ids, SamplingParams(max_tokens=40))
     engine.add_request("next", ids, SamplingParams(max_tokens=4))
     engine.step()  # "gone" is in its prefill; "next" waits: two slots are taken
@@ -519,11 +525,7 @@ def test_a_prefill_that_fails_in_the_other_thread_ends_every_request_and_frees_t
 
 def test_an_idle_function_waits_for_prefills_in_flight(tokenizer, tiny_lm):
     """An adapter swap must not change the weights under a prompt being prefilled in the other thread."""
-    engine = LLMEngine(tiny_lm, tokenizer, max_num_seqs=4)
-    gate = _held_prefills(engine)
-    ids = chat_ids(tokenizer, PROMPTS[0])
-    engine.add_request("other", ids, SamplingParams(max_tokens=3))
-    engine.step()  # prefilled inline: nothing was running
+    engine, gate, ids = _one_running(tokenizer, tiny_lm, 4, "other", 3)
     engine.add_request("late", ids, SamplingParams(max_tokens=2))
     order = [e.request_id for e in engine.step() if e.finished]  # "late" goes to the prefill thread
     assert engine._prefilling
