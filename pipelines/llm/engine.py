@@ -302,11 +302,8 @@ class LLMEngine:
             self._aborts.add(request_id)
         events: dict[str, TokenEvent] = {}
         self._apply_aborts(events)
-        while self._prefilling:  # their prefills finish first (the other thread must not outlive them)
-            batch, future = self._prefilling.popleft()
-            future.exception()
-            for seq in batch:
-                self._emit(events, seq, [], "", "abort")
+        for seq in self._drain_prefills():
+            self._emit(events, seq, [], "", "abort")
         return list(events.values())
 
     def run_when_idle(self, fn: Callable[[], object]) -> Future:
@@ -422,6 +419,16 @@ class LLMEngine:
             prefills = future.result()  # a failed one stays listed: _fail_all releases its sequences
             self._prefilling.popleft()
             self._join(self._started(batch, prefills, events))
+
+    def _drain_prefills(self) -> list[_Sequence]:
+        """Wait for every prefill in flight (never leave one computing while the caller ends its sequences) and
+        take them off the list: their sequences, whether the prefill succeeded or failed."""
+        pending = []
+        while self._prefilling:
+            batch, future = self._prefilling.popleft()
+            future.exception()
+            pending += batch
+        return pending
 
     def _in_prefill(self) -> int:
         return sum(len(batch) for batch, _ in self._prefilling)
@@ -590,11 +597,7 @@ class LLMEngine:
         self._aborts &= prefilling  # the rest are done or unknown; these end when their prefill returns
 
     def _fail_all(self) -> None:
-        for _, future in self._prefilling:  # never leave one computing while the caller cleans up
-            future.exception()
-        pending = [seq for batch, _ in self._prefilling for seq in batch]
-        self._prefilling.clear()
-        for seq in list(self.waiting) + self.running + pending:
+        for seq in list(self.waiting) + self.running + self._drain_prefills():
             if seq.request_id in self._live:  # not already finished in the failed step
                 self._release(seq, aborted=True)
         self.waiting.clear()

@@ -505,11 +505,7 @@ def test_a_request_aborted_during_its_prefill_ends_once_it_returns_and_frees_its
 def test_a_prefill_that_fails_in_the_other_thread_ends_every_request_and_frees_the_budget(tokenizer, tiny_lm):
     from pipelines.llm.engine import EngineError
 
-    engine = LLMEngine(tiny_lm, tokenizer, max_num_seqs=4)
-    engine._cpus = torch.get_num_threads() + 1
-    ids = chat_ids(tokenizer, PROMPTS[0])
-    engine.add_request("running", ids, SamplingParams(max_tokens=40))
-    engine.step()
+    engine, _, ids = _one_running(tokenizer, tiny_lm, 4, "running", 40)
 
     def broken(admitted):  # noqa: ANN001, ANN202
         raise RuntimeError("out of memory in the prefill")
