@@ -24,7 +24,8 @@ Modes (all in ``--precision``, ``--threads`` torch threads each, one model copy 
     latency). Its time to first token counts from when that closed loop would have sent the request;
 - (d) **ours through Ray Serve**: the real path, ``POST /v1/chat/completions`` (stream) on the classifier's
     ingress (``serving.app.build``: Ray's HTTP proxy → ``ClassifierDeployment`` → handle →
-    ``LLMDeployment`` → :class:`~serving.llm.service.LLMService` → ``AsyncLLMEngine``). Its champion is an
+    ``LLMDeployment`` → :class:`~serving.llm.service.LLMService` → the engine in its child process,
+    ``serve_llm.engine_process``). Its champion is an
     *untrained* LoRA adapter on the same base, registered in a temporary MLflow registry (LoRA's B is zero,
     so the merged weights are the base's: same tokens, same compute as a trained adapter). No classifier
     champion is registered: the classifier side just keeps looking for one.

@@ -840,6 +840,11 @@ class ServeLlmConfig(Section):
         description="prefill prompts that arrive while others decode in a second thread (one torch thread) beside "
         "the decode step, instead of stalling it",
     )
+    engine_process: bool = Field(
+        True,
+        description="run the engine (weights, KV cache, steps) in a child process of the replica, so the replica's "
+        "event loop never holds the interpreter lock a decode step needs; false: a thread of the replica",
+    )
     default_max_tokens: int = Field(256, ge=1, description="answer cap when a request gives no max_tokens")
     max_prompt_chars: int = Field(20_000, ge=1, description="characters of a prompt (all messages together)")
     max_stop_sequences: int = Field(4, ge=0, le=64, description="stop strings per request (OpenAI allows 4)")

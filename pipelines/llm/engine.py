@@ -98,6 +98,9 @@ class QueueFull(Exception):
         super().__init__(message)
         self.retry_after_s = retry_after_s
 
+    def __reduce__(self) -> tuple:  # pickled across the engine process's pipe with both arguments
+        return type(self), (self.args[0], self.retry_after_s)
+
 
 class RequestTooLong(ValueError):
     """prompt tokens + max_tokens exceed the model's context (``max_model_len``) or the KV budget (HTTP 400)."""
@@ -627,40 +630,82 @@ def engine_from_generator(gen, **kwargs) -> LLMEngine:
     return LLMEngine(gen.model, gen.tokenizer, **kwargs)
 
 
+def set_torch_threads(n: int) -> None:
+    """``torch.set_num_threads(n)``: run it in the engine's thread (OpenMP thread counts are per calling thread);
+    a module-level function so it can be sent to an engine in another process."""
+    torch.set_num_threads(n)
+
+
+def drive(
+    engine: LLMEngine,
+    commands: queue.SimpleQueue,
+    apply: Callable[[tuple], bool],
+    publish: Callable[[list[TokenEvent], dict], None],
+    fail: Callable[[EngineError], None],
+) -> None:
+    """The engine thread's loop: apply ``commands`` between steps (``apply`` returns False for the one that stops
+    the loop), step while anything is unfinished, hand each step's events and the engine's stats to ``publish``
+    (a failed step to ``fail``), sleep on the queue while there is nothing to compute. On stop, the requests
+    still in flight end with "abort" events (published)."""
+    running = True
+    while running:
+        try:  # sleep on the queue while there is nothing to compute
+            command = commands.get_nowait() if engine.has_unfinished() else commands.get()
+        except queue.Empty:
+            command = None
+        while command is not None:
+            running = apply(command) and running
+            try:
+                command = commands.get_nowait()
+            except queue.Empty:
+                command = None
+        if not running or not engine.has_unfinished():
+            publish([], engine.stats())
+            continue
+        try:
+            events = engine.step()
+        except EngineError as e:
+            log.exception("LLM engine step failed; ending the requests in flight")
+            fail(e)
+            events = []
+        publish(events, engine.stats())
+    publish(engine.abort_all(), engine.stats())
+
+
 class AsyncLLMEngine:
     """The step loop of an :class:`LLMEngine` in a thread of its own; the asyncio side only awaits events.
 
     Requests, aborts and idle functions reach the engine thread through a queue and are applied between
     steps (so :meth:`generate` learns of :class:`QueueFull` / :class:`RequestTooLong` within one step);
     events come back with ``loop.call_soon_threadsafe``. The event loop never runs the model.
+    :class:`~pipelines.llm.engine_process.ProcessLLMEngine` has the same interface with the engine in a child
+    process.
     """
 
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
+        self.max_model_len, self.kv_cache_tokens = engine.max_model_len, engine.kv_cache_tokens
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._thread: threading.Thread | None = None
-        self._running = False
         self._stats = engine.stats()
 
     async def start(self) -> None:
         if self._thread is not None:
             return
-        self._running = True
-        self._thread = threading.Thread(target=self._loop, name="llm-engine", daemon=True)
+        args = (self.engine, self._commands, self._apply, self._publish, self._fail)
+        self._thread = threading.Thread(target=drive, args=args, name="llm-engine", daemon=True)
         self._thread.start()
 
     async def stop(self) -> None:
         """Stop the loop; requests still in flight end with an "abort" event."""
         if self._thread is None:
             return
-        self._running = False
-        self._commands.put(("wake",))
+        self._commands.put(("stop",))
         await asyncio.to_thread(self._thread.join)
         self._thread = None
         self.engine.close()
-        for request_id in list(self._streams):
-            self._deliver(TokenEvent(request_id, [], "", True, "abort", 0, 0))
+        self._abort_streams()
 
     async def generate(
         self, request_id: str, prompt_ids: list[int], params: SamplingParams
@@ -669,12 +714,10 @@ class AsyncLLMEngine:
         first event; closing the iterator early (a client that disconnects) aborts the request and frees its slot.
         Events that arrive while the consumer is busy are handed over as one (their tokens and text joined): a
         server that falls behind streams fewer, larger chunks instead of a growing backlog of one-token ones."""
-        if self._thread is None:
-            raise RuntimeError("AsyncLLMEngine.start() was not awaited")
         loop = asyncio.get_running_loop()
         added: asyncio.Future = loop.create_future()
         events: asyncio.Queue = asyncio.Queue()
-        self._commands.put(("add", request_id, prompt_ids, params, loop, events, added))
+        self._submit(request_id, prompt_ids, params, loop, events, added)
         finished = False
         try:
             await added
@@ -694,7 +737,7 @@ class AsyncLLMEngine:
                     raise later
         finally:
             if not finished:
-                self._commands.put(("abort", request_id))
+                self._abort(request_id)
 
     def stats(self) -> dict:
         """The engine's counters as of its last step (safe to read from any thread)."""
@@ -706,36 +749,21 @@ class AsyncLLMEngine:
         self._commands.put(("idle", fn, done))
         return await asyncio.wrap_future(done)
 
-    # ------------------------------------------------------------------ the engine thread
-    def _loop(self) -> None:
-        while self._running:
-            try:  # sleep on the queue while there is nothing to compute
-                command = self._commands.get_nowait() if self.engine.has_unfinished() else self._commands.get()
-            except queue.Empty:
-                command = None
-            while command is not None:
-                self._apply(command)
-                try:
-                    command = self._commands.get_nowait()
-                except queue.Empty:
-                    command = None
-            if not self._running or not self.engine.has_unfinished():
-                self._stats = self.engine.stats()
-                continue
-            try:
-                events = self.engine.step()
-            except EngineError as e:
-                log.exception("LLM engine step failed; ending the requests in flight")
-                for request_id in list(self._streams):
-                    self._deliver(e, request_id)
-                events = []
-            for event in events:
-                self._deliver(event)
-            self._stats = self.engine.stats()
-        for event in self.engine.abort_all():
-            self._deliver(event)
+    # ------------------------------------------------------------------ the asyncio side
+    def _submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams, loop, events, added) -> None:
+        if self._thread is None:
+            raise RuntimeError("AsyncLLMEngine.start() was not awaited")
+        self._commands.put(("add", request_id, prompt_ids, params, loop, events, added))
 
-    def _apply(self, command: tuple) -> None:
+    def _abort(self, request_id: str) -> None:
+        self._commands.put(("abort", request_id))
+
+    def _abort_streams(self) -> None:
+        for request_id in list(self._streams):
+            self._deliver(TokenEvent(request_id, [], "", True, "abort", 0, 0))
+
+    # ------------------------------------------------------------------ the engine thread
+    def _apply(self, command: tuple) -> bool:
         kind = command[0]
         if kind == "add":
             _, request_id, prompt_ids, params, loop, events, added = command
@@ -743,7 +771,7 @@ class AsyncLLMEngine:
                 self.engine.add_request(request_id, prompt_ids, params)
             except Exception as e:  # QueueFull, RequestTooLong, ValueError: raised in the caller
                 loop.call_soon_threadsafe(_settle, added, e)
-                return
+                return True
             self._streams[request_id] = (loop, events)
             loop.call_soon_threadsafe(_settle, added, None)
         elif kind == "abort":
@@ -752,6 +780,16 @@ class AsyncLLMEngine:
             _, fn, done = command
             inner = self.engine.run_when_idle(fn)
             inner.add_done_callback(lambda f: _copy_future(f, done))
+        return kind != "stop"
+
+    def _publish(self, events: list[TokenEvent], stats: dict) -> None:
+        for event in events:
+            self._deliver(event)
+        self._stats = stats
+
+    def _fail(self, error: BaseException) -> None:
+        for request_id in list(self._streams):
+            self._deliver(error, request_id)
 
     def _deliver(self, item: TokenEvent | BaseException, request_id: str | None = None) -> None:
         request_id = request_id or item.request_id

@@ -1,13 +1,17 @@
 """The generative serving core of one replica, without Ray or HTTP: champion, engine, hot swap, records, metrics.
 
 :class:`LLMService` resolves the LM champion (:mod:`serving.llm.source`), loads base + adapter once and runs them
-in the :class:`~pipelines.llm.engine.AsyncLLMEngine` (iteration-level continuous batching, the model in its own
-thread). A watcher re-resolves the alias every ``serve_llm.watch_interval_s``:
+in the continuous-batching engine (iteration-level scheduling, :mod:`pipelines.llm.engine`): by default in a child
+process of the replica (:class:`~pipelines.llm.engine_process.ProcessLLMEngine`, ``serve_llm.engine_process``),
+else in a thread of this one (:class:`~pipelines.llm.engine.AsyncLLMEngine`). A watcher re-resolves the alias
+every ``serve_llm.watch_interval_s``:
 
 - same base, new adapter: new requests wait at a gate while the ones already admitted finish (on the version
   they started with), then the engine runs the adapter switch between two steps (``run_when_idle``): only the
   LoRA weights change, the base is never reloaded;
-- another base: the new model and engine are loaded beside the old one first, then swapped the same way.
+- another base: the new model and engine are loaded beside the old one first, then swapped the same way;
+- the engine process died (killed, out of memory): its requests end with a 503, the classifier's ``/readyz``
+  names it, and the next refresh loads the same version again.
 
 Each request pins the version it was admitted under, so ``model`` in its answer (``<name>:<version>``) is the
 version that produced every token. :meth:`generate` speaks plain dicts (``start`` / ``delta`` / ``error``
@@ -17,6 +21,7 @@ events) so the HTTP layer can live in another process (Ray handle) or in this on
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -52,6 +57,7 @@ from serving.service import watch_champion
 log = logging.getLogger(__name__)
 RECENT_REQUESTS = 100_000
 TRIAGE = "triage"
+IN_ENGINE_PROCESS = "in the engine process"  # Served.weights when they live in the engine's child process
 
 
 @dataclass
@@ -64,7 +70,7 @@ class Served:
     tokenizer: Any
     engine: Any  # AsyncLLMEngine (or a fake with its interface)
     max_model_len: int
-    weights: Any = None  # serving.llm.source.Weights (None: cannot swap adapters in place)
+    weights: Any = None  # serving.llm.source.Weights, IN_ENGINE_PROCESS, or None (cannot swap adapters in place)
     base_path: str | None = None
     files: Path | None = None  # the version's downloaded files (removed when it is no longer served)
 
@@ -80,41 +86,43 @@ class ModelLoader:
         self.cfg = cfg
 
     def load(self, v: LMVersion) -> Served:
-        from pipelines.llm.engine import AsyncLLMEngine, LLMEngine
-        from serving.llm.source import load_weights
+        """``v``'s weights and engine: in a child process (``engine_process``; only the tokenizer is loaded here)
+        or in this one."""
+        from pipelines.llm.engine import AsyncLLMEngine
+        from pipelines.llm.engine_process import ProcessLLMEngine
+        from serving.llm.source import base_path, build_engine, engine_process_factory, load_tokenizer, load_weights
 
-        w = load_weights(v, self.cfg.precision)
-        max_len = self.cfg.max_model_len or int(getattr(w.model.config, "max_position_embeddings", 2048))
-        engine = LLMEngine(
-            w.model,
-            w.tokenizer,
-            max_num_seqs=self.cfg.max_num_seqs,
-            max_prefill_tokens=self.cfg.max_prefill_tokens,
-            max_waiting=self.cfg.max_waiting,
-            max_model_len=max_len,
-            kv_cache_tokens=self.cfg.kv_cache_tokens,
-            prefix_cache_tokens=self.cfg.prefix_cache_tokens,
-            overlap_prefill=self.cfg.overlap_prefill,
-        )
+        if self.cfg.engine_process:
+            engine = ProcessLLMEngine(functools.partial(engine_process_factory, v, self.cfg))
+            engine.launch()  # blocking (this runs in a worker thread): the child loads the weights
+            tokenizer, weights, path = load_tokenizer(v), IN_ENGINE_PROCESS, base_path(v)
+        else:
+            w = load_weights(v, self.cfg.precision)
+            engine, tokenizer, weights, path = AsyncLLMEngine(build_engine(w, self.cfg)), w.tokenizer, w, w.base_path
         max_len = min(engine.max_model_len, engine.kv_cache_tokens)  # what the engine will admit
-        engine = AsyncLLMEngine(engine)
-        return Served(v.name, v.version, v.system_prompt, w.tokenizer, engine, max_len, w, w.base_path, v.local_dir)
+        return Served(v.name, v.version, v.system_prompt, tokenizer, engine, max_len, weights, path, v.local_dir)
 
     def adapter_switch(self, served: Served, v: LMVersion) -> Callable[[], None] | None:
         """The in-place switch to ``v``'s adapter, or None when ``v`` needs another base (a full load)."""
-        from serving.llm.source import adapter_switch, base_path
+        from serving.llm.source import adapter_switch, base_path, switch_in_engine_process
 
         if served.weights is None or base_path(v) != served.base_path:
             return None
+        if served.weights is IN_ENGINE_PROCESS:
+            return functools.partial(switch_in_engine_process, v)
         return adapter_switch(served.weights, v)
 
     def set_threads(self) -> Callable[[], None]:
-        def tune() -> None:  # OpenMP thread counts are per calling thread: run it in the model's thread
-            import torch
+        """``torch_threads`` for the engine's thread (run there: OpenMP thread counts are per calling thread)."""
+        from pipelines.llm.engine import set_torch_threads
 
-            torch.set_num_threads(self.cfg.torch_threads)
+        return functools.partial(set_torch_threads, self.cfg.torch_threads)
 
-        return tune
+
+def _engine_problem(served: Served) -> str | None:
+    """Why ``served``'s engine cannot serve (its process died), or None (an in-process engine: never)."""
+    problem = getattr(served.engine, "problem", None)
+    return problem() if problem is not None else None
 
 
 class LLMError(Exception):
@@ -223,7 +231,7 @@ class LLMService:
             self.last_error = f"no generative champion: {what} does not exist yet"
             return False
         old = self.served
-        if old is not None and old.version == version:
+        if old is not None and old.version == version and _engine_problem(old) is None:
             return False
         v = await asyncio.to_thread(self.source.fetch, version)
         switch = self.loader.adapter_switch(old, v) if old is not None else None
@@ -283,6 +291,9 @@ class LLMService:
         champion failed to load (the version before it, if any, still answers), or its log cannot be written. No
         champion registered yet is not a problem (``/v1`` answers 503 and the classifier serves)."""
         reasons = []
+        lost = _engine_problem(self.served) if self.served is not None else None
+        if lost:
+            reasons.append(f"generative model: {lost}; the next refresh reloads it")
         if self.refresh_error:  # redacted by watch_champion (no tracking URI)
             still = f"; still serving version {self.served.version}" if self.served is not None else ""
             reasons.append(f"generative model: {self.refresh_error}{still}")
@@ -370,10 +381,14 @@ class LLMService:
             self._record(served, call, record, "".join(texts), prompt_tokens, completion, ttft, total, finish)
 
     async def _first(self, agen: AsyncIterator) -> Any:
-        from pipelines.llm.engine import QueueFull, RequestTooLong
+        from pipelines.llm.engine import EngineError, QueueFull, RequestTooLong
 
         try:
             return await anext(agen)
+        except EngineError as err:  # the engine process died: a replacement loads at the next refresh
+            e = LLMError(503, f"the generative model is unavailable: {err}", "service_unavailable", code="engine_lost")
+            e.retry_after = self.cfg.retry_after_s
+            raise e from None
         except QueueFull as err:
             e = LLMError(429, f"overloaded: {err}; retry later", "rate_limit_error", code="queue_full")
             e.retry_after = max(1, round(getattr(err, "retry_after_s", None) or self.cfg.retry_after_s))

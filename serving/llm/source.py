@@ -19,11 +19,14 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipelines.config import MlflowConfig
+from pipelines.config import MlflowConfig, ServeLlmConfig
 from pipelines.errors import DataError
 from pipelines.registry.tracking import Registry, tracking_uri
+
+if TYPE_CHECKING:
+    from pipelines.llm.engine import LLMEngine
 
 
 @dataclass(frozen=True)
@@ -108,19 +111,27 @@ def base_path(v: LMVersion) -> str:
     return resolve_base_model(v.base_model, v.cache_dir)
 
 
+def load_tokenizer(v: LMVersion) -> Any:
+    """The version's tokenizer (saved with its adapter), with a pad token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(v.adapter_dir))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_weights(v: LMVersion, precision: str = "auto") -> Weights:
     """The base (resolved from the version's reference) + its adapter, merged, in eval mode, in ``precision``."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from pipelines.llm.attention import use_grouped_decode
     from pipelines.training.precision import bf16_supported
 
     path = base_path(v)
-    tokenizer = AutoTokenizer.from_pretrained(str(v.adapter_dir))
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(v)
     base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     peft = PeftModel.from_pretrained(base, str(v.adapter_dir), adapter_name=v.adapter_name)
     peft.merge_adapter()  # in fp32, like evaluation's merge_and_unload; cast after
@@ -151,3 +162,37 @@ def adapter_switch(w: Weights, v: LMVersion):  # noqa: ANN201 - returns a no-arg
         w.adapter_name = v.adapter_name
 
     return switch
+
+
+def build_engine(w: Weights, cfg: ServeLlmConfig) -> LLMEngine:
+    """The continuous-batching engine over ``w`` with ``serve_llm``'s budgets."""
+    from pipelines.llm.engine import LLMEngine
+
+    return LLMEngine(
+        w.model,
+        w.tokenizer,
+        max_num_seqs=cfg.max_num_seqs,
+        max_prefill_tokens=cfg.max_prefill_tokens,
+        max_waiting=cfg.max_waiting,
+        max_model_len=cfg.max_model_len or int(getattr(w.model.config, "max_position_embeddings", 2048)),
+        kv_cache_tokens=cfg.kv_cache_tokens,
+        prefix_cache_tokens=cfg.prefix_cache_tokens,
+        overlap_prefill=cfg.overlap_prefill,
+    )
+
+
+# --------------------------------------------------------------------------- in the engine process
+_IN_PROCESS: dict[str, Weights] = {}  # the weights this engine process serves (for in-place adapter switches)
+
+
+def engine_process_factory(v: LMVersion, cfg: ServeLlmConfig) -> LLMEngine:
+    """Run in the engine's child process (``serve_llm.engine_process``): load ``v``'s weights there, keep them for
+    :func:`switch_in_engine_process`, and build the engine over them."""
+    w = load_weights(v, cfg.precision)
+    _IN_PROCESS["weights"] = w
+    return build_engine(w, cfg)
+
+
+def switch_in_engine_process(v: LMVersion) -> None:
+    """Run in the engine's child process while idle: :func:`adapter_switch` on the weights it holds."""
+    adapter_switch(_IN_PROCESS["weights"], v)()

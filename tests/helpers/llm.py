@@ -147,3 +147,29 @@ def run_module(
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+# --------------------------------------------------------------------------- engines in a child process
+# Module-level so pipelines.llm.engine_process can send them to its child (spawn pickles them by reference).
+def tiny_engine(model_dir: str, **kwargs):
+    """An :class:`~pipelines.llm.engine.LLMEngine` over the model and tokenizer saved in ``model_dir``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipelines.llm.engine import LLMEngine
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    return LLMEngine(AutoModelForCausalLM.from_pretrained(model_dir).eval(), tok, **kwargs)
+
+
+def broken_engine(message: str):
+    """A factory that fails as a model that cannot load does."""
+    raise ValueError(message)
+
+
+def engine_pid() -> int:
+    """An idle function: the process it runs in."""
+    return os.getpid()
+
+
+def failing_idle(message: str) -> None:
+    raise ValueError(message)

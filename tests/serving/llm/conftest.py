@@ -15,7 +15,7 @@ import pytest
 
 from pipelines.config import LlmConfig, MlflowConfig, ServeConfig, ServeLlmConfig
 from pipelines.llm.chat_data import system_prompt
-from pipelines.llm.engine import QueueFull, TokenEvent
+from pipelines.llm.engine import EngineError, QueueFull, TokenEvent
 from serving.llm.service import LLMService, ModelLoader, Served
 from serving.llm.source import LMVersion
 from tests.helpers import mlflow_uris_restored
@@ -51,6 +51,10 @@ class FakeEngine:
     aborted: list = field(default_factory=list)
     active: set = field(default_factory=set)
     stopped: bool = False
+    lost: str | None = None  # as ProcessLLMEngine when its child process died
+
+    def problem(self) -> str | None:
+        return self.lost
 
     async def start(self) -> None:
         return None
@@ -61,6 +65,8 @@ class FakeEngine:
     async def generate(self, request_id, prompt_ids, params):
         if self.queue_full:
             raise QueueFull("64 requests are waiting (the limit)", 2.4)
+        if self.lost:
+            raise EngineError(self.lost)
         self.calls.append((request_id, list(prompt_ids), params))
         self.active.add(request_id)
         text = json.dumps(TRIAGE) if params.json_schema is not None else self.answer

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 
 import pytest
 
 from pipelines.config import LlmConfig, ServeConfig, ServeLlmConfig
-from serving.llm.service import LLMService
+from serving.llm.service import IN_ENGINE_PROCESS, LLMService
 from serving.llm.source import LMSource
 
 PROMPTS = ["I was charged twice", "The app crashes on start", "Refund please, order 1234", "hello"]
@@ -59,9 +60,12 @@ async def answer(svc: LLMService, c: dict) -> tuple[str, str, str | None]:
     return events[0]["model"], "".join(e["text"] for e in events[1:]), events[-1]["finish_reason"]
 
 
-@pytest.fixture
-def svc(tiny_lm, tmp_path):
-    cfg = ServeLlmConfig(precision="fp32", max_num_seqs=4, max_model_len=256, watch_interval_s=0, torch_threads=1)
+@pytest.fixture(params=[True, False], ids=["engine-process", "engine-thread"])
+def svc(tiny_lm, tmp_path, request):
+    cfg = ServeLlmConfig(
+        precision="fp32", max_num_seqs=4, max_model_len=256, watch_interval_s=0, torch_threads=1,
+        engine_process=request.param,
+    )  # fmt: skip
     scfg = ServeConfig(log_dir=str(tmp_path / "production"), log_flush_s=0.2)
     source = LMSource(tiny_lm.mlflow, tiny_lm.name, "champion", download_dir=str(tmp_path))
     return LLMService(cfg, scfg, source, system_template=LlmConfig().system_prompt)
@@ -83,7 +87,12 @@ def test_real_engine_answers_equal_generate_and_the_adapter_hot_swaps(svc, tiny_
             got = await asyncio.gather(*(answer(svc, call(p, i)) for i, p in enumerate(PROMPTS)))
             assert [g[1] for g in got] == want1
             assert {g[0] for g in got} == {f"{tiny_lm.name}:{v1}"}
-            base_weights = svc.served.weights.model.model.embed_tokens.weight
+            engine = svc.served.engine
+            if svc.cfg.engine_process:  # the weights live in the engine's child process: a full load starts another
+                pid = engine.pid
+                assert pid is not None and pid != os.getpid() and svc.served.weights == IN_ENGINE_PROCESS
+            else:
+                base_weights = svc.served.weights.model.model.embed_tokens.weight
 
             # a request in flight when the alias moves finishes on v1; the next ones are v2's
             Registry(tiny_lm.mlflow, tiny_lm.name).set_alias("champion", v2)
@@ -93,7 +102,11 @@ def test_real_engine_answers_equal_generate_and_the_adapter_hot_swaps(svc, tiny_
             assert (await inflight) == (f"{tiny_lm.name}:{v1}", want1[0], (await inflight)[2])
             got = await asyncio.gather(*(answer(svc, call(p, 20 + i)) for i, p in enumerate(PROMPTS)))
             assert [g[1] for g in got] == want2 and {g[0] for g in got} == {f"{tiny_lm.name}:{v2}"}
-            assert svc.served.weights.model.model.embed_tokens.weight is base_weights  # the base was not reloaded
+            assert svc.served.engine is engine  # the base was not reloaded
+            if svc.cfg.engine_process:
+                assert engine.pid == pid
+            else:
+                assert svc.served.weights.model.model.embed_tokens.weight is base_weights
             assert svc.metrics.swaps.labels(kind="adapter")._value.get() == 1
 
             schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],

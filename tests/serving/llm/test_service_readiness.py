@@ -144,6 +144,24 @@ def test_a_generative_champion_that_fails_to_load_makes_readyz_degraded_without_
         assert c.post("/v1/completions", json=COMPLETION).json()["model"] == "tiny-triage:2"
 
 
+def test_an_engine_process_that_died_is_503_degraded_and_reloaded_at_the_next_refresh(tmp_path, tokenizer) -> None:
+    lm = fake_service(tmp_path, tokenizer, watch_interval_s=0)  # refreshed by hand below
+    with _App(tmp_path, lm) as c:
+        _loaded(c)
+        dead = lm.loader.engines[-1]
+        dead.lost = "the engine process exited (exit code -9)"
+        r = c.post("/v1/completions", json=COMPLETION)
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1", r.text
+        assert r.json()["error"]["code"] == "engine_lost" and "exit code -9" in r.json()["error"]["message"]
+        body = _wait(c, 503)
+        assert body["status"] == "degraded" and "exit code -9" in body["detail"], body
+        assert c.portal.call(lm.refresh) is True  # the same version, loaded again in a new engine
+        assert len(lm.loader.engines) == 2 and dead.stopped
+        assert c.post("/v1/completions", json=COMPLETION).status_code == 200
+        assert _wait(c, 200)["status"] == "ready"
+        assert c.portal.call(lm.refresh) is False  # a healthy engine on the champion: nothing to do
+
+
 def test_no_generative_champion_yet_or_the_lm_disabled_degrades_nothing(tmp_path, tokenizer) -> None:
     with _App(tmp_path / "a", fake_service(tmp_path / "a", tokenizer, version=None)) as c:
         assert _wait(c, 200)["status"] == "ready"
