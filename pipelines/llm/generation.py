@@ -43,6 +43,27 @@ class Generator:
     bf16: bool  # the weights are bf16 (cast once at load)
 
 
+def dense_head_input(model: torch.nn.Module) -> None:
+    """Give ``model``'s output layer (``lm_head``) a densely strided input.
+
+    A prompt's forward keeps only the last position's hidden state (``logits_to_keep=1``): a ``[1, 1, d]`` view
+    of ``[1, T, d]`` that keeps the big strides. When the head's weight does not require grad (a peft model,
+    merged or not), torch's ``matmul`` will not fold such a view into a plain matrix product: it runs a batched
+    product instead, copying the transposed weight (vocabulary x width, 56 MB for SmolLM2) at every prefill.
+    In bf16 on this CPU that made a 64-token prefill 2.7x slower (225 against 84 ms); the copy of one row avoids
+    it. Decode steps (``[rows, 1, d]``, already dense) are not touched."""
+
+    def densify(module: torch.nn.Module, args: tuple) -> tuple | None:
+        x = args[0]
+        if x.dim() < 3 or x.stride() == torch.empty(x.shape, device="meta").stride():
+            return None
+        return (x.clone(memory_format=torch.contiguous_format), *args[1:])
+
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.register_forward_pre_hook(densify)
+
+
 def load_generator(base_path: str, adapter: str | Path | None = None, precision: str = "auto") -> Generator:
     """The base LM (+ the LoRA adapter in ``adapter``), in eval mode, with its tokenizer (left padding).
 
@@ -69,6 +90,7 @@ def load_generator(base_path: str, adapter: str | Path | None = None, precision:
         from pipelines.llm.attention import use_grouped_decode
 
         use_grouped_decode(model)
+    dense_head_input(model)
     return Generator(model.to(device), tokenizer, bf16)
 
 

@@ -128,6 +128,7 @@ def load_weights(v: LMVersion, precision: str = "auto") -> Weights:
     from transformers import AutoModelForCausalLM
 
     from pipelines.llm.attention import use_grouped_decode
+    from pipelines.llm.generation import dense_head_input
     from pipelines.training.precision import bf16_supported
 
     path = base_path(v)
@@ -140,6 +141,7 @@ def load_weights(v: LMVersion, precision: str = "auto") -> Weights:
     if bf16:
         peft.to(torch.bfloat16)
     use_grouped_decode(peft.get_base_model())  # served on the CPU: decode attention as load_generator runs it
+    dense_head_input(peft.get_base_model())  # prefills: no copy of the head's weight (the base is frozen here)
     return Weights(peft, peft.get_base_model(), tokenizer, path, v.adapter_name, bf16)
 
 

@@ -85,3 +85,30 @@ def test_a_model_switched_to_grouped_decode_generates_what_sdpa_does(tokenizer):
     assert torch.equal(outs["sdpa"].sequences, outs["grouped"].sequences)
     for a, b in zip(outs["sdpa"].logits, outs["grouped"].logits):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_a_frozen_head_gets_a_densely_strided_input_and_the_same_logits(tokenizer):
+    """The prefill's last-position view reaches the output layer with dense strides (else torch's matmul copies
+    the head's whole weight at every prefill when it does not require grad); logits are unchanged."""
+    from pipelines.llm.generation import dense_head_input
+    from tests.helpers.llm import tiny_llama
+
+    model = tiny_llama(tokenizer, seed=4).requires_grad_(False)  # frozen, as peft leaves the base
+    ids = tokenizer(["Hello there, my invoice is wrong"], return_tensors="pt")["input_ids"]
+    width = model.config.hidden_size
+    with torch.inference_mode():
+        before = model(input_ids=ids, logits_to_keep=1).logits
+    seen: list[tuple] = []
+    record = model.get_output_embeddings().register_forward_pre_hook(lambda m, a: seen.append(a[0].stride()))
+    with torch.inference_mode():
+        model(input_ids=ids, logits_to_keep=1)
+    record.remove()
+    assert seen == [(ids.shape[1] * width, width, 1)]  # without the fix: the view of the whole prompt's states
+    dense_head_input(model)
+    model.get_output_embeddings().register_forward_pre_hook(lambda m, a: seen.append(a[0].stride()))
+    with torch.inference_mode():
+        after = model(input_ids=ids, logits_to_keep=1).logits
+        full = model(input_ids=ids).logits  # every position: dense already, left as it is
+    assert seen[1:] == [(width, width, 1), (ids.shape[1] * width, width, 1)]
+    assert torch.equal(before, after)
+    torch.testing.assert_close(full[:, -1:], after)  # another product's shape: equal to float rounding
