@@ -173,3 +173,15 @@ def engine_pid() -> int:
 
 def failing_idle(message: str) -> None:
     raise ValueError(message)
+
+
+def hold_until(started: str, release: str, timeout_s: float = 60.0) -> None:
+    """An idle function that holds the engine's thread: creates ``started``, returns once ``release`` exists."""
+    import time
+
+    Path(started).touch()
+    deadline = time.monotonic() + timeout_s
+    while not Path(release).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{release} never appeared")
+        time.sleep(0.01)

@@ -13,7 +13,7 @@ import pytest
 
 from pipelines.llm.engine import EngineError, QueueFull, RequestTooLong, SamplingParams, stop_token_ids
 from pipelines.llm.engine_process import ProcessLLMEngine
-from tests.helpers.llm import broken_engine, engine_pid, failing_idle, tiny_base, tiny_engine
+from tests.helpers.llm import broken_engine, engine_pid, failing_idle, hold_until, tiny_base, tiny_engine
 from tests.pipelines.llm.test_engine import PROMPTS, chat_ids, reference
 
 
@@ -33,7 +33,7 @@ async def first(stream):
         await stream.aclose()
 
 
-def test_answers_equal_generate_alone_under_concurrency_and_refusals_reach_the_caller(model_dir) -> None:
+def test_answers_equal_generate_alone_under_concurrency_and_refusals_reach_the_caller(model_dir, tmp_path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -56,18 +56,25 @@ def test_answers_equal_generate_alone_under_concurrency_and_refusals_reach_the_c
             got.append(await collect("alone", 4))
             with pytest.raises(RequestTooLong):
                 await first(engine.generate("too-long", ids[0], SamplingParams(max_tokens=2000)))
-            longs = [engine.generate(f"long{k}", ids[1], SamplingParams(max_tokens=400)) for k in range(2)]
-            for stream in longs:  # both slots taken: the next four wait (the queue's limit), the fifth is refused
-                await anext(stream)
-            waiting = [asyncio.ensure_future(first(engine.generate(f"w{k}", ids[0], SamplingParams(max_tokens=5))))
-                       for k in range(4)]  # fmt: skip
-            await asyncio.sleep(0.5)
-            with pytest.raises(QueueFull) as full:
-                await first(engine.generate("refused", ids[0], SamplingParams(max_tokens=5)))
-            assert not any(w.done() for w in waiting)
-            for stream in longs:  # clients that leave: their slots free, the waiting ones run
-                await stream.aclose()
-            await asyncio.gather(*waiting)
+            # the queue's limit, deterministically: an idle function holds the child's engine thread while five
+            # requests arrive; released, it applies them in one go before any step: four wait, the fifth is refused
+            started, release = tmp_path / "started", tmp_path / "release"
+            hold = asyncio.ensure_future(
+                engine.run_when_idle(functools.partial(hold_until, str(started), str(release)))
+            )
+            while not started.exists():
+                await asyncio.sleep(0.01)
+            queued = [asyncio.ensure_future(first(engine.generate(f"w{k}", ids[0], SamplingParams(max_tokens=5))))
+                      for k in range(5)]  # fmt: skip
+            await asyncio.sleep(0.3)  # all five sent and read by the child meanwhile
+            release.touch()
+            await hold
+            outcomes = await asyncio.gather(*queued, return_exceptions=True)
+            assert all(not isinstance(o, BaseException) for o in outcomes[:4]), outcomes
+            full = outcomes[4]
+            long = engine.generate("leaver", ids[1], SamplingParams(max_tokens=400))
+            await anext(long)
+            await long.aclose()  # a client that leaves: its slot frees
             for _ in range(100):
                 stats = engine.stats()
                 if stats["running"] == 0 and stats["waiting"] == 0:
@@ -75,11 +82,12 @@ def test_answers_equal_generate_alone_under_concurrency_and_refusals_reach_the_c
                 await asyncio.sleep(0.02)
         finally:
             await engine.stop()
-        return got, full.value, stats
+        return got, full, stats
 
     got, full, stats = asyncio.run(main())
     assert [tokens(g) for g in got] == want
     assert all(g[-1].finished for g in got)
+    assert isinstance(full, QueueFull), full
     assert full.retry_after_s > 0 and "waiting" in str(full)  # pickled across with both of its fields
     assert stats["running"] == 0 and stats["kv_tokens_used"] == 0 and stats["aborted"] >= 1
 
