@@ -300,11 +300,13 @@ def build(args: dict[str, Any] | None = None) -> Any:
 
 
 def start_ray() -> None:
-    """A local Ray instance for this process (no-op when Ray is already initialised)."""
+    """A local Ray instance for this process (no-op when Ray is already initialised). ``address="local"``: a new
+    one even when a ``ray start`` cluster is up on this machine (Ray would otherwise try to join it and refuse
+    ``num_cpus``)."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
 
 
 def run_local(

@@ -84,7 +84,7 @@ def server(tiny_registry, tmp_path_factory):
         )
     )
     overrides = params.serve.model_dump()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a `ray start` cluster
     try:
         app = _app(params, overrides, tmp)
         served = Served(run_local(params, app, wait_ready_s=120))

@@ -39,7 +39,7 @@ def pandas_ingest(raw) -> tuple[pd.DataFrame, dict]:
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")  # never a `ray start` one
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()

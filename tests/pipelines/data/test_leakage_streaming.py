@@ -222,7 +222,7 @@ def test_the_ray_search_on_files_agrees_with_the_pandas_one(files) -> None:
     from pipelines.data import distributed
 
     want = audit_splits(Splits(files), CFG, feedback_ids=FEEDBACK)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")  # never a `ray start` one
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
         near = distributed.near_search(ComputeConfig(engine="ray", batch_size=300))

@@ -53,7 +53,7 @@ def server(tiny_registry, tiny_lm, tmp_path_factory):
     path = tmp / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     params = Params.model_validate(raw)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a `ray start` cluster
     try:
         url = run_local(params, build({"params": str(path)}), wait_ready_s=120)
         deadline = time.monotonic() + 120
