@@ -43,6 +43,15 @@ class Generator:
     bf16: bool  # the weights are bf16 (cast once at load)
 
 
+def _dense_strides(shape: torch.Size) -> tuple[int, ...]:
+    """The strides of a contiguous tensor of ``shape`` (``is_contiguous`` ignores the strides of size-1 dims)."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
+
+
 def dense_head_input(model: torch.nn.Module) -> None:
     """Give ``model``'s output layer (``lm_head``) a densely strided input.
 
@@ -55,7 +64,7 @@ def dense_head_input(model: torch.nn.Module) -> None:
 
     def densify(module: torch.nn.Module, args: tuple) -> tuple | None:
         x = args[0]
-        if x.dim() < 3 or x.stride() == torch.empty(x.shape, device="meta").stride():
+        if x.dim() < 3 or x.stride() == _dense_strides(x.shape):
             return None
         return (x.clone(memory_format=torch.contiguous_format), *args[1:])
 
