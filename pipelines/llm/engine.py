@@ -759,8 +759,7 @@ class AsyncLLMEngine:
         self._commands.put(("abort", request_id))
 
     def _abort_streams(self) -> None:
-        for request_id in list(self._streams):
-            self._deliver(TokenEvent(request_id, [], "", True, "abort", 0, 0))
+        self._deliver([(rid, TokenEvent(rid, [], "", True, "abort", 0, 0)) for rid in list(self._streams)])
 
     # ------------------------------------------------------------------ the engine thread
     def _apply(self, command: tuple) -> bool:
@@ -783,24 +782,31 @@ class AsyncLLMEngine:
         return kind != "stop"
 
     def _publish(self, events: list[TokenEvent], stats: dict) -> None:
-        for event in events:
-            self._deliver(event)
+        self._deliver([(event.request_id, event) for event in events])
         self._stats = stats
 
     def _fail(self, error: BaseException) -> None:
-        for request_id in list(self._streams):
-            self._deliver(error, request_id)
+        self._deliver([(request_id, error) for request_id in list(self._streams)])
 
-    def _deliver(self, item: TokenEvent | BaseException, request_id: str | None = None) -> None:
-        request_id = request_id or item.request_id
-        finished = isinstance(item, BaseException) or item.finished
-        target = self._streams.pop(request_id, None) if finished else self._streams.get(request_id)
-        if target is not None:
-            loop, events = target
+    def _deliver(self, items: list[tuple[str, TokenEvent | BaseException]]) -> None:
+        """Hand one step's events (or errors) to their streams: one call per event loop (a server has one).
+        A finished event or an error ends its stream."""
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for request_id, item in items:
+            finished = isinstance(item, BaseException) or item.finished
+            target = self._streams.pop(request_id, None) if finished else self._streams.get(request_id)
+            if target is not None:
+                by_loop.setdefault(target[0], []).append((target[1], item))
+        for loop, puts in by_loop.items():
             try:
-                loop.call_soon_threadsafe(events.put_nowait, item)
+                loop.call_soon_threadsafe(_put_all, puts)
             except RuntimeError:  # the caller's loop is closed: nobody is listening
                 pass
+
+
+def _put_all(items: list[tuple[asyncio.Queue, TokenEvent | BaseException]]) -> None:
+    for events, item in items:
+        events.put_nowait(item)
 
 
 def _merged(first: TokenEvent, then: TokenEvent) -> TokenEvent:

@@ -40,7 +40,6 @@ from pipelines.llm.engine import (
     EngineError,
     LLMEngine,
     SamplingParams,
-    TokenEvent,
     _settle,
     drive,
 )
@@ -163,16 +162,18 @@ class ProcessLLMEngine(AsyncLLMEngine):
         deadline = time.monotonic() + self.start_timeout_s
         while not conn.poll(0.5):
             if not process.is_alive() or time.monotonic() > deadline:
+                exited = not process.is_alive()
                 process.kill()
                 process.join()
                 conn.close()
-                what = f"exited (exit code {process.exitcode})" if process.exitcode else "timed out"
+                what = f"exited (exit code {process.exitcode})" if exited else "timed out"
                 raise EngineError(f"the engine process {what} while loading the model")
         try:
             message = conn.recv()
-        except EOFError:  # it exited between the poll and the read
+        except EOFError:  # it exited (its end of the pipe closed) before reporting
             process.join()
-            message = ("error", EngineError(f"the engine process exited (exit code {process.exitcode})"), "")
+            error = EngineError(f"the engine process exited (exit code {process.exitcode}) while loading the model")
+            message = ("error", error, "")
         if message[0] == "error":
             process.join()
             conn.close()
@@ -260,8 +261,7 @@ class ProcessLLMEngine(AsyncLLMEngine):
                 message = self._conn.recv()
                 kind = message[0]
                 if kind == "events":
-                    self._stats = message[2]
-                    self._deliver_step(message[1])
+                    self._publish(message[1], message[2])
                 elif kind == "added":
                     _, request_id, error = message
                     loop, added = self._pending.pop(request_id)
@@ -288,22 +288,3 @@ class ProcessLLMEngine(AsyncLLMEngine):
             for done in self._idle.values():
                 done.set_exception(self._lost)
             self._idle.clear()
-
-    def _deliver_step(self, events: list[TokenEvent]) -> None:
-        """One step's events, handed to each event loop in one call (a server has one loop)."""
-        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
-        for event in events:
-            get = self._streams.pop if event.finished else self._streams.get
-            target = get(event.request_id, None)
-            if target is not None:
-                by_loop.setdefault(target[0], []).append((target[1], event))
-        for loop, items in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_put_all, items)
-            except RuntimeError:  # the caller's loop is closed: nobody is listening
-                pass
-
-
-def _put_all(items: list[tuple[asyncio.Queue, TokenEvent]]) -> None:
-    for events, event in items:
-        events.put_nowait(event)

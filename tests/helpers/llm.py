@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -164,6 +165,16 @@ def tiny_engine(model_dir: str, **kwargs):
 def broken_engine(message: str):
     """A factory that fails as a model that cannot load does."""
     raise ValueError(message)
+
+
+def exiting_engine(code: int) -> None:
+    """A factory whose process ends before any engine exists (a library calling ``os._exit``, the OOM killer)."""
+    os._exit(code)
+
+
+def sleeping_engine(seconds: float) -> None:
+    """A factory that takes longer to load than the launch waits."""
+    time.sleep(seconds)
 
 
 def engine_pid() -> int:

@@ -13,7 +13,16 @@ import pytest
 
 from pipelines.llm.engine import EngineError, QueueFull, RequestTooLong, SamplingParams, stop_token_ids
 from pipelines.llm.engine_process import ProcessLLMEngine
-from tests.helpers.llm import broken_engine, engine_pid, failing_idle, hold_until, tiny_base, tiny_engine
+from tests.helpers.llm import (
+    broken_engine,
+    engine_pid,
+    exiting_engine,
+    failing_idle,
+    hold_until,
+    sleeping_engine,
+    tiny_base,
+    tiny_engine,
+)
 from tests.pipelines.llm.test_engine import PROMPTS, chat_ids, reference
 
 
@@ -153,5 +162,20 @@ def test_stop_ends_requests_in_flight_with_abort_and_the_child_exits(model_dir, 
 def test_a_factory_that_fails_raises_its_error_at_launch() -> None:
     engine = ProcessLLMEngine(functools.partial(broken_engine, "no such model: nowhere/tiny"))
     with pytest.raises(ValueError, match="no such model: nowhere/tiny"):
+        engine.launch()
+    assert engine.pid is None
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_a_child_that_exits_while_loading_is_named_as_exited_with_its_code(code: int) -> None:
+    engine = ProcessLLMEngine(functools.partial(exiting_engine, code))
+    with pytest.raises(EngineError, match=rf"exited \(exit code {code}\) while loading"):
+        engine.launch()
+    assert engine.pid is None
+
+
+def test_a_child_still_loading_at_the_deadline_is_killed_and_named_as_timed_out() -> None:
+    engine = ProcessLLMEngine(functools.partial(sleeping_engine, 60), start_timeout_s=1)
+    with pytest.raises(EngineError, match="timed out while loading"):
         engine.launch()
     assert engine.pid is None
