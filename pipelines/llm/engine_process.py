@@ -67,6 +67,10 @@ def _outcome(done: Future) -> tuple[Any, BaseException | None]:
         return None, EngineError(f"the idle function's result cannot be sent back: {e}")
 
 
+def _exited_while_loading(process) -> EngineError:
+    return EngineError(f"the engine process exited (exit code {process.exitcode}) while loading the model")
+
+
 def _child_main(conn, factory: Callable[[], LLMEngine]) -> None:
     """The child process: build the engine, report ready, run the step loop on the pipe's commands."""
     try:
@@ -160,20 +164,26 @@ class ProcessLLMEngine(AsyncLLMEngine):
         process.start()
         child.close()  # only the child holds its end: its exit closes the pipe here
         deadline = time.monotonic() + self.start_timeout_s
-        while not conn.poll(0.5):
-            if not process.is_alive() or time.monotonic() > deadline:
-                exited = not process.is_alive()
-                process.kill()
-                process.join()
-                conn.close()
-                what = f"exited (exit code {process.exitcode})" if exited else "timed out"
-                raise EngineError(f"the engine process {what} while loading the model")
+        while not conn.poll(0.5):  # a child that exits closes its end of the pipe: poll returns, recv fails
+            alive = process.is_alive()
+            if alive and time.monotonic() <= deadline:
+                continue
+            process.kill()
+            process.join()
+            conn.close()
+            raise (
+                _exited_while_loading(process)
+                if not alive
+                else EngineError("the engine process timed out while loading the model")
+            )
         try:
             message = conn.recv()
-        except EOFError:  # it exited (its end of the pipe closed) before reporting
+        except EOFError:  # it exited before reporting
             process.join()
-            error = EngineError(f"the engine process exited (exit code {process.exitcode}) while loading the model")
-            message = ("error", error, "")
+            conn.close()
+            error = _exited_while_loading(process)
+            log.error("%s", error)
+            raise error from None
         if message[0] == "error":
             process.join()
             conn.close()

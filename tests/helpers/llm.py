@@ -188,8 +188,6 @@ def failing_idle(message: str) -> None:
 
 def hold_until(started: str, release: str, timeout_s: float = 60.0) -> None:
     """An idle function that holds the engine's thread: creates ``started``, returns once ``release`` exists."""
-    import time
-
     Path(started).touch()
     deadline = time.monotonic() + timeout_s
     while not Path(release).exists():
