@@ -12,7 +12,12 @@ So a CPU launch here:
    (``<venv>/.cache/torch_extensions``, or ``$TORCH_EXTENSIONS_DIR`` when set), under an OS lock that dies with
    its holder; a leftover torch lock file found while holding it can only be stale and is removed;
 2. gives the ranks their own copy of the built folder (about 1 MB) in a temporary folder, so a rank killed
-   while it re-checks the build can only leave a lock file in a folder that is deleted with its run.
+   while it re-checks the build can only leave a lock file in a folder that is deleted with its run;
+3. runs the build and the ranks with this virtualenv's scripts first on ``PATH`` (:func:`tools_env`), so both
+   use the ``ninja`` DeepSpeed installs here. Ninja versions write different build-log formats: a ranks'
+   ninja newer than the builder's (the system's 1.11 vs the virtualenv's 1.13) discarded the log and compiled
+   the op again in every launch, 30-60 s of both cores here. A build counts as current only when ``ninja -n``
+   (the ranks' ninja) has no work to do.
 
 A rank that starts DeepSpeed without the launcher (a tuning trial inside a Ray worker) gets the same from
 :func:`ensure_private_extensions`, which :func:`pipelines.training.engine.init_distributed` calls.
@@ -29,7 +34,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -50,9 +55,12 @@ if builder is not None and deepspeed.ops.__compatible_ops__.get(builder.NAME, Fa
 
 
 def extension_cache() -> Path:
-    """Where this virtualenv keeps its built torch extensions."""
+    """Where this virtualenv keeps its built torch extensions: ``$TORCH_EXTENSIONS_DIR`` when set, unless it is a
+    private copy (marked by :data:`MARK`, inherited by a process of a launch: its folder may be gone)."""
     configured = os.environ.get("TORCH_EXTENSIONS_DIR")
-    return Path(configured) if configured else Path(sys.prefix) / ".cache" / "torch_extensions"
+    if configured and not os.environ.get(MARK):
+        return Path(configured)
+    return Path(sys.prefix) / ".cache" / "torch_extensions"
 
 
 def op_sources() -> Path | None:
@@ -65,16 +73,33 @@ def op_sources() -> Path | None:
     return Path(spec.origin).parent / "ops" / "csrc" / "cpu" / "comm"
 
 
+def tools_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with this virtualenv's scripts folder first on ``PATH`` (once): the op's build, the check of it
+    and the ranks that load it all run the same ``ninja``, whatever ``PATH`` the caller had."""
+    scripts = str(Path(sys.executable).parent)
+    rest = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p and p != scripts]
+    return {**env, "PATH": os.pathsep.join([scripts, *rest])}
+
+
 def build_is_current(build_dir: Path, sources: Path) -> bool:
     """True when ``build_dir`` holds a library built from ``sources`` (its build file names them) that is newer
-    than every source file: then loading it is only a check, never a compile."""
+    than every source file and that the ranks' ``ninja`` finds up to date (its build log in a format it
+    reads): then loading it is only a check, never a compile."""
     library, ninja = build_dir / f"{OP}.so", build_dir / "build.ninja"
     if not (library.is_file() and ninja.is_file() and sources.is_dir()):
         return False
     if str(sources) not in ninja.read_text(errors="replace"):
         return False  # built for another virtualenv's paths
     built = library.stat().st_mtime
-    return all(f.stat().st_mtime <= built for f in sources.iterdir() if f.is_file())
+    if not all(f.stat().st_mtime <= built for f in sources.iterdir() if f.is_file()):
+        return False
+    try:  # a dry run: what a rank's load would do (an older ninja's log is discarded: everything is dirty)
+        dry = subprocess.run(
+            ["ninja", "-n"], cwd=build_dir, env=tools_env(os.environ), capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return dry.returncode == 0 and "no work to do" in dry.stdout
 
 
 @contextmanager
@@ -101,17 +126,18 @@ def build_op(cache: Path, env: dict[str, str]) -> Path:
         if sources is None or build_is_current(build_dir, sources):
             return build_dir
         print("building DeepSpeed's CPU communication op for this virtualenv (once; about a minute)", flush=True)
-        proc = subprocess.run(
-            [sys.executable, "-c", _BUILD],
-            env={**env, "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(cache)},
-            capture_output=True,
-            text=True,
-        )
+        proc = _compile(cache, env)
         if proc.returncode != 0:
             stale.unlink(missing_ok=True)
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
             raise PipelineError(f"building DeepSpeed's CPU op failed (is a C++ compiler installed?):\n{tail}")
     return build_dir
+
+
+def _compile(cache: Path, env: Mapping[str, str]) -> subprocess.CompletedProcess:
+    """Build the op into ``cache`` the way a rank's ``deepspeed.init_distributed`` does, in a process of its own."""
+    env = {**tools_env(env), "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(cache)}
+    return subprocess.run([sys.executable, "-c", _BUILD], env=env, capture_output=True, text=True)
 
 
 @contextmanager
@@ -120,7 +146,7 @@ def rank_extensions(env: dict[str, str]) -> Iterator[dict[str, str]]:
     the copy is deleted when the launch ends."""
     private = _private_copy(build_op(extension_cache(), env))
     try:
-        yield {**env, "TORCH_EXTENSIONS_DIR": str(private), MARK: "1"}
+        yield {**tools_env(env), "TORCH_EXTENSIONS_DIR": str(private), MARK: "1"}
     finally:
         shutil.rmtree(private, ignore_errors=True)
 
@@ -143,4 +169,4 @@ def ensure_private_extensions() -> None:
     build_dir = build_op(extension_cache(), dict(os.environ))
     private = _private_copy(build_dir)
     atexit.register(shutil.rmtree, private, ignore_errors=True)
-    os.environ.update({"TORCH_EXTENSIONS_DIR": str(private), MARK: "1"})
+    os.environ.update({**tools_env(os.environ), "TORCH_EXTENSIONS_DIR": str(private), MARK: "1"})

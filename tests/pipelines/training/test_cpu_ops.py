@@ -22,12 +22,15 @@ def fake_sources(tmp: Path) -> Path:
 
 
 def fake_build(build_dir: Path, sources: Path, *, newer: bool = True) -> None:
+    """A build folder made by the real ``ninja`` (the one :func:`cpu_ops.tools_env` finds), its rule a copy."""
     build_dir.mkdir(parents=True, exist_ok=True)
-    (build_dir / "build.ninja").write_text(f"build shm.o: compile {sources}/shm.cpp\n")
-    library = build_dir / f"{cpu_ops.OP}.so"
-    library.write_bytes(b"\x7fELF")
-    stamp = (sources / "shm.cpp").stat().st_mtime + (10 if newer else -10)
-    os.utime(library, (stamp, stamp))
+    (build_dir / "build.ninja").write_text(
+        f"rule compile\n  command = cp $in $out\nbuild {cpu_ops.OP}.so: compile {sources}/shm.cpp\n"
+    )
+    subprocess.run(["ninja"], cwd=build_dir, env=cpu_ops.tools_env(os.environ), check=True, capture_output=True)
+    if not newer:  # the source changed after the build (its time moves past the library's)
+        stamp = (build_dir / f"{cpu_ops.OP}.so").stat().st_mtime + 10
+        os.utime(sources / "shm.cpp", (stamp, stamp))
 
 
 def test_a_build_is_current_only_for_these_sources_and_newer_than_them(tmp_path):
@@ -43,6 +46,38 @@ def test_a_build_is_current_only_for_these_sources_and_newer_than_them(tmp_path)
     assert not cpu_ops.build_is_current(build, sources)
 
 
+def test_a_build_whose_log_another_ninja_wrote_is_not_current_and_every_step_uses_this_venvs_ninja(
+    tmp_path, monkeypatch
+):
+    """The slow launches this fixes: the op built by the system's ninja (1.11, log v5) while the ranks ran the
+    virtualenv's (1.13), which discards an older log and compiles everything again, in every launch."""
+    sources = fake_sources(tmp_path)
+    build = tmp_path / "cache" / cpu_ops.OP
+    fake_build(build, sources)
+    assert cpu_ops.build_is_current(build, sources)
+    log = build / ".ninja_log"
+    log.write_text("# ninja log v1\n" + log.read_text().split("\n", 1)[1])  # an old ninja's format
+    assert not cpu_ops.build_is_current(build, sources)
+
+    scripts = str(Path(sys.executable).parent)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # a caller without the virtualenv on PATH
+    assert cpu_ops.tools_env(os.environ)["PATH"] == f"{scripts}:/usr/bin:/bin"
+    assert cpu_ops.tools_env({"PATH": f"/bin:{scripts}"})["PATH"] == f"{scripts}:/bin"  # first, once
+    fake_build(build, sources)  # current again: the launch below does not build
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(build.parent))
+    monkeypatch.setattr(cpu_ops, "op_sources", lambda: sources)
+    with cpu_ops.rank_extensions({"PATH": "/usr/bin"}) as env:
+        assert env["PATH"] == f"{scripts}:/usr/bin"  # the ranks' (torch runs "ninja" from PATH)
+    seen = []
+    monkeypatch.setattr(cpu_ops.subprocess, "run", lambda cmd, env, **k: seen.append(env["PATH"]) or fake_ok(cmd))
+    cpu_ops._compile(build.parent, dict(os.environ))
+    assert seen == [f"{scripts}:/usr/bin:/bin"]  # the build's
+
+
+def fake_ok(cmd) -> subprocess.CompletedProcess:
+    return subprocess.CompletedProcess(cmd, 0, "", "")
+
+
 def test_a_stale_lock_is_removed_and_the_ranks_get_a_private_copy_without_it(tmp_path, monkeypatch, capsys):
     sources = fake_sources(tmp_path)
     cache = tmp_path / "cache"
@@ -50,7 +85,7 @@ def test_a_stale_lock_is_removed_and_the_ranks_get_a_private_copy_without_it(tmp
     (cache / cpu_ops.OP / cpu_ops.TORCH_LOCK).write_text("")  # a build killed with kill -9
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(cache))
     monkeypatch.setattr(cpu_ops, "op_sources", lambda: sources)
-    monkeypatch.setattr(cpu_ops.subprocess, "run", lambda *a, **k: pytest.fail("a current build is not rebuilt"))
+    monkeypatch.setattr(cpu_ops, "_compile", lambda *a, **k: pytest.fail("a current build is not rebuilt"))
 
     with cpu_ops.rank_extensions({"X": "1"}) as env:
         private = Path(env["TORCH_EXTENSIONS_DIR"]) / cpu_ops.OP
@@ -69,20 +104,18 @@ def test_an_out_of_date_build_is_rebuilt_once_and_a_failed_build_says_why(tmp_pa
     monkeypatch.setattr(cpu_ops, "op_sources", lambda: sources)
     calls = []
 
-    def build(cmd, env, **kwargs):
-        calls.append(env["TORCH_EXTENSIONS_DIR"])
-        fake_build(Path(env["TORCH_EXTENSIONS_DIR"]) / cpu_ops.OP, sources)
-        return subprocess.CompletedProcess(cmd, 0, "", "")
+    def build(cache, env):
+        calls.append(str(cache))
+        fake_build(cache / cpu_ops.OP, sources)
+        return fake_ok([])
 
-    monkeypatch.setattr(cpu_ops.subprocess, "run", build)
+    monkeypatch.setattr(cpu_ops, "_compile", build)
     assert cpu_ops.build_op(cache, {}) == cache / cpu_ops.OP
     assert cpu_ops.build_op(cache, {}) == cache / cpu_ops.OP
     assert calls == [str(cache)]  # the second launch finds it current
 
     fake_build(cache / cpu_ops.OP, sources, newer=False)
-    monkeypatch.setattr(
-        cpu_ops.subprocess, "run", lambda cmd, **k: subprocess.CompletedProcess(cmd, 1, "", "c++: not found\n")
-    )
+    monkeypatch.setattr(cpu_ops, "_compile", lambda *a: subprocess.CompletedProcess([], 1, "", "c++: not found\n"))
     with pytest.raises(PipelineError, match="c\\+\\+: not found"):
         cpu_ops.build_op(cache, {})
     assert not (cache / cpu_ops.OP / cpu_ops.TORCH_LOCK).exists()
@@ -127,5 +160,10 @@ def test_a_rank_not_started_by_the_launcher_gets_its_own_copy_once(tmp_path, mon
     assert Path(os.environ["TORCH_EXTENSIONS_DIR"]) == private and len(exits) == 1
     exits[0][0](*exits[0][1:], ignore_errors=True)  # what happens at exit
     assert not private.exists()
-    cpu_ops.ensure_private_extensions()  # marked, but the folder is gone (an inherited variable): a new copy
+    # marked, but the folder is gone (an inherited variable): a new copy, of the virtualenv's cache (not a build
+    # into the inherited path, which took 30 s here)
+    assert cpu_ops.extension_cache() == Path(sys.prefix) / ".cache" / "torch_extensions"
+    monkeypatch.setattr(cpu_ops, "extension_cache", lambda: cache)
+    monkeypatch.setattr(cpu_ops, "_compile", lambda *a: pytest.fail("a current build is not rebuilt"))
+    cpu_ops.ensure_private_extensions()
     assert Path(os.environ["TORCH_EXTENSIONS_DIR"]).is_dir() and len(exits) == 2
