@@ -208,8 +208,16 @@ def test_resume_continues_from_saved_step_and_a_broken_rank_does_not_hang(tmp_pa
     assert first.returncode == 0, first.stderr[-3000:]
     written = {p.name for d in (tmp_path / "ckpt", tmp_path / "out") for p in d.iterdir()}
     assert not written & {"last_adapter", "probe.pt", "probe"}, "a production run wrote test-only files"
-    steps_epoch1 = json.loads((tmp_path / "out" / "history.json").read_text())["history"][-1]["step"]
+    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    steps_epoch1 = history["history"][-1]["step"]
     assert steps_epoch1 == 64 // (8 * 2)
+    # the training precision (auto: bf16 on a CPU with AMX) and the logged model's inference precision (fp32,
+    # evaluate.precision, in its model_config) are two params: neither is refused as a changed value
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    logged = mlflow.get_run(json.loads((tmp_path / "out" / "candidate.json").read_text())["run_id"]).data.params
+    assert (logged["training_precision"], logged["precision"]) == (history["precision"], "fp32")
 
     broken = tmp_path / "broken_ckpt"
     shutil.copytree(tmp_path / "ckpt", broken)
