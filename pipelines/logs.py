@@ -3,7 +3,7 @@
 ``make run`` and ``make serve`` used to print pages of library output around the few lines a person needs:
 transformers' weight-loading bars and its "LOAD REPORT" for the (expected) freshly initialised classifier
 head, a transformers ``FutureWarning`` per model build, MLflow's notices about its own database tables,
-CloudPickle and input-example validation, artifact-download bars for a local store, and the DeepSpeed
+CloudPickle and input examples, artifact-download bars for a local store, and the DeepSpeed
 launcher's INFO banner. :func:`quiet_libraries` removes exactly those; a library warning that is not on
 the list still shows, and so do our own progress bars and messages.
 ``TICKETOPS_VERBOSE=1`` turns the filtering off (to see everything while debugging).
@@ -63,6 +63,8 @@ def quiet_libraries() -> None:
         os.environ.setdefault(key, value)
     for module in ("transformers", "peft", "deepspeed", "torch", "mlflow"):
         warnings.filterwarnings("ignore", category=FutureWarning, module=rf"{module}(\.|$)")
+    # the LM is logged without an input example on purpose (validating one generates an answer: 100 s here)
+    warnings.filterwarnings("ignore", r".*An input example was not provided", UserWarning, r"mlflow(\.|$)")
     for name, pattern in KNOWN_NOISE:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropKnown) and f.pattern.pattern == pattern for f in logger.filters):
