@@ -14,9 +14,9 @@ So a CPU launch here:
 2. gives the ranks their own copy of the built folder (about 1 MB) in a temporary folder, so a rank killed
    while it re-checks the build can only leave a lock file in a folder that is deleted with its run;
 3. runs the build and the ranks with this virtualenv's scripts first on ``PATH`` (:func:`tools_env`), so both
-   use the ``ninja`` DeepSpeed installs here. Ninja versions write different build-log formats: a ranks'
-   ninja newer than the builder's (the system's 1.11 vs the virtualenv's 1.13) discarded the log and compiled
-   the op again in every launch, 30-60 s of both cores here. A build counts as current only when ``ninja -n``
+   use the ``ninja`` DeepSpeed installs here. Ninja versions write different build-log formats: the ranks'
+   ninja newer than the builder's (the virtualenv's 1.13 vs the system's 1.11) discarded the log and compiled
+   the op again in every launch, 25-45 s of both cores here. A build counts as current only when ``ninja -n``
    (the ranks' ninja) has no work to do.
 
 A rank that starts DeepSpeed without the launcher (a tuning trial inside a Ray worker) gets the same from
