@@ -19,17 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import PipelineError
-from pipelines.io import free_port
+from pipelines.io import free_port, tools_env
 
 
 def server_env(home: Path, api_url: str | None = None) -> dict[str, str]:
     """The environment of a process using the server in ``home`` (no telemetry: there is no internet)."""
     env = {
-        **os.environ,
+        **tools_env(os.environ),  # dvc.yaml's stage commands run `python`: it must be this interpreter
         "PREFECT_HOME": str(Path(home).resolve()),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",  # dvc.yaml's stage commands run `python`: it must be this interpreter
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        "DO_NOT_TRACK": "1",
     }
     if api_url:
         env["PREFECT_API_URL"] = api_url

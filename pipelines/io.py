@@ -13,7 +13,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -309,6 +309,16 @@ def tool(name: str) -> str:
     import sys
 
     return shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name) or name
+
+
+def tools_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with this environment's scripts folder (beside this interpreter: the virtualenv's ``python``,
+    ``dvc``, ``ninja``) first on ``PATH``, once: a subprocess that runs a tool by name runs this environment's."""
+    import sys
+
+    scripts = str(Path(sys.executable).parent)
+    rest = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p and p != scripts]
+    return {**env, "PATH": os.pathsep.join([scripts, *rest])}
 
 
 class CommandFailed(PipelineError):

@@ -13,11 +13,11 @@ So a CPU launch here:
    its holder; a leftover torch lock file found while holding it can only be stale and is removed;
 2. gives the ranks their own copy of the built folder (about 1 MB) in a temporary folder, so a rank killed
    while it re-checks the build can only leave a lock file in a folder that is deleted with its run;
-3. runs the build and the ranks with this virtualenv's scripts first on ``PATH`` (:func:`tools_env`), so both
-   use the ``ninja`` DeepSpeed installs here. Ninja versions write different build-log formats: the ranks'
-   ninja newer than the builder's (the virtualenv's 1.13 vs the system's 1.11) discarded the log and compiled
-   the op again in every launch, 25-45 s of both cores here. A build counts as current only when ``ninja -n``
-   (the ranks' ninja) has no work to do.
+3. runs the build and the ranks with this virtualenv's scripts first on ``PATH``
+   (:func:`pipelines.io.tools_env`), so both use the ``ninja`` DeepSpeed installs here. Ninja versions write
+   different build-log formats: the ranks' ninja newer than the builder's (the virtualenv's 1.13 vs the
+   system's 1.11) discarded the log and compiled the op again in every launch, 25-45 s of both cores here.
+   A build counts as current only when ``ninja -n`` (the ranks' ninja) has no work to do.
 
 A rank that starts DeepSpeed without the launcher (a tuning trial inside a Ray worker) gets the same from
 :func:`ensure_private_extensions`, which :func:`pipelines.training.engine.init_distributed` calls.
@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipelines.errors import PipelineError
+from pipelines.io import tools_env
 
 OP = "deepspeed_shm_comm"
 TORCH_LOCK = "lock"  # torch.utils.file_baton's lock file name in a build folder
@@ -71,14 +72,6 @@ def op_sources() -> Path | None:
     if spec is None or spec.origin is None:
         return None
     return Path(spec.origin).parent / "ops" / "csrc" / "cpu" / "comm"
-
-
-def tools_env(env: Mapping[str, str]) -> dict[str, str]:
-    """``env`` with this virtualenv's scripts folder first on ``PATH`` (once): the op's build, the check of it
-    and the ranks that load it all run the same ``ninja``, whatever ``PATH`` the caller had."""
-    scripts = str(Path(sys.executable).parent)
-    rest = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p and p != scripts]
-    return {**env, "PATH": os.pathsep.join([scripts, *rest])}
 
 
 def build_is_current(build_dir: Path, sources: Path) -> bool:
@@ -169,4 +162,4 @@ def ensure_private_extensions() -> None:
     build_dir = build_op(extension_cache(), dict(os.environ))
     private = _private_copy(build_dir)
     atexit.register(shutil.rmtree, private, ignore_errors=True)
-    os.environ.update({**tools_env(os.environ), "TORCH_EXTENSIONS_DIR": str(private), MARK: "1"})
+    os.environ.update({"PATH": tools_env(os.environ)["PATH"], "TORCH_EXTENSIONS_DIR": str(private), MARK: "1"})

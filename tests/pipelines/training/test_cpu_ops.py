@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.errors import PipelineError
+from pipelines.io import tools_env
 from pipelines.training import cpu_ops
 
 
@@ -22,12 +23,12 @@ def fake_sources(tmp: Path) -> Path:
 
 
 def fake_build(build_dir: Path, sources: Path, *, newer: bool = True) -> None:
-    """A build folder made by the real ``ninja`` (the one :func:`cpu_ops.tools_env` finds), its rule a copy."""
+    """A build folder made by the real ``ninja`` (the one :func:`tools_env` finds), its rule a copy."""
     build_dir.mkdir(parents=True, exist_ok=True)
     (build_dir / "build.ninja").write_text(
         f"rule compile\n  command = cp $in $out\nbuild {cpu_ops.OP}.so: compile {sources}/shm.cpp\n"
     )
-    subprocess.run(["ninja"], cwd=build_dir, env=cpu_ops.tools_env(os.environ), check=True, capture_output=True)
+    subprocess.run(["ninja"], cwd=build_dir, env=tools_env(os.environ), check=True, capture_output=True)
     if not newer:  # the source changed after the build (its time moves past the library's)
         stamp = (build_dir / f"{cpu_ops.OP}.so").stat().st_mtime + 10
         os.utime(sources / "shm.cpp", (stamp, stamp))
@@ -61,8 +62,8 @@ def test_a_build_whose_log_another_ninja_wrote_is_not_current_and_every_step_use
 
     scripts = str(Path(sys.executable).parent)
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # a caller without the virtualenv on PATH
-    assert cpu_ops.tools_env(os.environ)["PATH"] == f"{scripts}:/usr/bin:/bin"
-    assert cpu_ops.tools_env({"PATH": f"/bin:{scripts}"})["PATH"] == f"{scripts}:/bin"  # first, once
+    assert tools_env(os.environ)["PATH"] == f"{scripts}:/usr/bin:/bin"
+    assert tools_env({"PATH": f"/bin:{scripts}"})["PATH"] == f"{scripts}:/bin"  # first, once
     fake_build(build, sources)  # current again: the launch below does not build
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(build.parent))
     monkeypatch.setattr(cpu_ops, "op_sources", lambda: sources)
