@@ -342,8 +342,10 @@ def train(args: argparse.Namespace) -> None:
         if rank == 0:  # only rank 0 talks to MLflow: params, per-epoch curves, the DeepSpeed config
             # the training precision under its own name: "precision" is the registered model's inference
             # precision, which log_model records as a param too (MLflow refuses a changed value, with a warning)
-            info = {("training_precision" if k == "precision" else k): v for k, v in run_info.items()}
-            logged = {"finetune": cfg.model_dump(), **{k: v for k, v in info.items() if k != "ds_config"}}
+            info = {
+                ("training_precision" if k == "precision" else k): v for k, v in run_info.items() if k != "ds_config"
+            }
+            logged = {"finetune": cfg.model_dump(), **info}
             stack.enter_context(
                 ranks.mlflow_run(params.mlflow, args.ckpt_dir, args.resume, "finetune-lora", "finetune", logged)
             )
