@@ -86,6 +86,48 @@ def test_stream_command_passes_stdout_through_the_filter_and_returns_the_exit_co
 
 
 @pytest.mark.integration
+def test_stream_command_keeps_a_progress_bar_on_one_line(capfd) -> None:
+    """A rank's tqdm bar redraws with carriage returns: they reach the terminal as they are (each redraw on
+    its own line would flood it), and a redraw is a line for the filter too."""
+    import sys
+
+    from pipelines.io import stream_command
+
+    code = (
+        "import sys; w = sys.stdout.write; w('epoch 1:  0%\\r'); w('epoch 1: 50% drop\\r'); w('epoch 1: 100%\\n');"
+        " w('caf\\u00e9 done\\r\\n')"
+    )
+    rc = stream_command([sys.executable, "-c", code], keep=lambda lines: (x for x in lines if "drop" not in x))
+    assert rc == 0
+    assert capfd.readouterr().out == "epoch 1:  0%\repoch 1: 100%\ncaf\u00e9 done\r\n"
+
+
+@pytest.mark.integration
+def test_stream_command_passes_a_redraw_on_before_the_next_output(tmp_path, capfd) -> None:
+    """A redraw ending in a carriage return is shown at once, not held until the tool writes again: the child
+    waits for the filter to have seen its redraw before it writes the next line."""
+    import sys
+
+    from pipelines.io import stream_command
+
+    seen = tmp_path / "seen"
+    code = (
+        "import os, sys, time; sys.stdout.write('step 1\\r'); sys.stdout.flush(); t = time.monotonic()\n"
+        f"while not os.path.exists({str(seen)!r}) and time.monotonic() - t < 20: time.sleep(0.05)\n"
+        f"print('on time' if os.path.exists({str(seen)!r}) else 'held back')"
+    )
+
+    def keep(lines):
+        for line in lines:
+            if line == "step 1\r":
+                seen.touch()
+            yield line
+
+    assert stream_command([sys.executable, "-c", code], keep=keep) == 0
+    assert capfd.readouterr().out == "step 1\ron time\n"
+
+
+@pytest.mark.integration
 def test_a_streamed_tool_does_not_outlive_a_caller_killed_with_sigkill(tmp_path) -> None:
     """A training timeout kills the stage with SIGKILL: the launcher it streams must not keep running."""
     import signal
