@@ -481,6 +481,11 @@ class FinetuneConfig(DeepSpeedConfig):
     head_learning_rate: float | None = Field(
         0.01, gt=0.0, le=1.0, description="learning rate of the new classification head (null: learning_rate)"
     )
+    head_init: Literal["random", "linear_probe"] = Field(
+        "random",
+        description="random: the head starts from random weights; linear_probe: from a logistic regression fitted "
+        "on the frozen base's pooled train vectors (LP-FT), before any adapter trains",
+    )
     group_by_length: bool = Field(
         True, description="length-grouped batches (less padding); false when length predicts the label (e.g. spam)"
     )

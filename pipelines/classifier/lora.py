@@ -20,8 +20,10 @@ adapter: every weight trains, and the saved folder is the whole model (what ``me
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -139,13 +141,51 @@ def expected_trainable_parameters(model: nn.Module, cfg: FinetuneConfig) -> int:
     return lora + head
 
 
-def build_model(base_path: str, labels: list[str], cfg: FinetuneConfig, on_meta: bool = False) -> nn.Module:
+def head_name(model: nn.Module) -> str:
+    """The attribute holding an unwrapped classifier's head (``classifier`` or ``score``), which must be one
+    linear layer for ``finetune.head_init: linear_probe``; :class:`ConfigError` otherwise."""
+    for name in HEAD_NAMES:
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Linear):
+            return name
+        if head is not None:
+            raise ConfigError(
+                f"finetune.head_init: linear_probe needs a linear classification head; {type(model).__name__}.{name} "
+                f"is a {type(head).__name__} (use head_init: random)"
+            )
+    raise ConfigError(f"finetune.head_init: linear_probe: {type(model).__name__} has no head named {HEAD_NAMES}")
+
+
+@torch.no_grad()
+def set_head(head: nn.Linear, coef: np.ndarray, intercept: np.ndarray) -> None:
+    """``head`` gives the logits of a fitted scikit-learn linear classifier (``coef_``, ``intercept_``). A binary
+    one has a single row (the log-odds of the second class): the head's two rows get half of it each, with
+    opposite signs, so their difference, and the softmax, are the same."""
+    coef, intercept = np.asarray(coef, dtype=np.float32), np.asarray(intercept, dtype=np.float32)
+    if coef.shape[0] == 1 and head.out_features == 2:
+        coef, intercept = np.vstack([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
+    if coef.shape != tuple(head.weight.shape):
+        raise ValueError(f"a linear classifier of shape {coef.shape} does not fit a head of {tuple(head.weight.shape)}")
+    head.weight.copy_(torch.from_numpy(coef))
+    head.bias.copy_(torch.from_numpy(intercept))
+
+
+def build_model(
+    base_path: str,
+    labels: list[str],
+    cfg: FinetuneConfig,
+    on_meta: bool = False,
+    init_head: Callable[[nn.Module], None] | None = None,
+) -> nn.Module:
     """Base model + LoRA adapter, with the trainable-parameter count checked against the analytic one; the
-    base model alone, every weight trainable, with ``method: full``."""
+    base model alone, every weight trainable, with ``method: full``. ``init_head(base)`` (``head_init``), when
+    given, sets the head of the loaded base model before the adapters are put on it."""
     from peft import LoraConfig, TaskType
 
     pooling = resolve_pooling(cfg, base_path)
     base = _base(base_path, labels, on_meta, pooling)
+    if init_head is not None and not on_meta:
+        init_head(base)
     if cfg.activation_checkpointing and not on_meta:
         inner = base.encoder if isinstance(base, MeanPooledClassifier) else base
         inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

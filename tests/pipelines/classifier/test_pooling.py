@@ -191,3 +191,86 @@ def test_full_fine_tuning_learns_a_small_separable_task():
     assert sum(p.numel() for p in encoder_group) > 20_000_000  # the whole encoder, at learning_rate
     assert after < before / 4
     assert held == [LABELS.index(lab) for _, lab in HELD_OUT]
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_set_head_gives_the_probabilities_of_the_fitted_logistic_regression(n_classes):
+    """A binary scikit-learn model has one row of log-odds; the two-row head splits it and keeps the softmax."""
+    from sklearn.linear_model import LogisticRegression
+
+    from pipelines.classifier.lora import set_head
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 5)).astype(np.float32)
+    y = np.arange(60) % n_classes
+    x[np.arange(60), y] += 2.0
+    probe = LogisticRegression(max_iter=1000).fit(x, y)
+    head = torch.nn.Linear(5, n_classes)
+    set_head(head, probe.coef_, probe.intercept_)
+    with torch.no_grad():
+        proba = torch.softmax(head(torch.from_numpy(x)), -1).numpy()
+    np.testing.assert_allclose(proba, probe.predict_proba(x), atol=1e-5)
+    with pytest.raises(ValueError, match="does not fit a head"):
+        set_head(torch.nn.Linear(5, 4), probe.coef_, probe.intercept_)
+
+
+def test_linear_probe_refuses_a_head_that_is_not_one_linear_layer():
+    from pipelines.classifier.lora import head_name
+    from pipelines.errors import ConfigError
+
+    model = torch.nn.Module()
+    model.classifier = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    with pytest.raises(ConfigError, match=r"finetune.head_init: linear_probe needs a linear classification head"):
+        head_name(model)
+    model.classifier = torch.nn.Linear(4, 2)
+    assert head_name(model) == "classifier"
+
+
+@pytest.fixture
+def one_rank(tmp_path):
+    """A one-process gloo group: the probe's forwards are collective, as on the DeepSpeed ranks."""
+    import torch.distributed as dist
+
+    from pipelines.training.ranks import Rank
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        yield Rank(0, 1, torch.device("cpu"), "cpu")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_linear_probe_head_separates_the_task_before_any_training_step(one_rank, pooling):
+    """head_init linear_probe: the head is the logistic regression fitted on the frozen base's pooled train vectors
+    (computed here independently of the worker), it survives the LoRA wrapping, and it already answers the
+    held-out texts right with no optimizer step."""
+    from sklearn.linear_model import LogisticRegression
+    from transformers import DataCollatorWithPadding
+
+    from pipelines.classifier.finetune_worker import encode, linear_probe_head
+
+    base = resolve_base_model("minilm")
+    tok = AutoTokenizer.from_pretrained(base)
+    cfg = FinetuneConfig(pooling=pooling, head_init="linear_probe")
+    rows = encode(tok, [t for t, _ in TRAIN], [LABELS.index(lab) for _, lab in TRAIN], 64)
+    info: dict = {}
+    collator = DataCollatorWithPadding(tok)
+    torch.manual_seed(0)
+    model = build_model(
+        base, LABELS, cfg, init_head=lambda m: linear_probe_head(m, rows, collator, 3, one_rank, info)
+    ).eval()
+    assert info["head_init_train_accuracy"] == 1.0
+    # the pooled vectors the head reads, from the plain base model, and scikit-learn's fit on them
+    plain = build_model(base, LABELS, FinetuneConfig(pooling=pooling, method="full")).eval()
+    pooled = []
+    plain.classifier = torch.nn.Identity()
+    with torch.no_grad():
+        for text, _ in TRAIN:
+            pooled.append(plain(**_batch(tok, [text])).logits[0].numpy())
+    probe = LogisticRegression(max_iter=2000).fit(np.stack(pooled), [LABELS.index(lab) for _, lab in TRAIN])
+    with torch.no_grad():
+        train_proba = torch.softmax(model(**_batch(tok, [t for t, _ in TRAIN])).logits, -1).numpy()
+        held = model(**_batch(tok, [t for t, _ in HELD_OUT])).logits.argmax(-1).tolist()
+    np.testing.assert_allclose(train_proba, probe.predict_proba(np.stack(pooled)), atol=1e-3)
+    assert held == [LABELS.index(lab) for _, lab in HELD_OUT]

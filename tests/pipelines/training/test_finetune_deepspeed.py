@@ -159,16 +159,19 @@ def test_one_step_zero3_two_ranks_saves_a_whole_adapter(tmp_path, tiny_data):
 
 def test_full_fine_tuning_under_zero3_saves_the_whole_model_gathered_from_two_ranks(tmp_path, tiny_data):
     """method full: every weight trains; under ZeRO-3 each rank holds a partition, so the published folder is
-    the gathered model (no adapter), its reload gives the engine's own logits, and so does the logged pyfunc."""
+    the gathered model (no adapter), its reload gives the engine's own logits, and so does the logged pyfunc.
+    head_init linear_probe: the two ranks start from the logistic regression on the frozen base's pooled train
+    vectors (the head barely moves in one step at 1e-7), computed here independently."""
     proc = run(
         tmp_path,
         tiny_data,
         {"method": "full", "zero_stage": 3, "world_size": 2, "precision": "fp32", "smoke_steps": 1,
-         "learning_rate": 1e-4, "master_port": 29615},
+         "learning_rate": 1e-4, "head_learning_rate": 1e-7, "head_init": "linear_probe", "master_port": 29615},
         probe=tmp_path / "probe",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "full fine-tuning: 22," in proc.stdout
+    assert "head from a linear probe of the frozen base on 240 train rows" in proc.stdout
     out = tmp_path / "out"
     assert not (out / "adapter_config.json").exists() and (out / "classifier.safetensors").is_file()
     history = json.loads((out / "history.json").read_text())
@@ -180,6 +183,7 @@ def test_full_fine_tuning_under_zero3_saves_the_whole_model_gathered_from_two_ra
     assert saved[key].shape == base[base_key].shape  # gathered whole, not one rank's partition
     moved = [k for k in saved if k in base and not torch.equal(saved[k], base[k])]
     assert len(moved) > 50, "one full step moves (nearly) every base weight"
+    _assert_head_is_the_linear_probe(load_file(out / "classifier.safetensors"), tiny_data, history)
     probe = torch.load(tmp_path / "probe" / "probe.pt")
     model = load_trained(out, resolve_base_model("minilm"))
     from transformers import AutoTokenizer
@@ -198,6 +202,31 @@ def test_full_fine_tuning_under_zero3_saves_the_whole_model_gathered_from_two_ra
     np.testing.assert_allclose(
         answers[[f"proba_{c}" for c in labels]].to_numpy(), torch.softmax(logits, -1).numpy(), atol=1e-4
     )
+
+
+def _assert_head_is_the_linear_probe(head: dict, data: Path, history: dict) -> None:
+    """``head`` gives the probabilities of a logistic regression fitted on the plain base's mean-pooled vectors
+    of the train rows (fp32, the stage's max_length 64), and the run reports that fit's train accuracy."""
+    from sklearn.linear_model import LogisticRegression
+    from transformers import AutoModel, AutoTokenizer
+
+    train = pd.read_parquet(data / "train.parquet")
+    labels = sorted(train["label"].unique())
+    y = train["label"].map({c: i for i, c in enumerate(labels)}).to_numpy()
+    path = resolve_base_model("minilm")
+    tok, encoder = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    pooled = []
+    with torch.no_grad():
+        for start in range(0, len(train), 32):
+            enc = tok(train["text"].tolist()[start : start + 32], truncation=True, max_length=64, padding=True,
+                      return_tensors="pt")  # fmt: skip
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            pooled.append(((encoder(**enc).last_hidden_state * mask).sum(1) / mask.sum(1)).numpy())
+    x = np.concatenate(pooled)
+    probe = LogisticRegression(max_iter=2000).fit(x, y)
+    logits = torch.from_numpy(x) @ head["weight"].T + head["bias"]
+    np.testing.assert_allclose(torch.softmax(logits, -1).numpy(), probe.predict_proba(x), atol=2e-3)
+    assert history["head_init_train_accuracy"] == pytest.approx(probe.score(x, y))
 
 
 def test_resume_continues_from_saved_step_and_a_broken_rank_does_not_hang(tmp_path, tiny_data):
