@@ -24,6 +24,9 @@ KNOWN_NOISE: tuple[tuple[str, str], ...] = (
     ("mlflow.pyfunc", r"Validating input example against model signature"),
     ("mlflow.models.model", r"Model logged without a signature and input example"),
     ("transformers.utils.loading_report", r"LOAD REPORT"),  # the classifier head is new by design
+    # an in-process import of DeepSpeed on a machine without a GPU (the LM's GGUF de-quantization in sft_data);
+    # training stages say the device in their own line ("2 rank(s) on cpu")
+    ("DeepSpeed", r"^Setting accelerator to CPU\."),
 )
 # Environment for this process and the ones it starts (DeepSpeed ranks, Ray replicas), set only if unset.
 QUIET_ENV = {

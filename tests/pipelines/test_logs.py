@@ -34,6 +34,29 @@ def test_known_library_records_are_dropped_and_others_kept(quiet, caplog: pytest
     assert messages == ["The model's signature does not match its input"]
 
 
+@pytest.mark.integration
+def test_deepspeeds_cpu_notice_is_dropped_and_its_other_warnings_kept() -> None:
+    """DeepSpeed's own logger (its handler, no propagation) says "Setting accelerator to CPU" when a stage
+    imports it on a machine without a GPU: dropped; another of its warnings still shows."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    code = (
+        "from pipelines.logs import quiet_libraries; quiet_libraries()\n"
+        "from deepspeed.accelerator import get_accelerator; print(get_accelerator().device_name())\n"
+        "from deepspeed.utils import logger; logger.warning('another DeepSpeed warning')"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("DS_ACCELERATOR", "TICKETOPS_VERBOSE")}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Setting accelerator to CPU" not in out.stdout + out.stderr
+    assert out.stdout.splitlines()[0] == "cpu" and "another DeepSpeed warning" in out.stdout
+
+
 def test_library_future_warnings_are_filtered_but_not_ours(quiet) -> None:
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("default")
