@@ -163,32 +163,30 @@ class ProcessLLMEngine(AsyncLLMEngine):
         process = ctx.Process(target=_child_main, args=(child, self.factory), name="llm-engine", daemon=True)
         process.start()
         child.close()  # only the child holds its end: its exit closes the pipe here
-        deadline = time.monotonic() + self.start_timeout_s
-        while not conn.poll(0.5):  # a child that exits closes its end of the pipe: poll returns, recv fails
-            alive = process.is_alive()
-            if alive and time.monotonic() <= deadline:
-                continue
-            process.kill()
+
+        def failed(error: BaseException, detail: str | None = None) -> BaseException:
+            """The child gone (killed if it still runs) and the pipe closed; the failure logged once, here."""
+            if process.is_alive():
+                process.kill()
             process.join()
             conn.close()
-            raise (
-                _exited_while_loading(process)
-                if not alive
-                else EngineError("the engine process timed out while loading the model")
-            )
+            log.error("%s", detail or error)
+            return error
+
+        deadline = time.monotonic() + self.start_timeout_s
+        while not conn.poll(0.5):  # a child that exits closes its end of the pipe: poll returns, recv fails
+            if not process.is_alive():
+                process.join()
+                raise failed(_exited_while_loading(process))
+            if time.monotonic() > deadline:
+                raise failed(EngineError("the engine process timed out while loading the model"))
         try:
             message = conn.recv()
         except EOFError:  # it exited before reporting
             process.join()
-            conn.close()
-            error = _exited_while_loading(process)
-            log.error("%s", error)
-            raise error from None
+            raise failed(_exited_while_loading(process)) from None
         if message[0] == "error":
-            process.join()
-            conn.close()
-            log.error("the engine process failed to start:\n%s", message[2])
-            raise message[1]
+            raise failed(message[1], f"the engine process failed to start:\n{message[2]}")
         _, self.max_model_len, self.kv_cache_tokens, self._stats = message
         self._process, self._conn = process, conn
 

@@ -11,6 +11,7 @@ import signal
 
 import pytest
 
+from pipelines.llm import engine_process
 from pipelines.llm.engine import EngineError, QueueFull, RequestTooLong, SamplingParams, stop_token_ids
 from pipelines.llm.engine_process import ProcessLLMEngine
 from tests.helpers.llm import (
@@ -166,16 +167,24 @@ def test_a_factory_that_fails_raises_its_error_at_launch() -> None:
     assert engine.pid is None
 
 
+def _logged_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == engine_process.__name__ and r.levelname == "ERROR"]
+
+
 @pytest.mark.parametrize("code", [0, 3])
-def test_a_child_that_exits_while_loading_is_named_as_exited_with_its_code(code: int) -> None:
+def test_a_child_that_exits_while_loading_is_named_as_exited_with_its_code(code: int, caplog) -> None:
+    """Raised and logged (the replica's log is where a failed deployment is read), whichever way the launch
+    notices it: the pipe's end of file or the poll loop."""
     engine = ProcessLLMEngine(functools.partial(exiting_engine, code))
     with pytest.raises(EngineError, match=rf"exited \(exit code {code}\) while loading"):
         engine.launch()
     assert engine.pid is None
+    assert _logged_errors(caplog) == [f"the engine process exited (exit code {code}) while loading the model"]
 
 
-def test_a_child_still_loading_at_the_deadline_is_killed_and_named_as_timed_out() -> None:
+def test_a_child_still_loading_at_the_deadline_is_killed_and_named_as_timed_out(caplog) -> None:
     engine = ProcessLLMEngine(functools.partial(sleeping_engine, 60), start_timeout_s=1)
     with pytest.raises(EngineError, match="timed out while loading"):
         engine.launch()
     assert engine.pid is None
+    assert _logged_errors(caplog) == ["the engine process timed out while loading the model"]
