@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import sys
 import time
@@ -236,12 +237,14 @@ def build_session(
 
     precision = dse.resolve_precision(cfg, me.accelerator)
     head_info: dict = {}
-    init_head = None
-    if cfg.head_init == "linear_probe":
-
-        def init_head(base: torch.nn.Module) -> None:
-            linear_probe_head(base, train_rows, collator, cfg.micro_batch_size * 2, me, head_info)
-
+    init_head = (
+        functools.partial(
+            linear_probe_head, rows=train_rows, collator=collator, batch_size=cfg.micro_batch_size * 2, me=me,
+            info=head_info,
+        )
+        if cfg.head_init == "linear_probe"
+        else None
+    )  # fmt: skip
     model = build_model(base_path, labels, cfg, init_head=init_head)
     groups = optimizer_groups(model, cfg)  # the new head may learn faster than the adapters
     ds_config = dse.build_config(
