@@ -1,0 +1,89 @@
+"""A decoder LM as the classifier's base (README "A larger base"): ``finetune.base_model`` names a causal LM folder,
+``pooling: auto`` finds no sentence-transformers pooling in it and keeps transformers' own head, which for a Llama
+reads the last real token. Padding must not move that token, the LoRA count must match the analytic one, and the
+saved adapter must score the same through the evaluation/serving classifier.
+
+The base is a 2-layer, 32-wide Llama with the real SmolLM2 tokenizer (tests.helpers.llm): no download."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from pipelines.classifier.lora import build_model, load_trained, resolve_pooling
+from pipelines.config import FinetuneConfig
+from tests.helpers.llm import smol_tokenizer, tiny_base
+
+LABELS = ["ham", "spam"]
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+SHORT, LONG = "see you at lunch", "WINNER!! You have won a 1000 pound prize, call now to claim before it expires"
+
+
+@pytest.fixture(scope="module")
+def decoder_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("decoder-base")
+    return tiny_base(root / "base", smol_tokenizer(root / "tok"))
+
+
+def _cfg(**kw) -> FinetuneConfig:
+    return FinetuneConfig(target_modules=TARGETS, lora_r=4, **kw)
+
+
+def _trained_looking(model: torch.nn.Module) -> torch.nn.Module:
+    """LoRA's B matrices start at zero (the adapter adds nothing): give them weights so the adapter counts."""
+    torch.manual_seed(1)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    return model.eval()
+
+
+def test_auto_pooling_keeps_the_decoders_own_head_with_the_analytic_lora_count(decoder_base):
+    cfg = _cfg()
+    assert resolve_pooling(cfg, str(decoder_base)) == "cls"  # no 1_Pooling/config.json: the checkpoint's own head
+    model = build_model(str(decoder_base), LABELS, cfg)
+    inner = model.get_base_model()
+    assert type(inner).__name__ == "LlamaForSequenceClassification"
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(".score." in n for n in trainable)  # the new head trains
+    assert all("lora_" in n or ".score." in n for n in trainable)  # and nothing of the base but the adapters
+    # build_model checked its count against expected_trainable_parameters; this one is computed by hand,
+    # r * (in + out) per targeted layer: 2 layers x (q 32+32, k 32+16, v 32+16, o 32+32, gate/up 32+64, down 64+32)
+    per_layer = 4 * ((32 + 32) + (32 + 16) * 2 + (32 + 32) + (32 + 64) * 3)
+    head = 32 * 2  # Llama's score layer has no bias
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 2 * per_layer + head
+
+
+def test_padding_does_not_move_the_token_the_head_reads(decoder_base):
+    tok = AutoTokenizer.from_pretrained(decoder_base)
+    model = _trained_looking(build_model(str(decoder_base), LABELS, _cfg()))
+    with torch.no_grad():
+        alone = model(**tok([SHORT], return_tensors="pt")).logits
+        padded = model(**tok([SHORT, LONG], padding=True, return_tensors="pt")).logits
+        # the head reads the last real token: cutting the text there changes the answer, so that token is read
+        cut = model(**tok([SHORT.rsplit(" ", 1)[0]], return_tensors="pt")).logits
+    torch.testing.assert_close(padded[:1], alone, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(cut, alone, atol=1e-4)
+
+
+def test_the_saved_adapter_scores_the_same_through_the_evaluation_classifier(decoder_base, tmp_path):
+    from pipelines.classifier.transformer import TransformerClassifier
+
+    tok = AutoTokenizer.from_pretrained(decoder_base)
+    model = _trained_looking(build_model(str(decoder_base), LABELS, _cfg()))
+    model.save_pretrained(str(tmp_path))
+    tok.save_pretrained(str(tmp_path))
+    (tmp_path / "labels.json").write_text(json.dumps(LABELS))
+    texts = [SHORT, LONG, "ok"]
+    with torch.no_grad():
+        want = torch.softmax(model(**tok(texts, padding=True, return_tensors="pt")).logits, -1).numpy()
+    reloaded = load_trained(tmp_path, str(decoder_base))
+    assert type(reloaded.get_base_model()).__name__ == "LlamaForSequenceClassification"
+    clf = TransformerClassifier(tmp_path, base_model=str(decoder_base), precision="fp32", batch_size=2)
+    assert clf.classes == LABELS
+    np.testing.assert_allclose(clf.predict_proba(texts), want, atol=1e-5)
