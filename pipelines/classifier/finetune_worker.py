@@ -141,10 +141,11 @@ def linear_probe_head(
     finally:
         setattr(base, name, head)
     y = np.asarray([r["labels"] for r in rows])
-    probe = LogisticRegression(max_iter=2000).fit(pooled, y)
+    probe = LogisticRegression(max_iter=2000, fit_intercept=head.bias is not None).fit(pooled, y)  # decoders: no bias
     set_head(head, probe.coef_, probe.intercept_)
-    for tensor in (head.weight.data, head.bias.data):
-        dist.broadcast(tensor, src=0)
+    for param in (head.weight, head.bias):
+        if param is not None:
+            dist.broadcast(param.data, src=0)
     info["head_init_train_accuracy"] = float(probe.score(pooled, y))
     info["head_init_seconds"] = time.perf_counter() - t0
     if me.main:

@@ -160,14 +160,18 @@ def head_name(model: nn.Module) -> str:
 def set_head(head: nn.Linear, coef: np.ndarray, intercept: np.ndarray) -> None:
     """``head`` gives the logits of a fitted scikit-learn linear classifier (``coef_``, ``intercept_``). A binary
     one has a single row (the log-odds of the second class): the head's two rows get half of it each, with
-    opposite signs, so their difference, and the softmax, are the same."""
+    opposite signs, so their difference, and the softmax, are the same. A head without a bias (a decoder's
+    ``score``) takes a classifier fitted without an intercept (all zero)."""
     coef, intercept = np.asarray(coef, dtype=np.float32), np.asarray(intercept, dtype=np.float32)
+    if head.bias is None and np.any(intercept != 0):
+        raise ValueError("this head has no bias: fit the linear classifier without an intercept")
     if coef.shape[0] == 1 and head.out_features == 2:
         coef, intercept = np.vstack([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
     if coef.shape != tuple(head.weight.shape):
         raise ValueError(f"a linear classifier of shape {coef.shape} does not fit a head of {tuple(head.weight.shape)}")
     head.weight.copy_(torch.from_numpy(coef))
-    head.bias.copy_(torch.from_numpy(intercept))
+    if head.bias is not None:
+        head.bias.copy_(torch.from_numpy(intercept))
 
 
 def build_model(

@@ -87,3 +87,36 @@ def test_the_saved_adapter_scores_the_same_through_the_evaluation_classifier(dec
     clf = TransformerClassifier(tmp_path, base_model=str(decoder_base), precision="fp32", batch_size=2)
     assert clf.classes == LABELS
     np.testing.assert_allclose(clf.predict_proba(texts), want, atol=1e-5)
+
+
+def test_linear_probe_fits_a_head_without_a_bias(decoder_base, one_rank):
+    """Llama's score layer has no bias: head_init linear_probe fits the regression without an intercept, and the
+    head then gives that fit's probabilities (an independent fit on the last-token vectors, computed here)."""
+    from sklearn.linear_model import LogisticRegression
+    from transformers import DataCollatorWithPadding
+
+    from pipelines.classifier.finetune_worker import encode, linear_probe_head
+    from pipelines.classifier.lora import set_head
+
+    tok = AutoTokenizer.from_pretrained(decoder_base)
+    texts = [SHORT, LONG, "call me later", "FREE entry, txt WIN to 80086", "thanks, see you", "URGENT prize claim"]
+    y = [0, 1, 0, 1, 0, 1]
+    info: dict = {}
+    rows = encode(tok, texts, y, 64)
+    cfg = _cfg(head_init="linear_probe")
+    model = build_model(
+        str(decoder_base),
+        LABELS,
+        cfg,
+        init_head=lambda m: linear_probe_head(m, rows, DataCollatorWithPadding(tok), 4, one_rank, info),
+    ).eval()
+    plain = build_model(str(decoder_base), LABELS, _cfg(method="full")).eval()
+    plain.score = torch.nn.Identity()  # the head's input: the last real token's vector
+    with torch.no_grad():
+        pooled = plain(**tok(texts, padding=True, return_tensors="pt")).logits.numpy()
+        proba = torch.softmax(model(**tok(texts, padding=True, return_tensors="pt")).logits, -1).numpy()
+    probe = LogisticRegression(max_iter=2000, fit_intercept=False).fit(pooled, y)
+    np.testing.assert_allclose(proba, probe.predict_proba(pooled), atol=1e-3)
+    assert info["head_init_train_accuracy"] == probe.score(pooled, y)
+    with pytest.raises(ValueError, match="no bias"):  # an intercept it cannot hold is refused, not dropped
+        set_head(torch.nn.Linear(32, 2, bias=False), probe.coef_, np.array([0.5]))

@@ -226,20 +226,6 @@ def test_linear_probe_refuses_a_head_that_is_not_one_linear_layer():
     assert head_name(model) == "classifier"
 
 
-@pytest.fixture
-def one_rank(tmp_path):
-    """A one-process gloo group: the probe's forwards are collective, as on the DeepSpeed ranks."""
-    import torch.distributed as dist
-
-    from pipelines.training.ranks import Rank
-
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        yield Rank(0, 1, torch.device("cpu"), "cpu")
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
 def test_linear_probe_head_separates_the_task_before_any_training_step(one_rank, pooling):
     """head_init linear_probe: the head is the logistic regression fitted on the frozen base's pooled train vectors
