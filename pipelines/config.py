@@ -476,7 +476,8 @@ class FinetuneConfig(DeepSpeedConfig):
     pooling: Literal["auto", "mean", "cls"] = Field(
         "auto",
         description="mean: a linear head on the mean of the token vectors (sentence-embedding checkpoints); cls: "
-        "transformers' own head (the [CLS] pooler; a decoder LM's last token); auto: what the checkpoint's sentence-transformers config says, else cls",
+        "transformers' own head (the [CLS] pooler; a decoder LM's last token); auto: what the checkpoint's "
+        "sentence-transformers config says, else cls",
     )
     head_learning_rate: float | None = Field(
         0.01, gt=0.0, le=1.0, description="learning rate of the new classification head (null: learning_rate)"
