@@ -39,7 +39,7 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import train_test_split
 
 from pipelines.classifier.base_model import resolve_base_model
-from pipelines.classifier.lora import MeanPooledClassifier, build_model, optimizer_groups, unwrap
+from pipelines.classifier.lora import MeanPooledClassifier, build_model, load_tokenizer, optimizer_groups, unwrap
 from pipelines.config import FinetuneConfig, load_params
 from pipelines.io import read_split
 from pipelines.registry import tracking
@@ -205,14 +205,14 @@ def build_session(
     """Tokenise, batch (length-grouped or shuffled, sharded by rank), build the LoRA model and its DeepSpeed engine.
 
     ``me``: this rank (:func:`pipelines.training.ranks.start` has initialised the process group)."""
-    from transformers import AutoTokenizer, DataCollatorWithPadding
+    from transformers import DataCollatorWithPadding
     from transformers.trainer_pt_utils import DistributedLengthGroupedSampler
 
     torch.manual_seed(cfg.seed)
     rank, world = me.rank, me.world
     labels = sorted(train_df["label"].astype(str).unique())
     label_id = {c: i for i, c in enumerate(labels)}
-    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    tokenizer = load_tokenizer(base_path)  # a decoder's without a padding token pads with its end of sequence
     collator = DataCollatorWithPadding(tokenizer)
     train_rows = encode(tokenizer, train_df["text"].tolist(), [label_id[y] for y in train_df["label"]], cfg.max_length)
     val_rows = encode(tokenizer, val_df["text"].tolist(), None, cfg.max_length)

@@ -114,6 +114,23 @@ def resolve_pooling(cfg: FinetuneConfig, base_path: str) -> str:
     return checkpoint_pooling(base_path) if cfg.pooling == "auto" else cfg.pooling
 
 
+def load_tokenizer(path: str):  # noqa: ANN201 - a transformers tokenizer
+    """The base model's tokenizer, able to pad a batch: a decoder LM's tokenizer often has no padding token
+    (GPT-2, Llama 3), and then pads with its end-of-sequence token, as its sequence-classification head expects.
+    One with neither is refused (:class:`ConfigError` naming ``finetune.base_model``)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ConfigError(
+                f"finetune.base_model: the tokenizer of {path!r} has neither a padding nor an end-of-sequence "
+                "token, so batches cannot be padded; give it a pad_token in its tokenizer_config.json"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def _base(path: str, labels: list[str], on_meta: bool, pooling: str = "cls") -> nn.Module:
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
@@ -123,6 +140,8 @@ def _base(path: str, labels: list[str], on_meta: bool, pooling: str = "cls") -> 
         config = AutoConfig.from_pretrained(path, num_labels=len(labels), id2label=id2label, label2id=label2id)
     except OSError as err:
         raise ConfigError(f"finetune.base_model: cannot load a model config from {path!r} ({err})") from None
+    if getattr(config, "pad_token_id", None) is None:  # a decoder's head finds the last real token by it
+        config.pad_token_id = load_tokenizer(path).pad_token_id
     if pooling == "mean":
         if on_meta:
             with torch.device("meta"):

@@ -120,3 +120,43 @@ def test_linear_probe_fits_a_head_without_a_bias(decoder_base, one_rank):
     assert info["head_init_train_accuracy"] == probe.score(pooled, y)
     with pytest.raises(ValueError, match="no bias"):  # an intercept it cannot hold is refused, not dropped
         set_head(torch.nn.Linear(32, 2, bias=False), probe.coef_, np.array([0.5]))
+
+
+def _without_special(decoder_base: Path, dest: Path, *, eos: bool) -> Path:
+    """A copy of the tiny base whose tokenizer and config have no padding token (GPT-2, Llama 3), and no end of
+    sequence either when ``eos`` is false."""
+    import shutil
+
+    shutil.copytree(decoder_base, dest)
+    tok = AutoTokenizer.from_pretrained(dest)
+    tok.pad_token = None
+    if not eos:
+        tok.eos_token = None
+    tok.save_pretrained(dest)
+    config = json.loads((dest / "config.json").read_text())
+    config["pad_token_id"] = None
+    (dest / "config.json").write_text(json.dumps(config))
+    return dest
+
+
+def test_a_base_without_a_padding_token_pads_with_its_end_of_sequence(decoder_base, tmp_path):
+    from pipelines.classifier.lora import load_tokenizer
+
+    base = _without_special(decoder_base, tmp_path / "no-pad", eos=True)
+    assert AutoTokenizer.from_pretrained(base).pad_token is None
+    tok = load_tokenizer(str(base))
+    assert tok.pad_token_id == tok.eos_token_id is not None
+    model = _trained_looking(build_model(str(base), LABELS, _cfg()))
+    assert model.get_base_model().config.pad_token_id == tok.eos_token_id
+    with torch.no_grad():
+        alone = model(**tok([SHORT], return_tensors="pt")).logits
+        padded = model(**tok([SHORT, LONG], padding=True, return_tensors="pt")).logits
+    torch.testing.assert_close(padded[:1], alone, atol=1e-5, rtol=1e-4)
+
+
+def test_a_base_that_cannot_pad_is_refused_before_training(decoder_base, tmp_path):
+    from pipelines.errors import ConfigError
+
+    base = _without_special(decoder_base, tmp_path / "no-pad-no-eos", eos=False)
+    with pytest.raises(ConfigError, match=r"finetune.base_model: the tokenizer of .* neither a padding nor"):
+        build_model(str(base), LABELS, _cfg(), on_meta=True)  # the stage's check before any rank starts
