@@ -649,6 +649,12 @@ class LlmConfig(Section):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         min_length=1,
     )
+    lora_layers: int | None = Field(
+        None,
+        ge=1,
+        description="adapters on the top N transformer layers only (backward stops below them: faster, see "
+        "README); null: every layer",
+    )
     system_prompt: str = Field(
         "You triage customer support tickets. Reply with one JSON object and nothing else, with these keys in "
         'this order: "category" (one of: {categories}), "priority" ("low", "normal", "high" or "urgent"), '

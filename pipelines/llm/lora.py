@@ -34,9 +34,21 @@ def load_causal_lm(path: str, on_meta: bool = False, dtype: torch.dtype = torch.
     return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype)
 
 
+def adapted_layers(model: nn.Module, cfg: LlmConfig) -> list[int] | None:
+    """The indices of the transformer layers that get adapters: the top ``llm.lora_layers`` (None: every layer).
+    Backward then stops at the lowest of them, as nothing below needs a gradient."""
+    if cfg.lora_layers is None:
+        return None
+    n = model.config.num_hidden_layers
+    if cfg.lora_layers > n:
+        raise ConfigError(f"llm.lora_layers: {cfg.lora_layers} is more than the model's {n} layers (null: all)")
+    return list(range(n - cfg.lora_layers, n))
+
+
 def expected_trainable_parameters(model: nn.Module, cfg: LlmConfig) -> int:
-    """The analytic LoRA count: ``r * (in + out)`` summed over the targeted linear layers (the LM head stays frozen)."""
-    return lora_parameters(model, cfg.target_modules, cfg.lora_r)
+    """The analytic LoRA count: ``r * (in + out)`` summed over the targeted linear layers (the LM head stays
+    frozen), of the adapted layers only when ``llm.lora_layers`` is set."""
+    return lora_parameters(model, cfg.target_modules, cfg.lora_r, layers=adapted_layers(model, cfg))
 
 
 def build_lora_model(model: nn.Module, cfg: LlmConfig) -> nn.Module:
@@ -55,6 +67,7 @@ def build_lora_model(model: nn.Module, cfg: LlmConfig) -> nn.Module:
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules=targets,
+        layers_to_transform=adapted_layers(model, cfg),
         bias="none",
     )
     return wrap_checked(model, lora_cfg, expected)

@@ -7,11 +7,15 @@ adds only what is its own (the classifier's head, the causal LM's task type).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
 
 from torch import nn
 
 from pipelines.errors import ConfigError
+
+# where a module's name carries its transformer layer's index (peft's default layers_pattern)
+LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|block|blocks|layer)\.(\d+)\.")
 
 
 def targeted_linears(model: nn.Module, targets: Sequence[str], exclude: Sequence[str] = ()) -> dict[str, nn.Linear]:
@@ -40,9 +44,28 @@ def check_targets(model: nn.Module, targets: Sequence[str], key: str, exclude: S
         )
 
 
-def lora_parameters(model: nn.Module, targets: Sequence[str], r: int, exclude: Sequence[str] = ()) -> int:
-    """The analytic LoRA count: ``r * (in + out)`` per targeted linear layer (A is r x in, B is out x r)."""
-    return sum(r * (m.in_features + m.out_features) for m in targeted_linears(model, targets, exclude).values())
+def in_layers(name: str, layers: Collection[int] | None) -> bool:
+    """Whether module ``name`` lies in one of the transformer ``layers`` (by index; None: every module)."""
+    if layers is None:
+        return True
+    found = LAYER_INDEX.search(name)
+    return found is not None and int(found.group(1)) in layers
+
+
+def lora_parameters(
+    model: nn.Module,
+    targets: Sequence[str],
+    r: int,
+    exclude: Sequence[str] = (),
+    layers: Collection[int] | None = None,
+) -> int:
+    """The analytic LoRA count: ``r * (in + out)`` per targeted linear layer (A is r x in, B is out x r), of the
+    transformer ``layers`` given (peft's ``layers_to_transform``; None: all)."""
+    return sum(
+        r * (m.in_features + m.out_features)
+        for name, m in targeted_linears(model, targets, exclude).items()
+        if in_layers(name, layers)
+    )
 
 
 def trainable_parameters(model: nn.Module) -> int:

@@ -68,3 +68,46 @@ def test_a_count_other_than_the_analytic_one_is_refused(tiny_lm, monkeypatch: py
 def test_an_unreadable_base_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot load a model config"):
         load_causal_lm(str(tmp_path))
+
+
+def test_lora_layers_adapts_only_the_top_layers_and_backward_stops_below_them(tiny_lm) -> None:
+    """llm.lora_layers: 1 on the 2-layer model: adapters on layer 1 only, half the analytic count, and a
+    backward pass reaches no module of layer 0 (that is the speed-up: nothing below needs a gradient)."""
+    cfg = LlmConfig(lora_r=4, target_modules=ALL, lora_layers=1)
+    assert expected_trainable_parameters(tiny_lm, cfg) == 2048  # one layer of test_trainable_count's 4096
+    model = build_lora_model(tiny_lm, cfg)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable_parameters(model) == 2048 and all(".layers.1." in n for n in trainable)
+    reached: list[str] = []
+    for name, module in model.named_modules():
+        if name.endswith("layers.0") or name.endswith("layers.1"):
+            module.register_full_backward_hook(lambda m, gi, go, name=name: reached.append(name))
+    model.train()
+    ids = torch.randint(0, 100, (2, 8))
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert [n.rsplit(".", 1)[-1] for n in reached] == ["1"]
+
+
+def test_lora_layers_beyond_the_model_is_refused(tiny_lm) -> None:
+    with pytest.raises(ConfigError, match=r"llm.lora_layers: 3 is more than the model's 2 layers"):
+        build_lora_model(tiny_lm, LlmConfig(target_modules=ALL, lora_layers=3))
+
+
+def test_an_adapter_on_the_top_layers_reloads_with_them(tiny_lm, tokenizer, tmp_path: Path) -> None:
+    """The saved adapter names its layers (peft's adapter_config), so evaluation and serving, which load it onto
+    the base, rebuild the same model."""
+    from peft import PeftModel
+
+    from tests.helpers.llm import tiny_llama
+
+    model = build_lora_model(tiny_lm, LlmConfig(lora_r=4, target_modules=ALL, lora_layers=1))
+    torch.manual_seed(2)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.2)
+    model.save_pretrained(tmp_path)
+    reloaded = PeftModel.from_pretrained(tiny_llama(tokenizer), str(tmp_path)).eval()
+    ids = torch.randint(0, 100, (1, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, model.eval()(input_ids=ids).logits)
+    assert all(".layers.1." in n for n, _ in reloaded.named_parameters() if "lora_" in n)
