@@ -140,8 +140,9 @@ def _base(path: str, labels: list[str], on_meta: bool, pooling: str = "cls") -> 
         config = AutoConfig.from_pretrained(path, num_labels=len(labels), id2label=id2label, label2id=label2id)
     except OSError as err:
         raise ConfigError(f"finetune.base_model: cannot load a model config from {path!r} ({err})") from None
-    if getattr(config, "pad_token_id", None) is None:  # a decoder's head finds the last real token by it
-        config.pad_token_id = load_tokenizer(path).pad_token_id
+    # the id batches are padded with (load_tokenizer's), by which a decoder's head finds the last real token: a
+    # config that names none, or another one than the tokenizer pads with, would have it read a padding position
+    config.pad_token_id = load_tokenizer(path).pad_token_id
     if pooling == "mean":
         if on_meta:
             with torch.device("meta"):

@@ -122,9 +122,9 @@ def test_linear_probe_fits_a_head_without_a_bias(decoder_base, one_rank):
         set_head(torch.nn.Linear(32, 2, bias=False), probe.coef_, np.array([0.5]))
 
 
-def _without_special(decoder_base: Path, dest: Path, *, eos: bool) -> Path:
-    """A copy of the tiny base whose tokenizer and config have no padding token (GPT-2, Llama 3), and no end of
-    sequence either when ``eos`` is false."""
+def _without_special(decoder_base: Path, dest: Path, *, eos: bool, config_pad: int | None = None) -> Path:
+    """A copy of the tiny base whose tokenizer has no padding token (GPT-2, Llama 3), and no end of sequence either
+    when ``eos`` is false; its config names ``config_pad`` as the padding id (None: none)."""
     import shutil
 
     shutil.copytree(decoder_base, dest)
@@ -134,15 +134,16 @@ def _without_special(decoder_base: Path, dest: Path, *, eos: bool) -> Path:
         tok.eos_token = None
     tok.save_pretrained(dest)
     config = json.loads((dest / "config.json").read_text())
-    config["pad_token_id"] = None
+    config["pad_token_id"] = config_pad
     (dest / "config.json").write_text(json.dumps(config))
     return dest
 
 
-def test_a_base_without_a_padding_token_pads_with_its_end_of_sequence(decoder_base, tmp_path):
+@pytest.mark.parametrize("config_pad", [None, 0])  # 0: a config naming an id the tokenizer does not pad with
+def test_a_base_without_a_padding_token_pads_with_its_end_of_sequence(decoder_base, tmp_path, config_pad):
     from pipelines.classifier.lora import load_tokenizer
 
-    base = _without_special(decoder_base, tmp_path / "no-pad", eos=True)
+    base = _without_special(decoder_base, tmp_path / "no-pad", eos=True, config_pad=config_pad)
     assert AutoTokenizer.from_pretrained(base).pad_token is None
     tok = load_tokenizer(str(base))
     assert tok.pad_token_id == tok.eos_token_id is not None
